@@ -1,0 +1,66 @@
+"""The local backend: this machine, no SLURM (``torchrun --standalone``).
+
+``submit`` starts a detached runner (``python -m hpcft.backends.local RUN``) in its own session,
+which runs ``hpcft node RUN`` and records the exit code in state.json; the job id is
+``local-<pid>``. ``cancel`` signals the runner's process group (runner, launcher and ranks).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from hpcft import runs
+from hpcft.plan import Plan
+
+
+def submit(plan: Plan) -> tuple[Path, str]:
+    """Write the run directory and start the runner in the background."""
+    run = runs.write_run_dir(plan)
+    log = open(run / runs.LOGS_DIR / "local.out", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [plan.spec.launch.python or sys.executable, "-m", "hpcft.backends.local", str(run)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=run,
+    )
+    log.close()
+    job_id = f"local-{proc.pid}"
+    runs.record_job(run, job_id, pid=proc.pid, host=socket.gethostname())
+    return run, job_id
+
+
+def cancel(job: dict) -> None:
+    """Stop a local job's whole process group."""
+    try:
+        os.killpg(job["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def job_alive(job: dict) -> bool:
+    """True while the runner of a local job is running on this host."""
+    if job.get("host") != socket.gethostname() or "rc" in job:
+        return False
+    try:
+        with open(f"/proc/{job['pid']}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _run(run: Path) -> int:
+    proc = subprocess.run([sys.executable, "-m", "hpcft", "node", str(run)], stdin=subprocess.DEVNULL)
+    pid = os.getpid()
+    runs.record_job(run, f"local-{pid}", pid=pid, host=socket.gethostname(), rc=proc.returncode, ended=runs.now_iso())
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(_run(Path(sys.argv[1])))

@@ -1,0 +1,25 @@
+"""torchrun on one node: c10d rendezvous at the first host, one agent per node."""
+
+from __future__ import annotations
+
+from hpcft.launchers import LaunchCommand, LaunchContext
+
+
+def build(ctx: LaunchContext) -> LaunchCommand:
+    """``python -m torch.distributed.run`` for this node (``--standalone`` outside SLURM)."""
+    cluster = ctx.cluster
+    argv = [ctx.python, "-m", "torch.distributed.run", f"--nproc-per-node={ctx.procs_per_node}"]
+    if not cluster.in_slurm:
+        argv.append("--standalone")
+    else:
+        argv += [
+            f"--nnodes={cluster.num_nodes}",
+            "--rdzv-backend=c10d",
+            # The name, not the address: c10d decides which agent hosts the store by matching
+            # this against its own hostname (torch.distributed.elastic.rendezvous.utils).
+            f"--rdzv-endpoint={cluster.master_host}:{cluster.master_port}",
+            f"--rdzv-id={cluster.job_id}",
+            "--max-restarts=0",
+        ]
+    argv += ctx.entry_argv()
+    return LaunchCommand(argv=tuple(argv), env=ctx.rank_env())

@@ -1,0 +1,143 @@
+"""JobSpec → Plan: everything a submission will do, as a value; pure.
+
+``make_plan`` runs no command and touches no file. The plan holds the exact submit argv, the
+files of the run directory (resolved spec, batch script) and a preview of what node 0 will
+execute, so ``hpcft plan`` / ``--dry-run`` show precisely what ``submit`` then carries out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePath
+
+import yaml
+
+from hpcft.launchers import LaunchCommand, LaunchContext, build_launch
+from hpcft.slurm import script
+from hpcft.slurm.env import ClusterEnv, master_port
+from hpcft.spec import JobSpec, build_spec, spec_to_dict
+
+SPEC_FILE = "spec.yaml"
+SCRIPT_FILE = "job.sbatch"
+TEMPLATE = "per_node.sbatch.j2"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A submission, fully decided.
+
+    Attributes:
+        spec: the resolved spec (backend and python filled in); written to ``run_dir/spec.yaml``.
+        run_dir: the run directory on the shared filesystem.
+        files: run-dir-relative path → text, written before submitting.
+        submit_argv: the command that submits (``sbatch --parsable …`` or the local runner).
+        node_preview: what node 0 would execute (rendezvous values as SLURM would give them).
+        rendezvous: a human-readable summary of the rendezvous.
+    """
+
+    spec: JobSpec
+    run_dir: str
+    files: Mapping[str, str]
+    submit_argv: tuple[str, ...]
+    node_preview: LaunchCommand
+    rendezvous: Mapping[str, str]
+
+    @property
+    def backend(self) -> str:
+        """``sbatch`` or ``local``."""
+        return self.spec.launch.backend
+
+
+def resolve_backend(spec: JobSpec, sbatch_available: bool) -> JobSpec:
+    """Replace ``backend: auto`` by ``sbatch`` when sbatch is on PATH, else ``local``."""
+    if spec.launch.backend != "auto":
+        return spec
+    backend = "sbatch" if sbatch_available else "local"
+    return dataclasses.replace(spec, launch=dataclasses.replace(spec.launch, backend=backend))
+
+
+def run_dir_name(name: str, now: datetime) -> str:
+    """``NAME-YYYYmmdd-HHMMSS``; only ``/`` (a path separator) is replaced in the name."""
+    return f"{name.replace('/', '_')}-{now:%Y%m%d-%H%M%S}"
+
+
+def make_plan(spec: JobSpec, *, python: str, now: datetime, run_dir: str | None = None) -> Plan:
+    """Decide everything about submitting ``spec``.
+
+    Args:
+        spec: a validated spec whose backend is already resolved (see ``resolve_backend``).
+        python: the interpreter every node runs (used unless ``launch.python`` is set).
+        now: the submission time, for the run directory name.
+        run_dir: an existing run directory to reuse (resume); default: a new one under runs_dir.
+    """
+    spec = dataclasses.replace(spec, launch=dataclasses.replace(spec.launch, python=spec.launch.python or python))
+    run = run_dir or str(PurePath(spec.run.runs_dir) / run_dir_name(spec.run.name, now))
+    files = {SPEC_FILE: dump_spec(spec)}
+    node_argv = [spec.launch.python, "-m", "hpcft", "node", run]
+    if spec.launch.backend == "sbatch":
+        script_path = str(PurePath(run) / SCRIPT_FILE)
+        files[SCRIPT_FILE] = render_script(spec, run, script_path, node_argv)
+        submit_argv: tuple[str, ...] = ("sbatch", "--parsable", script_path)
+        preview_cluster = preview_cluster_env(spec)
+    else:
+        submit_argv = tuple(node_argv)
+        preview_cluster = ClusterEnv.local({})
+    ctx = LaunchContext(spec, preview_cluster, run, spec.launch.python, preview_cluster.master_host)
+    preview = build_launch(ctx)
+    rdzv = {
+        "nodes": str(spec.resources.nodes),
+        "processes per node": str(ctx.procs_per_node),
+        "world size": str(ctx.procs_per_node * spec.resources.nodes),
+        "master": "first node of the allocation" if spec.launch.backend == "sbatch" else "127.0.0.1",
+        "port": f"{master_port('JOBID', {})}+(JOBID mod 10000), or $MASTER_PORT",
+        "node rank": "SLURM_NODEID" if spec.launch.backend == "sbatch" else "0",
+    }
+    return Plan(spec, run, files, submit_argv, preview, rdzv)
+
+
+def render_script(spec: JobSpec, run: str, script_path: str, node_argv: list[str]) -> str:
+    """The batch script for ``spec`` (per-node shape: one srun task per node runs ``hpcft node``)."""
+    flags = script.format_sbatch_options(
+        spec.resources,
+        job_name=spec.run.name,
+        chdir=run,
+        output="logs/slurm-%j.out",
+    )
+    ctx = script.make_context(
+        TEMPLATE,
+        run_dir=run,
+        script_path=script_path,
+        flags=flags,
+        setup=spec.launch.setup,
+        node_argv=node_argv,
+        nodes=spec.resources.nodes,
+    )
+    return script.render_sbatch(ctx)
+
+
+def preview_cluster_env(spec: JobSpec) -> ClusterEnv:
+    """The allocation as node 0 will see it, with placeholder host names and job id."""
+    n = spec.resources.nodes
+    return ClusterEnv(
+        job_id="JOBID",
+        hosts=tuple(f"<node{i}>" for i in range(n)),
+        node_rank=0,
+        master_host="<node0>",
+        master_port=master_port("0", {}),
+        gpus_on_node=spec.resources.gpus_per_node or None,
+    )
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML: the only input of the node and training side."""
+    header = "# Resolved by hpcft; the node and training side read only this file.\n"
+    return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
+
+
+def load_spec_text(text: str, source: str) -> JobSpec:
+    """Parse a resolved spec written by ``dump_spec``."""
+    return build_spec(yaml.safe_load(text) or {}, source=source)
+

@@ -1,0 +1,153 @@
+"""Where this process runs, read from SLURM's environment: hosts, node rank, rendezvous.
+
+``ClusterEnv.from_mapping(env)`` is pure: it takes a mapping (``os.environ`` in production, a
+dict in tests) and decides the rendezvous every node must agree on, with no randomness:
+master = first host of the expanded nodelist, port = a function of the job id.
+Resolving the master's address (a network lookup) is ``resolve_master``, kept apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import hostlist
+
+from hpcft.errors import LaunchError
+
+# Every SLURM variable hpcft reads, in one table (man sbatch, "OUTPUT ENVIRONMENT VARIABLES").
+SLURM_VARS = {
+    "job_id": "SLURM_JOB_ID",
+    "nodelist": "SLURM_JOB_NODELIST",
+    "num_nodes": "SLURM_JOB_NUM_NODES",
+    "node_id": "SLURM_NODEID",
+    "proc_id": "SLURM_PROCID",
+    "local_id": "SLURM_LOCALID",
+    "ntasks": "SLURM_NTASKS",
+    "gpus_on_node": "SLURM_GPUS_ON_NODE",
+    "node_name": "SLURMD_NODENAME",
+    "restart_count": "SLURM_RESTART_COUNT",
+}
+
+# Below Linux's default ephemeral range (32768-60999), above the well-known and most service ports.
+PORT_BASE = 15000
+PORT_SPAN = 10000
+
+
+@dataclass(frozen=True)
+class ClusterEnv:
+    """The allocation as one node sees it.
+
+    Attributes:
+        job_id: SLURM job id ("" outside SLURM).
+        hosts: every node of the job, in nodelist order.
+        node_rank: this node's index in ``hosts`` (SLURM_NODEID).
+        master_host: the first host; it hosts the rendezvous.
+        master_port: rendezvous port, identical on every node.
+        gpus_on_node: GPUs SLURM gave this node (None when it says nothing).
+        restart_count: how often SLURM has requeued this job.
+    """
+
+    job_id: str
+    hosts: tuple[str, ...]
+    node_rank: int
+    master_host: str
+    master_port: int
+    gpus_on_node: int | None = None
+    restart_count: int = 0
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes in the allocation."""
+        return len(self.hosts)
+
+    @property
+    def in_slurm(self) -> bool:
+        """True inside a SLURM job."""
+        return bool(self.job_id)
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> ClusterEnv:
+        """Read the allocation from SLURM's variables; a single local node outside SLURM."""
+        job_id = env.get(SLURM_VARS["job_id"], "")
+        if not job_id:
+            return cls.local(env)
+        nodelist = env.get(SLURM_VARS["nodelist"], "")
+        if not nodelist:
+            raise LaunchError(
+                f"{SLURM_VARS['job_id']}={job_id} is set but {SLURM_VARS['nodelist']} is empty",
+                hint="run `hpcft node` inside an sbatch/salloc allocation (srun sets both)",
+            )
+        hosts = tuple(expand_hosts(nodelist))
+        node_rank = int(env.get(SLURM_VARS["node_id"], "0"))
+        if not 0 <= node_rank < len(hosts):
+            raise LaunchError(f"SLURM_NODEID={node_rank} is outside the {len(hosts)} hosts of {nodelist!r}")
+        return cls(
+            job_id=job_id,
+            hosts=hosts,
+            node_rank=node_rank,
+            master_host=hosts[0],
+            master_port=master_port(job_id, env),
+            gpus_on_node=_int_or_none(env.get(SLURM_VARS["gpus_on_node"])),
+            restart_count=int(env.get(SLURM_VARS["restart_count"], "0") or 0),
+        )
+
+    @classmethod
+    def local(cls, env: Mapping[str, str]) -> ClusterEnv:
+        """This machine alone (the local backend): one node, rendezvous on loopback."""
+        return cls(
+            job_id="",
+            hosts=("localhost",),
+            node_rank=0,
+            master_host="127.0.0.1",
+            master_port=int(env.get("MASTER_PORT", PORT_BASE)),
+        )
+
+
+def expand_hosts(nodelist: str) -> list[str]:
+    """``"gpu[001-002],cpu3"`` → ``["gpu001", "gpu002", "cpu3"]`` (python-hostlist)."""
+    try:
+        return hostlist.expand_hostlist(nodelist)
+    except hostlist.BadHostlist as e:
+        raise LaunchError(f"cannot expand SLURM nodelist {nodelist!r}: {e}") from None
+
+
+def master_port(job_id: str, env: Mapping[str, str]) -> int:
+    """``MASTER_PORT`` from the environment if set, else a pure function of the job id."""
+    if env.get("MASTER_PORT"):
+        return int(env["MASTER_PORT"])
+    base_id = job_id.split("_")[0]  # array jobs: "123_4" → the array's own id
+    digits = "".join(ch for ch in base_id if ch.isdigit()) or "0"
+    return PORT_BASE + int(digits) % PORT_SPAN
+
+
+def resolve_master(cluster: ClusterEnv) -> str:
+    """The master's IP address as this node resolves it; loopback is refused for multi-node jobs.
+
+    A head node whose /etc/hosts maps its own name to 127.0.1.1 (Debian's default) would
+    otherwise tell the other nodes to connect to themselves and hang until a timeout.
+    """
+    try:
+        addr = socket.gethostbyname(cluster.master_host)
+    except OSError as e:
+        raise LaunchError(
+            f"node {cluster.hosts[cluster.node_rank]}: cannot resolve the master host {cluster.master_host!r}: {e}",
+            hint="the first node of the allocation must be resolvable from every node (DNS or /etc/hosts)",
+        ) from None
+    if cluster.num_nodes > 1 and ipaddress.ip_address(addr).is_loopback:
+        raise LaunchError(
+            f"node {cluster.hosts[cluster.node_rank]}: master host {cluster.master_host!r} resolves to "
+            f"loopback {addr}; the other nodes could not reach it",
+            hint="fix /etc/hosts on the node (Debian maps the own hostname to 127.0.1.1) "
+            "or set MASTER_ADDR-resolvable names",
+        )
+    return addr
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None

@@ -1,0 +1,118 @@
+"""Render sbatch scripts from ``sbatch_templates/*.j2``; pure.
+
+Templates hold no logic beyond ``if``/``for``: every value arrives already formatted and quoted
+in a ``ScriptContext``. Two quoting rules apply and are kept here:
+
+* ``#SBATCH`` lines are parsed by sbatch itself, not by the shell: it splits on blanks, lets a
+  backslash escape the next character, toggles on ``"`` and stops at an unescaped ``#``
+  (Slurm src/sbatch/opt.c, ``_get_argument``). ``sbatch_quote`` escapes for that parser.
+* The script body is bash: ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jinja2
+
+from hpcft import __version__
+from hpcft.resources import data_dir
+from hpcft.spec import ResourceSpec
+
+_SBATCH_SPECIAL = set(' \t"\\#')
+
+
+@dataclass(frozen=True)
+class ScriptContext:
+    """Everything a template may print, already formatted."""
+
+    version: str
+    template: str
+    run_dir: str
+    run_dir_q: str
+    script_q: str
+    sbatch_lines: tuple[str, ...]
+    setup: tuple[str, ...]
+    node_cmd: str
+    nodes: int
+
+
+def sbatch_quote(value: str) -> str:
+    """Escape ``value`` for an ``#SBATCH`` line (sbatch's own directive parser, not bash)."""
+    return "".join("\\" + ch if ch in _SBATCH_SPECIAL else ch for ch in value)
+
+
+def format_sbatch_options(res: ResourceSpec, *, job_name: str, chdir: str, output: str) -> list[str]:
+    """The one sbatch-flag formatter: resources → sorted ``--long-option=value`` strings.
+
+    Field names are sbatch's long options in snake_case; ``extra_sbatch`` is appended as given.
+    """
+    opts = {
+        "job-name": job_name,
+        "chdir": chdir,
+        "output": output,
+        "open-mode": "append",
+        "nodes": str(res.nodes),
+        "ntasks-per-node": "1",
+    }
+    if res.gpus_per_node:
+        opts["gpus-per-node"] = str(res.gpus_per_node)
+    for name in ("cpus_per_task", "time", "partition", "account", "qos", "constraint", "mem"):
+        value = getattr(res, name)
+        if value is not None:
+            opts[name.replace("_", "-")] = str(value)
+    flags = [f"--{k}={v}" for k, v in sorted(opts.items())]
+    if res.exclusive:
+        flags.append("--exclusive")
+    return sorted(flags) + list(res.extra_sbatch)
+
+
+def sbatch_lines(flags: Sequence[str]) -> tuple[str, ...]:
+    """``--key=value`` flags → ``#SBATCH`` lines with the value escaped for sbatch's parser."""
+    lines = []
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        lines.append(f"#SBATCH {key}{sep}{sbatch_quote(value)}" if sep else f"#SBATCH {sbatch_quote(flag)}")
+    return tuple(lines)
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """Bash-quoted command line."""
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def make_context(
+    template: str,
+    *,
+    run_dir: str,
+    script_path: str,
+    flags: Sequence[str],
+    setup: Sequence[str],
+    node_argv: Sequence[str],
+    nodes: int,
+) -> ScriptContext:
+    """Build the context for ``template`` from unformatted values."""
+    return ScriptContext(
+        version=__version__,
+        template=template,
+        run_dir=run_dir,
+        run_dir_q=shlex.quote(run_dir),
+        script_q=shlex.quote(script_path),
+        sbatch_lines=sbatch_lines(flags),
+        setup=tuple(setup),
+        node_cmd=shell_join(node_argv),
+        nodes=nodes,
+    )
+
+
+def render_sbatch(ctx: ScriptContext) -> str:
+    """Render ``ctx.template`` with ``StrictUndefined`` (a missing value is an error, not blank)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("sbatch_templates"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env.get_template(ctx.template).render(c=ctx)

@@ -1,0 +1,267 @@
+"""The job description as frozen dataclasses, and the rules each value must follow.
+
+This module decides what a valid job is. It reads no files and runs nothing: ``build_spec``
+turns an already merged mapping into a ``JobSpec`` or raises one ``ConfigError`` listing every
+problem (unknown keys with close matches, wrong types, bad values) with its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hpcft.errors import ConfigError
+
+BACKENDS = ("auto", "sbatch", "local")
+LAUNCHERS = ("torchrun",)
+DATA_FORMATS = ("auto", "alpaca", "text")
+
+# sbatch --time accepts: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (man sbatch).
+_TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values under these names are secrets: they must come from the environment, not the YAML.
+_SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
+
+
+def _opt(default: Any = None, **meta: Any) -> Any:
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where and under which name a run lives."""
+
+    name: str = _opt("job", help="run name; the run directory is RUNS_DIR/NAME-TIMESTAMP")
+    runs_dir: str = _opt("hpcft-runs", help="directory on the shared filesystem holding runs")
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What to ask SLURM for; field names are sbatch's long options in snake_case."""
+
+    nodes: int = _opt(1, min=1, help="number of nodes")
+    gpus_per_node: int = _opt(0, min=0, help="GPUs per node; on a machine without GPUs, processes per node")
+    cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
+    time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    mem: str | None = _opt(None, pattern=_MEM_RE, expect="a size such as 64G or 500000M")
+    exclusive: bool = False
+    extra_sbatch: tuple[str, ...] = _opt((), help="extra sbatch options, e.g. ['--reservation=foo']")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How the job reaches the nodes and starts its processes."""
+
+    backend: Literal["auto", "sbatch", "local"] = _opt("auto", help="auto = sbatch if on PATH, else local")
+    launcher: Literal["torchrun"] = "torchrun"
+    python: str | None = _opt(None, help="python on every node (default: the one running hpcft)")
+    setup: tuple[str, ...] = _opt((), help="shell lines run in the batch script before srun")
+    env: dict[str, str] = _opt(dataclasses.MappingProxyType({}), help="environment for every rank")
+    env_passthrough: tuple[str, ...] = _opt((), help="names of variables (e.g. secrets) taken from the submit env")
+    script: str | None = _opt(None, help="a user training script run instead of the hpcft trainer")
+    script_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Training data files."""
+
+    train: str | None = _opt(None, help="jsonl file of training samples")
+    eval: str | None = _opt(None, help="optional jsonl file of evaluation samples")
+    format: Literal["auto", "alpaca", "text"] = "auto"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The fine-tuning recipe run by ``hpcft.train.main``."""
+
+    model: str | None = _opt(None, help="model directory loadable by AutoModelForCausalLM")
+    tokenizer: str | None = _opt(None, help="tokenizer directory (default: the model's)")
+    data: DataSpec = field(default_factory=DataSpec)
+    output: str | None = _opt(None, help="checkpoint directory (default: RUN/checkpoints)")
+    max_steps: int = _opt(-1, min=-1, help="optimizer steps; -1 = run `epochs` epochs")
+    epochs: float = _opt(1.0, min=0.0)
+    lr: float = _opt(2e-5, min=0.0)
+    batch_size: int = _opt(1, min=1, help="micro-batch per process")
+    grad_accum: int = _opt(1, min=1)
+    seq_len: int = _opt(512, min=8)
+    save_steps: int = _opt(100, min=1)
+    save_total_limit: int | None = _opt(None, min=1)
+    eval_steps: int | None = _opt(None, min=1)
+    logging_steps: int = _opt(1, min=1)
+    seed: int = 42
+    zero: int = _opt(0, min=0, max=3, help="DeepSpeed ZeRO stage; 0 = plain DDP")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One fine-tuning job: the resolved, validated input of every later step."""
+
+    run: RunSpec = field(default_factory=RunSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+
+def build_spec(data: typing.Mapping[str, Any], source: str | None = None) -> JobSpec:
+    """Turn a merged mapping into a ``JobSpec``; raise ``ConfigError`` with every problem."""
+    problems: list[str] = []
+    spec = _build(JobSpec, data, "", problems)
+    if not problems:
+        problems += check_spec(spec)
+    if problems:
+        raise ConfigError(problems, source)
+    return spec
+
+
+def check_spec(spec: JobSpec) -> list[str]:
+    """Cross-field rules that no single value can break alone."""
+    problems = []
+    launch, train = spec.launch, spec.train
+    if launch.script is None and not train.model:
+        problems.append("train.model: required (a model directory), or give a script to run after `--`")
+    if launch.script is None and not train.data.train:
+        problems.append("train.data.train: required (a jsonl file of training samples)")
+    if spec.launch.backend == "local" and spec.resources.nodes > 1:
+        problems.append(
+            f"resources.nodes: the local backend runs on this machine only, got {spec.resources.nodes} "
+            "(HINT: use --backend sbatch on a SLURM cluster, or --nodes 1)"
+        )
+    for name in launch.env:
+        if not _ENV_NAME_RE.match(name):
+            problems.append(f"launch.env.{name}: not a valid environment variable name")
+        elif _SECRET_RE.search(name):
+            problems.append(
+                f"launch.env.{name}: looks like a secret; secrets are never written into run files "
+                f"(HINT: export {name} before submitting and list it in launch.env_passthrough)"
+            )
+    for name in launch.env_passthrough:
+        if not _ENV_NAME_RE.match(name):
+            problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")
+    return problems
+
+
+def spec_to_dict(spec: Any) -> Any:
+    """Plain dict/list form of a spec (for YAML), the inverse of ``build_spec``."""
+    if dataclasses.is_dataclass(spec):
+        return {f.name: spec_to_dict(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
+    if isinstance(spec, tuple | list):
+        return [spec_to_dict(v) for v in spec]
+    if isinstance(spec, typing.Mapping):
+        return {k: spec_to_dict(v) for k, v in spec.items()}
+    return spec
+
+
+def field_paths(cls: type = JobSpec, prefix: str = "") -> list[str]:
+    """Every settable dotted key, e.g. ``train.data.train`` (for help and close matches)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        ftype = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            out += field_paths(ftype, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
+    where = path.rstrip(".") or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, typing.Mapping):
+        problems.append(f"{where}: expected a mapping of keys, got {_show(data)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append(_unknown_key(str(key), path, list(fields)))
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        ftype = hints[name]
+        if dataclasses.is_dataclass(ftype):
+            values[name] = _build(ftype, data[name], f"{path}{name}.", problems)
+        else:
+            ok, value = _coerce(data[name], ftype, f"{path}{name}", f.metadata, problems)
+            if ok:
+                values[name] = value
+    return cls(**values)
+
+
+def _unknown_key(key: str, path: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(path + c for c in close)}?" if close else f"known keys: {', '.join(known)}"
+    return f"{path}{key}: unknown key ({hint})"
+
+
+def _coerce(value: Any, ftype: Any, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
+    """Check ``value`` against ``ftype`` and the field's metadata; record a problem if wrong."""
+    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, path, meta, problems)
+    if origin is Literal:
+        if value in args:
+            return True, value
+        problems.append(f"{path}: expected one of {', '.join(map(str, args))}, got {_show(value)}")
+        return False, None
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str | int | float) for v in items):
+            problems.append(f"{path}: expected a list of strings, got {_show(value)}")
+            return False, None
+        return True, tuple(str(v) for v in items)
+    if origin is dict:
+        if not isinstance(value, typing.Mapping):
+            problems.append(f"{path}: expected a mapping NAME: value, got {_show(value)}")
+            return False, None
+        return True, dataclasses.MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
+    return _coerce_scalar(value, ftype, path, meta, problems)
+
+
+def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
+    if ftype is bool:
+        ok = isinstance(value, bool)
+    elif ftype is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ftype is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str | int | float) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    if not ok:
+        problems.append(f"{path}: expected {ftype.__name__}, got {_show(value)}")
+        return False, None
+    if "min" in meta and value < meta["min"]:
+        problems.append(f"{path}: must be at least {meta['min']}, got {value}")
+        return False, None
+    if "max" in meta and value > meta["max"]:
+        problems.append(f"{path}: must be at most {meta['max']}, got {value}")
+        return False, None
+    if "pattern" in meta and not meta["pattern"].match(value):
+        problems.append(f"{path}: expected {meta['expect']}, got {value!r}")
+        return False, None
+    return True, value
+
+
+def _scalar_str(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
