@@ -12,6 +12,7 @@ import difflib
 import re
 import types
 import typing
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,7 +67,9 @@ class LaunchSpec:
     launcher: Literal["torchrun"] = "torchrun"
     python: str | None = _opt(None, help="python on every node (default: the one running hpcft)")
     setup: tuple[str, ...] = _opt((), help="shell lines run in the batch script before srun")
-    env: dict[str, str] = _opt(dataclasses.MappingProxyType({}), help="environment for every rank")
+    env: dict[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), metadata={"help": "environment for every rank"}
+    )
     env_passthrough: tuple[str, ...] = _opt((), help="names of variables (e.g. secrets) taken from the submit env")
     script: str | None = _opt(None, help="a user training script run instead of the hpcft trainer")
     script_args: tuple[str, ...] = ()
@@ -229,7 +232,7 @@ def _coerce(value: Any, ftype: Any, path: str, meta: typing.Mapping, problems: l
         if not isinstance(value, typing.Mapping):
             problems.append(f"{path}: expected a mapping NAME: value, got {_show(value)}")
             return False, None
-        return True, dataclasses.MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
+        return True, MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
     return _coerce_scalar(value, ftype, path, meta, problems)
 
 
