@@ -104,7 +104,7 @@ def render_script(spec: JobSpec, run: str, script_path: str, node_argv: list[str
         spec.resources,
         job_name=spec.run.name,
         chdir=run,
-        output="logs/slurm-%j.out",
+        output=script.filename_pattern(run) + "/logs/slurm-%j.out",
     )
     ctx = script.make_context(
         TEMPLATE,
@@ -140,4 +140,3 @@ def dump_spec(spec: JobSpec) -> str:
 def load_spec_text(text: str, source: str) -> JobSpec:
     """Parse a resolved spec written by ``dump_spec``."""
     return build_spec(yaml.safe_load(text) or {}, source=source)
-

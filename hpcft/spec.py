@@ -12,8 +12,8 @@ import difflib
 import re
 import types
 import typing
-from types import MappingProxyType
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from hpcft.errors import ConfigError
@@ -140,6 +140,14 @@ def check_spec(spec: JobSpec) -> list[str]:
             f"resources.nodes: the local backend runs on this machine only, got {spec.resources.nodes} "
             "(HINT: use --backend sbatch on a SLURM cluster, or --nodes 1)"
         )
+    for key, value in (("run.name", spec.run.name), ("run.runs_dir", spec.run.runs_dir)):
+        bad = sorted({ch for ch in value if ch in "\\\n\r\0"})
+        if bad:
+            problems.append(
+                f"{key}: may not contain {', '.join(map(repr, bad))} (SLURM cannot name files with it), got {value!r}"
+            )
+    if not spec.run.name.strip():
+        problems.append("run.name: must not be empty")
     for name in launch.env:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env.{name}: not a valid environment variable name")
@@ -242,6 +250,8 @@ def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, pro
     elif ftype is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif ftype is float:
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what float() reads.
+        value = _float_or_same(value)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
     else:
@@ -260,6 +270,15 @@ def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, pro
         problems.append(f"{path}: expected {meta['expect']}, got {value!r}")
         return False, None
     return True, value
+
+
+def _float_or_same(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _scalar_str(v: Any) -> str:

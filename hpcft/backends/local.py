@@ -7,6 +7,7 @@ which runs ``hpcft node RUN`` and records the exit code in state.json; the job i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,10 +39,8 @@ def submit(plan: Plan) -> tuple[Path, str]:
 
 def cancel(job: dict) -> None:
     """Stop a local job's whole process group."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(job["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 def job_alive(job: dict) -> bool:

@@ -66,7 +66,7 @@ def parse_sbatch_parsable(text: str) -> str:
 
 def submit(argv: Sequence[str]) -> str:
     """Run ``sbatch --parsable …`` and return the job id."""
-    out = run(argv, hint="the script stays in the run directory; fix the cause and `sbatch` it by hand")
+    out = run(argv, hint="nothing was submitted and the run directory was removed; `hpcft plan` shows the script")
     return parse_sbatch_parsable(out)
 
 
@@ -100,7 +100,9 @@ def query_jobs(job_ids: Sequence[str]) -> dict[str, JobState]:
     # squeue exits 1 for ids it no longer knows; that is an answer, not an error.
     live = _quiet(["squeue", "-h", "-j", joined, "-o", SQUEUE_FORMAT], parse_squeue)
     missing = [j for j in ids if j not in live or live[j].ended]
-    done = _quiet(["sacct", "-X", "-n", "-P", "-j", ",".join(missing), "-o", SACCT_FIELDS], parse_sacct) if missing else {}
+    done = (
+        _quiet(["sacct", "-X", "-n", "-P", "-j", ",".join(missing), "-o", SACCT_FIELDS], parse_sacct) if missing else {}
+    )
     return {**live, **done}
 
 

@@ -3,9 +3,10 @@
 Templates hold no logic beyond ``if``/``for``: every value arrives already formatted and quoted
 in a ``ScriptContext``. Two quoting rules apply and are kept here:
 
-* ``#SBATCH`` lines are parsed by sbatch itself, not by the shell: it splits on blanks, lets a
-  backslash escape the next character, toggles on ``"`` and stops at an unescaped ``#``
-  (Slurm src/sbatch/opt.c, ``_get_argument``). ``sbatch_quote`` escapes for that parser.
+* ``#SBATCH`` lines are parsed by sbatch itself, not by the shell (Slurm src/sbatch/opt.c,
+  ``_get_argument``): blanks end a value unless inside ``"…"``, a backslash escapes the next
+  character but cannot protect a blank, and an unescaped ``#`` starts a comment even inside
+  quotes. ``sbatch_quote`` writes for that parser (checked against real sbatch 22.05).
 * The script body is bash: ``shlex.quote``.
 """
 
@@ -22,6 +23,7 @@ from hpcft.resources import data_dir
 from hpcft.spec import ResourceSpec
 
 _SBATCH_SPECIAL = set(' \t"\\#')
+_SBATCH_ESCAPE = set('"\\#')
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,19 @@ class ScriptContext:
 
 
 def sbatch_quote(value: str) -> str:
-    """Escape ``value`` for an ``#SBATCH`` line (sbatch's own directive parser, not bash)."""
-    return "".join("\\" + ch if ch in _SBATCH_SPECIAL else ch for ch in value)
+    """Quote ``value`` for an ``#SBATCH`` line (sbatch's own directive parser, not bash)."""
+    if not any(ch in _SBATCH_SPECIAL for ch in value):
+        return value
+    return '"' + "".join("\\" + ch if ch in _SBATCH_ESCAPE else ch for ch in value) + '"'
+
+
+def filename_pattern(path: str) -> str:
+    """``path`` as a literal in sbatch's filename patterns (``--output``): ``%`` is doubled.
+
+    sbatch expands ``%j``, ``%x``… in the whole output path, including the directory part;
+    a path with a backslash disables all expansion, so ``check_spec`` refuses backslashes.
+    """
+    return path.replace("%", "%%")
 
 
 def format_sbatch_options(res: ResourceSpec, *, job_name: str, chdir: str, output: str) -> list[str]:

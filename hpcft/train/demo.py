@@ -14,10 +14,46 @@ from pathlib import Path
 from hpcft.errors import HpcftError
 
 WORDS = (
-    "apple river stone cloud garden silver window forest candle mirror harbor lantern meadow "
-    "pepper rocket saddle thunder violet wagon yellow anchor basket cotton dragon falcon ginger "
-    "hammer island jungle kettle lemon marble needle orange pillow quartz ribbon summer tiger"
-).split()
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "garden",
+    "silver",
+    "window",
+    "forest",
+    "candle",
+    "mirror",
+    "harbor",
+    "lantern",
+    "meadow",
+    "pepper",
+    "rocket",
+    "saddle",
+    "thunder",
+    "violet",
+    "wagon",
+    "yellow",
+    "anchor",
+    "basket",
+    "cotton",
+    "dragon",
+    "falcon",
+    "ginger",
+    "hammer",
+    "island",
+    "jungle",
+    "kettle",
+    "lemon",
+    "marble",
+    "needle",
+    "orange",
+    "pillow",
+    "quartz",
+    "ribbon",
+    "summer",
+    "tiger",
+)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}"

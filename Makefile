@@ -1,0 +1,24 @@
+# Two commands for a newcomer (README):
+#   make demo   set up, build the demo model and data, train it on this machine (no SLURM needed)
+#   make test   set up everything (packages, .venv, the local 2-node SLURM cluster) and run all tests
+.PHONY: demo test setup cluster lint unit
+
+setup:
+	bash scripts/setup --system
+
+demo: setup
+	@[ -f demo/job.yaml ] || .venv/bin/hpcft init-demo demo
+	.venv/bin/hpcft submit demo/job.yaml --backend local --wait
+
+cluster:
+	bash scripts/dev-cluster up
+
+lint:
+	.venv/bin/ruff check hpcft tests benchmarks
+	.venv/bin/ruff format --check hpcft tests benchmarks
+
+unit: setup
+	.venv/bin/pytest -q tests/unit
+
+test: setup cluster lint
+	.venv/bin/pytest -v --timeout=900 tests

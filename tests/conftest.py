@@ -1,0 +1,86 @@
+"""Shared fixtures and the tier rules.
+
+Tiers: unit (pure, fast) · golden (rendered files) · cluster (real SLURM lab) · train (tiny models).
+A cluster or train test whose prerequisites are missing is skipped on a developer machine but
+FAILS when CI=true: CI must never pass by skipping the tiers that matter.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/ from the current output")
+
+
+def require(ok: bool, why: str) -> None:
+    """Skip locally, fail in CI, when a tier's prerequisite is missing."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {why}: this tier must run in CI", pytrace=False)
+    pytest.skip(why)
+
+
+def hpcft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
+          check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the real CLI in a subprocess (as a user would), with the test's runs dir."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcft", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpcft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def lab() -> None:
+    """The local SLURM cluster must be up with its 2 nodes (make test brings it up)."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=10).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        out = ""
+    nodes = [line.split() for line in out.splitlines() if line.strip()]
+    ok = len(nodes) >= 2 and all(state.rstrip("*") in ("idle", "mixed", "allocated") for _, state in nodes)
+    require(ok, f"the SLURM lab cluster is not up (sinfo: {out.strip() or 'no answer'}); run scripts/dev-cluster up")
+
+
+@pytest.fixture(scope="session")
+def train_stack() -> None:
+    """torch + transformers importable (the [train] extra)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        require(False, f"the [train] extra is not installed ({e})")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory, train_stack) -> Path:
+    """One demo (tiny Llama, tokenizer, data, job.yaml) for the whole session, built by the CLI."""
+    d = tmp_path_factory.mktemp("demo") / "demo"
+    hpcft("init-demo", str(d))
+    return d
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    """A fresh runs directory (on /tmp, which every lab node sees)."""
+    d = tmp_path / "runs"
+    d.mkdir()
+    return d

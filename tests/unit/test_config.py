@@ -1,0 +1,123 @@
+"""Job YAML → JobSpec: layering, overrides, every problem reported at once."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcft.config import load_job, parse_overrides
+from hpcft.errors import ConfigError
+from hpcft.spec import JobSpec, build_spec, spec_to_dict
+
+
+def write(tmp_path: Path, data: dict, name: str = "job.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+BASE = {"train": {"model": "m", "data": {"train": "d.jsonl"}}}
+
+
+def test_relative_paths_resolve_against_the_yaml_file(tmp_path, monkeypatch):
+    job = write(tmp_path, BASE)
+    monkeypatch.chdir("/")
+    spec = load_job(job)
+    assert spec.train.model == str(tmp_path / "m")
+    assert spec.train.data.train == str(tmp_path / "d.jsonl")
+
+
+def test_precedence_profile_job_override_flag(tmp_path):
+    profile = write(tmp_path, {"resources": {"partition": "p", "time": "10", "nodes": 3}}, "profile.yaml")
+    job = write(tmp_path, {**BASE, "resources": {"time": "20", "nodes": 2}})
+    spec = load_job(job, profile=profile, overrides=["resources.nodes=5"], flags={"resources.time": "30"})
+    assert spec.resources.partition == "p"  # profile
+    assert spec.resources.nodes == 5  # -o beats the job file
+    assert spec.resources.time == "30"  # flag beats everything
+
+
+def test_none_flags_do_not_override(tmp_path):
+    spec = load_job(write(tmp_path, {**BASE, "resources": {"nodes": 2}}), flags={"resources.nodes": None})
+    assert spec.resources.nodes == 2
+
+
+def test_all_problems_at_once_with_paths_and_hints(tmp_path):
+    job = write(tmp_path, {
+        "resources": {"nodez": 2, "time": "soon", "gpus_per_node": -1, "exclusive": "yes"},
+        "train": {"lr": "fast", "zero": 5, "data": {"format": "csv"}},
+        "launch": {"backend": "slurm"},
+    })  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        load_job(job)
+    text = str(err.value)
+    assert str(job) in text
+    for expected in [
+        "resources.nodez: unknown key (did you mean resources.nodes?)",
+        "resources.time: expected sbatch time",
+        "resources.gpus_per_node: must be at least 0, got -1",
+        "resources.exclusive: expected bool",
+        "train.lr: expected float, got str 'fast'",
+        "train.zero: must be at most 3, got 5",
+        "train.data.format: expected one of auto, alpaca, text",
+        "launch.backend: expected one of auto, sbatch, local",
+    ]:
+        assert expected in text
+    assert len(err.value.problems) == 8
+
+
+def test_override_syntax_and_unknown_keys():
+    assert parse_overrides(["train.lr=1e-4", "resources.exclusive=true"]) == {
+        "train": {"lr": "1e-4"}, "resources": {"exclusive": True}}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(["train.lrr=1", "nonsense"])
+    assert "did you mean train.lr" in str(err.value)
+    assert "expected KEY=VALUE" in str(err.value)
+
+
+def test_missing_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_job(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(bad)
+
+
+def test_secrets_are_refused_in_env(tmp_path):
+    job = write(tmp_path, {**BASE, "launch": {"env": {"HF_TOKEN": "hf_abc", "OK_VAR": 1}}})
+    with pytest.raises(ConfigError) as err:
+        load_job(job)
+    assert "launch.env.HF_TOKEN: looks like a secret" in str(err.value)
+    assert "env_passthrough" in str(err.value)
+    assert "hf_abc" not in str(err.value)
+
+
+def test_local_backend_is_single_node(tmp_path):
+    with pytest.raises(ConfigError, match="local backend runs on this machine only"):
+        load_job(write(tmp_path, {**BASE, "resources": {"nodes": 2}, "launch": {"backend": "local"}}))
+
+
+def test_backslash_in_run_name_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.name: may not contain"):
+        load_job(write(tmp_path, {**BASE, "run": {"name": "a\\b"}}))
+
+
+def test_model_and_data_required_unless_a_script_runs(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_job(write(tmp_path, {}))
+    assert "train.model: required" in str(err.value) and "train.data.train: required" in str(err.value)
+    spec = load_job(write(tmp_path, {}), flags={"launch.script": "/x/train.py"})
+    assert spec.launch.script == "/x/train.py"
+
+
+def test_spec_round_trips_through_yaml():
+    spec = build_spec({**BASE, "launch": {"env": {"A": "1"}, "setup": ["module load x"]}})
+    again = build_spec(yaml.safe_load(yaml.safe_dump(spec_to_dict(spec))))
+    assert again == spec
+    assert isinstance(again, JobSpec)
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; users write it that way all the time.
+    spec = load_job(write(tmp_path, BASE), overrides=["train.lr=1e-4"])
+    assert spec.train.lr == 1e-4

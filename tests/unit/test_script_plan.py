@@ -1,0 +1,130 @@
+"""Rendered scripts (golden files), sbatch quoting, and the plan as a value."""
+
+import shlex
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from hpcft.launchers import LaunchContext, build_launch
+from hpcft.plan import make_plan, resolve_backend
+from hpcft.slurm.env import ClusterEnv
+from hpcft.slurm.script import filename_pattern, sbatch_quote
+from hpcft.spec import build_spec
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+NOW = datetime(2026, 1, 2, 3, 4, 5)
+PY = "/opt/venv/bin/python"
+HOSTILE = "we ird $(touch x) `id` ; 'q' \"dq\" #c %x"
+
+
+def spec_of(**sections):
+    base = {"train": {"model": "/m", "data": {"train": "/d.jsonl"}}, "run": {"runs_dir": "/shared/runs"},
+            "launch": {"backend": "sbatch"}}  # fmt: skip
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return build_spec(base)
+
+
+def check_golden(request, name: str, text: str) -> None:
+    path = GOLDEN / name
+    if request.config.getoption("--update-golden"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run pytest --update-golden and review the diff"
+    assert text == path.read_text(), f"{name} changed; review with pytest --update-golden + git diff"
+
+
+CASES = {
+    "two_nodes.sbatch": dict(resources={"nodes": 2, "gpus_per_node": 2, "time": "00:30:00"}),
+    "all_resources.sbatch": dict(
+        resources={
+            "nodes": 4,
+            "gpus_per_node": 8,
+            "cpus_per_task": 64,
+            "time": "1-00:00:00",
+            "partition": "gpu",
+            "account": "proj",
+            "qos": "high",
+            "constraint": "a100",
+            "mem": "500G",
+            "exclusive": True,
+            "extra_sbatch": ["--reservation=res1"],
+        },
+        launch={"setup": ["module load cuda/12.4", "source /opt/env.sh"]},
+    ),
+    "hostile_names.sbatch": dict(run={"name": HOSTILE, "runs_dir": f"/shared/{HOSTILE}"}, resources={"nodes": 2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_scripts_match_golden(request, name):
+    plan = make_plan(spec_of(**CASES[name]), python=PY, now=NOW)
+    check_golden(request, name, plan.files["job.sbatch"])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_scripts_are_valid_bash(name):
+    plan = make_plan(spec_of(**CASES[name]), python=PY, now=NOW)
+    subprocess.run(["bash", "-n"], input=plan.files["job.sbatch"], text=True, check=True)
+
+
+def test_node_launch_command_golden(request):
+    spec = spec_of(resources={"nodes": 2, "gpus_per_node": 2})
+    env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "2"}
+    cmd = build_launch(LaunchContext(spec, ClusterEnv.from_mapping(env), "/shared/runs/r", PY, "10.0.0.1"))
+    text = shlex.join(cmd.argv) + "\n" + "".join(f"{k}={v}\n" for k, v in sorted(cmd.env.items()))
+    check_golden(request, "torchrun_node1.txt", text)
+
+
+def test_hostile_run_dir_is_quoted_for_bash_and_sbatch():
+    plan = make_plan(spec_of(**CASES["hostile_names.sbatch"]), python=PY, now=NOW)
+    script = plan.files["job.sbatch"]
+    assert f"RUN_DIR={shlex.quote(plan.run_dir)}" in script
+    assert f"#SBATCH --chdir={sbatch_quote(plan.run_dir)}" in script
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [
+        ("plain-1.x", "plain-1.x"),
+        ("a b", '"a b"'),
+        ('a"b', '"a\\"b"'),
+        ("a#b", '"a\\#b"'),
+        ("$(x)`y`;'z'", "$(x)`y`;'z'"),
+    ],
+)
+def test_sbatch_quote(value, quoted):
+    assert sbatch_quote(value) == quoted
+
+
+def test_filename_pattern_doubles_percent():
+    assert filename_pattern("/r/50%x") == "/r/50%%x"
+
+
+def test_plan_is_offline_and_complete():
+    plan = make_plan(spec_of(resources={"nodes": 2, "gpus_per_node": 2}), python=PY, now=NOW)
+    assert plan.run_dir == "/shared/runs/job-20260102-030405"
+    assert plan.submit_argv == ("sbatch", "--parsable", "/shared/runs/job-20260102-030405/job.sbatch")
+    assert set(plan.files) == {"spec.yaml", "job.sbatch"}
+    assert plan.rendezvous["world size"] == "4"
+    assert plan.spec.launch.python == PY  # resolved into the spec the nodes read
+
+
+def test_auto_backend_follows_sbatch_availability():
+    spec = spec_of(launch={"backend": "auto"})
+    assert resolve_backend(spec, True).launch.backend == "sbatch"
+    assert resolve_backend(spec, False).launch.backend == "local"
+
+
+def test_local_plan_runs_torchrun_standalone():
+    plan = make_plan(spec_of(launch={"backend": "local"}, resources={"gpus_per_node": 2}), python=PY, now=NOW)
+    assert "job.sbatch" not in plan.files
+    assert "--standalone" in plan.node_preview.argv and "--nproc-per-node=2" in plan.node_preview.argv
+
+
+def test_user_script_replaces_the_trainer():
+    spec = spec_of(launch={"script": "/home/u/train.py", "script_args": ["--lr", "1e-4"]})
+    plan = make_plan(spec, python=PY, now=NOW)
+    assert plan.node_preview.argv[-3:] == ("/home/u/train.py", "--lr", "1e-4")
+    assert "hpcft.train.main" not in plan.node_preview.argv
