@@ -18,6 +18,7 @@ import click
 
 from hpcft import __version__
 from hpcft.errors import HpcftError
+from hpcft.spec import BACKENDS, LAUNCHERS
 
 RUNS_DIR_HELP = "directory holding runs [default: $HPCFT_RUNS_DIR or ./hpcft-runs]"
 
@@ -70,8 +71,8 @@ def job_options(fn):
         click.option("--nodes", type=int, help="number of nodes (resources.nodes)"),
         click.option("--gpus-per-node", type=int, help="GPUs per node; processes per node on CPU-only machines"),
         click.option("--zero", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (train.zero)"),
-        click.option("--launcher", type=click.Choice(["torchrun"]), help="launcher on each node"),
-        click.option("--backend", type=click.Choice(["auto", "sbatch", "local"]), help="how to reach the nodes"),
+        click.option("--launcher", type=click.Choice(LAUNCHERS), help="how each node starts its processes"),
+        click.option("--backend", type=click.Choice(BACKENDS), help="how the job reaches the nodes"),
         click.option("--time", "time_limit", help="time limit, sbatch format (e.g. 4:00:00)"),
         click.option("--partition", help="SLURM partition"),
         click.option("--runs-dir", help=RUNS_DIR_HELP),

@@ -30,6 +30,7 @@ PATH_KEYS = (
     "train.data.train",
     "train.data.eval",
     "launch.script",
+    "launch.accelerate_config",
 )
 
 

@@ -20,9 +20,12 @@ def log_file(run: Path, rank: int | None) -> Path:
     if rank is not None:
         return logs / f"rank-{rank}.log"
     state = runs.read_state(run)
-    if state["backend"] == "sbatch" and state["jobs"]:
-        return logs / f"slurm-{state['jobs'][-1]['id']}.out"
-    return logs / "local.out"
+    if not state["jobs"] or state["backend"] == "local":
+        return logs / "local.out"
+    job = state["jobs"][-1]["id"]
+    if state["backend"] == "submitit":
+        return run / "submitit" / f"{job}_0_log.out"
+    return logs / f"slurm-{job}.out"
 
 
 def stream(run: Path, rank: int | None = None, follow: bool = False, interval: float = 0.5) -> Iterator[str]:

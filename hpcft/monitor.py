@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcft import runs
-from hpcft.backends import local
+from hpcft.backends import SLURM_BACKENDS, local
 from hpcft.slurm import client
 
 
@@ -48,7 +48,7 @@ class RunStatus:
 def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
     """Status rows for ``paths``, asking SLURM once for all their jobs."""
     states = {p: runs.read_state(p) for p in paths}
-    slurm_ids = [j["id"] for s in states.values() if s["backend"] == "sbatch" for j in s["jobs"]]
+    slurm_ids = [j["id"] for s in states.values() if s["backend"] in SLURM_BACKENDS for j in s["jobs"]]
     slurm = client.query_jobs(slurm_ids) if slurm_ids else {}
     return [_row(p, states[p], slurm) for p in paths]
 
@@ -60,7 +60,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
     nodes = elapsed = ""
     if job is None:
         sched = "NOT_SUBMITTED"
-    elif state["backend"] == "sbatch":
+    elif state["backend"] in SLURM_BACKENDS:
         js = slurm.get(job["id"])
         sched = js.state if js else "UNKNOWN"
         nodes, elapsed = (js.nodes, js.elapsed) if js else ("", "")

@@ -1,39 +1,154 @@
-"""``hpcft node RUN``: run once per node (by srun, or by the local runner).
+"""``hpcft node RUN``: run once per node (by srun), once per job (head-node launchers), or once
+per rank (the ``srun`` launcher), and by the local runner.
 
-Reads the allocation from the environment, checks the rendezvous host, builds the launcher's
-command, writes its files into the run directory and execs it. Nothing here imports torch.
+Preflight first — the run directory is visible here, the master resolves to a non-loopback
+address, the launcher exists (for pdsh: ssh reaches every host) — so a broken node ends the job
+at once with its name and the reason instead of hanging until a collective times out. Then it
+builds the launcher's command, writes its files into the run directory and execs it.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib.util
+import ipaddress
 import os
+import shutil
+import socket
+import subprocess
 import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hpcft import runs
+from hpcft.errors import HpcftError, LaunchError
 from hpcft.launchers import LaunchCommand, LaunchContext, build_launch
 from hpcft.slurm.env import ClusterEnv, resolve_master
+from hpcft.spec import JobSpec
 
-log = logging.getLogger(__name__)
+# What each launcher needs on the node: a Python module or a program.
+NEEDS = {
+    "torchrun": ("module", "torch"),
+    "srun": ("module", "torch"),
+    "deepspeed": ("module", "deepspeed"),
+    "deepspeed-pdsh": ("program", "pdsh"),
+    "deepspeed-openmpi": ("program", "mpirun"),
+    "deepspeed-mvapich": ("program", "mpiname"),
+    "accelerate": ("module", "accelerate"),
+}
 
 
-def prepare(run: Path, env: dict[str, str]) -> LaunchCommand:
-    """Decide this node's launch command (preflight included); no side effects but a DNS lookup."""
-    spec = runs.load_run_spec(run)
+def this_host(env: Mapping[str, str]) -> str:
+    """The node's name as SLURM knows it (hostname outside SLURM)."""
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def read_spec(run: Path, host: str) -> JobSpec:
+    """The run's spec; a node that cannot see the run directory says so."""
+    if not (run / "spec.yaml").is_file():
+        raise LaunchError(
+            f"node {host}: cannot see the run directory {run}",
+            hint="the runs directory must be on a filesystem shared by all nodes (run.runs_dir)",
+        )
+    return runs.load_run_spec(run)
+
+
+def prepare(run: Path, env: Mapping[str, str]) -> LaunchCommand:
+    """Preflight and decide this node's launch command."""
+    host = this_host(env)
+    spec = read_spec(run, host)
     cluster = ClusterEnv.from_mapping(env)
     master_addr = resolve_master(cluster) if cluster.in_slurm else cluster.master_host
+    check_launcher(spec, host)
+    network = None
+    if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
+        network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = spec.launch.python or sys.executable
-    return build_launch(LaunchContext(spec, cluster, str(run), python, master_addr))
+    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network)
+    if spec.launch.launcher == "deepspeed-pdsh":
+        check_ssh(cluster.hosts, host)
+    return build_launch(ctx)
+
+
+def check_launcher(spec: JobSpec, host: str) -> None:
+    """The launcher's module or program exists here (MVAPICH: the MVAPICH2-GDR build)."""
+    launcher = spec.launch.launcher
+    kind, name = NEEDS[launcher]
+    found = importlib.util.find_spec(name) is not None if kind == "module" else shutil.which(name) is not None
+    if not found:
+        what = f"Python module {name!r}" if kind == "module" else f"program {name!r}"
+        raise LaunchError(f"node {host}: launcher {launcher} needs the {what}, which is not installed here",
+                          hint=f"install it on every node, or choose another launcher (--launcher)")  # fmt: skip
+    if launcher == "deepspeed-mvapich":
+        out = _run_text(["mpiname"])
+        if "MVAPICH2-GDR" not in out:
+            raise LaunchError(
+                f"node {host}: launcher deepspeed-mvapich needs MVAPICH2-GDR; `mpiname` says {out.strip()!r}",
+                hint="DeepSpeed's MVAPICH runner accepts only MVAPICH2-GDR; use deepspeed-openmpi or deepspeed",
+            )
+
+
+def check_ssh(hosts: tuple[str, ...], here: str) -> None:
+    """Passwordless ssh to every host of the job works (pdsh needs it); name the ones that fail."""
+
+    def probe(host: str) -> tuple[str, int, str]:
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, "true"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return host, -1, str(e)
+        return host, proc.returncode, proc.stderr.strip()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        failed = [r for r in pool.map(probe, hosts) if r[1] != 0]
+    if failed:
+        detail = "; ".join(f"{h}: {err or f'exit {rc}'}" for h, rc, err in failed)
+        raise LaunchError(
+            f"node {here}: ssh to {len(failed)} host(s) failed, deepspeed-pdsh cannot start: {detail}",
+            hint="set up passwordless ssh between the nodes (keys, known_hosts), or use --launcher deepspeed",
+        )
+
+
+def parse_ip_addr(text: str) -> list[tuple[str, ipaddress.IPv4Interface]]:
+    """``ip -o -4 addr show`` → [(interface, address/prefix)]."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == "inet":
+            out.append((parts[1], ipaddress.IPv4Interface(parts[3])))
+    return out
+
+
+def subnet_of(addr: str, interfaces: list[tuple[str, ipaddress.IPv4Interface]]) -> str:
+    """The CIDR of the interface holding ``addr`` (the master's address on the head node)."""
+    for _, iface in interfaces:
+        if str(iface.ip) == addr:
+            return str(iface.network)
+    raise LaunchError(
+        f"cannot tell the network of the master address {addr}: no local interface has it",
+        hint="set launch.network_interface to the interface name or CIDR MPI should use (e.g. ib0 or 10.0.0.0/16)",
+    )
+
+
+def _run_text(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 def exec_node(run: Path) -> None:
     """Prepare, write the launcher's files, and replace this process with the launcher."""
-    cmd = prepare(run, dict(os.environ))
+    try:
+        cmd = prepare(run, dict(os.environ))
+    except HpcftError as e:
+        # Goes to the job's output; a non-zero exit makes srun end every node's task at once.
+        print(f"hpcft node: preflight failed: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
     for name, text in cmd.files.items():
         runs.write_atomic(run / name, text)
     env = {**os.environ, **cmd.env}
-    host = os.environ.get("SLURMD_NODENAME", "localhost")
-    print(f"hpcft node {host}: {' '.join(cmd.argv)}", flush=True)
+    print(f"hpcft node {this_host(os.environ)}: {' '.join(cmd.argv)}", flush=True)
     os.chdir(run)
     os.execvpe(cmd.argv[0], list(cmd.argv), env)

@@ -15,14 +15,21 @@ from pathlib import PurePath
 
 import yaml
 
-from hpcft.launchers import LaunchCommand, LaunchContext, build_launch
+from hpcft.launchers import LaunchCommand, LaunchContext, build_launch, shape_of
 from hpcft.slurm import script
 from hpcft.slurm.env import ClusterEnv, master_port
 from hpcft.spec import JobSpec, build_spec, spec_to_dict
 
 SPEC_FILE = "spec.yaml"
 SCRIPT_FILE = "job.sbatch"
-TEMPLATE = "per_node.sbatch.j2"
+DESCRIPTIONS = {
+    "per_node": "One task per node runs `hpcft node`, which reads the allocation from SLURM's environment,\n"
+    "works out the rendezvous (master = first node, port from the job id) and starts the launcher.",
+    "head_node": "`hpcft node` runs once, on the first node, and starts the launcher there; the launcher\n"
+    "reaches every node of the allocation itself (hostfile in the run directory).",
+    "per_rank": "srun starts one task per GPU (per process on CPU); each task is one rank: `hpcft node`\n"
+    "maps SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS to RANK/LOCAL_RANK/WORLD_SIZE and runs it.",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,15 @@ def make_plan(spec: JobSpec, *, python: str, now: datetime, run_dir: str | None 
         files[SCRIPT_FILE] = render_script(spec, run, script_path, node_argv)
         submit_argv: tuple[str, ...] = ("sbatch", "--parsable", script_path)
         preview_cluster = preview_cluster_env(spec)
+    elif spec.launch.backend == "submitit":
+        from hpcft.backends.submitit import FOLDER, executor_parameters
+
+        params = executor_parameters(spec)
+        files["submitit.yaml"] = "# submitit AutoExecutor parameters (reference; submitit writes its own script)\n" + (
+            yaml.safe_dump(params, sort_keys=False)
+        )
+        submit_argv = ("submitit.AutoExecutor", f"folder={PurePath(run) / FOLDER}", *sorted(params))
+        preview_cluster = preview_cluster_env(spec)
     else:
         submit_argv = tuple(node_argv)
         preview_cluster = ClusterEnv.local({})
@@ -91,29 +107,34 @@ def make_plan(spec: JobSpec, *, python: str, now: datetime, run_dir: str | None 
         "nodes": str(spec.resources.nodes),
         "processes per node": str(ctx.procs_per_node),
         "world size": str(ctx.procs_per_node * spec.resources.nodes),
-        "master": "first node of the allocation" if spec.launch.backend == "sbatch" else "127.0.0.1",
+        "master": "first node of the allocation" if preview_cluster.in_slurm else "127.0.0.1",
         "port": f"{master_port('JOBID', {})}+(JOBID mod 10000), or $MASTER_PORT",
-        "node rank": "SLURM_NODEID" if spec.launch.backend == "sbatch" else "0",
+        "node rank": "SLURM_NODEID" if preview_cluster.in_slurm else "0",
     }
     return Plan(spec, run, files, submit_argv, preview, rdzv)
 
 
 def render_script(spec: JobSpec, run: str, script_path: str, node_argv: list[str]) -> str:
     """The batch script for ``spec`` (per-node shape: one srun task per node runs ``hpcft node``)."""
+    shape = shape_of(spec.launch.launcher)
+    tasks = 1 if shape == "per_node" else (spec.resources.gpus_per_node or 1)
     flags = script.format_sbatch_options(
         spec.resources,
         job_name=spec.run.name,
         chdir=run,
         output=script.filename_pattern(run) + "/logs/slurm-%j.out",
+        tasks_per_node=tasks,
     )
     ctx = script.make_context(
-        TEMPLATE,
+        f"{shape}.sbatch.j2",
         run_dir=run,
         script_path=script_path,
         flags=flags,
         setup=spec.launch.setup,
         node_argv=node_argv,
         nodes=spec.resources.nodes,
+        tasks_per_node=tasks,
+        description=DESCRIPTIONS[shape],
     )
     return script.render_sbatch(ctx)
 

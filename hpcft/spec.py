@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 from hpcft.errors import ConfigError
 
-BACKENDS = ("auto", "sbatch", "local")
-LAUNCHERS = ("torchrun",)
-DATA_FORMATS = ("auto", "alpaca", "text")
+BACKENDS = ("auto", "sbatch", "local", "submitit")
+LAUNCHERS = (
+    "torchrun", "deepspeed", "deepspeed-pdsh", "deepspeed-openmpi", "deepspeed-mvapich", "accelerate", "srun",
+)  # fmt: skip
+DATA_FORMATS = ("auto", "alpaca", "chat", "text")
 
 # sbatch --time accepts: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (man sbatch).
 _TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
@@ -63,8 +65,16 @@ class ResourceSpec:
 class LaunchSpec:
     """How the job reaches the nodes and starts its processes."""
 
-    backend: Literal["auto", "sbatch", "local"] = _opt("auto", help="auto = sbatch if on PATH, else local")
-    launcher: Literal["torchrun"] = "torchrun"
+    backend: Literal["auto", "sbatch", "local", "submitit"] = _opt(
+        "auto", help="auto = sbatch if on PATH, else local"
+    )
+    launcher: Literal[
+        "torchrun", "deepspeed", "deepspeed-pdsh", "deepspeed-openmpi", "deepspeed-mvapich", "accelerate", "srun"
+    ] = _opt("torchrun", help="deepspeed = the deepspeed launcher per node without ssh")
+    rdzv: Literal["c10d", "static"] = _opt("c10d", help="torchrun rendezvous backend")
+    max_restarts: int = _opt(0, min=0, help="torchrun: restarts of the workers on failure")
+    network_interface: str | None = _opt(None, help="deepspeed-openmpi: interface or CIDR (default: master's subnet)")
+    accelerate_config: str | None = _opt(None, help="your own accelerate config YAML (launcher accelerate)")
     python: str | None = _opt(None, help="python on every node (default: the one running hpcft)")
     setup: tuple[str, ...] = _opt((), help="shell lines run in the batch script before srun")
     env: dict[str, str] = field(
@@ -79,9 +89,12 @@ class LaunchSpec:
 class DataSpec:
     """Training data files."""
 
-    train: str | None = _opt(None, help="jsonl file of training samples")
-    eval: str | None = _opt(None, help="optional jsonl file of evaluation samples")
-    format: Literal["auto", "alpaca", "text"] = "auto"
+    train: str | None = _opt(None, help="training samples: .jsonl/.json/.parquet/.csv or a save_to_disk directory")
+    eval: str | None = _opt(None, help="optional evaluation samples, same kinds as train")
+    format: Literal["auto", "alpaca", "chat", "text"] = "auto"
+    completion_only: bool = _opt(True, help="loss only on alpaca outputs / chat assistant turns; false = every token")
+    cache_dir: str | None = _opt(None, help="tokenized-data cache on the shared FS (default: RUNS_DIR/.cache/data)")
+    cache_wait_minutes: int = _opt(240, min=1, help="how long other ranks wait for rank 0 to build the cache")
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class TrainSpec:
     batch_size: int = _opt(1, min=1, help="micro-batch per process")
     grad_accum: int = _opt(1, min=1)
     seq_len: int = _opt(512, min=8)
+    packing: bool = _opt(False, help="pack samples into rows of seq_len tokens; attention stays inside each sample")
     save_steps: int = _opt(100, min=1)
     save_total_limit: int | None = _opt(None, min=1)
     eval_steps: int | None = _opt(None, min=1)

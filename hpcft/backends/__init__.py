@@ -9,11 +9,15 @@ from pathlib import Path
 
 from hpcft.plan import Plan
 
+SLURM_BACKENDS = ("sbatch", "submitit")
+
 
 def submit(plan: Plan) -> tuple[Path, str]:
     """Write the run directory and start the job with the plan's backend; return (run dir, job id)."""
     if plan.backend == "sbatch":
         from hpcft.backends import sbatch as backend
+    elif plan.backend == "submitit":
+        from hpcft.backends import submitit as backend  # type: ignore[no-redef]
     else:
         from hpcft.backends import local as backend  # type: ignore[no-redef]
     return backend.submit(plan)
@@ -29,10 +33,10 @@ def cancel(run: Path) -> str:
         raise RunError(f"{run.name} has no job to cancel")
     job = state["jobs"][-1]
     runs.update_state(run, lambda s: s.update(cancelled=True))
-    if state["backend"] == "sbatch":
-        from hpcft.backends import sbatch
+    if state["backend"] in SLURM_BACKENDS:
+        from hpcft.slurm import client
 
-        sbatch.cancel(job["id"])
+        client.cancel(job["id"])
     else:
         from hpcft.backends import local
 

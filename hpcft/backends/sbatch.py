@@ -22,7 +22,3 @@ def submit(plan: Plan) -> tuple[Path, str]:
     runs.record_job(run, job_id)
     return run, job_id
 
-
-def cancel(job_id: str) -> None:
-    """Cancel a SLURM job."""
-    client.cancel(job_id)

@@ -33,6 +33,7 @@ class LaunchContext:
     run_dir: str
     python: str
     master_addr: str
+    network: str | None = None  # interface or CIDR for MPI's TCP transport (deepspeed-openmpi)
 
     @property
     def procs_per_node(self) -> int:
@@ -56,6 +57,9 @@ class LaunchContext:
         """Environment every rank gets: the rendezvous as torchrun-style and LLaMA-Factory-style names."""
         env = {
             "HPCFT_RUN_DIR": self.run_dir,
+            # Ranks started over ssh (pdsh) see no SLURM_* variables: pass what the trainer records.
+            "HPCFT_JOB_ID": self.cluster.job_id or "local",
+            "HPCFT_RESTART_COUNT": str(self.cluster.restart_count),
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.cluster.master_port),
             "NNODES": str(self.cluster.num_nodes),
@@ -68,9 +72,38 @@ class LaunchContext:
         return env
 
 
+# How the batch script starts hpcft on the allocation, per launcher:
+#   per_node:  srun, one task per node, each runs `hpcft node` which starts that node's launcher;
+#   head_node: the batch script runs `hpcft node` once on the first node; the launcher reaches the
+#              other nodes itself (pdsh over ssh, mpirun through SLURM);
+#   per_rank:  srun, one task per GPU (per process on CPU); each task is a rank, no launcher.
+SHAPES = {
+    "torchrun": "per_node",
+    "deepspeed": "per_node",
+    "accelerate": "per_node",
+    "deepspeed-pdsh": "head_node",
+    "deepspeed-openmpi": "head_node",
+    "deepspeed-mvapich": "head_node",
+    "srun": "per_rank",
+}
+
+
+def shape_of(launcher: str) -> str:
+    """``per_node``, ``head_node`` or ``per_rank``."""
+    return SHAPES[launcher]
+
+
+def hostfile_text(hosts: tuple[str, ...], slots: int) -> str:
+    """A DeepSpeed/Open MPI hostfile: ``host slots=N`` per line (see hostfiles/README.md)."""
+    return "".join(f"{host} slots={slots}\n" for host in hosts)
+
+
 def build_launch(ctx: LaunchContext) -> LaunchCommand:
     """Dispatch to the launcher the spec names."""
-    from hpcft.launchers import torchrun
+    from hpcft.launchers import accelerate, deepspeed, srun, torchrun
 
-    builders = {"torchrun": torchrun.build}
-    return builders[ctx.spec.launch.launcher](ctx)
+    launcher = ctx.spec.launch.launcher
+    if launcher.startswith("deepspeed"):
+        return deepspeed.build(ctx)
+    builders = {"torchrun": torchrun.build, "accelerate": accelerate.build, "srun": srun.build}
+    return builders[launcher](ctx)

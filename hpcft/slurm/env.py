@@ -48,6 +48,9 @@ class ClusterEnv:
         master_port: rendezvous port, identical on every node.
         gpus_on_node: GPUs SLURM gave this node (None when it says nothing).
         restart_count: how often SLURM has requeued this job.
+        proc_id: this task's global index (one task per GPU in the ``srun`` launcher).
+        local_id: this task's index on its node.
+        ntasks: tasks in the job step.
     """
 
     job_id: str
@@ -57,6 +60,9 @@ class ClusterEnv:
     master_port: int
     gpus_on_node: int | None = None
     restart_count: int = 0
+    proc_id: int = 0
+    local_id: int = 0
+    ntasks: int = 1
 
     @property
     def num_nodes(self) -> int:
@@ -92,6 +98,9 @@ class ClusterEnv:
             master_port=master_port(job_id, env),
             gpus_on_node=_int_or_none(env.get(SLURM_VARS["gpus_on_node"])),
             restart_count=int(env.get(SLURM_VARS["restart_count"], "0") or 0),
+            proc_id=int(env.get(SLURM_VARS["proc_id"], "0") or 0),
+            local_id=int(env.get(SLURM_VARS["local_id"], "0") or 0),
+            ntasks=int(env.get(SLURM_VARS["ntasks"], "1") or 1),
         )
 
     @classmethod
@@ -144,6 +153,31 @@ def resolve_master(cluster: ClusterEnv) -> str:
             "or set MASTER_ADDR-resolvable names",
         )
     return addr
+
+
+# MPI launchers (Open MPI, MVAPICH2, MPICH/PMI) name ranks their own way; torch wants these names.
+MPI_RANK_VARS = (
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
+)
+
+
+def torch_rank_env(env: Mapping[str, str]) -> dict[str, str]:
+    """RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE for a process started by mpirun; {} if already set.
+
+    DeepSpeed's openmpi and mvapich runners start ranks with mpirun, which sets only its own
+    variables; torch.distributed's env:// init needs the torch names.
+    """
+    if "RANK" in env:
+        return {}
+    for rank, size, local, local_size in MPI_RANK_VARS:
+        if rank in env:
+            out = {"RANK": env[rank], "WORLD_SIZE": env[size], "LOCAL_RANK": env.get(local, "0")}
+            if local_size in env:
+                out["LOCAL_WORLD_SIZE"] = env[local_size]
+            return out
+    return {}
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -39,6 +39,8 @@ class ScriptContext:
     setup: tuple[str, ...]
     node_cmd: str
     nodes: int
+    tasks_per_node: int
+    description: str
 
 
 def sbatch_quote(value: str) -> str:
@@ -57,7 +59,22 @@ def filename_pattern(path: str) -> str:
     return path.replace("%", "%%")
 
 
-def format_sbatch_options(res: ResourceSpec, *, job_name: str, chdir: str, output: str) -> list[str]:
+def slurm_minutes(time: str) -> int:
+    """An sbatch time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
+    days, _, rest = time.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+        seconds = int(days) * 86400 + h * 3600 + m * 60 + s
+    else:
+        h, m, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
+        seconds = h * 3600 + m * 60 + s
+    return -(-seconds // 60)
+
+
+def format_sbatch_options(
+    res: ResourceSpec, *, job_name: str, chdir: str, output: str, tasks_per_node: int = 1
+) -> list[str]:
     """The one sbatch-flag formatter: resources → sorted ``--long-option=value`` strings.
 
     Field names are sbatch's long options in snake_case; ``extra_sbatch`` is appended as given.
@@ -68,7 +85,7 @@ def format_sbatch_options(res: ResourceSpec, *, job_name: str, chdir: str, outpu
         "output": output,
         "open-mode": "append",
         "nodes": str(res.nodes),
-        "ntasks-per-node": "1",
+        "ntasks-per-node": str(tasks_per_node),
     }
     if res.gpus_per_node:
         opts["gpus-per-node"] = str(res.gpus_per_node)
@@ -105,6 +122,8 @@ def make_context(
     setup: Sequence[str],
     node_argv: Sequence[str],
     nodes: int,
+    tasks_per_node: int,
+    description: str,
 ) -> ScriptContext:
     """Build the context for ``template`` from unformatted values."""
     return ScriptContext(
@@ -117,6 +136,8 @@ def make_context(
         setup=tuple(setup),
         node_cmd=shell_join(node_argv),
         nodes=nodes,
+        tasks_per_node=tasks_per_node,
+        description="\n".join(f"# {line}" for line in description.splitlines()),
     )
 
 

@@ -1,0 +1,83 @@
+"""The submitit backend: the same resources through submitit's ``AutoExecutor``.
+
+submitit writes and submits its own batch script (in ``RUN/submitit/``); its pickled function runs
+``hpcft node RUN`` on every node — or only on the first node for head-node launchers (pdsh/MPI),
+where the other nodes' tasks return at once. State, logs and cancel go through SLURM as for sbatch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from hpcft import runs
+from hpcft.errors import SubmissionError
+from hpcft.launchers import shape_of
+from hpcft.plan import Plan
+from hpcft.slurm.script import slurm_minutes
+from hpcft.spec import JobSpec
+
+FOLDER = "submitit"
+
+
+def executor_parameters(spec: JobSpec) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` arguments for the spec's resources; pure."""
+    res = spec.resources
+    tasks = 1 if shape_of(spec.launch.launcher) != "per_rank" else (res.gpus_per_node or 1)
+    params: dict[str, Any] = {
+        "name": spec.run.name,
+        "nodes": res.nodes,
+        "tasks_per_node": tasks,
+        # submitit always writes --time; 0 = no limit of the job's own (the partition's applies).
+        "timeout_min": slurm_minutes(res.time) if res.time else 0,
+    }
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if res.cpus_per_task:
+        params["cpus_per_task"] = res.cpus_per_task
+    for key in ("partition", "account", "qos", "constraint", "mem"):
+        if getattr(res, key) is not None:
+            params[f"slurm_{key}"] = getattr(res, key)
+    if res.exclusive:
+        params["slurm_exclusive"] = True
+    if spec.launch.setup:
+        params["slurm_setup"] = list(spec.launch.setup)
+    extra = dict(_split_flag(f) for f in res.extra_sbatch)
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params
+
+
+def _split_flag(flag: str) -> tuple[str, Any]:
+    key, sep, value = flag.lstrip("-").partition("=")
+    return key.replace("-", "_"), (value if sep else True)
+
+
+def run_node(python: str, run: str, head_only: bool) -> int:
+    """Runs on each node inside submitit's task: ``hpcft node RUN`` (raises if it fails)."""
+    if head_only and os.environ.get("SLURM_NODEID", "0") != "0":
+        return 0
+    rc = subprocess.run([python, "-m", "hpcft", "node", run], stdin=subprocess.DEVNULL).returncode
+    if rc != 0:
+        raise RuntimeError(f"hpcft node exited with {rc}")
+    return rc
+
+
+def submit(plan: Plan) -> tuple[Path, str]:
+    """Write the run directory and submit through submitit; remove it again if that fails."""
+    import submitit
+
+    run = runs.write_run_dir(plan)
+    try:
+        executor = submitit.AutoExecutor(folder=run / FOLDER, cluster="slurm")
+        executor.update_parameters(**executor_parameters(plan.spec))
+        head_only = shape_of(plan.spec.launch.launcher) == "head_node"
+        job = executor.submit(run_node, plan.spec.launch.python, str(run), head_only)
+    except Exception as e:  # submitit wraps sbatch failures in its own exception types
+        shutil.rmtree(run, ignore_errors=True)
+        raise SubmissionError(["submitit", "sbatch"], 1, str(e), "nothing was submitted") from None
+    runs.record_job(run, str(job.job_id))
+    return run, str(job.job_id)

@@ -1,0 +1,65 @@
+"""The deepspeed launcher (``python -m deepspeed.launcher.runner``) with its transports.
+
+* ``deepspeed`` (no ssh): run on every node with ``--no_ssh --node_rank`` — the default inside SLURM.
+* ``deepspeed-pdsh``: run once on the first node; pdsh reaches every host over ssh. DeepSpeed
+  forwards only a few variable prefixes to the remote ranks, so the rest goes in ``.deepspeed_env``.
+* ``deepspeed-openmpi``: run once; mpirun starts the ranks (through SLURM inside an allocation).
+  DeepSpeed adds ``--mca btl_tcp_if_include eth0`` unless one is given, so hpcft always gives one:
+  ``launch.network_interface`` or the master's subnet (derived on the node).
+* ``deepspeed-mvapich``: run once; the command and hostfile are generated; hpcft's preflight
+  refuses it early where MVAPICH2-GDR is not installed.
+All use the hostfile ``RUN/hostfile`` (``host slots=N``; N = GPUs per node, processes on CPU).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from hpcft.launchers import LaunchCommand, LaunchContext, hostfile_text
+
+HOSTFILE = "hostfile"
+DS_ENV_FILE = ".deepspeed_env"
+TRANSPORTS = {"deepspeed": "nossh", "deepspeed-pdsh": "pdsh", "deepspeed-openmpi": "openmpi",
+              "deepspeed-mvapich": "mvapich"}  # fmt: skip
+# Per-node or launcher-owned values: never forwarded to the remote ranks.
+_NOT_FORWARDED = {"NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
+
+
+def transport(ctx: LaunchContext) -> str:
+    """``nossh``, ``pdsh``, ``openmpi`` or ``mvapich``."""
+    return TRANSPORTS[ctx.spec.launch.launcher]
+
+
+def build(ctx: LaunchContext) -> LaunchCommand:
+    """The runner command for this node, plus the hostfile (and ``.deepspeed_env`` for pdsh)."""
+    c, kind = ctx.cluster, transport(ctx)
+    hostfile = f"{ctx.run_dir}/{HOSTFILE}"
+    argv = [ctx.python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hostfile,
+            f"--master_addr={ctx.master_addr}", f"--master_port={c.master_port}"]  # fmt: skip
+    files = {HOSTFILE: hostfile_text(c.hosts, ctx.procs_per_node)}
+    env = ctx.rank_env()
+    if kind == "nossh":
+        argv += ["--no_ssh", f"--node_rank={c.node_rank}"]
+    else:
+        # hpcft's preflight has already checked ssh to every host (pdsh) with a clearer error.
+        argv += ["--launcher", kind, "--no_ssh_check", "--force_multi"]
+    if kind == "pdsh":
+        files[DS_ENV_FILE] = deepspeed_env_text(env)
+    elif kind == "openmpi":
+        argv.append(f"--launcher_args=--mca btl_tcp_if_include {ctx.network or ctx.spec.launch.network_interface}")
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    argv += _entry(ctx)
+    return LaunchCommand(argv=tuple(argv), env=env, files=files)
+
+
+def _entry(ctx: LaunchContext) -> list[str]:
+    entry = list(ctx.entry_argv())
+    if entry[0] == "-m":
+        return ["--module", *entry[1:]]
+    return entry
+
+
+def deepspeed_env_text(env: dict[str, str]) -> str:
+    """``.deepspeed_env`` lines; DeepSpeed's pdsh runner pastes them into ``export K=V;`` unquoted."""
+    lines = [f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items()) if k not in _NOT_FORWARDED]
+    return "".join(lines)

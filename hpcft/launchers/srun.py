@@ -1,0 +1,21 @@
+"""The ``srun`` launcher: SLURM starts every rank itself (one task per GPU); no launcher process.
+
+Ranks come from SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS; the rendezvous is env:// at the
+first node with the job's port.
+"""
+
+from __future__ import annotations
+
+from hpcft.launchers import LaunchCommand, LaunchContext
+
+
+def build(ctx: LaunchContext) -> LaunchCommand:
+    """``python <entry>`` with torch's rank variables taken from SLURM's task variables."""
+    c = ctx.cluster
+    env = ctx.rank_env()
+    if c.in_slurm:
+        env.update(RANK=str(c.proc_id), LOCAL_RANK=str(c.local_id), WORLD_SIZE=str(c.ntasks),
+                   LOCAL_WORLD_SIZE=str(ctx.procs_per_node))  # fmt: skip
+    else:
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    return LaunchCommand(argv=(ctx.python, "-u", *ctx.entry_argv()), env=env)
