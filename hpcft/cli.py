@@ -84,8 +84,20 @@ def job_options(fn):
     return fn
 
 
-def _load_plan(job_file, script_args, nodes, gpus_per_node, zero, launcher, backend, time_limit, partition,
-               runs_dir, profile, overrides):  # fmt: skip
+def _load_plan(
+    job_file,
+    script_args,
+    nodes,
+    gpus_per_node,
+    zero,
+    launcher,
+    backend,
+    time_limit,
+    partition,
+    runs_dir,
+    profile,
+    overrides,
+):
     from hpcft import config, plan
     from hpcft.slurm import client
 

@@ -4,7 +4,8 @@ Precedence, lowest first (written down once, here):
     defaults < cluster profile (--profile) < job YAML < ``-o a.b=value`` < explicit CLI flags.
 
 Relative paths in a YAML file (model, data, runs_dir, script) are taken relative to that file,
-so a job file works from any current directory. Unknown keys are errors, never ignored.
+so a job file works from any current directory; ``~`` and ``$VARS`` in them are expanded.
+Unknown keys are errors, never ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PATH_KEYS = (
     "train.data.eval",
     "launch.script",
     "launch.accelerate_config",
+    "train.data.cache_dir",
 )
 
 
@@ -63,7 +65,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         for key in parents:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(leaf), str):
-            node[leaf] = str(base / os.path.expanduser(node[leaf]))
+            node[leaf] = str(base / os.path.expanduser(os.path.expandvars(node[leaf])))
     return out
 
 

@@ -78,8 +78,10 @@ def check_launcher(spec: JobSpec, host: str) -> None:
     found = importlib.util.find_spec(name) is not None if kind == "module" else shutil.which(name) is not None
     if not found:
         what = f"Python module {name!r}" if kind == "module" else f"program {name!r}"
-        raise LaunchError(f"node {host}: launcher {launcher} needs the {what}, which is not installed here",
-                          hint=f"install it on every node, or choose another launcher (--launcher)")  # fmt: skip
+        raise LaunchError(
+            f"node {host}: launcher {launcher} needs the {what}, which is not installed here",
+            hint="install it on every node, or choose another launcher (--launcher)",
+        )
     if launcher == "deepspeed-mvapich":
         out = _run_text(["mpiname"])
         if "MVAPICH2-GDR" not in out:

@@ -20,13 +20,20 @@ from hpcft.errors import ConfigError
 
 BACKENDS = ("auto", "sbatch", "local", "submitit")
 LAUNCHERS = (
-    "torchrun", "deepspeed", "deepspeed-pdsh", "deepspeed-openmpi", "deepspeed-mvapich", "accelerate", "srun",
-)  # fmt: skip
+    "torchrun",
+    "deepspeed",
+    "deepspeed-pdsh",
+    "deepspeed-openmpi",
+    "deepspeed-mvapich",
+    "accelerate",
+    "srun",
+)
 DATA_FORMATS = ("auto", "alpaca", "chat", "text")
 
 # sbatch --time accepts: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (man sbatch).
 _TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
+_PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Values under these names are secrets: they must come from the environment, not the YAML.
 _SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
@@ -65,9 +72,7 @@ class ResourceSpec:
 class LaunchSpec:
     """How the job reaches the nodes and starts its processes."""
 
-    backend: Literal["auto", "sbatch", "local", "submitit"] = _opt(
-        "auto", help="auto = sbatch if on PATH, else local"
-    )
+    backend: Literal["auto", "sbatch", "local", "submitit"] = _opt("auto", help="auto = sbatch if on PATH, else local")
     launcher: Literal[
         "torchrun", "deepspeed", "deepspeed-pdsh", "deepspeed-openmpi", "deepspeed-mvapich", "accelerate", "srun"
     ] = _opt("torchrun", help="deepspeed = the deepspeed launcher per node without ssh")
@@ -160,6 +165,20 @@ def check_spec(spec: JobSpec) -> list[str]:
             problems.append(
                 f"{key}: may not contain {', '.join(map(repr, bad))} (SLURM cannot name files with it), got {value!r}"
             )
+    if launch.backend == "submitit" and launch.launcher in ("deepspeed-openmpi", "deepspeed-mvapich"):
+        problems.append(
+            f"launch.launcher: {launch.launcher} cannot run under the submitit backend: submitit starts every "
+            "task inside an srun step, and mpirun inside a step sees only that step's one task per node and "
+            "cannot place the ranks (HINT: use --backend sbatch, or --launcher deepspeed / deepspeed-pdsh)"
+        )
+    if launch.launcher == "deepspeed-pdsh":
+        for key, value in (("run.name", spec.run.name), ("run.runs_dir", spec.run.runs_dir)):
+            if not _PDSH_SAFE_RE.match(value):
+                problems.append(
+                    f"{key}: deepspeed-pdsh needs a run directory path without blanks or shell characters, "
+                    f"got {value!r} (DeepSpeed's PDSHRunner pastes `cd <dir>` unquoted into the remote shell; "
+                    "HINT: rename it, or use --launcher deepspeed, which needs no ssh)"
+                )
     if not spec.run.name.strip():
         problems.append("run.name: must not be empty")
     for name in launch.env:

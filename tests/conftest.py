@@ -31,8 +31,9 @@ def require(ok: bool, why: str) -> None:
     pytest.skip(why)
 
 
-def hpcft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
-          check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+def hpcft(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (as a user would), with the test's runs dir."""
     proc = subprocess.run(
         [sys.executable, "-m", "hpcft", *args],

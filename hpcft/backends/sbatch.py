@@ -21,4 +21,3 @@ def submit(plan: Plan) -> tuple[Path, str]:
         raise
     runs.record_job(run, job_id)
     return run, job_id
-

@@ -21,12 +21,19 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     config = ctx.spec.launch.accelerate_config
     if config is None:
         config = f"{ctx.run_dir}/{CONFIG_FILE}"
-        files[CONFIG_FILE] = accelerate_config_text(ctx.spec, num_machines=c.num_nodes,
-                                                    num_processes=ctx.world_size)  # fmt: skip
-    argv = [ctx.python, "-m", "accelerate.commands.launch", "--config_file", config,
-            f"--num_machines={c.num_nodes}", f"--num_processes={ctx.world_size}",
-            f"--machine_rank={c.node_rank}", f"--main_process_ip={ctx.master_addr}",
-            f"--main_process_port={c.master_port}"]  # fmt: skip
+        files[CONFIG_FILE] = accelerate_config_text(ctx.spec, num_machines=c.num_nodes, num_processes=ctx.world_size)
+    argv = [
+        ctx.python,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        config,
+        f"--num_machines={c.num_nodes}",
+        f"--num_processes={ctx.world_size}",
+        f"--machine_rank={c.node_rank}",
+        f"--main_process_ip={ctx.master_addr}",
+        f"--main_process_port={c.master_port}",
+    ]
     entry = list(ctx.entry_argv())
     argv += ["--module", *entry[1:]] if entry[0] == "-m" else entry
     return LaunchCommand(argv=tuple(argv), env=ctx.rank_env(), files=files)

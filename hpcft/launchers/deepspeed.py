@@ -19,8 +19,12 @@ from hpcft.launchers import LaunchCommand, LaunchContext, hostfile_text
 
 HOSTFILE = "hostfile"
 DS_ENV_FILE = ".deepspeed_env"
-TRANSPORTS = {"deepspeed": "nossh", "deepspeed-pdsh": "pdsh", "deepspeed-openmpi": "openmpi",
-              "deepspeed-mvapich": "mvapich"}  # fmt: skip
+TRANSPORTS = {
+    "deepspeed": "nossh",
+    "deepspeed-pdsh": "pdsh",
+    "deepspeed-openmpi": "openmpi",
+    "deepspeed-mvapich": "mvapich",
+}
 # Per-node or launcher-owned values: never forwarded to the remote ranks.
 _NOT_FORWARDED = {"NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 
@@ -34,8 +38,16 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     """The runner command for this node, plus the hostfile (and ``.deepspeed_env`` for pdsh)."""
     c, kind = ctx.cluster, transport(ctx)
     hostfile = f"{ctx.run_dir}/{HOSTFILE}"
-    argv = [ctx.python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hostfile,
-            f"--master_addr={ctx.master_addr}", f"--master_port={c.master_port}"]  # fmt: skip
+    argv = [
+        ctx.python,
+        "-u",
+        "-m",
+        "deepspeed.launcher.runner",
+        "--hostfile",
+        hostfile,
+        f"--master_addr={ctx.master_addr}",
+        f"--master_port={c.master_port}",
+    ]
     files = {HOSTFILE: hostfile_text(c.hosts, ctx.procs_per_node)}
     env = ctx.rank_env()
     if kind == "nossh":

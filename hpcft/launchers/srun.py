@@ -14,8 +14,12 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     c = ctx.cluster
     env = ctx.rank_env()
     if c.in_slurm:
-        env.update(RANK=str(c.proc_id), LOCAL_RANK=str(c.local_id), WORLD_SIZE=str(c.ntasks),
-                   LOCAL_WORLD_SIZE=str(ctx.procs_per_node))  # fmt: skip
+        env.update(
+            RANK=str(c.proc_id),
+            LOCAL_RANK=str(c.local_id),
+            WORLD_SIZE=str(c.ntasks),
+            LOCAL_WORLD_SIZE=str(ctx.procs_per_node),
+        )
     else:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
     return LaunchCommand(argv=(ctx.python, "-u", *ctx.entry_argv()), env=env)

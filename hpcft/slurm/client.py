@@ -16,8 +16,18 @@ from hpcft.errors import SubmissionError
 SQUEUE_FORMAT = "%i|%T|%M|%D|%R"
 SACCT_FIELDS = "JobID,State,Elapsed,NNodes,NodeList,ExitCode"
 # A job stays in squeue a while after it ends (MinJobAge), and reaches sacct a moment after.
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-         "DEADLINE", "REVOKED"}  # fmt: skip
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+}
 
 
 @dataclass(frozen=True)

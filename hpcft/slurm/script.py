@@ -64,7 +64,7 @@ def slurm_minutes(time: str) -> int:
     days, _, rest = time.rpartition("-")
     parts = [int(p) for p in rest.split(":")]
     if days:
-        h, m, s = (parts + [0, 0])[:3]
+        h, m, s = ([*parts, 0, 0])[:3]
         seconds = int(days) * 86400 + h * 3600 + m * 60 + s
     else:
         h, m, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -49,9 +51,15 @@ def setup_logging(run: Path) -> None:
         sys.__excepthook__(kind, value, tb)
 
     sys.excepthook = excepthook
-    job = os.environ.get("SLURM_JOB_ID", "local")
-    log.info("rank %d of %s: job %s restart %s", rank(), os.environ.get("WORLD_SIZE", "1"), job,
-             os.environ.get("SLURM_RESTART_COUNT", "0"))  # fmt: skip
+    job = os.environ.get("HPCFT_JOB_ID", "local")
+    log.info(
+        "rank %d of %s on %s: job %s restart %s",
+        rank(),
+        os.environ.get("WORLD_SIZE", "1"),
+        socket.gethostname(),
+        job,
+        os.environ.get("HPCFT_RESTART_COUNT", "0"),
+    )
 
 
 def make_metrics_callback(run: Path):
@@ -69,9 +77,17 @@ def make_metrics_callback(run: Path):
             self.t0 = self.t_last = time.time()
             self.tokens_last = state.num_input_tokens_seen
             if state.is_world_process_zero:
-                append({"event": "train_begin", "max_steps": state.max_steps, "start_step": state.global_step,
-                        "world_size": args.world_size, "job_id": os.environ.get("SLURM_JOB_ID", "local"),
-                        "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "time": time.time()})  # fmt: skip
+                append(
+                    {
+                        "event": "train_begin",
+                        "max_steps": state.max_steps,
+                        "start_step": state.global_step,
+                        "world_size": args.world_size,
+                        "job_id": os.environ.get("HPCFT_JOB_ID", "local"),
+                        "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")),
+                        "time": time.time(),
+                    }
+                )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -81,11 +97,15 @@ def make_metrics_callback(run: Path):
             if "loss" in logs:
                 tokens = state.num_input_tokens_seen
                 dt = now - self.t_last
-                record.update(loss=logs["loss"], lr=logs.get("learning_rate"),
-                              tokens_per_s=round((tokens - self.tokens_last) / dt, 1) if dt > 0 else None)  # fmt: skip
+                record.update(
+                    loss=logs["loss"],
+                    lr=logs.get("learning_rate"),
+                    tokens_per_s=round((tokens - self.tokens_last) / dt, 1) if dt > 0 else None,
+                )
                 self.t_last, self.tokens_last = now, tokens
             elif "eval_loss" in logs:
-                record.update(eval_loss=logs["eval_loss"])
+                loss = logs["eval_loss"]
+                record.update(eval_loss=loss, perplexity=math.exp(loss) if loss < 700 else None)  # exp overflows
             else:
                 return
             append(record)
@@ -130,7 +150,7 @@ def training_arguments(spec: JobSpec, output_dir: str):
 
 def train(run: Path) -> None:
     """Run the recipe of ``RUN/spec.yaml`` to the end."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
     from hpcft.train import data
@@ -140,8 +160,7 @@ def train(run: Path) -> None:
     output_dir = t.output or str(run / "checkpoints")
     args = training_arguments(spec, output_dir)
     tokenizer = AutoTokenizer.from_pretrained(t.tokenizer or t.model)
-    train_ds = data.load_dataset(t.data.train, t.data.format, tokenizer, t.seq_len)
-    eval_ds = data.load_dataset(t.data.eval, t.data.format, tokenizer, t.seq_len) if t.data.eval else None
+    train_ds, eval_ds = data.build_datasets(spec, run, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(t.model)
     trainer = Trainer(
         model=model,
@@ -149,7 +168,7 @@ def train(run: Path) -> None:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=data.IGNORE_INDEX),
+        data_collator=data.make_collator(tokenizer, t.packing),
         callbacks=[make_metrics_callback(run)],
     )
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
@@ -162,21 +181,31 @@ def train(run: Path) -> None:
         log.info("finished at step %d", trainer.state.global_step)
 
 
-def main(argv: list[str]) -> int:
-    """Train, then tear down the process group (gloo ranks can abort at exit otherwise)."""
-    run = Path(argv[0]).resolve()
+def parse_args(argv: list[str]) -> Path:
+    """The run directory; ``--local_rank`` (added by the deepspeed launcher) is accepted and ignored."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hpcft.train.main")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv).run_dir.resolve()
+
+
+def main(argv: list[str]) -> None:
+    """Train, then leave through ``dist.exit_cleanly`` (the gloo exit-abort workaround)."""
+    from hpcft.slurm.env import torch_rank_env
+    from hpcft.train.dist import exit_cleanly
+
+    os.environ.update(torch_rank_env(os.environ))  # ranks started by mpirun (deepspeed-openmpi/mvapich)
+    run = parse_args(argv)
     setup_logging(run)
     try:
         train(run)
-    finally:
-        import torch.distributed as dist
-
-        # Without this, gloo ranks sometimes abort after a correct run
-        # ("terminate called without an active exception", CPU-FACTS.md).
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    except BaseException:
+        log.exception("training failed on rank %d", rank())
+        exit_cleanly(1)
+    exit_cleanly(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

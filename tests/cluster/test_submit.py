@@ -89,8 +89,9 @@ def test_bad_input_submits_nothing(lab, demo_dir, runs_dir, tmp_path):
     assert "resources.nodes: must be at least 1, got 0" in proc.stderr
     assert "resources.time: expected sbatch time" in proc.stderr
     # sbatch itself refuses (no such partition): clear error, run directory removed again.
-    proc = hpcft("submit", str(demo_dir / "job.yaml"), "--partition", "nosuch", "--runs-dir", str(runs_dir),
-                 check=False)  # fmt: skip
+    proc = hpcft(
+        "submit", str(demo_dir / "job.yaml"), "--partition", "nosuch", "--runs-dir", str(runs_dir), check=False
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "invalid partition" in proc.stderr.lower() and "exit code" in proc.stderr
     assert list(runs_dir.iterdir()) == []

@@ -36,8 +36,9 @@ def test_completion_only_labels_on_a_concrete_sample(demo_dir):
     from hpcft.train.data import IGNORE_INDEX, split_sample, tokenize_sample
 
     tok = AutoTokenizer.from_pretrained(demo_dir / "model")
-    prompt, completion = split_sample({"instruction": "Reverse the word.", "input": "apple", "output": "elppa"},
-                                      "alpaca", "row 1")  # fmt: skip
+    prompt, completion = split_sample(
+        {"instruction": "Reverse the word.", "input": "apple", "output": "elppa"}, "alpaca", "row 1"
+    )
     assert prompt == "### Instruction:\nReverse the word.\n\n### Input:\napple\n\n### Response:\n"
     s = tokenize_sample(tok, prompt, completion, seq_len=512)
     n_prompt = 1 + len(tok(prompt, add_special_tokens=False)["input_ids"])

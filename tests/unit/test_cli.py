@@ -53,8 +53,18 @@ def test_plan_prints_script_launch_and_rendezvous(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"train": {"model": "m", "data": {"train": "d.jsonl"}}}))
-    out = hpcft("plan", str(job), "--nodes", "2", "--gpus-per-node", "2", "--backend", "sbatch",
-                "--runs-dir", str(tmp_path / "runs")).stdout  # fmt: skip
+    out = hpcft(
+        "plan",
+        str(job),
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "2",
+        "--backend",
+        "sbatch",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ).stdout
     assert "sbatch --parsable" in out
     assert "#SBATCH --nodes=2" in out
     assert "--rdzv-backend=c10d" in out

@@ -42,11 +42,14 @@ def test_none_flags_do_not_override(tmp_path):
 
 
 def test_all_problems_at_once_with_paths_and_hints(tmp_path):
-    job = write(tmp_path, {
-        "resources": {"nodez": 2, "time": "soon", "gpus_per_node": -1, "exclusive": "yes"},
-        "train": {"lr": "fast", "zero": 5, "data": {"format": "csv"}},
-        "launch": {"backend": "slurm"},
-    })  # fmt: skip
+    job = write(
+        tmp_path,
+        {
+            "resources": {"nodez": 2, "time": "soon", "gpus_per_node": -1, "exclusive": "yes"},
+            "train": {"lr": "fast", "zero": 5, "data": {"format": "csv"}},
+            "launch": {"backend": "slurm"},
+        },
+    )
     with pytest.raises(ConfigError) as err:
         load_job(job)
     text = str(err.value)
@@ -58,7 +61,7 @@ def test_all_problems_at_once_with_paths_and_hints(tmp_path):
         "resources.exclusive: expected bool",
         "train.lr: expected float, got str 'fast'",
         "train.zero: must be at most 3, got 5",
-        "train.data.format: expected one of auto, alpaca, text",
+        "train.data.format: expected one of auto, alpaca, chat, text",
         "launch.backend: expected one of auto, sbatch, local",
     ]:
         assert expected in text
@@ -67,7 +70,9 @@ def test_all_problems_at_once_with_paths_and_hints(tmp_path):
 
 def test_override_syntax_and_unknown_keys():
     assert parse_overrides(["train.lr=1e-4", "resources.exclusive=true"]) == {
-        "train": {"lr": "1e-4"}, "resources": {"exclusive": True}}  # fmt: skip
+        "train": {"lr": "1e-4"},
+        "resources": {"exclusive": True},
+    }
     with pytest.raises(ConfigError) as err:
         parse_overrides(["train.lrr=1", "nonsense"])
     assert "did you mean train.lr" in str(err.value)
@@ -121,3 +126,16 @@ def test_exponent_without_dot_is_a_float(tmp_path):
     # YAML 1.1 reads 1e-4 as a string; users write it that way all the time.
     spec = load_job(write(tmp_path, BASE), overrides=["train.lr=1e-4"])
     assert spec.train.lr == 1e-4
+
+
+def test_pdsh_refuses_run_paths_its_remote_shell_would_split(tmp_path):
+    job = write(tmp_path, {**BASE, "run": {"name": "my run"}, "launch": {"launcher": "deepspeed-pdsh"}})
+    with pytest.raises(ConfigError, match="deepspeed-pdsh needs a run directory path without blanks"):
+        load_job(job)
+    assert load_job(job, overrides=["launch.launcher=deepspeed"]).run.name == "my run"
+
+
+def test_submitit_refuses_mpirun_launchers(tmp_path):
+    job = write(tmp_path, {**BASE, "launch": {"backend": "submitit", "launcher": "deepspeed-openmpi"}})
+    with pytest.raises(ConfigError, match="cannot run under the submitit backend"):
+        load_job(job)

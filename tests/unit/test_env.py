@@ -27,8 +27,13 @@ def test_bad_nodelist_is_a_launch_error():
 
 
 def slurm_env(**extra):
-    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[001-004]", "SLURM_NODEID": "2",
-           "SLURM_GPUS_ON_NODE": "8", "SLURM_RESTART_COUNT": "1"}  # fmt: skip
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu[001-004]",
+        "SLURM_NODEID": "2",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_RESTART_COUNT": "1",
+    }
     env.update(extra)
     return env
 

@@ -20,8 +20,11 @@ HOSTILE = "we ird $(touch x) `id` ; 'q' \"dq\" #c %x"
 
 
 def spec_of(**sections):
-    base = {"train": {"model": "/m", "data": {"train": "/d.jsonl"}}, "run": {"runs_dir": "/shared/runs"},
-            "launch": {"backend": "sbatch"}}  # fmt: skip
+    base = {
+        "train": {"model": "/m", "data": {"train": "/d.jsonl"}},
+        "run": {"runs_dir": "/shared/runs"},
+        "launch": {"backend": "sbatch"},
+    }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     return build_spec(base)

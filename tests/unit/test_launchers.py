@@ -1,0 +1,169 @@
+"""Every launcher's command (golden), hostfiles, MPI rank mapping, submitit parameters."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import datetime
+
+import pytest
+
+from hpcft.backends.submitit import executor_parameters
+from hpcft.errors import LaunchError
+from hpcft.launchers import SHAPES, LaunchContext, build_launch, hostfile_text
+from hpcft.launchers.deepspeed import deepspeed_env_text
+from hpcft.node import parse_ip_addr, subnet_of
+from hpcft.plan import make_plan
+from hpcft.slurm.env import ClusterEnv, torch_rank_env
+from hpcft.slurm.script import slurm_minutes
+from hpcft.spec import LAUNCHERS, build_spec
+from tests.unit.test_script_plan import NOW, PY, check_golden
+
+RUN = "/shared/runs/r"
+
+
+def spec_for(launcher: str, **launch):
+    return build_spec(
+        {
+            "train": {"model": "/m", "data": {"train": "/d.jsonl"}},
+            "resources": {"nodes": 2, "gpus_per_node": 2},
+            "launch": {"backend": "sbatch", "launcher": launcher, **launch},
+        }
+    )
+
+
+def node_env(node: int, **extra) -> ClusterEnv:
+    env = {
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        "SLURM_NODEID": str(node),
+        "SLURM_GPUS_ON_NODE": "2",
+        "SLURM_PROCID": str(2 * node + 1),
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "4",
+        **extra,
+    }
+    return ClusterEnv.from_mapping(env)
+
+
+def describe(launcher: str, **launch) -> str:
+    out = []
+    for node in (0, 1):
+        ctx = LaunchContext(spec_for(launcher, **launch), node_env(node), RUN, PY, "10.200.0.11", "10.200.0.0/24")
+        cmd = build_launch(ctx)
+        out.append(f"## node {node}\n{shlex.join(cmd.argv)}\n")
+        out += [f"{k}={v}\n" for k, v in sorted(cmd.env.items())]
+        for name, text in sorted(cmd.files.items()):
+            out.append(f"### file {name}\n{text}")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_launch_commands_match_golden(request, launcher):
+    check_golden(request, f"launch_{launcher}.txt", describe(launcher))
+
+
+def test_torchrun_static_rendezvous_golden(request):
+    check_golden(request, "launch_torchrun_static.txt", describe("torchrun", rdzv="static", max_restarts=2))
+
+
+@pytest.mark.parametrize("shape", ["head_node", "per_rank"])
+def test_scripts_of_other_shapes_match_golden(request, shape):
+    launcher = next(name for name, s in SHAPES.items() if s == shape)
+    plan = make_plan(spec_for(launcher), python=PY, now=datetime(2026, 1, 2, 3, 4, 5))
+    check_golden(request, f"{shape}.sbatch", plan.files["job.sbatch"])
+
+
+def test_every_launcher_has_a_shape():
+    assert set(SHAPES) == set(LAUNCHERS)
+
+
+def test_srun_launcher_maps_slurm_tasks_to_ranks():
+    ctx = LaunchContext(spec_for("srun"), node_env(1), RUN, PY, "10.0.0.1")
+    env = build_launch(ctx).env
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == ("3", "1", "4")
+
+
+def test_hostfile_text():
+    assert hostfile_text(("gpu001", "gpu002"), 8) == "gpu001 slots=8\ngpu002 slots=8\n"
+
+
+def test_deepspeed_env_quotes_values_and_skips_per_node_ones():
+    text = deepspeed_env_text({"A": "x y", "B": "$(id)", "NODE_RANK": "0", "MASTER_ADDR": "n1"})
+    assert text == "A='x y'\nB='$(id)'\n"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {
+                "OMPI_COMM_WORLD_RANK": "3",
+                "OMPI_COMM_WORLD_SIZE": "4",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+            },
+            {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
+        ),
+        (
+            {"MV2_COMM_WORLD_RANK": "2", "MV2_COMM_WORLD_SIZE": "4", "MV2_COMM_WORLD_LOCAL_RANK": "0"},
+            {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"},
+        ),
+        ({"RANK": "1", "OMPI_COMM_WORLD_RANK": "3"}, {}),  # torch names already set: untouched
+        ({}, {}),
+    ],
+)
+def test_torch_rank_env_from_mpi(env, expected):
+    assert torch_rank_env(env) == expected
+
+
+IP_ADDR = """\
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: eth0    inet 10.200.0.11/24 brd 10.200.0.255 scope global eth0\\       valid_lft forever preferred_lft forever
+3: ib0    inet 172.16.4.2/16 brd 172.16.255.255 scope global ib0\\       valid_lft forever preferred_lft forever
+"""
+
+
+def test_master_subnet_from_ip_addr():
+    entries = parse_ip_addr(IP_ADDR)
+    assert [name for name, _ in entries] == ["lo", "eth0", "ib0"]
+    assert subnet_of("10.200.0.11", entries) == "10.200.0.0/24"
+    assert subnet_of("172.16.4.2", entries) == "172.16.0.0/16"
+    with pytest.raises(LaunchError, match="network_interface"):
+        subnet_of("192.168.1.1", entries)
+
+
+@pytest.mark.parametrize(
+    ("time", "minutes"), [("90", 90), ("1:30", 2), ("2:00:00", 120), ("1-0", 1440), ("1-2:30", 1590), ("0-0:0:1", 1)]
+)
+def test_slurm_minutes(time, minutes):
+    assert slurm_minutes(time) == minutes
+
+
+def test_submitit_parameters_mirror_the_resources():
+    spec = build_spec(
+        {
+            "launch": {"backend": "submitit", "script": "/x.py", "setup": ["module load a"]},
+            "resources": {
+                "nodes": 2,
+                "gpus_per_node": 4,
+                "time": "1:00:00",
+                "partition": "p",
+                "exclusive": True,
+                "extra_sbatch": ["--reservation=r", "--requeue"],
+            },
+        }
+    )
+    assert executor_parameters(spec) == {
+        "name": "job",
+        "nodes": 2,
+        "tasks_per_node": 1,
+        "timeout_min": 60,
+        "gpus_per_node": 4,
+        "slurm_partition": "p",
+        "slurm_exclusive": True,
+        "slurm_setup": ["module load a"],
+        "slurm_additional_parameters": {"reservation": "r", "requeue": True},
+    }
+    per_rank = build_spec({"launch": {"launcher": "srun", "script": "/x.py"}, "resources": {"gpus_per_node": 4}})
+    assert executor_parameters(per_rank)["tasks_per_node"] == 4
+    assert NOW  # the shared fixed time keeps plan goldens stable
