@@ -7,17 +7,13 @@ logs to ``RUN/logs/rank-<N>.log``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
 from hpcft import runs
-from hpcft.spec import JobSpec
 
 log = logging.getLogger("hpcft.train")
 
@@ -62,123 +58,29 @@ def setup_logging(run: Path) -> None:
     )
 
 
-def make_metrics_callback(run: Path):
-    """A TrainerCallback appending step, loss, tokens/s and elapsed time to metrics.jsonl (rank 0)."""
-    from transformers import TrainerCallback
-
-    path = run / runs.METRICS_FILE
-
-    def append(record: dict) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    class MetricsCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.t0 = self.t_last = time.time()
-            self.tokens_last = state.num_input_tokens_seen
-            if state.is_world_process_zero:
-                append(
-                    {
-                        "event": "train_begin",
-                        "max_steps": state.max_steps,
-                        "start_step": state.global_step,
-                        "world_size": args.world_size,
-                        "job_id": os.environ.get("HPCFT_JOB_ID", "local"),
-                        "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")),
-                        "time": time.time(),
-                    }
-                )
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            now = time.time()
-            record = {"step": state.global_step, "time": now, "elapsed": round(now - self.t0, 3)}
-            if "loss" in logs:
-                tokens = state.num_input_tokens_seen
-                dt = now - self.t_last
-                record.update(
-                    loss=logs["loss"],
-                    lr=logs.get("learning_rate"),
-                    tokens_per_s=round((tokens - self.tokens_last) / dt, 1) if dt > 0 else None,
-                )
-                self.t_last, self.tokens_last = now, tokens
-            elif "eval_loss" in logs:
-                loss = logs["eval_loss"]
-                record.update(eval_loss=loss, perplexity=math.exp(loss) if loss < 700 else None)  # exp overflows
-            else:
-                return
-            append(record)
-
-    return MetricsCallback()
-
-
-def training_arguments(spec: JobSpec, output_dir: str):
-    """HF ``TrainingArguments`` from the spec (CPU: gloo; GPU: the default NCCL)."""
-    import torch
-    from transformers import TrainingArguments
-
-    t = spec.train
-    cpu = not torch.cuda.is_available()
-    return TrainingArguments(
-        output_dir=output_dir,
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        learning_rate=t.lr,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if (t.eval_steps and t.data.eval) else "no",
-        eval_steps=t.eval_steps,
-        logging_steps=t.logging_steps,
-        seed=t.seed,
-        use_cpu=cpu,
-        ddp_backend="gloo" if cpu else None,
-        ddp_find_unused_parameters=False,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-        log_level="info",
-        log_level_replica="warning",
-        log_on_each_node=False,
-        dataloader_num_workers=0,
-    )
-
-
 def train(run: Path) -> None:
     """Run the recipe of ``RUN/spec.yaml`` to the end."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import Trainer
 
-    from hpcft.train import data
+    from hpcft.train import checkpoint, data, model
+    from hpcft.train.args import training_arguments
+    from hpcft.train.metrics import make_metrics_callback
 
     spec = runs.load_run_spec(run)
-    t = spec.train
-    output_dir = t.output or str(run / "checkpoints")
-    args = training_arguments(spec, output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(t.tokenizer or t.model)
+    args = training_arguments(spec, checkpoint.output_dir(spec, run))
+    tokenizer = model.load_tokenizer(spec)
     train_ds, eval_ds = data.build_datasets(spec, run, tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(t.model)
     trainer = Trainer(
-        model=model,
+        model=model.load_model(spec),
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=data.make_collator(tokenizer, t.packing),
+        data_collator=data.make_collator(tokenizer, spec.train.packing),
         callbacks=[make_metrics_callback(run)],
     )
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if last:
-        log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(run / "model"))
-    if trainer.is_world_process_zero():
-        runs.write_atomic(run / runs.FINISHED_FILE, f"{trainer.state.global_step}\n")
-        log.info("finished at step %d", trainer.state.global_step)
+    trainer.train(resume_from_checkpoint=checkpoint.resume_point(spec, run))
+    checkpoint.finish(trainer, run)
 
 
 def parse_args(argv: list[str]) -> Path:
