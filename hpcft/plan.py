@@ -16,6 +16,7 @@ from pathlib import PurePath
 import yaml
 
 from hpcft.launchers import LaunchCommand, LaunchContext, build_launch, shape_of
+from hpcft.requeue import signal_lead
 from hpcft.slurm import script
 from hpcft.slurm.env import ClusterEnv, master_port
 from hpcft.spec import JobSpec, build_spec, spec_to_dict
@@ -71,7 +72,9 @@ def run_dir_name(name: str, now: datetime) -> str:
     return f"{name.replace('/', '_')}-{now:%Y%m%d-%H%M%S}"
 
 
-def make_plan(spec: JobSpec, *, python: str, now: datetime, run_dir: str | None = None) -> Plan:
+def make_plan(
+    spec: JobSpec, *, python: str, now: datetime, run_dir: str | None = None, save_seconds: float | None = None
+) -> Plan:
     """Decide everything about submitting ``spec``.
 
     Args:
@@ -79,14 +82,21 @@ def make_plan(spec: JobSpec, *, python: str, now: datetime, run_dir: str | None 
         python: the interpreter every node runs (used unless ``launch.python`` is set).
         now: the submission time, for the run directory name.
         run_dir: an existing run directory to reuse (resume); default: a new one under runs_dir.
+        save_seconds: the run's last measured checkpoint time, to size the warning signal's lead.
     """
     spec = dataclasses.replace(spec, launch=dataclasses.replace(spec.launch, python=spec.launch.python or python))
     run = run_dir or str(PurePath(spec.run.runs_dir) / run_dir_name(spec.run.name, now))
     files = {SPEC_FILE: dump_spec(spec)}
+    from hpcft import zero  # ds_config.json when DeepSpeed is used: shown here, read by the trainer
+    from hpcft.spec import spec_notes
+
+    files.update(zero.plan_files(spec, run))
+    if notes := spec_notes(spec):
+        files["NOTES.txt"] = "".join(f"- {note}\n" for note in notes)
     node_argv = [spec.launch.python, "-m", "hpcft", "node", run]
     if spec.launch.backend == "sbatch":
         script_path = str(PurePath(run) / SCRIPT_FILE)
-        files[SCRIPT_FILE] = render_script(spec, run, script_path, node_argv)
+        files[SCRIPT_FILE] = render_script(spec, run, script_path, node_argv, save_seconds)
         submit_argv: tuple[str, ...] = ("sbatch", "--parsable", script_path)
         preview_cluster = preview_cluster_env(spec)
     elif spec.launch.backend == "submitit":
@@ -114,16 +124,20 @@ def make_plan(spec: JobSpec, *, python: str, now: datetime, run_dir: str | None 
     return Plan(spec, run, files, submit_argv, preview, rdzv)
 
 
-def render_script(spec: JobSpec, run: str, script_path: str, node_argv: list[str]) -> str:
-    """The batch script for ``spec`` (per-node shape: one srun task per node runs ``hpcft node``)."""
+def render_script(
+    spec: JobSpec, run: str, script_path: str, node_argv: list[str], save_seconds: float | None = None
+) -> str:
+    """The batch script for ``spec``, in the shape of its launcher (see ``hpcft.launchers.SHAPES``)."""
     shape = shape_of(spec.launch.launcher)
     tasks = 1 if shape == "per_node" else (spec.resources.gpus_per_node or 1)
+    lead = (spec.run.signal_lead or signal_lead(save_seconds)) if spec.run.requeue else None
     flags = script.format_sbatch_options(
         spec.resources,
         job_name=spec.run.name,
         chdir=run,
         output=script.filename_pattern(run) + "/logs/slurm-%j.out",
         tasks_per_node=tasks,
+        signal_lead=lead,
     )
     ctx = script.make_context(
         f"{shape}.sbatch.j2",
@@ -135,6 +149,8 @@ def render_script(spec: JobSpec, run: str, script_path: str, node_argv: list[str
         nodes=spec.resources.nodes,
         tasks_per_node=tasks,
         description=DESCRIPTIONS[shape],
+        requeue=spec.run.requeue,
+        after_argv=[node_argv[0], "-m", "hpcft", "after-job", run],
     )
     return script.render_sbatch(ctx)
 

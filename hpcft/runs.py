@@ -21,10 +21,10 @@ from typing import Any
 from hpcft.errors import RunError
 from hpcft.plan import SPEC_FILE, Plan, load_spec_text
 from hpcft.spec import JobSpec
+from hpcft.train_files import FINISHED_FILE  # noqa: F401 - re-exported for readers of run directories
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
-FINISHED_FILE = "FINISHED"
 LOGS_DIR = "logs"
 
 
@@ -166,9 +166,8 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def latest_checkpoint(run: Path, output: str | None = None) -> Path | None:
-    """The newest ``checkpoint-N`` directory of a run, or None."""
-    base = Path(output) if output else run / "checkpoints"
-    if not base.is_dir():
-        return None
-    ckpts = [p for p in base.iterdir() if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name[11:]), default=None)
+    """The newest committed (COMPLETE-marked) checkpoint of a run, or None; a quick check for status."""
+    from hpcft import checkpoints
+
+    info = checkpoints.newest_complete(Path(output) if output else run / "checkpoints", validate=False)
+    return info.path if info else None

@@ -1,10 +1,12 @@
 """Backends: how a planned run reaches the machines (sbatch, local).
 
-``submit(plan) -> job id`` writes the run directory and starts the job; ``cancel(run, job)`` stops it.
+Each backend module has ``start(plan, run) -> job id``; ``submit`` writes a new run directory first,
+``resubmit`` reuses one (``hpcft resume``), ``cancel`` stops a run's newest job.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from hpcft.plan import Plan
@@ -12,15 +14,42 @@ from hpcft.plan import Plan
 SLURM_BACKENDS = ("sbatch", "submitit")
 
 
-def submit(plan: Plan) -> tuple[Path, str]:
-    """Write the run directory and start the job with the plan's backend; return (run dir, job id)."""
-    if plan.backend == "sbatch":
+def _backend(name: str):
+    if name == "sbatch":
         from hpcft.backends import sbatch as backend
-    elif plan.backend == "submitit":
+    elif name == "submitit":
         from hpcft.backends import submitit as backend  # type: ignore[no-redef]
     else:
         from hpcft.backends import local as backend  # type: ignore[no-redef]
-    return backend.submit(plan)
+    return backend
+
+
+def submit(plan: Plan) -> tuple[Path, str]:
+    """Write a new run directory and start the job; if starting fails, the directory is removed."""
+    from hpcft import runs
+
+    run = runs.write_run_dir(plan)
+    try:
+        return run, _backend(plan.backend).start(plan, run)
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def resubmit(plan: Plan) -> str:
+    """Rewrite an existing run's files (spec, script) and start a new job in it; restore them on failure."""
+    from hpcft import runs
+
+    run = Path(plan.run_dir)
+    old = {name: (run / name).read_text() for name in plan.files if (run / name).is_file()}
+    for name, text in plan.files.items():
+        runs.write_atomic(run / name, text)
+    try:
+        return _backend(plan.backend).start(plan, run)
+    except BaseException:
+        for name, text in old.items():
+            runs.write_atomic(run / name, text)
+        raise
 
 
 def cancel(run: Path) -> str:

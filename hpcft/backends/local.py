@@ -1,6 +1,6 @@
 """The local backend: this machine, no SLURM (``torchrun --standalone``).
 
-``submit`` starts a detached runner (``python -m hpcft.backends.local RUN``) in its own session,
+``start`` runs a detached runner (``python -m hpcft.backends.local RUN``) in its own session,
 which runs ``hpcft node RUN`` and records the exit code in state.json; the job id is
 ``local-<pid>``. ``cancel`` signals the runner's process group (runner, launcher and ranks).
 """
@@ -19,9 +19,8 @@ from hpcft import runs
 from hpcft.plan import Plan
 
 
-def submit(plan: Plan) -> tuple[Path, str]:
-    """Write the run directory and start the runner in the background."""
-    run = runs.write_run_dir(plan)
+def start(plan: Plan, run: Path) -> str:
+    """Start the runner in the background, in its own session; return ``local-<pid>``."""
     log = open(run / runs.LOGS_DIR / "local.out", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [plan.spec.launch.python or sys.executable, "-m", "hpcft.backends.local", str(run)],
@@ -34,7 +33,7 @@ def submit(plan: Plan) -> tuple[Path, str]:
     log.close()
     job_id = f"local-{proc.pid}"
     runs.record_job(run, job_id, pid=proc.pid, host=socket.gethostname())
-    return run, job_id
+    return job_id
 
 
 def cancel(job: dict) -> None:

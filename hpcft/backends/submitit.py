@@ -8,7 +8,6 @@ where the other nodes' tasks return at once. State, logs and cancel go through S
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -66,18 +65,16 @@ def run_node(python: str, run: str, head_only: bool) -> int:
     return rc
 
 
-def submit(plan: Plan) -> tuple[Path, str]:
-    """Write the run directory and submit through submitit; remove it again if that fails."""
+def start(plan: Plan, run: Path) -> str:
+    """Submit through submitit (its own script in ``RUN/submitit``); return the job id."""
     import submitit
 
-    run = runs.write_run_dir(plan)
     try:
         executor = submitit.AutoExecutor(folder=run / FOLDER, cluster="slurm")
         executor.update_parameters(**executor_parameters(plan.spec))
         head_only = shape_of(plan.spec.launch.launcher) == "head_node"
         job = executor.submit(run_node, plan.spec.launch.python, str(run), head_only)
     except Exception as e:  # submitit wraps sbatch failures in its own exception types
-        shutil.rmtree(run, ignore_errors=True)
         raise SubmissionError(["submitit", "sbatch"], 1, str(e), "nothing was submitted") from None
     runs.record_job(run, str(job.job_id))
-    return run, str(job.job_id)
+    return str(job.job_id)

@@ -127,3 +127,8 @@ def _quiet(argv: list[str], parse) -> dict[str, JobState]:
 def cancel(job_id: str) -> None:
     """``scancel JOBID``."""
     run(["scancel", job_id])
+
+
+def requeue(job_id: str) -> None:
+    """``scontrol requeue JOBID`` (the job must have been submitted with ``--requeue``)."""
+    run(["scontrol", "requeue", job_id])

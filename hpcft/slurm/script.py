@@ -41,6 +41,8 @@ class ScriptContext:
     nodes: int
     tasks_per_node: int
     description: str
+    requeue: bool
+    after_cmd: str
 
 
 def sbatch_quote(value: str) -> str:
@@ -73,7 +75,13 @@ def slurm_minutes(time: str) -> int:
 
 
 def format_sbatch_options(
-    res: ResourceSpec, *, job_name: str, chdir: str, output: str, tasks_per_node: int = 1
+    res: ResourceSpec,
+    *,
+    job_name: str,
+    chdir: str,
+    output: str,
+    tasks_per_node: int = 1,
+    signal_lead: int | None = None,
 ) -> list[str]:
     """The one sbatch-flag formatter: resources → sorted ``--long-option=value`` strings.
 
@@ -93,9 +101,14 @@ def format_sbatch_options(
         value = getattr(res, name)
         if value is not None:
             opts[name.replace("_", "-")] = str(value)
+    if signal_lead:
+        # B: = to the batch shell only (its trap asks the ranks to checkpoint); --requeue lets it requeue itself.
+        opts["signal"] = f"B:USR1@{signal_lead}"
     flags = [f"--{k}={v}" for k, v in sorted(opts.items())]
     if res.exclusive:
         flags.append("--exclusive")
+    if signal_lead:
+        flags.append("--requeue")
     return sorted(flags) + list(res.extra_sbatch)
 
 
@@ -124,6 +137,8 @@ def make_context(
     nodes: int,
     tasks_per_node: int,
     description: str,
+    requeue: bool,
+    after_argv: Sequence[str],
 ) -> ScriptContext:
     """Build the context for ``template`` from unformatted values."""
     return ScriptContext(
@@ -138,6 +153,8 @@ def make_context(
         nodes=nodes,
         tasks_per_node=tasks_per_node,
         description="\n".join(f"# {line}" for line in description.splitlines()),
+        requeue=requeue,
+        after_cmd=shell_join(after_argv),
     )
 
 

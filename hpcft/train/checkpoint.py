@@ -1,34 +1,105 @@
-"""Checkpoints on the shared filesystem: where to resume from, and the end of a run.
+"""Checkpoints of a training run: staging, commit after every save, resume point, the run's end.
 
-Decides which checkpoint a (re)started job continues from and writes the run's final outputs.
+The Trainer writes ``checkpoint-N`` into ``CHECKPOINTS/.staging``; ``CommitCallback`` waits for
+every rank (barrier) and has rank 0 commit it (``hpcft.checkpoints.commit``: manifest, marker last,
+atomic rename, rotation). A requeued or resumed job continues from the newest *complete* checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import shutil
+import time
 from pathlib import Path
 
-from hpcft import runs
+from hpcft import checkpoints, runs
+from hpcft.errors import HpcftError
 from hpcft.spec import JobSpec
+from hpcft.train_files import RESUME_FROM_FILE
 
 log = logging.getLogger("hpcft.train")
 
 
+def checkpoints_dir(spec: JobSpec, run: Path) -> Path:
+    """Where committed ``checkpoint-N`` directories live (``train.output`` or ``RUN/checkpoints``)."""
+    return Path(spec.train.output) if spec.train.output else run / "checkpoints"
+
+
 def output_dir(spec: JobSpec, run: Path) -> str:
-    """Where the Trainer writes ``checkpoint-N`` directories."""
-    return spec.train.output or str(run / "checkpoints")
+    """The Trainer's output directory: the staging area inside the checkpoints directory."""
+    return str(checkpoints_dir(spec, run) / checkpoints.STAGING)
 
 
-def resume_point(spec: JobSpec, run: Path) -> str | None:
-    """The newest checkpoint to continue from, or None for a fresh start."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _barrier() -> None:
+    import torch.distributed as dist
 
-    out = output_dir(spec, run)
-    last = get_last_checkpoint(out) if os.path.isdir(out) else None
-    if last:
-        log.info("resuming from %s", last)
-    return last
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _rank0(trainer_state) -> bool:
+    return bool(trainer_state.is_world_process_zero)
+
+
+def make_commit_callback(spec: JobSpec, run: Path, world_size: int):
+    """A TrainerCallback committing each save and recording how long saves take."""
+    from transformers import TrainerCallback
+
+    final = checkpoints_dir(spec, run)
+    staging = final / checkpoints.STAGING
+
+    class CommitCallback(TrainerCallback):
+        t_save = 0.0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                self.t_save = time.time()
+
+        def on_save(self, args, state, control, **kwargs):
+            _barrier()  # every rank has written its shards into the staging directory
+            if _rank0(state):
+                path = checkpoints.commit(staging / f"{checkpoints.PREFIX}{state.global_step}", final,
+                                          step=state.global_step, world_size=world_size,
+                                          zero_stage=spec.train.zero)  # fmt: skip
+                removed = checkpoints.rotate(final, spec.train.save_total_limit)
+                seconds = round(time.time() - self.t_save, 2) if self.t_save else None
+                runs.update_state(run, lambda s: s.update(last_save_seconds=seconds))
+                log.info("committed %s in %ss%s", path.name, seconds,
+                         f", removed {', '.join(p.name for p in removed)}" if removed else "")  # fmt: skip
+            _barrier()
+
+    return CommitCallback()
+
+
+def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> str | None:
+    """The checkpoint to continue from (None: fresh start); same answer on every rank.
+
+    ``RUN/RESUME_FROM`` (from ``hpcft resume --checkpoint N``) names one explicitly; otherwise
+    the newest complete checkpoint, skipping damaged ones with a warning.
+    """
+    final = checkpoints_dir(spec, run)
+    if is_rank0:
+        shutil.rmtree(final / checkpoints.STAGING, ignore_errors=True)  # a save interrupted earlier
+    _barrier()
+    chosen = (run / RESUME_FROM_FILE).read_text().strip() if (run / RESUME_FROM_FILE).is_file() else None
+    if chosen:
+        why = checkpoints.problem(final / chosen)
+        if why:
+            raise HpcftError(f"cannot resume from {final / chosen}: {why}", hint="pick another --checkpoint")
+        info = checkpoints.read_info(final / chosen)
+    else:
+        info = checkpoints.newest_complete(final)
+    if info is None:
+        return None
+    if info.world_size not in (None, world_size) and spec.train.zero > 0:
+        raise HpcftError(
+            f"{info.path.name} was saved by {info.world_size} ranks under ZeRO-{spec.train.zero}; this job has "
+            f"{world_size}. ZeRO shards partition the optimizer by rank, so they cannot be loaded as they are",
+            hint=f"resume with the same world size (e.g. `hpcft resume RUN --nodes` with {info.world_size} ranks), "
+            "or `hpcft export RUN` and start a new run from the exported model",
+        )
+    log.info("resuming from %s (step %d)", info.path, info.step)
+    return str(info.path)
 
 
 def finish(trainer, run: Path) -> None:
