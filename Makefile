@@ -1,7 +1,11 @@
 # Two commands for a newcomer (README):
 #   make demo   set up, build the demo model and data, train it on this machine (no SLURM needed)
 #   make test   set up everything (packages, .venv, the local 2-node SLURM cluster) and run all tests
-.PHONY: demo test setup cluster lint unit
+.PHONY: demo test setup cluster lint unit ops
+
+# DeepSpeed JIT-compiles its C++ ops on first use (minutes on 2 cores): keep them in one persistent
+# cache, shared by the test run and the jobs it submits (SLURM jobs inherit the environment).
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/hpcft/torch_extensions
 
 setup:
 	bash scripts/setup --system
@@ -17,8 +21,12 @@ lint:
 	.venv/bin/ruff check hpcft tests benchmarks
 	.venv/bin/ruff format --check hpcft tests benchmarks
 
+# Build the ops once, serially, before parallel ranks and tests would race for them.
+ops: setup
+	.venv/bin/python -m hpcft.train.cpu_workarounds build-ops
+
 unit: setup
 	.venv/bin/pytest -q tests/unit
 
-test: setup cluster lint
+test: setup cluster lint ops
 	.venv/bin/pytest -v --timeout=900 tests

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -39,6 +40,13 @@ def _handle_errors(fn):
     return wrapper
 
 
+def _console(min_width: int = 160):
+    """A Rich console; when stdout is not a terminal (a pipe, a file), wide enough not to squash tables."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=max(shutil.get_terminal_size().columns, min_width))
+
+
 def _runs_dir(value: str | None) -> str:
     from hpcft.config import default_runs_dir
 
@@ -63,6 +71,11 @@ def main(debug: bool) -> None:
         os.environ["HPCFT_DEBUG"] = "1"
 
 
+def _zero_value(ctx, param, value):
+    """``--zero``: a stage as int, or ``auto`` (resolved by the memory planner in ``_load_plan``)."""
+    return value if value in (None, "auto") else int(value)
+
+
 def job_options(fn):
     """The curated flags shared by ``plan`` and ``submit`` (everything else: ``-o key=value``)."""
     options = [
@@ -70,7 +83,14 @@ def job_options(fn):
         click.argument("script_args", nargs=-1, type=click.UNPROCESSED),
         click.option("--nodes", type=int, help="number of nodes (resources.nodes)"),
         click.option("--gpus-per-node", type=int, help="GPUs per node; processes per node on CPU-only machines"),
-        click.option("--zero", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (train.zero)"),
+        click.option(
+            "--zero",
+            type=click.Choice(["0", "1", "2", "3", "auto"]),
+            callback=_zero_value,
+            help="DeepSpeed ZeRO stage (train.zero); auto = the fastest that fits (memory planner, needs --gpu-mem)",
+        ),
+        click.option("--gpu-mem", type=click.FloatRange(min=0, min_open=True), help="GiB per GPU, for the planner"),
+        click.option("--offload", type=click.Choice(["none", "cpu", "nvme"]), help="ZeRO offload (train.offload)"),
         click.option("--launcher", type=click.Choice(LAUNCHERS), help="how each node starts its processes"),
         click.option("--backend", type=click.Choice(BACKENDS), help="how the job reaches the nodes"),
         click.option("--time", "time_limit", help="time limit, sbatch format (e.g. 4:00:00)"),
@@ -97,6 +117,8 @@ def _load_plan(
     runs_dir,
     profile,
     overrides,
+    offload=None,
+    gpu_mem=None,
 ):
     from hpcft import config, plan
     from hpcft.slurm import client
@@ -107,7 +129,8 @@ def _load_plan(
         "resources.gpus_per_node": gpus_per_node,
         "resources.time": time_limit,
         "resources.partition": partition,
-        "train.zero": zero,
+        "train.zero": None if zero == "auto" else zero,
+        "train.offload.device": offload,
         "launch.launcher": launcher,
         "launch.backend": backend,
         "run.runs_dir": runs_dir,
@@ -115,9 +138,20 @@ def _load_plan(
         "launch.script_args": list(script_args[1:]) if script_args else None,
     }
     spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=flags)
+    if zero == "auto":
+        spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=_auto_zero(spec, flags, gpu_mem))
     spec = plan.resolve_backend(spec, client.sbatch_available())
     config.check_inputs(spec)
     return plan.make_plan(spec, python=sys.executable, now=datetime.now())
+
+
+def _auto_zero(spec, flags: dict, gpu_mem: float | None) -> dict:
+    """``--zero auto``: the flags with the memory planner's choice filled in; says why on stderr."""
+    from hpcft import memory
+
+    flags, reason = memory.auto_flags(spec, flags, gpu_mem)
+    click.secho(f"--zero auto → {reason}", fg="cyan", err=True)
+    return flags
 
 
 @main.command("plan")
@@ -128,8 +162,23 @@ def plan_cmd(**kwargs) -> None:
 
     Prints the submit command, the batch script, node 0's launch command and the rendezvous.
     Arguments after `--` name a user script to run instead of the hpcft trainer.
+    Ends with the memory planner: model-state memory of every ZeRO stage / offload choice.
     """
-    _print_plan(_load_plan(**kwargs))
+    p = _load_plan(**kwargs)
+    _print_plan(p)
+    _print_memory(p.spec, kwargs.get("gpu_mem"))
+
+
+def _print_memory(spec, gpu_mem: float | None) -> None:
+    from hpcft import memory
+
+    click.secho("# --- memory planner (model states, DeepSpeed's estimators; activations extra) ---", bold=True)
+    try:
+        table = memory.planner_table(spec, gpu_mem)
+    except HpcftError as e:
+        click.echo(f"skipped: {e}")
+        return
+    _console().print(table)
 
 
 def _print_plan(p) -> None:
@@ -207,6 +256,60 @@ def node(run_dir: str) -> None:
     exec_node(Path(run_dir).resolve())
 
 
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--nodes", type=int, help="nodes for the new job (same world size: exact continuation)")
+@click.option("--checkpoint", type=int, metavar="STEP", help="continue from checkpoint-STEP (default: newest complete)")
+@click.option(
+    "-o", "overrides", multiple=True, metavar="KEY=VALUE", help="change any key, e.g. -o train.max_steps=2000"
+)
+@click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
+@_handle_errors
+def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool) -> None:
+    """Continue RUN in a new job from its newest complete checkpoint (or --checkpoint STEP)."""
+    from hpcft import resume as resume_mod
+    from hpcft import runs
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    rp = resume_mod.plan_resume(path, overrides=overrides, flags={"resources.nodes": nodes},
+                                checkpoint=checkpoint, python=sys.executable, now=datetime.now())  # fmt: skip
+    job_id = resume_mod.apply_resume(rp)
+    start = f"{rp.checkpoint.path.name}" if rp.checkpoint else "its own checkpoints (user script)"
+    click.echo(f"resumed {path.name} as job {job_id} from {start}")
+    if wait:
+        sys.exit(_wait(path))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="new directory for the model")
+@click.option("--checkpoint", type=int, metavar="STEP", help="export checkpoint-STEP (default: newest complete)")
+@click.option("--merge-lora", is_flag=True, help="merge a LoRA adapter into the base model")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@_handle_errors
+def export(run: str, out: str, checkpoint: int | None, merge_lora: bool, dtype: str, runs_dir: str | None) -> None:
+    """Write a checkpoint of RUN as a Hugging Face model directory (ZeRO shards consolidated)."""
+    from hpcft import runs
+    from hpcft.train.export import export as export_model
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    ckpt = export_model(path, Path(out), step=checkpoint, merge_lora=merge_lora, dtype=dtype)
+    click.echo(f"exported {ckpt.name} of {path.name} to {out} (loads with from_pretrained)")
+
+
+@main.command("after-job", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("rc", type=int)
+@_handle_errors
+def after_job(run_dir: str, rc: int) -> None:
+    """Decide finished / requeue / fail when the launcher ends (run by the batch script)."""
+    from hpcft.requeue import after_job as decide_and_apply
+
+    sys.exit(decide_and_apply(Path(run_dir).resolve(), rc))
+
+
 @main.command("init-demo")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--hidden-size", default=128, show_default=True, help="model width (512 gives ~8M parameters)")
@@ -234,20 +337,32 @@ def list_cmd(runs_dir: str | None) -> None:
 @click.argument("run", required=False)
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--watch", is_flag=True, help="refresh in place until every shown run has ended (Ctrl-C stops)")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
 @_handle_errors
-def status(run: str | None, runs_dir: str | None, as_json: bool) -> None:
-    """State, job ids, nodes, elapsed time, step/total and loss of one run or all runs."""
-    _status_table(run, runs_dir, as_json)
+def status(run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """State, jobs, nodes, elapsed, progress, loss, tokens/s, ETA, checkpoint and restarts of runs.
+
+    The state comes from squeue while a job is known there and from sacct once it has ended;
+    SLURM is asked once per refresh for all runs shown.
+    """
+    if watch and not as_json:
+        _watch_status(run, runs_dir, interval)
+    else:
+        _status_table(run, runs_dir, as_json)
+
+
+def _status_paths(ref: str | None, runs_dir: str | None) -> tuple[str, list[Path]]:
+    from hpcft import runs
+
+    base = _runs_dir(runs_dir)
+    return base, ([runs.find_run(ref, base)] if ref else runs.list_runs(base))
 
 
 def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from hpcft import monitor
 
-    from hpcft import monitor, runs
-
-    base = _runs_dir(runs_dir)
-    paths = [runs.find_run(ref, base)] if ref else runs.list_runs(base)
+    base, paths = _status_paths(ref, runs_dir)
     rows = monitor.run_statuses(paths)
     if as_json:
         data = [r.to_dict() for r in rows]
@@ -256,28 +371,115 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
     if not rows:
         click.echo(f"no runs under {base}")
         return
-    table = Table("run", "state", "job", "nodes", "elapsed", "step", "loss", "checkpoint")
-    for r in rows:
-        step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '?'}"
-        loss = f"{r.loss:.4f}" if r.loss is not None else "-"
-        table.add_row(r.run, r.state, r.job_id, r.nodes, r.elapsed, step, loss, r.checkpoint or "-")
-    Console().print(table)
+    _console().print(monitor.status_table(rows))
+
+
+def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:
+    from rich.live import Live
+
+    from hpcft import monitor
+
+    with Live(console=_console(), auto_refresh=False) as live:
+        try:
+            while True:
+                base, paths = _status_paths(ref, runs_dir)
+                rows = monitor.run_statuses(paths)  # one squeue (+ sacct) call for all runs
+                live.update(monitor.status_table(rows) if rows else f"no runs under {base}", refresh=True)
+                if all(r.ended for r in rows):
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
 
 
 @main.command()
 @click.argument("run")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
-@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the run ends")
-@click.option("--rank", type=int, help="show this rank's log instead of the job output")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the run ends (across requeues)")
+@click.option("--rank", type=int, help="this rank's log (RUN/logs/rank-N.log) instead of the job output")
+@click.option("--node", help="the rank-log lines of the ranks that ran on this node")
+@click.option("--job", "job_id", help="this job's output (an older job of the run) instead of the newest")
 @_handle_errors
-def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None) -> None:
-    """Show a run's output: the newest job's output (rank 0 and launchers), or one rank's log."""
+def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: str | None, job_id: str | None) -> None:
+    """Show a run's output: rank 0's console (the newest job's output), one rank's log, or one node's ranks."""
     from hpcft import logs as logs_mod
     from hpcft import runs
 
     path = runs.find_run(run, _runs_dir(runs_dir))
-    for chunk in logs_mod.stream(path, rank=rank, follow=follow):
-        click.echo(chunk, nl=False)
+    try:
+        for chunk in logs_mod.stream(path, rank=rank, follow=follow, node=node, job=job_id):
+            click.echo(chunk, nl=False)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG to write [default: RUN/metrics.png]")
+@_handle_errors
+def plot(run: str, runs_dir: str | None, out: str | None) -> None:
+    """Plot train/eval loss and tokens/s against step into a PNG; restarts are dashed lines."""
+    from hpcft import plot as plot_mod
+    from hpcft import runs
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    data = plot_mod.extract_series(runs.read_metrics(path))
+    written = plot_mod.write_plot(data, Path(out) if out else path / "metrics.png", title=path.name)
+    counts = f"{len(data.train_loss)} train, {len(data.eval_loss)} eval points, {len(data.restarts)} restart(s)"
+    click.echo(f"wrote {written} ({counts})")
+
+
+def _state_printer():
+    """A poll callback printing the job state (to stderr) whenever it changes."""
+    last = [None]
+
+    def show(st) -> None:
+        if st.state != last[0]:
+            click.echo(f"  [{time.strftime('%H:%M:%S')}] {st.state}", err=True)
+            last[0] = st.state
+
+    return show
+
+
+@main.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--nodes", type=int, help="nodes to check [default: the job file's, else 2]")
+@click.option("--gpus-per-node", type=int, help="GPUs per node to expect [default: the job file's]")
+@click.option("--partition", help="SLURM partition")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--profile", type=click.Path(dir_okay=False), help="cluster profile YAML (below the job file)")
+@click.option("--check-nvme", is_flag=True, help="also check the NVMe offload path (builds async_io: minutes)")
+@click.option("--timeout", type=float, default=600, show_default=True, help="seconds before the probe is cancelled")
+@click.option("--shared-dir", multiple=True, help="another directory all nodes must share ({node} = node name)")
+@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="set any key of the job file")
+@_handle_errors
+def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_nvme, timeout, shared_dir, overrides):
+    """Submit a small probe job on N nodes and check they can run JOB_FILE; exit 1 on any failure.
+
+    Checks rendezvous and an all-reduce (latency, bandwidth), that the run directory and the HF
+    cache are one shared filesystem (write, read, rename, lock), the NVMe path (--check-nvme),
+    GPU count, and equal Python/torch/hpcft versions on every node.
+    """
+    from hpcft import backends
+    from hpcft import doctor as doc
+
+    flags = {
+        "resources.nodes": nodes or (None if job_file else 2),
+        "resources.gpus_per_node": gpus_per_node,
+        "resources.partition": partition,
+        "run.runs_dir": runs_dir,
+    }
+    spec = doc.doctor_spec(job_file, flags, overrides, profile, timeout)
+    p = doc.make_doctor_plan(
+        spec, python=sys.executable, now=datetime.now(), check_nvme=check_nvme, shared_dirs=shared_dir
+    )
+    run, job_id = backends.submit(p)
+    click.echo(f"doctor: probe job {job_id} on {spec.resources.nodes} node(s); run dir {run}", err=True)
+    final = doc.wait(run, timeout, _state_printer())
+    rows = doc.collect(run, final.state, final.nodelist)
+    _console(200).print(doc.doctor_table(rows))
+    sys.exit(1 if doc.failed(rows) else 0)
 
 
 @main.command()

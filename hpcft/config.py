@@ -33,6 +33,7 @@ PATH_KEYS = (
     "launch.script",
     "launch.accelerate_config",
     "train.data.cache_dir",
+    "train.deepspeed_config",
 )
 
 

@@ -49,6 +49,11 @@ class RunSpec:
 
     name: str = _opt("job", help="run name; the run directory is RUNS_DIR/NAME-TIMESTAMP")
     runs_dir: str = _opt("hpcft-runs", help="directory on the shared filesystem holding runs")
+    requeue: bool = _opt(True, help="sbatch: checkpoint and requeue at the time limit / on preemption")
+    signal_lead: int | None = _opt(
+        None, min=30, help="seconds before the time limit to ask for a checkpoint (default: from measured saves)"
+    )
+    max_failures: int = _opt(2, min=0, help="requeues allowed after crashes (node loss, killed ranks)")
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,41 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class OffloadSpec:
+    """What DeepSpeed ZeRO keeps out of accelerator memory, and where (``offload_optimizer``/``offload_param``)."""
+
+    device: Literal["none", "cpu", "nvme"] = _opt(
+        "none", help="--offload: the optimizer state (ZeRO >= 1) and, under ZeRO-3, the parameters too"
+    )
+    optimizer: Literal["none", "cpu", "nvme"] | None = _opt(None, help="optimizer state only (default: device)")
+    param: Literal["none", "cpu", "nvme"] | None = _opt(
+        None, help="parameters only, ZeRO-3 (default: device under ZeRO-3)"
+    )
+    nvme_path: str | None = _opt(None, help="node-local NVMe directory (absolute; $VARS expand on the node)")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters (peft) instead of full fine-tuning; QLoRA with ``load_in_4bit``."""
+
+    enabled: bool = _opt(False, help="train LoRA adapters; the base model stays frozen")
+    r: int = _opt(16, min=1, help="adapter rank")
+    alpha: float = _opt(32.0, min=0.0, help="adapter scaling is alpha / r")
+    dropout: float = _opt(0.05, min=0.0, max=1.0)
+    target_modules: tuple[str, ...] = _opt(("all-linear",), help="module names to adapt, or all-linear")
+    load_in_4bit: bool = _opt(False, help="QLoRA: load the base model 4-bit NF4 (bitsandbytes; needs CUDA)")
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Mixture-of-experts models (Mixtral, Qwen-MoE, ...): router loss and ZeRO-3 handling."""
+
+    router_aux_loss: bool = _opt(True, help="add the router load-balancing loss (output_router_logits); logged")
+    router_aux_loss_coef: float | None = _opt(None, min=0.0, help="its weight (default: the model config's)")
+    zero3_leaf: bool = _opt(True, help="ZeRO-3: fetch each MoE block's experts as one unit (set_z3_leaf_modules)")
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """The fine-tuning recipe run by ``hpcft.train.main``."""
 
@@ -123,6 +163,25 @@ class TrainSpec:
     logging_steps: int = _opt(1, min=1)
     seed: int = 42
     zero: int = _opt(0, min=0, max=3, help="DeepSpeed ZeRO stage; 0 = plain DDP")
+    offload: OffloadSpec = field(default_factory=OffloadSpec)
+    zero_init: bool = _opt(True, help="ZeRO-3: build the model already partitioned (deepspeed.zero.Init)")
+    gather_16bit_on_save: bool = _opt(True, help="ZeRO-3: save full 16-bit weights (model.safetensors)")
+    deepspeed_config: str | None = _opt(None, help="your own DeepSpeed JSON; train.zero/offload may only repeat it")
+    precision: Literal["fp32", "bf16", "fp16"] = _opt("fp32", help="bf16/fp16 mixed precision; fp16 needs CUDA")
+    max_grad_norm: float = _opt(1.0, min=0.0, help="gradient clipping; 0 = off")
+    weight_decay: float = _opt(0.0, min=0.0)
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = "linear"
+    warmup_steps: float = _opt(0.0, min=0.0, help="linear warmup: steps, or a fraction (< 1) of all steps")
+    gradient_checkpointing: bool = _opt(False, help="recompute activations in backward: less memory, more time")
+    torch_compile: bool = _opt(False, help="torch.compile the model")
+    neftune_noise_alpha: float | None = _opt(None, min=0.0, help="NEFTune noise on the embeddings, e.g. 5")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = _opt("info", help="main process")
+    log_level_replica: Literal["debug", "info", "warning", "error", "critical"] = _opt("warning", help="other ranks")
+    log_on_each_node: bool = _opt(False, help="log_level for local rank 0 of every node, not only global rank 0")
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    moe: MoESpec = field(default_factory=MoESpec)
 
 
 @dataclass(frozen=True)
@@ -192,7 +251,35 @@ def check_spec(spec: JobSpec) -> list[str]:
     for name in launch.env_passthrough:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")
+    return problems + check_recipe(train)
+
+
+def check_recipe(train: TrainSpec) -> list[str]:
+    """Rules of the training recipe: DeepSpeed stage/offload/precision (``hpcft.zero``), LoRA."""
+    from hpcft.zero import check_zero  # zero.py builds on this module
+
+    problems = check_zero(train)
+    if train.lora.load_in_4bit and not train.lora.enabled:
+        problems.append(
+            "train.lora.load_in_4bit: QLoRA trains LoRA adapters on a frozen 4-bit model; 4-bit weights cannot be "
+            "fully fine-tuned (HINT: also set train.lora.enabled=true)"
+        )
+    if train.lora.enabled and not train.lora.target_modules:
+        problems.append("train.lora.target_modules: must name at least one module, or all-linear")
     return problems
+
+
+def spec_notes(spec: JobSpec) -> list[str]:
+    """Things a plan should point out that depend on the machine the job lands on (no file or probe here)."""
+    notes = []
+    if spec.launch.script is None and spec.train.lora.load_in_4bit:
+        notes.append(
+            "train.lora.load_in_4bit (QLoRA) needs CUDA GPUs and bitsandbytes on every node; on a node "
+            "without CUDA the trainer stops at start with a ConfigError."
+        )
+    if spec.launch.script is None and spec.train.precision == "fp16":
+        notes.append("train.precision fp16 needs CUDA GPUs; on CPU-only nodes the trainer refuses it (use bf16).")
+    return notes
 
 
 def spec_to_dict(spec: Any) -> Any:

@@ -1,5 +1,7 @@
 """``hpcft init-demo DIR``: a tiny Llama model, a locally trained tokenizer, data and a job file.
 
+``build_demo(..., moe=True)`` builds a tiny Mixtral (mixture-of-experts) model instead.
+
 No model hub is involved: the tokenizer is trained with the ``tokenizers`` library on the demo
 corpus and the model is built from a ``LlamaConfig``. Both are saved with ``save_pretrained`` and
 the trainer loads them through ``AutoTokenizer``/``AutoModelForCausalLM``, as it would a real model.
@@ -61,7 +63,7 @@ CHAT_TEMPLATE = (
 )
 
 JOB_YAML = """\
-# The demo job: a tiny Llama model fine-tuned on a small instruction dataset.
+# The demo job: a tiny {arch} model fine-tuned on a small instruction dataset.
 #   hpcft submit {dir}/job.yaml --wait                 # this machine (local backend)
 #   hpcft submit {dir}/job.yaml --nodes 2 --wait       # a SLURM cluster (2 processes per node)
 run:
@@ -124,13 +126,19 @@ def train_tokenizer(corpus: list[str], directory: Path):
     return fast
 
 
-def build_model(tokenizer, directory: Path, hidden_size: int) -> int:
-    """A randomly initialised Llama-architecture model saved to ``directory``; returns its size."""
+def build_model(tokenizer, directory: Path, hidden_size: int, moe: bool = False) -> int:
+    """A randomly initialised Llama- (or, with ``moe``, Mixtral-) architecture model saved to ``directory``.
+
+    Returns the number of parameters. The Mixtral variant has 4 experts, 2 per token, and computes
+    the router load-balancing loss (``output_router_logits``).
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
+    extra = {"num_local_experts": 4, "num_experts_per_tok": 2, "output_router_logits": True} if moe else {}
+    config = (MixtralConfig if moe else LlamaConfig)(
+        **extra,
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4 if hidden_size >= 512 else hidden_size * 2,
@@ -143,13 +151,19 @@ def build_model(tokenizer, directory: Path, hidden_size: int) -> int:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
+    model = (MixtralForCausalLM if moe else LlamaForCausalLM)(config)
     model.save_pretrained(directory)
     return sum(p.numel() for p in model.parameters())
 
 
-def build_demo(directory: Path, hidden_size: int = 128) -> Path:
-    """Write model/, data/{train,eval}.jsonl and job.yaml under ``directory``; return the job file."""
+def build_demo(directory: Path, hidden_size: int = 128, moe: bool = False) -> Path:
+    """Write model/, data/{train,eval}.jsonl and job.yaml under ``directory``; return the job file.
+
+    Args:
+        directory: where to write (must not hold a job.yaml yet).
+        hidden_size: model width (512 gives ~8M parameters in the Llama variant).
+        moe: build a tiny Mixtral (mixture-of-experts) model instead of a Llama one.
+    """
     if (directory / "job.yaml").exists():
         raise HpcftError(f"{directory / 'job.yaml'} already exists", hint="pick a new directory or delete it")
     data = directory / "data"
@@ -161,7 +175,7 @@ def build_demo(directory: Path, hidden_size: int = 128) -> Path:
     corpus += ["### Instruction:\n### Input:\n### Response:\n<|user|>\n<|assistant|>\n<|system|>\n"] * 20
     model_dir = directory / "model"
     tokenizer = train_tokenizer(corpus, model_dir)
-    build_model(tokenizer, model_dir, hidden_size)
+    build_model(tokenizer, model_dir, hidden_size, moe)
     job = directory / "job.yaml"
-    job.write_text(JOB_YAML.format(dir=directory))
+    job.write_text(JOB_YAML.format(dir=directory, arch="Mixtral (mixture-of-experts)" if moe else "Llama"))
     return job

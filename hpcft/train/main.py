@@ -7,8 +7,10 @@ logs to ``RUN/logs/rank-<N>.log``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -49,12 +51,13 @@ def setup_logging(run: Path) -> None:
     sys.excepthook = excepthook
     job = os.environ.get("HPCFT_JOB_ID", "local")
     log.info(
-        "rank %d of %s on %s: job %s restart %s",
+        "rank %d of %s on %s: job %s restart %s pid %d",
         rank(),
         os.environ.get("WORLD_SIZE", "1"),
         socket.gethostname(),
         job,
         os.environ.get("HPCFT_RESTART_COUNT", "0"),
+        os.getpid(),
     )
 
 
@@ -62,16 +65,17 @@ def train(run: Path) -> None:
     """Run the recipe of ``RUN/spec.yaml`` to the end."""
     from transformers import Trainer
 
-    from hpcft.train import checkpoint, data, model
-    from hpcft.train.args import training_arguments
+    from hpcft.train import checkpoint, data, model, preemption
+    from hpcft.train.args import deepspeed_setup, training_arguments
     from hpcft.train.metrics import make_metrics_callback
 
     spec = runs.load_run_spec(run)
-    args = training_arguments(spec, checkpoint.output_dir(spec, run))
+    ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
+    args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)
     tokenizer = model.load_tokenizer(spec)
     train_ds, eval_ds = data.build_datasets(spec, run, tokenizer)
     trainer = Trainer(
-        model=model.load_model(spec),
+        model=model.load_model(spec, args),  # after args: with ZeRO-3 they turn on zero.Init
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
@@ -79,8 +83,51 @@ def train(run: Path) -> None:
         data_collator=data.make_collator(tokenizer, spec.train.packing),
         callbacks=[make_metrics_callback(run)],
     )
-    trainer.train(resume_from_checkpoint=checkpoint.resume_point(spec, run))
+    world = trainer.args.world_size
+    preempt = preemption.make_preemption_callback(run)
+    for callback in (preempt, checkpoint.make_commit_callback(spec, run, world)):  # preempt decides, then commit
+        trainer.add_callback(callback)
+    resume = checkpoint.resume_point(spec, run, world, trainer.is_world_process_zero())
+    trainer.train(resume_from_checkpoint=resume)
+    if preempt.preempted:
+        if trainer.is_world_process_zero():
+            preemption.mark_requeue(run, trainer.state.global_step)
+        return
     checkpoint.finish(trainer, run)
+
+
+def is_disk_full(error: BaseException, run: Path) -> bool:
+    """True if ``error`` comes from a full filesystem under ``run``.
+
+    torch.save and safetensors wrap ENOSPC in their own exceptions (RuntimeError "PytorchStreamWriter
+    failed writing file …: file write failed" carries no errno at all; SafetensorError says "os error
+    28"), so besides the errno, a failed write on a filesystem left with almost no room counts too.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in text or "os error 28" in text:
+            return True
+        if "write failed" in text and shutil.disk_usage(run).free < 16 * 2**20:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def disk_full_message(run: Path) -> str:
+    """What a user needs when a save hits a full filesystem: where, what survived, what to do."""
+    from hpcft import checkpoints
+    from hpcft.train.checkpoint import checkpoints_dir
+
+    spec = runs.load_run_spec(run)
+    base = checkpoints_dir(spec, run)
+    info = checkpoints.newest_complete(base, validate=False)
+    kept = f"the newest complete checkpoint is intact: {info.path}" if info else "no complete checkpoint exists yet"
+    return (f"no space left on the filesystem of {base}; the interrupted save "
+            f"is discarded, {kept}. HINT: free space, lower train.save_total_limit, or set train.output to a "
+            "larger shared filesystem, then `hpcft resume RUN`")  # fmt: skip
 
 
 def parse_args(argv: list[str]) -> Path:
@@ -103,8 +150,11 @@ def main(argv: list[str]) -> None:
     setup_logging(run)
     try:
         train(run)
-    except BaseException:
-        log.exception("training failed on rank %d", rank())
+    except BaseException as e:
+        if is_disk_full(e, run):
+            log.error("%s", disk_full_message(run))
+        else:
+            log.exception("training failed on rank %d", rank())
         exit_cleanly(1)
     exit_cleanly(0)
 

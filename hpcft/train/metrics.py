@@ -1,5 +1,8 @@
 """Rank 0's record of training: ``RUN/metrics.jsonl`` (train_begin, step/loss/lr/tokens/s, eval).
 
+Mixture-of-experts models also log ``aux_loss``: the router load-balancing loss (unweighted) of the
+training forwards since the previous record, averaged over them and over all ranks.
+
 One JSON object per line, appended; ``hpcft status`` and ``hpcft plot`` read it.
 """
 
@@ -26,6 +29,7 @@ def make_metrics_callback(run: Path):
 
     class MetricsCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
+            self.aux = RouterAuxLoss.attach(kwargs.get("model"))
             self.t0 = self.t_last = time.time()
             self.tokens_last = state.num_input_tokens_seen
             if state.is_world_process_zero:
@@ -42,6 +46,7 @@ def make_metrics_callback(run: Path):
                 )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            aux = self.aux.take() if self.aux is not None and logs and "loss" in logs else None  # every rank
             if not state.is_world_process_zero or not logs:
                 return
             now = time.time()
@@ -54,6 +59,8 @@ def make_metrics_callback(run: Path):
                     lr=logs.get("learning_rate"),
                     tokens_per_s=round((tokens - self.tokens_last) / dt, 1) if dt > 0 else None,
                 )
+                if aux is not None:
+                    record["aux_loss"] = aux
                 self.t_last, self.tokens_last = now, tokens
             elif "eval_loss" in logs:
                 loss = logs["eval_loss"]
@@ -63,3 +70,37 @@ def make_metrics_callback(run: Path):
             append(record)
 
     return MetricsCallback()
+
+
+class RouterAuxLoss:
+    """Collects ``aux_loss`` from a MoE model's training forwards (a forward hook on the model)."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    @classmethod
+    def attach(cls, model) -> RouterAuxLoss | None:
+        """Hook ``model`` if it computes a router aux loss (``config.output_router_logits``); else None."""
+        if model is None or not getattr(getattr(model, "config", None), "output_router_logits", False):
+            return None
+        collector = cls()
+        model.register_forward_hook(collector.hook)
+        return collector
+
+    def hook(self, module, inputs, output) -> None:
+        """Record the aux loss of a training forward (evaluation forwards are skipped)."""
+        aux = getattr(output, "aux_loss", None)
+        if module.training and aux is not None:
+            self.total += float(aux.detach().float())
+            self.count += 1
+
+    def take(self) -> float | None:
+        """Mean since the last call over every rank (a collective: all ranks call it), then reset."""
+        import torch
+        import torch.distributed as dist
+
+        sums = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        self.total, self.count = 0.0, 0
+        return round(float(sums[0] / sums[1]), 6) if sums[1] > 0 else None

@@ -71,8 +71,10 @@ def wait_finished(run: Path, timeout: float = 300) -> dict:
 
 
 def same_weights(a: Path, b: Path, atol: float = 1e-5) -> bool:
-    """Equal up to float32 rounding: gloo's cross-node all-reduce does not promise a fixed summation
-    order, so runs differ in the last bit here and there (measured: ≤ 1.2e-7), resumed or not."""
+    """Equal up to float32 rounding. Two uninterrupted runs are bit-identical here, but DDP rebuilds its
+    gradient buckets after the first step of every process, so the first step after a resume all-reduces
+    another bucket layout; with 4 ranks gloo's ring then adds some elements in another order (1 ulp,
+    ≤ 1.2e-7 measured). With 2 ranks the sum of two numbers has no order, so resumes there are exact."""
     from safetensors.torch import load_file
 
     x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")

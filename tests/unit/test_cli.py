@@ -7,14 +7,14 @@ import yaml
 
 from tests.conftest import hpcft
 
-HEAVY = ("torch", "transformers", "deepspeed", "datasets", "peft", "accelerate")
+HEAVY = ("torch", "transformers", "deepspeed", "datasets", "peft", "accelerate", "matplotlib")
 
 
 def test_cli_imports_no_heavy_library():
     # Import every module the CLI path uses, then check none of the heavy ones came along.
     code = (
         "import sys, hpcft.cli, hpcft.plan, hpcft.monitor, hpcft.backends.sbatch, hpcft.backends.local, "
-        "hpcft.node, hpcft.logs, hpcft.config\n"
+        "hpcft.node, hpcft.logs, hpcft.config, hpcft.memory, hpcft.plot, hpcft.doctor\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

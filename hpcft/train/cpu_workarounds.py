@@ -1,0 +1,171 @@
+"""Everything the trainer does differently on a node without CUDA — and only here.
+
+Each function works around one behaviour of DeepSpeed / HF Trainer / accelerate measured on GPU-less
+machines (``../shared/CPU-FACTS.md``), names the upstream cause, and is a no-op where CUDA exists.
+Tests: ``tests/unit/test_zero_config.py`` (config changes) and ``tests/train/test_zero.py`` (each one
+switched off → the upstream failure, switched on → training runs).
+
+Also here: building DeepSpeed's JIT C++ ops once, serially, before ranks start (``python -m
+hpcft.train.cpu_workarounds build-ops``): DeepSpeed compiles them on first use (shm_comm at every
+``init_distributed`` on CPU), which costs minutes per fresh ``TORCH_EXTENSIONS_DIR``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from hpcft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hpcft.spec import TrainSpec
+
+log = logging.getLogger("hpcft.train")
+
+# DeepSpeed ops the CPU trainer uses: shm_comm (every init_distributed on CPU), async_io (NVMe offload).
+CPU_OPS = ("ShareMemCommBuilder", "AsyncIOBuilder")
+
+
+def has_cuda() -> bool:
+    """Whether this process sees a CUDA device."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainer_device_args(cuda: bool) -> dict[str, Any]:
+    """``TrainingArguments`` keys for a CPU-only node (empty with CUDA).
+
+    ``use_cpu=True``: without it accelerate finds no device, counts one process, and DeepSpeed's batch
+    check fails with ``AssertionError: ... train_batch_size ... 4 != 4 * 1 * 2`` (world size 1; same
+    family as huggingface/accelerate#1324). ``ddp_backend="gloo"``: NCCL needs CUDA.
+    """
+    return {} if cuda else {"use_cpu": True, "ddp_backend": "gloo"}
+
+
+def init_deepspeed_gloo(cuda: bool) -> None:
+    """Start DeepSpeed's communication over gloo before ``TrainingArguments`` (CPU only).
+
+    Under ZeRO-3, ``from_pretrained`` runs inside ``deepspeed.zero.Init``, which takes the world size
+    from ``deepspeed.comm``. On CPU nothing initialises it before the model loads, so zero.Init sees
+    world size 1 and DeepSpeed asserts ``8 != 4 * 1 * 1`` (deepspeedai/DeepSpeed#4703: zero.Init
+    before the process group is up). DeepSpeed has no CPU ccl here, so the backend must be gloo.
+    """
+    if cuda:
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
+def check_cuda_features(train: TrainSpec, cuda: bool) -> None:
+    """Refuse, at start, what needs CUDA: fp16 (loss scaling, half kernels) and QLoRA (bitsandbytes 4-bit).
+
+    Without this, fp16 fails inside TrainingArguments/DeepSpeed and QLoRA inside bitsandbytes, with
+    messages that do not name the spec key.
+    """
+    problems = []
+    host = os.uname().nodename
+    if train.precision == "fp16" and not cuda:
+        problems.append(
+            f"train.precision: fp16 needs CUDA GPUs and {host} has none (HF's fp16 AMP and DeepSpeed's fp16 "
+            "optimizer do not run on CPU) (HINT: -o train.precision=bf16, or fp32)"
+        )
+    if train.lora.load_in_4bit and not cuda:
+        problems.append(
+            f"train.lora.load_in_4bit: QLoRA loads the model 4-bit with bitsandbytes, which needs CUDA GPUs, and "
+            f"{host} has none (HINT: plain LoRA on CPU: -o train.lora.load_in_4bit=false)"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def adapt_ds_config(config: dict[str, Any], cuda: bool, generated: bool) -> tuple[dict[str, Any], list[str]]:
+    """The DeepSpeed config this CPU-only rank can run, and what changed (unchanged with CUDA).
+
+    Args:
+        config: the job's DeepSpeed config (``RUN/ds_config.json``).
+        cuda: whether this node has CUDA.
+        generated: whether hpcft generated it (a user's own optimizer block is kept).
+    """
+    out = copy.deepcopy(config)
+    if cuda:
+        return out, []
+    changes: list[str] = []
+    zero = out.get("zero_optimization") or {}
+    offload = any((zero.get(k) or {}).get("device", "none") != "none" for k in ("offload_optimizer", "offload_param"))
+    if offload:
+        changes += _torch_optimizer_with_offload(out, generated)
+    if (zero.get("offload_param") or {}).get("device") == "nvme":
+        changes += _nvme_param_swap_fixes(zero)
+    return out, changes
+
+
+def _torch_optimizer_with_offload(config: dict[str, Any], generated: bool) -> list[str]:
+    """Offload on CPU: the Trainer's torch AdamW, with DeepSpeed's client-optimizer check off.
+
+    DeepSpeed's engine refuses a client optimizer with ZeRO-Offload ("You are using ZeRO-Offload with
+    a client provided optimizer ... set zero_force_ds_cpu_optimizer false", runtime/engine.py) because
+    on GPUs it is slow. Without a GPU the states never leave host memory anyway; torch AdamW keeps the
+    optimizer identical to the DDP and non-offload ZeRO runs (comparable losses) and skips the
+    ~70 s cpu_adam JIT build. A user's own optimizer block is kept.
+    """
+    changes = []
+    if generated and "optimizer" in config:
+        del config["optimizer"]
+        changes.append("optimizer: DeepSpeedCPUAdam -> the Trainer's torch AdamW (no GPU: nothing to offload from)")
+    if "optimizer" not in config and config.get("zero_force_ds_cpu_optimizer") is not False:
+        config["zero_force_ds_cpu_optimizer"] = False
+        changes.append("zero_force_ds_cpu_optimizer: false (torch optimizer with offload)")
+    return changes
+
+
+def _nvme_param_swap_fixes(zero: dict[str, Any]) -> list[str]:
+    """Parameter swapping to NVMe on CPU: no prefetch, 16+ swap buffers.
+
+    With partitions above DeepSpeed's 1 MiB AIO minimum (runtime/swap_tensor/utils.py MIN_AIO_BYTES)
+    swapping really starts, and then failed here with ``AssertionError: Not enough buffers 0 for
+    swapping 1`` at the default ``buffer_count`` 5 (deepspeedai/DeepSpeed#3062, open), and next with
+    ``AssertionError: param 16 already assigned swap buffer id 10`` from the NVMe prefetch path
+    (``__prefetch_nvme_param_partitions``; cf. deepspeedai/Megatron-DeepSpeed#196) until prefetching
+    was disabled with ``stage3_prefetch_bucket_size: 0``.
+    """
+    changes = []
+    if zero.get("stage3_prefetch_bucket_size") != 0:
+        zero["stage3_prefetch_bucket_size"] = 0
+        changes.append("zero_optimization.stage3_prefetch_bucket_size: 0 (NVMe param prefetch)")
+    param = zero["offload_param"]
+    if int(param.get("buffer_count", 5)) < 16:
+        param["buffer_count"] = 16
+        changes.append("zero_optimization.offload_param.buffer_count: 16 (NVMe param swap buffers)")
+    return changes
+
+
+def build_ops(names: tuple[str, ...] = CPU_OPS) -> dict[str, float]:
+    """JIT-build DeepSpeed ops one after another into ``$TORCH_EXTENSIONS_DIR``; seconds per op.
+
+    Run once before parallel ranks or tests start: torch's extension lock serialises concurrent
+    builds, but every waiting rank then sits idle for minutes and may hit its own timeouts.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    seconds = {}
+    for name in names:
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or not builder.is_compatible(verbose=True):
+            raise ConfigError([f"DeepSpeed op {name} cannot be built on this machine (see the messages above)"])
+        t0 = time.monotonic()
+        builder.load(verbose=False)
+        seconds[name] = round(time.monotonic() - t0, 1)
+    return seconds
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["build-ops"]:
+        sys.exit("usage: python -m hpcft.train.cpu_workarounds build-ops")
+    for op, secs in build_ops().items():
+        print(f"DeepSpeed op {op}: ready ({secs} s)")

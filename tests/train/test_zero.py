@@ -1,0 +1,202 @@
+"""DeepSpeed ZeRO on 2 CPU ranks through `hpcft submit --backend local`: DDP, ZeRO-2, ZeRO-3, CPU and NVMe offload.
+
+Independent expectations: on the tiny demo model DDP, ZeRO-2 and ZeRO-3 give the same losses step by
+step (measured, ../shared/CPU-FACTS.md); the DeepSpeed checkpoints hold one optimizer partition per
+rank whose size is half the model; NVMe offload leaves swap files of the partitions' size on disk;
+the learning rate follows the closed-form warmup + cosine schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hpcft
+
+pytestmark = pytest.mark.train
+
+EXT_DIR = Path.home() / ".cache" / "hpcft" / "torch_extensions"
+SHORT = ["-o", "train.max_steps=10", "-o", "train.save_steps=10", "-o", "train.eval_steps=null"]
+
+
+@pytest.fixture(scope="session")
+def ds_ops(train_stack) -> None:
+    """DeepSpeed's JIT ops built once, serially, in the persistent cache the jobs use (make test does it first)."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXT_DIR))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "hpcft.train.cpu_workarounds", "build-ops"]
+    subprocess.run(cmd, check=True, timeout=900, capture_output=True)
+
+
+def submit(job: Path, runs_dir: Path, *args: str, name: str = "job") -> Path:
+    """Run ``job`` on 2 local CPU ranks to the end; return its run directory."""
+    out = runs_dir / name
+    hpcft("submit", str(job), "--backend", "local", "--wait", "--runs-dir", str(out), *args, timeout=900)
+    (run,) = [p.parent for p in out.glob("*/spec.yaml")]
+    return run
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run: Path) -> list[float]:
+    return [r["loss"] for r in records(run) if "loss" in r]
+
+
+def rank_log(run: Path, rank: int = 0) -> str:
+    return (run / "logs" / f"rank-{rank}.log").read_text()
+
+
+def optimizer_partition_numel(checkpoint: Path, rank: int) -> int:
+    """Elements in one rank's fp32 optimizer partition of a DeepSpeed checkpoint."""
+    import torch
+
+    (path,) = checkpoint.glob(f"global_step*/*zero_pp_rank_{rank}_*optim_states.pt")
+    state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+    groups = state.get("single_partition_of_fp32_groups") or state.get("fp32_flat_groups")
+    return sum(g.numel() for g in groups)
+
+
+@pytest.fixture(scope="module")
+def ddp_z2_z3(ds_ops, demo_dir, tmp_path_factory) -> dict[int, Path]:
+    runs = tmp_path_factory.mktemp("zero")
+    return {
+        stage: submit(demo_dir / "job.yaml", runs, "--zero", str(stage), *SHORT, name=f"z{stage}")
+        for stage in (0, 2, 3)
+    }
+
+
+def test_ddp_zero2_zero3_losses_agree_step_by_step(ddp_z2_z3):
+    ddp = losses(ddp_z2_z3[0])
+    assert len(ddp) == 10 and sum(ddp[-3:]) < sum(ddp[:3])  # it learns
+    for stage in (2, 3):
+        assert losses(ddp_z2_z3[stage]) == pytest.approx(ddp, rel=1e-6), f"ZeRO-{stage}"
+
+
+def test_zero_stages_really_partition_the_optimizer(ddp_z2_z3, demo_dir):
+    from transformers import AutoModelForCausalLM
+
+    numel = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(demo_dir / "model").parameters())
+    assert not list((ddp_z2_z3[0] / "checkpoints" / "checkpoint-10").glob("global_step*"))  # DDP: no DeepSpeed
+    for stage in (2, 3):
+        run = ddp_z2_z3[stage]
+        assert json.loads((run / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+        ckpt = run / "checkpoints" / "checkpoint-10"
+        parts = [optimizer_partition_numel(ckpt, r) for r in (0, 1)]
+        assert sum(parts) >= numel and max(parts) <= numel / 2 + 64, (stage, parts, numel)  # padded halves
+
+
+def test_zero3_saves_a_loadable_16bit_gathered_model(ddp_z2_z3):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    z3 = AutoModelForCausalLM.from_pretrained(ddp_z2_z3[3] / "model").state_dict()
+    ddp = AutoModelForCausalLM.from_pretrained(ddp_z2_z3[0] / "model").state_dict()
+    assert z3.keys() == ddp.keys()
+    for key in ddp:
+        torch.testing.assert_close(z3[key], ddp[key], atol=1e-5, rtol=1e-4)
+
+
+def test_zero3_cpu_offload_matches_zero3(ddp_z2_z3, demo_dir, tmp_path):
+    run = submit(demo_dir / "job.yaml", tmp_path, "--zero", "3", "--offload", "cpu", *SHORT)
+    zero = json.loads((run / "ds_config.json").read_text())["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert "zero_force_ds_cpu_optimizer: false" in rank_log(run)  # the CPU workaround, logged
+    assert losses(run) == pytest.approx(losses(ddp_z2_z3[3]), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def demo512(train_stack, tmp_path_factory) -> Path:
+    """The 8.3M-parameter demo: per-rank partitions above DeepSpeed's 1 MiB AIO minimum."""
+    d = tmp_path_factory.mktemp("demo512") / "demo"
+    hpcft("init-demo", str(d), "--hidden-size", "512")
+    return d
+
+
+def test_zero3_nvme_offload_really_swaps_to_disk(ds_ops, demo512, tmp_path):
+    nvme = tmp_path / "nvme"
+    nvme.mkdir()
+    base = [*SHORT, "-o", "train.max_steps=6", "-o", "train.save_steps=100"]
+    ref = submit(demo512 / "job.yaml", tmp_path, "--zero", "3", *base, name="z3")
+    run = submit(
+        demo512 / "job.yaml",
+        tmp_path,
+        "--zero",
+        "3",
+        "--offload",
+        "nvme",
+        "-o",
+        f"train.offload.nvme_path={nvme}",
+        *base,
+    )
+    swap = [p for p in (nvme / run.name).rglob("*.swp") if p.is_file()]
+    assert {p.parent.name for p in swap} >= {"rank0", "rank1"}, swap  # both ranks swapped
+    numel = 8_300_000
+    assert sum(p.stat().st_size for p in swap) > numel * 4, "less than the fp32 partitions reached the disk"
+    log = rank_log(run)
+    assert "NVMe swap directory" in log and "shared filesystem" in log  # /tmp: same device as the run dir
+    assert "stage3_prefetch_bucket_size: 0" in log and "buffer_count: 16" in log
+    assert losses(run) == pytest.approx(losses(ref), rel=2e-3)
+
+
+def test_nvme_preflight_stops_on_a_missing_directory(ds_ops, demo_dir, tmp_path):
+    missing = tmp_path / "no" / "such"
+    proc = hpcft(
+        "submit",
+        str(demo_dir / "job.yaml"),
+        "--backend",
+        "local",
+        "--wait",
+        "--runs-dir",
+        str(tmp_path),
+        "--zero",
+        "3",
+        "--offload",
+        "nvme",
+        "-o",
+        f"train.offload.nvme_path={missing}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    (run,) = [p.parent for p in tmp_path.glob("*/spec.yaml")]
+    assert f"{missing}/{run.name} does not exist on" in rank_log(run)
+
+
+def test_recipe_options_reach_the_trainer(ds_ops, demo_dir, tmp_path):
+    # bf16, grad accumulation, clipping, warmup + cosine, NEFTune, gradient checkpointing, log levels.
+    options = {
+        "precision": "bf16",
+        "grad_accum": 2,
+        "max_grad_norm": 0.5,
+        "lr_scheduler": "cosine",
+        "warmup_steps": 3,
+        "neftune_noise_alpha": 5,
+        "gradient_checkpointing": "true",
+        "log_level_replica": "error",
+        "max_steps": 8,
+        "save_steps": 8,
+        "eval_steps": "null",
+    }
+    args = [x for k, v in options.items() for x in ("-o", f"train.{k}={v}")]
+    run = submit(demo_dir / "job.yaml", tmp_path, "--zero", "2", *args)
+    rows = [r for r in records(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in rows)
+    lr, peak, warm = [r["lr"] for r in rows], 1e-3, 3  # HF logs the rate used by the step just taken
+    want = [
+        peak * s / warm if s < warm else peak * 0.5 * (1 + math.cos(math.pi * (s - warm) / (8 - warm)))
+        for s in range(8)
+    ]
+    assert lr == pytest.approx(want, rel=1e-6, abs=1e-9)
+    begin = next(r for r in records(run) if r.get("event") == "train_begin")
+    assert begin["max_steps"] == 8
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert ds["bf16"]["enabled"] and ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.5
+    # log_level info on the main process, error on replicas: the Trainer's INFO banner only on rank 0.
+    assert "***** Running training *****" in rank_log(run, 0) and "Running training" not in rank_log(run, 1)

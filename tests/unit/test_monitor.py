@@ -1,0 +1,144 @@
+"""Pure helpers of status, logs, plot and doctor: metrics → progress/ETA/restarts, series, log filters, rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hpcft import doctor, logs, monitor, plot
+from hpcft.train import doctor_fs
+
+# What hpcft.train.metrics writes: a first job, requeued once (restart 1) from checkpoint 10, then a resume job.
+METRICS = [
+    {"event": "train_begin", "max_steps": 30, "start_step": 0, "job_id": "7", "restart": 0, "time": 100.0},
+    *[{"step": s, "loss": 5.0 - s / 10, "tokens_per_s": 1000.0 + s, "time": 100.0 + 2 * s} for s in range(1, 13)],
+    {"step": 10, "eval_loss": 4.2, "time": 121.0},
+    {"event": "train_begin", "max_steps": 30, "start_step": 10, "job_id": "7", "restart": 1, "time": 200.0},
+    *[{"step": s, "loss": 4.0 - s / 100, "tokens_per_s": 2000.0, "time": 200.0 + (s - 10)} for s in range(11, 21)],
+    {"step": 20, "eval_loss": 3.9, "time": 211.0},
+    {"event": "train_begin", "max_steps": 30, "start_step": 20, "job_id": "9", "restart": 0, "time": 300.0},
+]
+
+
+def test_summary_takes_newest_step_and_eval():
+    s = monitor.summarize_metrics(METRICS)
+    assert (s["step"], s["total_steps"], s["eval_loss"], s["tokens_per_s"]) == (20, 30, 3.9, 2000.0)
+    assert s["loss"] == pytest.approx(3.8)
+
+
+def test_eta_uses_the_speed_since_the_last_restart():
+    # Since the second train_begin: steps 11..20 one second apart → 10 steps left → 10 s.
+    assert monitor.estimate_eta(METRICS[:-1], 30) == pytest.approx(10.0)
+    assert monitor.estimate_eta(METRICS, 30) is None  # just restarted: no speed yet
+    assert monitor.estimate_eta(METRICS[:-1], None) is None
+
+
+def test_restarts_count_requeues_and_later_jobs():
+    state = {"jobs": [{"id": "7"}, {"id": "9"}]}
+    assert monitor.count_restarts(state, METRICS) == 2  # requeue of job 7 + resume as job 9
+    assert monitor.count_restarts({"jobs": [{"id": "7"}]}, []) == 0
+    # A requeue recorded in state.json before the new attempt reached train_begin still counts.
+    assert monitor.count_restarts({"jobs": [{"id": "7"}], "restarts": 1}, METRICS[:1]) == 1
+
+
+def test_format_duration():
+    assert [monitor.format_duration(s) for s in (None, 42, 185, 3725)] == ["-", "42s", "3m05s", "1h02m"]
+
+
+def test_plot_series_keep_the_newest_value_per_step_and_mark_restarts():
+    data = plot.extract_series(METRICS)
+    assert data.restarts == [10, 20]
+    assert [s for s, _ in data.train_loss] == list(range(1, 21))
+    assert dict(data.train_loss)[11] == pytest.approx(3.89)  # the value logged after the restart wins
+    assert data.eval_loss == [(10, 4.2), (20, 3.9)]
+    assert dict(data.tokens_per_s)[12] == 2000.0
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = plot.write_plot(plot.extract_series(METRICS), tmp_path / "m.png", "run")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_file_tail_holds_torn_lines_and_survives_truncation(tmp_path):
+    f = tmp_path / "out"
+    tail = logs.FileTail(f)
+    assert tail.read() == ""
+    f.write_text("one\ntw")
+    assert tail.read() == "one\n"
+    with open(f, "a") as fh:
+        fh.write("o\n")
+    assert tail.read() == "two\n"
+    f.write_text("new\n")  # truncated and rewritten
+    assert tail.read() == "new\n"
+    f.write_text("new\nend")
+    assert tail.read(final=True) == "end"
+
+
+def test_node_filter_follows_ranks_that_moved_between_nodes(tmp_path):
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / "rank-0.log").write_text(
+        "t rank0 hpcft.train INFO rank 0 of 2 on node1: job 7 restart 0\nt a\n"
+        "t rank0 hpcft.train INFO rank 0 of 2 on node2: job 9 restart 0\nt b\n"
+    )
+    (log_dir / "rank-1.log").write_text("t rank1 hpcft.train INFO rank 1 of 2 on node2: job 7 restart 0\nt c\n")
+    text = logs.NodeFilter(tmp_path, "node2").read()
+    assert "[rank-0] t b" in text and "[rank-1] t c" in text and "t a" not in text
+    only_job_9 = logs.NodeFilter(tmp_path, "node2", job="9").read()
+    assert "t b" in only_job_9 and "t c" not in only_job_9
+    none = logs.NodeFilter(tmp_path, "node3")
+    assert none.read() == "" and "ranks ran on: node1, node2" in none.empty_note()
+
+
+def test_job_output_names_the_job_file(tmp_path):
+    state = {"backend": "sbatch", "jobs": [{"id": "7"}, {"id": "9"}]}
+    assert logs.job_output(tmp_path, state).name == "slurm-9.out"
+    assert logs.job_output(tmp_path, state, "7").name == "slurm-7.out"
+    with pytest.raises(Exception, match="has no job 8; its jobs: 7, 9"):
+        logs.job_output(tmp_path, state, "8")
+
+
+def test_doctor_without_report_names_the_node_that_cannot_see_the_run_dir():
+    output = (
+        "hpcft node node1: python -m torch.distributed.run ...\n"
+        "hpcft node: preflight failed: node node2: cannot see the run directory /shared/runs/doctor-1\n"
+        "HINT: the runs directory must be on a filesystem shared by all nodes (run.runs_dir)\n"
+        "srun: error: node2: task 1: Exited with exit code 3\n"
+    )
+    rows = doctor.summarize(None, {"node1": {"host": "node1"}}, ["node1", "node2"], "FAILED", output)
+    assert doctor.failed(rows)
+    by_node = {r.node: r for r in rows}
+    assert by_node["node2"].check == "node preflight" and "cannot see the run directory" in by_node["node2"].detail
+    assert "shared by all nodes" in by_node["node2"].hint
+    assert by_node["node1"].status == "pass"
+
+
+def test_doctor_with_report_adds_a_failure_when_the_job_failed():
+    report = {"checks": [{"check": "all-reduce", "node": "all", "status": "pass", "detail": "ok", "hint": ""}]}
+    assert not doctor.failed(doctor.summarize(report, {}, [], "COMPLETED", ""))
+    assert doctor.failed(doctor.summarize(report, {}, [], "FAILED", ""))
+    assert json.dumps(report)  # the report is plain JSON, as the probe writes it
+
+
+def test_shared_dir_problems_list_the_first_failure_first(tmp_path):
+    peer = {
+        "host": "node2",
+        "read": "No such file or directory: /x",
+        "rename": "ok",
+        "lock_held": "free",
+        "lock_free": "free",
+    }
+    problems = doctor_fs.peer_problems(peer, "node1", tmp_path / ".hpcft-doctor-1")
+    assert [step for step, _ in problems] == ["read", "rename", "lock"]
+    assert "cannot read the marker node1 wrote" in problems[0][1]
+
+
+def test_mount_of_picks_the_longest_mount_point():
+    mounts = "rootfs / ext4 rw 0 0\nsrv:/home /home nfs4 rw 0 0\n/dev/nvme0n1 /local/nvme xfs rw 0 0\n"
+    assert doctor_fs.mount_of("/home/me/runs", mounts) == ("/home", "nfs4")
+    assert doctor_fs.mount_of("/local/nvme/ds", mounts) == ("/local/nvme", "xfs")
+    assert doctor_fs.mount_of("/local/nvmex", mounts) == ("/", "ext4")
+    assert doctor_fs.is_network_fs("nfs4") and doctor_fs.is_network_fs("fuse.sshfs")
+    assert not doctor_fs.is_network_fs("xfs")
