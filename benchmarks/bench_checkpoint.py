@@ -97,8 +97,10 @@ def measure() -> tuple[str, str]:
     result = {"bench": "P3 checkpoint save", "ratio": round(ratio, 3), "goal": ">= 0.8", "bytes": int(nbytes),
               "save_mb_s": round(save_bps / 1e6, 1), "plain_mb_s": round(plain_bps / 1e6, 1), "runs": opts.runs,
               "save_s": [round(s, 4) for s in saves], "plain_s": [round(s, 4) for s in plains]}  # fmt: skip
-    row = (f"| P3 checkpoint save | {ratio:.2f} (≥ 0.8) | {nbytes / 1e6:.1f} MB: hpcft save + commit "
-           f"{save_bps / 1e6:.0f} MB/s ÷ plain write {plain_bps / 1e6:.0f} MB/s; median of {opts.runs} |")
+    row = (
+        f"| P3 checkpoint save | {ratio:.2f} (≥ 0.8) | {nbytes / 1e6:.1f} MB: hpcft save + commit "
+        f"{save_bps / 1e6:.0f} MB/s ÷ plain write {plain_bps / 1e6:.0f} MB/s; median of {opts.runs} |"
+    )
     return json.dumps(result), row
 
 

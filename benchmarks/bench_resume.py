@@ -89,8 +89,10 @@ def measure() -> tuple[str, str]:
     result = {"bench": "P6 resume to first step", "ratio": round(ratio, 3), "goal": "<= 1.2",
               "fresh_s": [round(x, 2) for x in fresh], "resumed_s": [round(x, 2) for x in resumed],
               "hidden_size": opts.hidden_size, "runs": opts.runs}  # fmt: skip
-    row = (f"| P6 resume → first step | {ratio:.2f} (≤ 1.2) | resumed {statistics.median(resumed):.1f} s ÷ fresh "
-           f"{statistics.median(fresh):.1f} s (2 ranks, {opts.hidden_size}-wide demo model); median of {opts.runs} |")
+    row = (
+        f"| P6 resume → first step | {ratio:.2f} (≤ 1.2) | resumed {statistics.median(resumed):.1f} s ÷ fresh "
+        f"{statistics.median(fresh):.1f} s (2 ranks, {opts.hidden_size}-wide demo model); median of {opts.runs} |"
+    )
     return json.dumps(result), row
 
 

@@ -121,9 +121,17 @@ def candidates(base: Path) -> list[Path]:
 
 
 def newest_complete(base: Path, *, validate: bool = True) -> CheckpointInfo | None:
-    """The newest complete checkpoint; incomplete or damaged newer ones are skipped with a warning."""
+    """The newest complete checkpoint; incomplete or damaged newer ones are skipped with a warning.
+
+    With ``validate=False`` (a quick look, e.g. for ``hpcft status``) only the marker is checked and
+    nothing is logged.
+    """
     for path in candidates(base):
-        why = problem(path) if validate else (None if (path / MARKER).is_file() else "no COMPLETE marker")
+        if not validate:
+            if (path / MARKER).is_file():
+                return read_info(path)
+            continue
+        why = problem(path)
         if why is None:
             return read_info(path)
         log.warning("skipping checkpoint %s: %s", path, why)

@@ -97,6 +97,9 @@ def job_options(fn):
         click.option("--partition", help="SLURM partition"),
         click.option("--runs-dir", help=RUNS_DIR_HELP),
         click.option("--profile", type=click.Path(dir_okay=False), help="cluster profile YAML (below the job file)"),
+        click.option(
+            "--accelerate-config", type=click.Path(dir_okay=False), help="your accelerate YAML (launcher accelerate)"
+        ),
         click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="set any key, e.g. -o train.lr=1e-4"),
     ]
     for option in reversed(options):
@@ -119,6 +122,7 @@ def _load_plan(
     overrides,
     offload=None,
     gpu_mem=None,
+    accelerate_config=None,
 ):
     from hpcft import config, plan
     from hpcft.slurm import client
@@ -136,6 +140,7 @@ def _load_plan(
         "run.runs_dir": runs_dir,
         "launch.script": script,
         "launch.script_args": list(script_args[1:]) if script_args else None,
+        "launch.accelerate_config": str(Path(accelerate_config).resolve()) if accelerate_config else None,
     }
     spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=flags)
     if zero == "auto":
@@ -297,6 +302,57 @@ def export(run: str, out: str, checkpoint: int | None, merge_lora: bool, dtype: 
     path = runs.find_run(run, _runs_dir(runs_dir))
     ckpt = export_model(path, Path(out), step=checkpoint, merge_lora=merge_lora, dtype=dtype)
     click.echo(f"exported {ckpt.name} of {path.name} to {out} (loads with from_pretrained)")
+
+
+def _question_options(fn):
+    """One ``--flag`` per question of ``hpcft.accel_config.QUESTIONS``."""
+    from hpcft.accel_config import QUESTIONS
+
+    types = {"int": int, "float": float, "bool": click.BOOL, "str": str}
+    for q in reversed(QUESTIONS):
+        kind = click.Choice(q.choices) if q.kind == "choice" else types[q.kind]
+        fn = click.option(f"--{q.key.replace('_', '-')}", q.key, type=kind, default=None, help=q.prompt)(fn)
+    return fn
+
+
+@main.command("config")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the accelerate YAML to write")
+@click.option("--non-interactive", is_flag=True, help="never prompt: unanswered questions take their defaults")
+@click.option("--force", is_flag=True, help="overwrite --out if it exists")
+@_question_options
+@_handle_errors
+def config_cmd(out: str, non_interactive: bool, force: bool, **given) -> None:
+    """Write an accelerate config YAML (MULTI_GPU, DEEPSPEED or FSDP) for `--launcher accelerate`.
+
+    Answers come from the flags; at a terminal, every other question that applies is asked the way
+    `accelerate config` asks it. hpcft passes machine rank, main process address/port and process
+    counts from the SLURM allocation at launch, overriding the file's.
+    """
+    from hpcft import accel_config
+
+    answers = {k: v for k, v in given.items() if v is not None}
+    if not non_interactive and sys.stdin.isatty():
+        answers = accel_config.ask(answers, _prompt, on_error=lambda m: click.secho(m, fg="red", err=True))
+    _write_accelerate_yaml(Path(out), accel_config.to_config(answers), force)
+
+
+def _prompt(q) -> str:
+    kind = click.Choice(q.choices) if q.kind == "choice" else None
+    default = ("yes" if q.default else "no") if q.kind == "bool" else q.default
+    return click.prompt(q.prompt, default=default, type=kind, show_choices=bool(q.choices))
+
+
+def _write_accelerate_yaml(out: Path, config: dict, force: bool) -> None:
+    import yaml
+
+    from hpcft.errors import HpcftError
+
+    if out.exists() and not force:
+        raise HpcftError(f"{out} exists", hint="pass --force to overwrite it")
+    out.write_text("# Written by `hpcft config`; use: hpcft submit JOB --launcher accelerate "
+                   f"--accelerate-config {out}\n" + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
+    click.echo(f"wrote {out} ({config['distributed_type']})")
+    click.echo(f"use it: hpcft submit JOB --launcher accelerate --accelerate-config {out}")
 
 
 @main.command("after-job", hidden=True)

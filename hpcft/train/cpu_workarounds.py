@@ -2,8 +2,9 @@
 
 Each function works around one behaviour of DeepSpeed / HF Trainer / accelerate measured on GPU-less
 machines (``../shared/CPU-FACTS.md``), names the upstream cause, and is a no-op where CUDA exists.
-Tests: ``tests/unit/test_zero_config.py`` (config changes) and ``tests/train/test_zero.py`` (each one
-switched off → the upstream failure, switched on → training runs).
+Tests: ``tests/unit/test_zero_config.py`` (the config changes), ``tests/train/test_zero.py`` (the
+gloo init and ``use_cpu`` switched off → the upstream failure; everything on → ZeRO-3 + offload trains
+with torch AdamW; the NVMe fixes → real swapping to disk).
 
 Also here: building DeepSpeed's JIT C++ ops once, serially, before ranks start (``python -m
 hpcft.train.cpu_workarounds build-ops``): DeepSpeed compiles them on first use (shm_comm at every
@@ -106,13 +107,15 @@ def adapt_ds_config(config: dict[str, Any], cuda: bool, generated: bool) -> tupl
 
 
 def _torch_optimizer_with_offload(config: dict[str, Any], generated: bool) -> list[str]:
-    """Offload on CPU: the Trainer's torch AdamW, with DeepSpeed's client-optimizer check off.
+    """Offload on CPU: the Trainer's torch AdamW, with DeepSpeed's CPU-optimizer requirement off.
 
-    DeepSpeed's engine refuses a client optimizer with ZeRO-Offload ("You are using ZeRO-Offload with
-    a client provided optimizer ... set zero_force_ds_cpu_optimizer false", runtime/engine.py) because
-    on GPUs it is slow. Without a GPU the states never leave host memory anyway; torch AdamW keeps the
-    optimizer identical to the DDP and non-offload ZeRO runs (comparable losses) and skips the
-    ~70 s cpu_adam JIT build. A user's own optimizer block is kept.
+    With ``offload_optimizer`` set and no ``zero_force_ds_cpu_optimizer: false``, accelerate's
+    ``_prepare_deepspeed`` silently swaps the Trainer's torch optimizer for DeepSpeedCPUAdam
+    (``map_pytorch_optim_to_deepspeed``) and DeepSpeed's engine refuses any other client optimizer
+    ("You are using ZeRO-Offload with a client provided optimizer ...", runtime/engine.py): both
+    because on GPUs a torch step over host memory is slow. Without a GPU nothing leaves host memory
+    anyway; torch AdamW keeps the optimizer identical to the DDP and non-offload ZeRO runs
+    (comparable losses) and skips the ~70 s cpu_adam JIT build. A user's own optimizer block is kept.
     """
     changes = []
     if generated and "optimizer" in config:

@@ -274,7 +274,8 @@ def _nvme_rows(r: dict[str, Any], need_gb: float) -> list[dict[str, str]]:
             "NVMe room",
             host,
             "pass" if room else "fail",
-            f"{r['free_gb']:.1f} GiB free, {need_gb:.1f} GiB needed (planner estimate)",
+            f"{r['free_gb']:.1f} GiB free, "
+            + (f"{need_gb:.1f} GiB needed (planner estimate)" if need_gb else "need unknown (no train.model)"),
             "" if room else "free space or use more nodes (the offload is split across nodes)",
         )
     )

@@ -84,6 +84,9 @@ def train(run: Path) -> None:
         callbacks=[make_metrics_callback(run)],
     )
     world = trainer.args.world_size
+    log.info("distributed: %s over %d ranks (deepspeed %s, fsdp %s)", trainer.accelerator.distributed_type,
+             world, trainer.is_deepspeed_enabled, trainer.is_fsdp_enabled)  # fmt: skip
+    check_not_dropped(trainer)
     preempt = preemption.make_preemption_callback(run)
     for callback in (preempt, checkpoint.make_commit_callback(spec, run, world)):  # preempt decides, then commit
         trainer.add_callback(callback)
@@ -94,6 +97,23 @@ def train(run: Path) -> None:
             preemption.mark_requeue(run, trainer.state.global_step)
         return
     checkpoint.finish(trainer, run)
+
+
+def check_not_dropped(trainer) -> None:
+    """Refuse to train when the accelerate config asked for FSDP but accelerate silently fell back to DDP.
+
+    accelerate enables FSDP only for GPU-like distributed types (accelerate/state.py: the FSDP switch
+    is inside the MULTI_GPU/MLU/… branch); on a CPU-only machine (MULTI_CPU) ACCELERATE_USE_FSDP is
+    ignored without a word and the job would train unsharded.
+    """
+    from hpcft.errors import HpcftError
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+        raise HpcftError(
+            f"the accelerate config asks for FSDP, but accelerate set up {trainer.accelerator.distributed_type}: "
+            "it enables FSDP only on GPUs, so this run would train unsharded",
+            hint="run FSDP on GPU nodes; on CPU use DeepSpeed ZeRO-3 for sharding (--zero 3)",
+        )
 
 
 def is_disk_full(error: BaseException, run: Path) -> bool:

@@ -200,3 +200,57 @@ def test_recipe_options_reach_the_trainer(ds_ops, demo_dir, tmp_path):
     assert ds["bf16"]["enabled"] and ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.5
     # log_level info on the main process, error on replicas: the Trainer's INFO banner only on rank 0.
     assert "***** Running training *****" in rank_log(run, 0) and "Running training" not in rank_log(run, 1)
+
+
+# --- each CPU workaround, switched off, gives the upstream failure --------------------------------
+
+PROBE = """\
+import sys
+from hpcft import zero
+from hpcft.spec import build_spec
+from hpcft.train import cpu_workarounds as cw
+from hpcft.train.dist import exit_cleanly
+
+model_dir, out, off = sys.argv[1:4]
+spec = build_spec({"train": {"model": model_dir, "data": {"train": "d"}, "zero": 3, "batch_size": 2,
+                             "offload": {"device": "cpu"}}})
+config, _ = cw.adapt_ds_config(zero.deepspeed_config(spec), cuda=False, generated=True)
+if off != "gloo":
+    cw.init_deepspeed_gloo(cuda=False)
+import torch
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+device = cw.trainer_device_args(cuda=False) if off != "use_cpu" else {"ddp_backend": "gloo"}
+args = TrainingArguments(output_dir=out, max_steps=1, per_device_train_batch_size=2, report_to="none",
+                         save_strategy="no", deepspeed=config, **device)
+rows = [{"input_ids": torch.tensor([1, 5, 6, 7]), "labels": torch.tensor([1, 5, 6, 7])}] * 8
+trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, train_dataset=rows)
+trainer.train()
+print("optimizer:", type(trainer.model_wrapped.optimizer.optimizer).__name__, flush=True)
+exit_cleanly(0)
+"""
+
+WORKAROUNDS = {
+    # nothing off: ZeRO-3 + offload trains, and the optimizer stays torch's AdamW (no DeepSpeedCPUAdam swap)
+    "none": (0, "optimizer: AdamW"),
+    # zero.Init inside from_pretrained sees world size 1 (deepspeedai/DeepSpeed#4703)
+    "gloo": (1, "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size 4 != 2 * 1 * 1"),
+    # accelerate counts one process without use_cpu
+    "use_cpu": (
+        1,
+        "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size 2 != 2 * 1 * 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("off", sorted(WORKAROUNDS))
+def test_cpu_workaround_switched_off_fails_as_upstream_does(ds_ops, demo_dir, tmp_path, off):
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    proc = subprocess.run(
+        [*cmd, str(demo_dir / "model"), str(tmp_path / "out"), off], capture_output=True, text=True, timeout=600
+    )
+    rc, message = WORKAROUNDS[off]
+    assert (proc.returncode != 0) == bool(rc), proc.stderr[-3000:]
+    assert message in proc.stdout + proc.stderr

@@ -1,0 +1,154 @@
+"""P1: tokens/s of hpcft's trainer ÷ the same HF Trainer run written by hand (goal ≥ 0.98).
+
+Both train the same locally built demo Llama (``hpcft.train.demo``) on the same alpaca samples,
+rendered with the same prompt template, with the same micro-batch, sequence length, learning rate
+and seed, as plain DDP on 2 CPU ranks (torchrun, gloo). hpcft goes through ``hpcft submit
+--backend local`` (plan, run dir, torchrun, data cache, metrics and preemption callbacks); the
+hand-written run is a 50-line script around ``transformers.Trainer`` with a padding collator
+(``HAND_SCRIPT`` below). Tokens are the Trainer's non-padding count in both; the rate is taken
+between step ``--skip`` and the last step, so start-up and the first (warm-up) steps are left out.
+
+    .venv/bin/python benchmarks/bench_trainer.py [--runs 3] [--steps 60] [--hidden-size 256]
+
+Prints one JSON line and one markdown table row (ratio of the median rates, per-run ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # a 2-core machine shared with others
+BATCH, SEQ_LEN, LR, SEED = 4, 128, 1e-3, 42
+
+HAND_SCRIPT = r"""
+import json, sys, time
+import torch.distributed as dist
+from datasets import load_dataset
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+model_dir, data_file, out, steps, batch, seq_len, lr, seed = sys.argv[1:9]
+tok = AutoTokenizer.from_pretrained(model_dir)
+
+def encode(row):
+    prompt = f"### Instruction:\n{row['instruction']}\n\n"
+    prompt += f"### Input:\n{row['input']}\n\n" if row["input"] else ""
+    ids = tok(prompt + "### Response:\n" + row["output"], add_special_tokens=False)["input_ids"]
+    ids = ([tok.bos_token_id] + ids + [tok.eos_token_id])[: int(seq_len)]
+    return {"input_ids": ids, "labels": list(ids)}
+
+def collate(rows):  # pad to the longest row: input with pad, labels with -100, and the attention mask
+    n = max(len(r["input_ids"]) for r in rows)
+    pad = lambda xs, v: [x + [v] * (n - len(x)) for x in xs]
+    ids = torch.tensor(pad([r["input_ids"] for r in rows], tok.pad_token_id))
+    mask = torch.tensor(pad([[1] * len(r["input_ids"]) for r in rows], 0))
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(pad([r["labels"] for r in rows], -100))}
+
+ds = load_dataset("json", data_files=data_file)["train"].map(encode, remove_columns=["instruction", "input", "output"])
+args = TrainingArguments(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(batch),
+                         learning_rate=float(lr), seed=int(seed), logging_steps=1, save_strategy="no",
+                         use_cpu=True, ddp_backend="gloo", ddp_find_unused_parameters=False, report_to="none",
+                         disable_tqdm=True, include_num_input_tokens_seen="non_padding")
+marks = []
+
+class Marks(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in (logs or {}):
+            marks.append((time.time(), state.num_input_tokens_seen))
+
+trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, train_dataset=ds,
+                  data_collator=collate, callbacks=[Marks()])
+trainer.train()
+if trainer.is_world_process_zero():
+    json.dump(marks, open(f"{out}/marks.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def rate(marks: list[tuple[float, float]], skip: int) -> float:
+    """Tokens/s between the ``skip``-th and the last logged step."""
+    (t0, n0), (t1, n1) = marks[skip - 1], marks[-1]
+    return (n1 - n0) / (t1 - t0)
+
+
+def run_hand(demo: Path, work: Path, steps: int) -> list[tuple[float, float]]:
+    """The hand-written HF Trainer script on 2 ranks; (time, tokens seen) after each step."""
+    script, out = work / "hand.py", Path(tempfile.mkdtemp(dir=work))
+    script.write_text(HAND_SCRIPT)
+    data = demo / "data" / "train.jsonl"
+    args = [str(demo / "model"), str(data), str(out), str(steps), str(BATCH), str(SEQ_LEN), str(LR), str(SEED)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *args]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+    return [tuple(m) for m in json.loads((out / "marks.json").read_text())]
+
+
+def run_hpcft(demo: Path, work: Path, steps: int) -> list[tuple[float, float]]:
+    """``hpcft submit --backend local`` of the same job; (time, tokens seen) rebuilt from metrics.jsonl."""
+    runs = Path(tempfile.mkdtemp(dir=work))
+    opts = {"max_steps": steps, "save_steps": steps + 1000, "eval_steps": "null", "batch_size": BATCH}
+    opts |= {"seq_len": SEQ_LEN, "lr": LR, "seed": SEED, "logging_steps": 1}
+    overrides = [x for k, v in opts.items() for x in ("-o", f"train.{k}={v}")]
+    cmd = [sys.executable, "-m", "hpcft", "submit", str(demo / "job.yaml"), "--backend", "local", "--wait"]
+    subprocess.run([*cmd, "--runs-dir", str(runs), *overrides], check=True, capture_output=True, timeout=1800)
+    (metrics,) = runs.glob("*/metrics.jsonl")
+    rows = [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+    marks, seen, last = [], 0.0, None
+    for r in rows:  # tokens of a step = its logged rate x the time since the previous record
+        seen += r["tokens_per_s"] * (r["time"] - last) if last is not None and r["tokens_per_s"] else 0.0
+        marks.append((r["time"], seen))
+        last = r["time"]
+    return marks
+
+
+def measure(opts: argparse.Namespace) -> tuple[str, str]:
+    """Alternate hand-written and hpcft runs; JSON line and markdown row."""
+    from hpcft.train.demo import build_demo
+
+    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    demo = work / "demo"
+    build_demo(demo, hidden_size=opts.hidden_size)
+    hand, ours = [], []
+    for _ in range(opts.runs):
+        hand.append(rate(run_hand(demo, work, opts.steps), opts.skip))
+        ours.append(rate(run_hpcft(demo, work, opts.steps), opts.skip))
+    ratio = statistics.median(ours) / statistics.median(hand)
+    per_run = [round(o / h, 3) for o, h in zip(ours, hand, strict=True)]
+    result = {
+        "bench": "P1",
+        "ratio": round(ratio, 3),
+        "goal": 0.98,
+        "hpcft_tok_s": round(statistics.median(ours), 1),
+        "hand_tok_s": round(statistics.median(hand), 1),
+        "per_run_ratio": per_run,
+        "runs": opts.runs,
+        "steps": opts.steps,
+        "hidden_size": opts.hidden_size,
+    }
+    row = (
+        f"| P1 trainer | {ratio:.3f} (≥ 0.98) | hpcft {result['hpcft_tok_s']:.0f} tok/s ÷ hand-written HF Trainer "
+        f"{result['hand_tok_s']:.0f} tok/s; DDP 2 CPU ranks, hidden {opts.hidden_size}, seq {SEQ_LEN}, batch {BATCH}, "
+        f"steps {opts.skip}-{opts.steps}; median of {opts.runs}; per run {' '.join(map(str, per_run))} |"
+    )
+    return json.dumps(result), row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up)")
+    parser.add_argument("--hidden-size", type=int, default=256)
+    line, row = measure(parser.parse_args())
+    print(line)
+    print(row)
+
+
+if __name__ == "__main__":
+    main()
