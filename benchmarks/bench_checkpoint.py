@@ -49,8 +49,8 @@ def make_trainer(tmp: Path):
     run = tmp / "run"
     run.mkdir()
     (run / "state.json").write_text('{"backend": "local", "jobs": []}')
-    spec = build_spec({"train": {"model": str(tmp / "demo/model"), "data": {"train": str(job.parent / "data/train.jsonl")},
-                                 "seq_len": 64, "max_steps": 1}})  # fmt: skip
+    data_file = str(job.parent / "data" / "train.jsonl")
+    spec = build_spec({"train": {"model": str(tmp / "demo/model"), "data": {"train": data_file}, "seq_len": 64}})
     tok = model.load_tokenizer(spec)
     train_ds, _ = data.build_datasets(spec, run, tok)
     args = TrainingArguments(output_dir=checkpoint.output_dir(spec, run), max_steps=1, per_device_train_batch_size=2,

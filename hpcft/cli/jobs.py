@@ -1,0 +1,230 @@
+"""Commands that plan, submit and run jobs: plan, submit, init-demo, and the node-side node/after-job."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from hpcft.cli import RUNS_DIR_HELP, _console, _handle_errors, main
+from hpcft.errors import HpcftError
+from hpcft.spec import BACKENDS, LAUNCHERS
+
+
+def _zero_value(ctx, param, value):
+    """``--zero``: a stage as int, or ``auto`` (resolved by the memory planner in ``_load_plan``)."""
+    return value if value in (None, "auto") else int(value)
+
+
+def job_options(fn):
+    """The curated flags shared by ``plan`` and ``submit`` (everything else: ``-o key=value``)."""
+    options = [
+        click.argument("job_file", type=click.Path(dir_okay=False)),
+        click.argument("script_args", nargs=-1, type=click.UNPROCESSED),
+        click.option("--nodes", type=int, help="number of nodes (resources.nodes)"),
+        click.option("--gpus-per-node", type=int, help="GPUs per node; processes per node on CPU-only machines"),
+        click.option(
+            "--zero",
+            type=click.Choice(["0", "1", "2", "3", "auto"]),
+            callback=_zero_value,
+            help="DeepSpeed ZeRO stage (train.zero); auto = the fastest that fits (memory planner, needs --gpu-mem)",
+        ),
+        click.option("--gpu-mem", type=click.FloatRange(min=0, min_open=True), help="GiB per GPU, for the planner"),
+        click.option("--offload", type=click.Choice(["none", "cpu", "nvme"]), help="ZeRO offload (train.offload)"),
+        click.option("--launcher", type=click.Choice(LAUNCHERS), help="how each node starts its processes"),
+        click.option("--backend", type=click.Choice(BACKENDS), help="how the job reaches the nodes"),
+        click.option("--time", "time_limit", help="time limit, sbatch format (e.g. 4:00:00)"),
+        click.option("--partition", help="SLURM partition"),
+        click.option("--runs-dir", help=RUNS_DIR_HELP),
+        click.option("--profile", type=click.Path(dir_okay=False), help="cluster profile YAML (below the job file)"),
+        click.option(
+            "--accelerate-config", type=click.Path(dir_okay=False), help="your accelerate YAML (launcher accelerate)"
+        ),
+        click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="set any key, e.g. -o train.lr=1e-4"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_plan(
+    job_file,
+    script_args,
+    nodes,
+    gpus_per_node,
+    zero,
+    launcher,
+    backend,
+    time_limit,
+    partition,
+    runs_dir,
+    profile,
+    overrides,
+    offload=None,
+    gpu_mem=None,
+    accelerate_config=None,
+):
+    from hpcft import config, plan
+    from hpcft.slurm import client
+
+    script = str(Path(script_args[0]).resolve()) if script_args else None
+    flags = {
+        "resources.nodes": nodes,
+        "resources.gpus_per_node": gpus_per_node,
+        "resources.time": time_limit,
+        "resources.partition": partition,
+        "train.zero": None if zero == "auto" else zero,
+        "train.offload.device": offload,
+        "launch.launcher": launcher,
+        "launch.backend": backend,
+        "run.runs_dir": runs_dir,
+        "launch.script": script,
+        "launch.script_args": list(script_args[1:]) if script_args else None,
+        "launch.accelerate_config": str(Path(accelerate_config).resolve()) if accelerate_config else None,
+    }
+    spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=flags)
+    if zero == "auto":
+        spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=_auto_zero(spec, flags, gpu_mem))
+    spec = plan.resolve_backend(spec, client.sbatch_available())
+    config.check_inputs(spec)
+    return plan.make_plan(spec, python=sys.executable, now=datetime.now())
+
+
+def _auto_zero(spec, flags: dict, gpu_mem: float | None) -> dict:
+    """``--zero auto``: the flags with the memory planner's choice filled in; says why on stderr."""
+    from hpcft import memory
+
+    flags, reason = memory.auto_flags(spec, flags, gpu_mem)
+    click.secho(f"--zero auto → {reason}", fg="cyan", err=True)
+    return flags
+
+
+@main.command("plan")
+@job_options
+@_handle_errors
+def plan_cmd(**kwargs) -> None:
+    """Show what `submit` would do, without running anything.
+
+    Prints the submit command, the batch script, node 0's launch command and the rendezvous.
+    Arguments after `--` name a user script to run instead of the hpcft trainer.
+    Ends with the memory planner: model-state memory of every ZeRO stage / offload choice.
+    """
+    p = _load_plan(**kwargs)
+    _print_plan(p)
+    _print_memory(p.spec, kwargs.get("gpu_mem"))
+
+
+def _print_memory(spec, gpu_mem: float | None) -> None:
+    from hpcft import memory
+
+    click.secho("# --- memory planner (model states, DeepSpeed's estimators; activations extra) ---", bold=True)
+    try:
+        table = memory.planner_table(spec, gpu_mem)
+    except HpcftError as e:
+        click.echo(f"skipped: {e}")
+        return
+    _console().print(table)
+
+
+def _print_plan(p) -> None:
+    from hpcft.slurm.script import shell_join
+
+    click.secho(f"# run directory: {p.run_dir}   (backend: {p.backend})", bold=True)
+    click.secho("# submit command:", bold=True)
+    click.echo(shell_join(p.submit_argv))
+    for name, text in p.files.items():
+        click.secho(f"# --- {name} ---", bold=True)
+        click.echo(text.rstrip("\n"))
+    click.secho("# --- node 0 launch command ---", bold=True)
+    for key, value in sorted(p.node_preview.env.items()):
+        click.echo(f"{key}={value}")
+    click.echo(shell_join(p.node_preview.argv))
+    click.secho("# --- rendezvous ---", bold=True)
+    for key, value in p.rendezvous.items():
+        click.echo(f"{key}: {value}")
+
+
+@main.command()
+@job_options
+@click.option("--dry-run", is_flag=True, help="print the plan and stop (same as `hpcft plan`)")
+@click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
+@_handle_errors
+def submit(dry_run: bool, wait: bool, **kwargs) -> None:
+    """Submit a fine-tuning job described by JOB_FILE.
+
+    \b
+    Examples:
+      hpcft submit job.yaml --nodes 4 --gpus-per-node 8 --time 12:00:00
+      hpcft submit job.yaml -o train.lr=1e-4 -o train.max_steps=500
+      hpcft submit job.yaml --nodes 2 -- my_train.py --epochs 3
+    """
+    from hpcft import backends
+
+    p = _load_plan(**kwargs)
+    if dry_run:
+        _print_plan(p)
+        return
+    run, job_id = backends.submit(p)
+    click.echo(f"submitted {run.name} as job {job_id} ({p.backend})")
+    click.echo(f"  run dir: {run}")
+    click.echo(f"  watch:   hpcft status {run.name}   |   hpcft logs {run.name} -f")
+    if wait:
+        sys.exit(_wait(run))
+
+
+def _wait(run: Path) -> int:
+    from hpcft import monitor
+
+    last = [None]
+
+    def show(st) -> None:
+        line = f"{st.state} step {st.step if st.step is not None else '-'}/{st.total_steps or '?'}"
+        if st.loss is not None:
+            line += f" loss {st.loss:.4f}"
+        if line != last[0]:
+            click.echo(f"  [{time.strftime('%H:%M:%S')}] {line}", err=True)
+            last[0] = line
+
+    final = monitor.wait_for(run, show)
+    ok = final.state == "COMPLETED"
+    click.secho(f"{run.name}: {final.state}", fg="green" if ok else "red")
+    return 0 if ok else 1
+
+
+@main.command(hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@_handle_errors
+def node(run_dir: str) -> None:
+    """Start this node's workers (run by srun once per node)."""
+    from hpcft.node import exec_node
+
+    exec_node(Path(run_dir).resolve())
+
+
+@main.command("after-job", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("rc", type=int)
+@_handle_errors
+def after_job(run_dir: str, rc: int) -> None:
+    """Decide finished / requeue / fail when the launcher ends (run by the batch script)."""
+    from hpcft.requeue import after_job as decide_and_apply
+
+    sys.exit(decide_and_apply(Path(run_dir).resolve(), rc))
+
+
+@main.command("init-demo")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--hidden-size", default=128, show_default=True, help="model width (512 gives ~8M parameters)")
+@_handle_errors
+def init_demo(directory: str, hidden_size: int) -> None:
+    """Build a tiny Llama model, a tokenizer, a dataset and DIRECTORY/job.yaml.
+
+    Everything is made locally (no model hub). Then: hpcft submit DIRECTORY/job.yaml --wait
+    """
+    from hpcft.train.demo import build_demo
+
+    job = build_demo(Path(directory), hidden_size=hidden_size)
+    click.echo(f"wrote {job}\nnext: hpcft submit {job} --wait")

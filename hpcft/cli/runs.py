@@ -1,0 +1,179 @@
+"""Commands on existing runs: list, status, logs, plot, cancel, resume, export."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from hpcft.cli import RUNS_DIR_HELP, _console, _handle_errors, _runs_dir, main
+from hpcft.cli.jobs import _wait
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--nodes", type=int, help="nodes for the new job (same world size: exact continuation)")
+@click.option("--checkpoint", type=int, metavar="STEP", help="continue from checkpoint-STEP (default: newest complete)")
+@click.option(
+    "-o", "overrides", multiple=True, metavar="KEY=VALUE", help="change any key, e.g. -o train.max_steps=2000"
+)
+@click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
+@_handle_errors
+def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool) -> None:
+    """Continue RUN in a new job from its newest complete checkpoint (or --checkpoint STEP)."""
+    from hpcft import resume as resume_mod
+    from hpcft import runs
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    rp = resume_mod.plan_resume(path, overrides=overrides, flags={"resources.nodes": nodes},
+                                checkpoint=checkpoint, python=sys.executable, now=datetime.now())  # fmt: skip
+    job_id = resume_mod.apply_resume(rp)
+    start = f"{rp.checkpoint.path.name}" if rp.checkpoint else "its own checkpoints (user script)"
+    click.echo(f"resumed {path.name} as job {job_id} from {start}")
+    if wait:
+        sys.exit(_wait(path))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="new directory for the model")
+@click.option("--checkpoint", type=int, metavar="STEP", help="export checkpoint-STEP (default: newest complete)")
+@click.option("--merge-lora", is_flag=True, help="merge a LoRA adapter into the base model")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@_handle_errors
+def export(run: str, out: str, checkpoint: int | None, merge_lora: bool, dtype: str, runs_dir: str | None) -> None:
+    """Write a checkpoint of RUN as a Hugging Face model directory (ZeRO shards consolidated)."""
+    from hpcft import runs
+    from hpcft.train.export import export as export_model
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    ckpt = export_model(path, Path(out), step=checkpoint, merge_lora=merge_lora, dtype=dtype)
+    click.echo(f"exported {ckpt.name} of {path.name} to {out} (loads with from_pretrained)")
+
+
+@main.command("list")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@_handle_errors
+def list_cmd(runs_dir: str | None) -> None:
+    """List runs, oldest first, with their state."""
+    _status_table(None, runs_dir, as_json=False)
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--watch", is_flag=True, help="refresh in place until every shown run has ended (Ctrl-C stops)")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
+@_handle_errors
+def status(run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """State, jobs, nodes, elapsed, progress, loss, tokens/s, ETA, checkpoint and restarts of runs.
+
+    The state comes from squeue while a job is known there and from sacct once it has ended;
+    SLURM is asked once per refresh for all runs shown.
+    """
+    if watch and not as_json:
+        _watch_status(run, runs_dir, interval)
+    else:
+        _status_table(run, runs_dir, as_json)
+
+
+def _status_paths(ref: str | None, runs_dir: str | None) -> tuple[str, list[Path]]:
+    from hpcft import runs
+
+    base = _runs_dir(runs_dir)
+    return base, ([runs.find_run(ref, base)] if ref else runs.list_runs(base))
+
+
+def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
+    from hpcft import monitor
+
+    base, paths = _status_paths(ref, runs_dir)
+    rows = monitor.run_statuses(paths)
+    if as_json:
+        data = [r.to_dict() for r in rows]
+        click.echo(json.dumps(data[0] if ref else data, indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs under {base}")
+        return
+    _console().print(monitor.status_table(rows))
+
+
+def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:
+    from rich.live import Live
+
+    from hpcft import monitor
+
+    with Live(console=_console(), auto_refresh=False) as live:
+        try:
+            while True:
+                base, paths = _status_paths(ref, runs_dir)
+                rows = monitor.run_statuses(paths)  # one squeue (+ sacct) call for all runs
+                live.update(monitor.status_table(rows) if rows else f"no runs under {base}", refresh=True)
+                if all(r.ended for r in rows):
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the run ends (across requeues)")
+@click.option("--rank", type=int, help="this rank's log (RUN/logs/rank-N.log) instead of the job output")
+@click.option("--node", help="the rank-log lines of the ranks that ran on this node")
+@click.option("--job", "job_id", help="this job's output (an older job of the run) instead of the newest")
+@_handle_errors
+def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: str | None, job_id: str | None) -> None:
+    """Show a run's output: rank 0's console (the newest job's output), one rank's log, or one node's ranks."""
+    from hpcft import logs as logs_mod
+    from hpcft import runs
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    try:
+        for chunk in logs_mod.stream(path, rank=rank, follow=follow, node=node, job=job_id):
+            click.echo(chunk, nl=False)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG to write [default: RUN/metrics.png]")
+@_handle_errors
+def plot(run: str, runs_dir: str | None, out: str | None) -> None:
+    """Plot train/eval loss and tokens/s against step into a PNG; restarts are dashed lines."""
+    from hpcft import plot as plot_mod
+    from hpcft import runs
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    data = plot_mod.extract_series(runs.read_metrics(path))
+    written = plot_mod.write_plot(data, Path(out) if out else path / "metrics.png", title=path.name)
+    counts = f"{len(data.train_loss)} train, {len(data.eval_loss)} eval points, {len(data.restarts)} restart(s)"
+    click.echo(f"wrote {written} ({counts})")
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@_handle_errors
+def cancel(run: str, runs_dir: str | None) -> None:
+    """Cancel a run's job (scancel, or stop the local process group)."""
+    from hpcft import backends, runs
+
+    path = runs.find_run(run, _runs_dir(runs_dir))
+    job_id = backends.cancel(path)
+    click.echo(f"cancelled job {job_id} of {path.name}")
+
+
+if __name__ == "__main__":
+    main()

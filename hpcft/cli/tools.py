@@ -1,0 +1,114 @@
+"""Tools around jobs: `hpcft config` (accelerate YAML) and `hpcft doctor` (cluster readiness)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from hpcft.cli import RUNS_DIR_HELP, _console, _handle_errors, main
+from hpcft.errors import HpcftError
+
+
+def _state_printer():
+    """A poll callback printing the job state (to stderr) whenever it changes."""
+    last = [None]
+
+    def show(st) -> None:
+        if st.state != last[0]:
+            click.echo(f"  [{time.strftime('%H:%M:%S')}] {st.state}", err=True)
+            last[0] = st.state
+
+    return show
+
+
+def _question_options(fn):
+    """One ``--flag`` per question of ``hpcft.accel_config.QUESTIONS``."""
+    from hpcft.accel_config import QUESTIONS
+
+    types = {"int": int, "float": float, "bool": click.BOOL, "str": str}
+    for q in reversed(QUESTIONS):
+        kind = click.Choice(q.choices) if q.kind == "choice" else types[q.kind]
+        fn = click.option(f"--{q.key.replace('_', '-')}", q.key, type=kind, default=None, help=q.prompt)(fn)
+    return fn
+
+
+@main.command("config")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the accelerate YAML to write")
+@click.option("--non-interactive", is_flag=True, help="never prompt: unanswered questions take their defaults")
+@click.option("--force", is_flag=True, help="overwrite --out if it exists")
+@_question_options
+@_handle_errors
+def config_cmd(out: str, non_interactive: bool, force: bool, **given) -> None:
+    """Write an accelerate config YAML (MULTI_GPU, DEEPSPEED or FSDP) for `--launcher accelerate`.
+
+    Answers come from the flags; at a terminal, every other question that applies is asked the way
+    `accelerate config` asks it. hpcft passes machine rank, main process address/port and process
+    counts from the SLURM allocation at launch, overriding the file's.
+    """
+    from hpcft import accel_config
+
+    answers = {k: v for k, v in given.items() if v is not None}
+    if not non_interactive and sys.stdin.isatty():
+        answers = accel_config.ask(answers, _prompt, on_error=lambda m: click.secho(m, fg="red", err=True))
+    _write_accelerate_yaml(Path(out), accel_config.to_config(answers), force)
+
+
+def _prompt(q) -> str:
+    kind = click.Choice(q.choices) if q.kind == "choice" else None
+    default = ("yes" if q.default else "no") if q.kind == "bool" else q.default
+    return click.prompt(q.prompt, default=default, type=kind, show_choices=bool(q.choices))
+
+
+def _write_accelerate_yaml(out: Path, config: dict, force: bool) -> None:
+    import yaml
+
+    if out.exists() and not force:
+        raise HpcftError(f"{out} exists", hint="pass --force to overwrite it")
+    out.write_text("# Written by `hpcft config`; use: hpcft submit JOB --launcher accelerate "
+                   f"--accelerate-config {out}\n" + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
+    click.echo(f"wrote {out} ({config['distributed_type']})")
+    click.echo(f"use it: hpcft submit JOB --launcher accelerate --accelerate-config {out}")
+
+
+@main.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--nodes", type=int, help="nodes to check [default: the job file's, else 2]")
+@click.option("--gpus-per-node", type=int, help="GPUs per node to expect [default: the job file's]")
+@click.option("--partition", help="SLURM partition")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--profile", type=click.Path(dir_okay=False), help="cluster profile YAML (below the job file)")
+@click.option("--check-nvme", is_flag=True, help="also check the NVMe offload path (builds async_io: minutes)")
+@click.option("--timeout", type=float, default=600, show_default=True, help="seconds before the probe is cancelled")
+@click.option("--shared-dir", multiple=True, help="another directory all nodes must share ({node} = node name)")
+@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="set any key of the job file")
+@_handle_errors
+def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_nvme, timeout, shared_dir, overrides):
+    """Submit a small probe job on N nodes and check they can run JOB_FILE; exit 1 on any failure.
+
+    Checks rendezvous and an all-reduce (latency, bandwidth), that the run directory and the HF
+    cache are one shared filesystem (write, read, rename, lock), the NVMe path (--check-nvme),
+    GPU count, and equal Python/torch/hpcft versions on every node.
+    """
+    from hpcft import backends
+    from hpcft import doctor as doc
+
+    flags = {
+        "resources.nodes": nodes or (None if job_file else 2),
+        "resources.gpus_per_node": gpus_per_node,
+        "resources.partition": partition,
+        "run.runs_dir": runs_dir,
+    }
+    spec = doc.doctor_spec(job_file, flags, overrides, profile, timeout)
+    p = doc.make_doctor_plan(
+        spec, python=sys.executable, now=datetime.now(), check_nvme=check_nvme, shared_dirs=shared_dir
+    )
+    run, job_id = backends.submit(p)
+    click.echo(f"doctor: probe job {job_id} on {spec.resources.nodes} node(s); run dir {run}", err=True)
+    final = doc.wait(run, timeout, _state_printer())
+    rows = doc.collect(run, final.state, final.nodelist)
+    _console(200).print(doc.doctor_table(rows))
+    sys.exit(1 if doc.failed(rows) else 0)
