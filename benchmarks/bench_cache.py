@@ -12,14 +12,14 @@ Prints one JSON line and one markdown table row (medians over the runs).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -74,24 +74,5 @@ def measure() -> tuple[str, str]:
     return json.dumps(result), row
 
 
-def main() -> None:
-    """Run with fd 1 pointed at stderr, so stdout holds only the two result lines.
-
-    (deepspeed, imported by transformers, and the tokenizers trainer write to stdout.)
-    """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            line, row = measure()
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-    print(line)
-    print(row)
-
-
 if __name__ == "__main__":
-    main()
+    report(measure)

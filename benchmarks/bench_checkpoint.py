@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -105,7 +106,4 @@ def measure() -> tuple[str, str]:
 
 
 if __name__ == "__main__":
-    line, row = measure()
-    print(line)
-    print(row)
-    sys.exit(0)
+    report(measure)

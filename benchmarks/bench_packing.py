@@ -14,15 +14,15 @@ ratio per CPU-second of the process (steadier on a machine shared with other job
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: a 2-core machine shared with others
 
@@ -140,24 +140,5 @@ def measure() -> tuple[str, str]:
     return json.dumps(result), row
 
 
-def main() -> None:
-    """Run with fd 1 pointed at stderr, so stdout holds only the two result lines.
-
-    (deepspeed, imported by transformers, and the tokenizers trainer write to stdout.)
-    """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            line, row = measure()
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-    print(line)
-    print(row)
-
-
 if __name__ == "__main__":
-    main()
+    report(measure)

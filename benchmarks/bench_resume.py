@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -97,6 +98,4 @@ def measure() -> tuple[str, str]:
 
 
 if __name__ == "__main__":
-    line, row = measure()
-    print(line)
-    print(row)
+    report(measure)

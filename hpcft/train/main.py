@@ -119,21 +119,27 @@ def check_not_dropped(trainer) -> None:
 def is_disk_full(error: BaseException, run: Path) -> bool:
     """True if ``error`` comes from a full filesystem under ``run``.
 
-    torch.save and safetensors wrap ENOSPC in their own exceptions (RuntimeError "PytorchStreamWriter
-    failed writing file …: file write failed" carries no errno at all; SafetensorError says "os error
-    28"), so besides the errno, a failed write on a filesystem left with almost no room counts too.
+    torch.save and safetensors wrap ENOSPC in their own exceptions without the errno
+    (RuntimeError "basic_ios::clear: iostream error" or "… file write failed"; SafetensorError
+    "os error 28"), so besides ENOSPC and its message, any failure while the run's filesystem has
+    almost no room left counts.
     """
     seen: BaseException | None = error
     while seen is not None:
-        text = str(seen)
         if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
             return True
-        if "No space left on device" in text or "os error 28" in text:
-            return True
-        if "write failed" in text and shutil.disk_usage(run).free < 16 * 2**20:
+        if "No space left on device" in str(seen) or "os error 28" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
-    return False
+    return shutil.disk_usage(run).free < 16 * 2**20
+
+
+def discard_staging(run: Path) -> None:
+    """Remove the staging directory of an interrupted save."""
+    from hpcft import checkpoints
+    from hpcft.train.checkpoint import checkpoints_dir
+
+    shutil.rmtree(checkpoints_dir(runs.load_run_spec(run), run) / checkpoints.STAGING, ignore_errors=True)
 
 
 def disk_full_message(run: Path) -> str:
@@ -172,7 +178,10 @@ def main(argv: list[str]) -> None:
         train(run)
     except BaseException as e:
         if is_disk_full(e, run):
+            if rank() == 0:
+                discard_staging(run)  # the half-written save is useless; its room lets the message be written
             log.error("%s", disk_full_message(run))
+            print(f"hpcft: {disk_full_message(run)}", file=sys.stderr, flush=True)
         else:
             log.exception("training failed on rank %d", rank())
         exit_cleanly(1)

@@ -1,4 +1,4 @@
-"""ZeRO-3 across both lab nodes through `hpcft submit` (sbatch) with the deepspeed launcher, world size 4.
+"""ZeRO-3 across both lab nodes through `hpcft submit` (sbatch), deepspeed and accelerate launchers, world size 4.
 
 Independent checks: DDP over torchrun on the same allocation shape gives the same losses; the
 DeepSpeed checkpoint holds four optimizer partitions, each a quarter of the model.
@@ -20,9 +20,15 @@ __all__ = ["ds_ops"]  # DeepSpeed's ops built once before the jobs start (they i
 SHORT = ["-o", "train.max_steps=10", "-o", "train.save_steps=10", "-o", "train.eval_steps=null"]
 
 
-def test_zero3_with_the_deepspeed_launcher_on_two_nodes(lab, ds_ops, demo_dir, runs_dir, tmp_path):
-    _, ddp = run_demo(demo_dir, tmp_path / "ddp", *SHORT)
-    st, run = run_demo(demo_dir, runs_dir, "--launcher", "deepspeed", "--zero", "3", *SHORT)
+@pytest.fixture(scope="module")
+def ddp_reference(lab, ds_ops, demo_dir, tmp_path_factory) -> list[float]:
+    _, run = run_demo(demo_dir, tmp_path_factory.mktemp("ddp"), *SHORT)
+    return losses(run)
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "accelerate"])
+def test_zero3_on_two_nodes(ddp_reference, demo_dir, runs_dir, launcher):
+    st, run = run_demo(demo_dir, runs_dir, "--launcher", launcher, "--zero", "3", *SHORT)
     begin = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x)
     assert begin["world_size"] == 4 and st["step"] == 10
     hosts = {(run / "logs" / f"rank-{r}.log").read_text().split(" on ", 1)[1].split(":")[0] for r in range(4)}
@@ -31,7 +37,7 @@ def test_zero3_with_the_deepspeed_launcher_on_two_nodes(lab, ds_ops, demo_dir, r
     parts = [optimizer_partition_numel(run / "checkpoints" / "checkpoint-10", r) for r in range(4)]
     numel = _numel(demo_dir / "model")
     assert sum(parts) >= numel and max(parts) <= numel / 4 + 64, (parts, numel)
-    assert losses(run) == pytest.approx(losses(ddp), rel=1e-4)
+    assert losses(run) == pytest.approx(ddp_reference, rel=1e-4)
 
 
 def _numel(model: Path) -> int:

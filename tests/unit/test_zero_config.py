@@ -176,20 +176,27 @@ def test_deepspeed_config_path_is_relative_to_the_job_file(tmp_path):
 # --- accelerate ----------------------------------------------------------------------------------
 
 
-def test_accelerate_yaml_carries_stage_and_offload(request):
+def test_accelerate_yaml_carries_stage_and_offload_through_ds_config(request):
     spec = spec_of(zero=3, offload={"optimizer": "cpu", "param": "nvme", "nvme_path": "/local"}, precision="bf16")
     text = zero.accelerate_config_text(spec, num_machines=2, num_processes=8)
-    ds = yaml.safe_load(text)["deepspeed_config"]
-    assert ds["zero_stage"] == 3 and ds["offload_optimizer_device"] == "cpu"
-    assert ds["offload_param_device"] == "nvme" and ds["offload_param_nvme_path"] == "/local"
-    assert ds["zero3_init_flag"] and yaml.safe_load(text)["mixed_precision"] == "bf16"
+    data = yaml.safe_load(text)
+    assert data["distributed_type"] == "DEEPSPEED" and "mixed_precision" not in data  # both from the file
+    assert data["deepspeed_config"] == {
+        "deepspeed_config_file": "ds_config.json",  # accelerate runs in the run directory
+        "zero3_init_flag": True,
+        "deepspeed_multinode_launcher": "standard",
+    }
+    assert "# DeepSpeed ZeRO-3, offload optimizer cpu / param nvme, precision bf16" in text
     check_golden(request, "accelerate_zero3_offload.yaml", text)
+    plain = zero.accelerate_config(spec_of(precision="bf16"), num_machines=1, num_processes=2)
+    assert plain["distributed_type"] == "MULTI_GPU" and plain["mixed_precision"] == "bf16"
 
 
-def test_accelerate_yaml_points_at_the_user_json(tmp_path):
+def test_accelerate_yaml_with_the_user_json(tmp_path):
     path = user_json(tmp_path, USER)
-    config = zero.accelerate_config(spec_of(deepspeed_config=path), num_machines=1, num_processes=2)
-    assert config["deepspeed_config"] == {"deepspeed_config_file": path, "zero3_init_flag": True}
+    text = zero.accelerate_config_text(spec_of(deepspeed_config=path), num_machines=1, num_processes=2)
+    assert yaml.safe_load(text)["deepspeed_config"]["deepspeed_config_file"] == "ds_config.json"
+    assert f"your config {path}, copied to ds_config.json" in text
 
 
 # --- CLI -----------------------------------------------------------------------------------------
