@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "golden"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -47,6 +49,25 @@ def hpcft(
     if check and proc.returncode != 0:
         raise AssertionError(f"hpcft {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def check_golden(request, name: str, text: str) -> None:
+    path = GOLDEN / name
+    if request.config.getoption("--update-golden"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run pytest --update-golden and review the diff"
+    assert text == path.read_text(), f"{name} changed; review with pytest --update-golden + git diff"
+
+
+def wait_until(what: str, predicate, timeout: float = 180, interval: float = 0.3):
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="session")

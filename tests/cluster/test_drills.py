@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import hpcft
+from tests.conftest import hpcft, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -43,16 +43,6 @@ def submit(demo_dir: Path, runs_dir: Path, *extra: str) -> tuple[Path, str]:
     job = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     return run, job
-
-
-def wait_until(what: str, predicate, timeout: float = 180, interval: float = 0.3):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def squeue_state(job: str) -> str:

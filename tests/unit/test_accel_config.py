@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from hpcft import accel_config
-from tests.conftest import hpcft
-from tests.unit.test_script_plan import check_golden
+from tests.conftest import check_golden, hpcft
 
 CASES = {
     "multi_gpu": ["--distributed-type", "MULTI_GPU", "--num-machines", "2", "--num-processes", "16",

@@ -16,7 +16,8 @@ from hpcft.plan import make_plan
 from hpcft.slurm.env import ClusterEnv, torch_rank_env
 from hpcft.slurm.script import slurm_minutes
 from hpcft.spec import LAUNCHERS, build_spec
-from tests.unit.test_script_plan import NOW, PY, check_golden
+from tests.conftest import check_golden
+from tests.unit.test_script_plan import NOW, PY
 
 RUN = "/shared/runs/r"
 

@@ -3,7 +3,6 @@
 import shlex
 import subprocess
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from hpcft.plan import make_plan, resolve_backend
 from hpcft.slurm.env import ClusterEnv
 from hpcft.slurm.script import filename_pattern, sbatch_quote
 from hpcft.spec import build_spec
+from tests.conftest import check_golden
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 PY = "/opt/venv/bin/python"
 HOSTILE = "we ird $(touch x) `id` ; 'q' \"dq\" #c %x"
@@ -28,14 +27,6 @@ def spec_of(**sections):
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     return build_spec(base)
-
-
-def check_golden(request, name: str, text: str) -> None:
-    path = GOLDEN / name
-    if request.config.getoption("--update-golden"):
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run pytest --update-golden and review the diff"
-    assert text == path.read_text(), f"{name} changed; review with pytest --update-golden + git diff"
 
 
 CASES = {
