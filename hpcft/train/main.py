@@ -91,6 +91,10 @@ def train(run: Path) -> None:
     for callback in (preempt, checkpoint.make_commit_callback(spec, run, world)):  # preempt decides, then commit
         trainer.add_callback(callback)
     resume = checkpoint.resume_point(spec, run, world, trainer.is_world_process_zero())
+    if resume:
+        from hpcft.train.ds_nvme_resume import patch_if_nvme
+
+        patch_if_nvme(trainer)  # DeepSpeed's NVMe-offload load is inexact without it (see that module)
     trainer.train(resume_from_checkpoint=resume)
     if preempt.preempted:
         if trainer.is_world_process_zero():
