@@ -11,7 +11,8 @@ stalls caused by other jobs on a shared machine are left out.
 
     .venv/bin/python benchmarks/bench_trainer.py [--runs 3] [--steps 60] [--hidden-size 256]
 
-Prints one JSON line and one markdown table row (ratio of the median rates, per-run ratios).
+Prints one JSON line and one markdown table row: the median of the per-pair ratios (each pair runs
+back to back, alternating which goes first), the median rates and every pair's ratio.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def collate(rows):  # pad to the longest row: input with pad, labels with -100, 
     mask = torch.tensor(pad([[1] * len(r["input_ids"]) for r in rows], 0))
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(pad([r["labels"] for r in rows], -100))}
 
-ds = load_dataset("json", data_files=data_file)["train"].map(encode, remove_columns=["instruction", "input", "output"])
 args = TrainingArguments(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(batch),
                          learning_rate=float(lr), seed=int(seed), logging_steps=1, save_strategy="no",
                          use_cpu=True, ddp_backend="gloo", ddp_find_unused_parameters=False, report_to="none",
                          disable_tqdm=True, include_num_input_tokens_seen="non_padding")
+with args.main_process_first():  # rank 0 fills the datasets cache, the other reads it
+    ds = load_dataset("json", data_files=data_file)["train"]
+    ds = ds.map(encode, remove_columns=["instruction", "input", "output"])
 marks = []
 
 class Marks(TrainerCallback):
@@ -90,7 +93,11 @@ def run_hand(demo: Path, work: Path, steps: int) -> list[tuple[float, float]]:
     data = demo / "data" / "train.jsonl"
     args = [str(demo / "model"), str(data), str(out), str(steps), str(BATCH), str(SEQ_LEN), str(LR), str(SEED)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *args]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    # A nonzero exit after rank 0 wrote its marks is gloo's exit-time abort (pytorch/pytorch#190489,
+    # see hpcft/train/dist.py), which this plain script does not work around: the measurement stands.
+    if not (out / "marks.json").exists():
+        raise RuntimeError(f"hand-written run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return [tuple(m) for m in json.loads((out / "marks.json").read_text())]
 
 
@@ -120,11 +127,16 @@ def measure(opts: argparse.Namespace) -> tuple[str, str]:
     demo = work / "demo"
     build_demo(demo, hidden_size=opts.hidden_size)
     hand, ours = [], []
-    for _ in range(opts.runs):
-        hand.append(rate(run_hand(demo, work, opts.steps), opts.skip))
-        ours.append(rate(run_hpcft(demo, work, opts.steps), opts.skip))
-    ratio = statistics.median(ours) / statistics.median(hand)
+    for i in range(opts.runs):  # back-to-back pairs, alternating which goes first
+        for who in ("hand", "hpcft") if i % 2 == 0 else ("hpcft", "hand"):
+            if who == "hand":
+                hand.append(rate(run_hand(demo, work, opts.steps), opts.skip))
+            else:
+                ours.append(rate(run_hpcft(demo, work, opts.steps), opts.skip))
+    # The ratio of each back-to-back pair, then the median: other jobs on a shared machine change the
+    # speed of both over minutes, which the pair cancels and the ratio of overall medians would not.
     per_run = [round(o / h, 3) for o, h in zip(ours, hand, strict=True)]
+    ratio = statistics.median(per_run)
     result = {
         "bench": "P1",
         "ratio": round(ratio, 3),
@@ -137,9 +149,11 @@ def measure(opts: argparse.Namespace) -> tuple[str, str]:
         "hidden_size": opts.hidden_size,
     }
     row = (
-        f"| P1 trainer | {ratio:.3f} (≥ 0.98) | hpcft {result['hpcft_tok_s']:.0f} tok/s ÷ hand-written HF Trainer "
-        f"{result['hand_tok_s']:.0f} tok/s; DDP 2 CPU ranks, hidden {opts.hidden_size}, seq {SEQ_LEN}, batch {BATCH}, "
-        f"median step rate of steps {opts.skip + 1}-{opts.steps}; median of {opts.runs}; per run {' '.join(map(str, per_run))} |"
+        f"| P1 trainer | {ratio:.3f} (≥ 0.98) | median of pair ratios; hpcft {result['hpcft_tok_s']:.0f} tok/s vs "
+        f"hand-written HF Trainer {result['hand_tok_s']:.0f} tok/s; DDP 2 CPU ranks, hidden {opts.hidden_size}, "
+        f"seq {SEQ_LEN}, batch {BATCH}, "
+        f"median step rate of steps {opts.skip + 1}-{opts.steps}; {opts.runs} pairs; "
+        f"pair ratios {' '.join(map(str, per_run))} |"
     )
     return json.dumps(result), row
 

@@ -53,7 +53,7 @@ def check_zero(train: TrainSpec) -> list[str]:
         return problems  # stage/offload come from the JSON: ``check_user_config`` compares them at plan time
     optimizer, param = offload_devices(train)
     stage = train.zero
-    if (stage == 0 and optimizer != "none") or (stage == 0 and param != "none"):
+    if stage == 0 and (optimizer, param) != ("none", "none"):
         problems.append(
             f"train.offload: offloading needs DeepSpeed ZeRO, got train.zero 0 (plain DDP) with optimizer "
             f"{optimizer}, param {param} (HINT: --zero 3 --offload cpu, or --offload none)"
@@ -127,18 +127,13 @@ def _zero_section(t: TrainSpec, run_dir: str | None) -> dict[str, Any]:
     return zero
 
 
-def stage_of(config: Mapping[str, Any] | None) -> int:
-    """The ZeRO stage of a DeepSpeed config (0 without one)."""
-    if not config:
-        return 0
-    return int((config.get("zero_optimization") or {}).get("stage", 0))
-
-
 def check_user_config(spec: JobSpec, user: Mapping[str, Any], source: str) -> list[str]:
     """Where the spec contradicts the user's DeepSpeed JSON (the HF Trainer would stop at start; we stop now)."""
     t, zero = spec.train, user.get("zero_optimization") or {}
-    stage = int(zero.get("stage", 0))
     where = f"train.deepspeed_config ({source})"
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        return [f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}"]
     problems = []
     if t.zero and t.zero != stage:
         problems.append(

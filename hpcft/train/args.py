@@ -179,8 +179,11 @@ def check_nvme(dirs: list[Path], need: dict[str, int], run: Path) -> None:
 
 def _nvme_dir_problem(d: Path, need_bytes: float) -> str | None:
     host = os.uname().nodename
-    if not d.is_dir() and d.parent.is_dir():
-        d.mkdir(exist_ok=True)  # the run's own folder under the node's NVMe directory (hpcft.zero)
+    if not d.exists() and d.parent.is_dir():
+        try:
+            d.mkdir(exist_ok=True)  # the run's own folder under the node's NVMe directory (hpcft.zero)
+        except OSError as e:
+            return f"cannot create {d} on {host}: {e.strerror}"
     if not d.is_dir():
         return f"{d} does not exist on {host} (HINT: a node-local NVMe mount; create the directory first)"
     try:

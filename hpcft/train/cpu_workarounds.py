@@ -64,17 +64,18 @@ def init_deepspeed_gloo(cuda: bool) -> None:
 
 
 def check_cuda_features(train: TrainSpec, cuda: bool) -> None:
-    """Refuse, at start, what needs CUDA: fp16 (loss scaling, half kernels) and QLoRA (bitsandbytes 4-bit).
+    """Refuse, at start, what needs CUDA: fp16 mixed precision and QLoRA (bitsandbytes 4-bit).
 
-    Without this, fp16 fails inside TrainingArguments/DeepSpeed and QLoRA inside bitsandbytes, with
-    messages that do not name the spec key.
+    fp16 would run on CPU (measured: HF's AMP and DeepSpeed's fp16 optimizer both train, with loss
+    scaling) but without fast fp16 arithmetic — bf16 is the CPU's 16-bit format — so a CPU fp16 job
+    is always a mistake. QLoRA would fail inside transformers/bitsandbytes without naming the key.
     """
     problems = []
     host = os.uname().nodename
     if train.precision == "fp16" and not cuda:
         problems.append(
-            f"train.precision: fp16 needs CUDA GPUs and {host} has none (HF's fp16 AMP and DeepSpeed's fp16 "
-            "optimizer do not run on CPU) (HINT: -o train.precision=bf16, or fp32)"
+            f"train.precision: fp16 mixed precision is for CUDA GPUs and {host} has none; CPUs have no fast "
+            "fp16 arithmetic (HINT: -o train.precision=bf16, the CPU's 16-bit format, or fp32)"
         )
     if train.lora.load_in_4bit and not cuda:
         problems.append(

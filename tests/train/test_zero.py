@@ -37,8 +37,13 @@ def ds_ops(train_stack) -> None:
 def submit(job: Path, runs_dir: Path, *args: str, name: str = "job") -> Path:
     """Run ``job`` on 2 local CPU ranks to the end; return its run directory."""
     out = runs_dir / name
-    hpcft("submit", str(job), "--backend", "local", "--wait", "--runs-dir", str(out), *args, timeout=900)
+    proc = hpcft(
+        "submit", str(job), "--backend", "local", "--wait", "--runs-dir", str(out), *args, timeout=900, check=False
+    )
     (run,) = [p.parent for p in out.glob("*/spec.yaml")]
+    if proc.returncode != 0:
+        logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-3000:] for p in sorted((run / "logs").glob("*")))
+        raise AssertionError(f"hpcft submit {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{logs}")
     return run
 
 
@@ -167,6 +172,18 @@ def test_nvme_preflight_stops_on_a_missing_directory(ds_ops, demo_dir, tmp_path)
     assert proc.returncode != 0
     (run,) = [p.parent for p in tmp_path.glob("*/spec.yaml")]
     assert f"{missing}/{run.name} does not exist on" in rank_log(run)
+
+
+def test_cuda_only_features_stop_the_job_at_start(ds_ops, demo_dir, tmp_path):
+    cuda_only = ["-o", "train.precision=fp16", "-o", "train.lora.enabled=true", "-o", "train.lora.load_in_4bit=true"]
+    plan = hpcft("plan", str(demo_dir / "job.yaml"), "--backend", "local", *cuda_only).stdout
+    assert "# --- NOTES.txt ---" in plan and "QLoRA) needs CUDA GPUs" in plan and "fp16 needs CUDA GPUs" in plan
+    args = ["--backend", "local", "--wait", "--runs-dir", str(tmp_path), "--zero", "2", *cuda_only]
+    proc = hpcft("submit", str(demo_dir / "job.yaml"), *args, check=False)
+    (run,) = [p.parent for p in tmp_path.glob("*/spec.yaml")]
+    log = rank_log(run)
+    assert proc.returncode != 0 and not (run / "metrics.jsonl").exists()  # stopped before training
+    assert "train.precision: fp16 mixed precision is for CUDA GPUs" in log and "train.lora.load_in_4bit: QLoRA" in log
 
 
 def test_recipe_options_reach_the_trainer(ds_ops, demo_dir, tmp_path):

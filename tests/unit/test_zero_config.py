@@ -243,7 +243,9 @@ def test_fp16_and_qlora_need_cuda():
         cpu_workarounds.check_cuda_features(
             spec_of(precision="fp16", lora={"enabled": True, "load_in_4bit": True}).train, cuda=False
         )
-    assert "train.precision: fp16 needs CUDA" in str(err.value) and "train.lora.load_in_4bit: QLoRA" in str(err.value)
+    assert "train.precision: fp16 mixed precision is for CUDA GPUs" in str(
+        err.value
+    ) and "train.lora.load_in_4bit: QLoRA" in str(err.value)
     cpu_workarounds.check_cuda_features(spec_of(precision="bf16").train, cuda=False)
 
 
@@ -260,3 +262,14 @@ def test_nvme_swap_size_counts_partitions_of_every_rank_on_the_node(monkeypatch)
     config = zero.deepspeed_config(spec_of(zero=3, offload={"device": "nvme", "nvme_path": "/l"}))
     need = nvme_swap_bytes(config, [1_000_000, 3_000_000], "bf16")
     assert need == {"params": 1_000_000 * 2 * 2, "optimizer": 1_000_000 * 16 * 2, "largest_partition": 750_000}
+
+
+def test_nvme_directory_checks_name_the_problem(tmp_path):
+    from hpcft.train.args import _filesystem_type, _nvme_dir_problem
+
+    assert "does not exist on" in _nvme_dir_problem(tmp_path / "no" / "such", 1)
+    (tmp_path / "file").write_text("x")
+    assert "does not exist on" in _nvme_dir_problem(tmp_path / "file", 1)
+    assert "GiB free, the swap files need" in _nvme_dir_problem(tmp_path, 2**60)
+    assert _nvme_dir_problem(tmp_path / "run-1", 1) is None and (tmp_path / "run-1").is_dir()  # the run's folder
+    assert _filesystem_type(tmp_path) is not None
