@@ -9,7 +9,7 @@ hand-written run is a 50-line script around ``transformers.Trainer`` with a padd
 same); a run's rate is the median per-step rate after step ``--skip``, so start-up, warm-up steps and
 stalls caused by other jobs on a shared machine are left out.
 
-    .venv/bin/python benchmarks/bench_trainer.py [--runs 3] [--steps 60] [--hidden-size 256]
+    .venv/bin/python benchmarks/bench_trainer.py [--runs 5] [--steps 60] [--hidden-size 256]
 
 Prints one JSON line and one markdown table row: the median of the per-pair ratios (each pair runs
 back to back, alternating which goes first), the median rates and every pair's ratio.
@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # a 2-core machine shared with others
 BATCH, SEQ_LEN, LR, SEED = 4, 128, 1e-3, 42
@@ -164,9 +166,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up)")
     parser.add_argument("--hidden-size", type=int, default=256)
-    line, row = measure(parser.parse_args())
-    print(line)
-    print(row)
+    opts = parser.parse_args()
+    report(lambda: measure(opts))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def prepare(run: Path, env: Mapping[str, str]) -> LaunchCommand:
     if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = spec.launch.python or sys.executable
-    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network)
+    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env)
     if spec.launch.launcher == "deepspeed-pdsh":
         check_ssh(cluster.hosts, host)
     return build_launch(ctx)

@@ -218,13 +218,14 @@ def after_job(run_dir: str, rc: int) -> None:
 @main.command("init-demo")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--hidden-size", default=128, show_default=True, help="model width (512 gives ~8M parameters)")
+@click.option("--moe", is_flag=True, help="a tiny Mixtral-architecture mixture-of-experts model instead")
 @_handle_errors
-def init_demo(directory: str, hidden_size: int) -> None:
-    """Build a tiny Llama model, a tokenizer, a dataset and DIRECTORY/job.yaml.
+def init_demo(directory: str, hidden_size: int, moe: bool) -> None:
+    """Build a tiny Llama (or Mixtral) model, a tokenizer, a dataset and DIRECTORY/job.yaml.
 
     Everything is made locally (no model hub). Then: hpcft submit DIRECTORY/job.yaml --wait
     """
     from hpcft.train.demo import build_demo
 
-    job = build_demo(Path(directory), hidden_size=hidden_size)
+    job = build_demo(Path(directory), hidden_size=hidden_size, moe=moe)
     click.echo(f"wrote {job}\nnext: hpcft submit {job} --wait")

@@ -34,6 +34,7 @@ class LaunchContext:
     python: str
     master_addr: str
     network: str | None = None  # interface or CIDR for MPI's TCP transport (deepspeed-openmpi)
+    node_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # this node's environment
 
     @property
     def procs_per_node(self) -> int:

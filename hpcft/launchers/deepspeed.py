@@ -27,6 +27,9 @@ TRANSPORTS = {
 }
 # Per-node or launcher-owned values: never forwarded to the remote ranks.
 _NOT_FORWARDED = {"NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
+# Operational settings of the job's environment that ranks started over ssh would otherwise lose
+# (a JIT-op cache rebuilt on every node, a different HF cache). Secrets are never written to the file.
+FORWARDED_FROM_JOB = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_DATASETS_CACHE", "OMP_NUM_THREADS", "PYTHONPATH")
 
 
 def transport(ctx: LaunchContext) -> str:
@@ -56,7 +59,8 @@ def build(ctx: LaunchContext) -> LaunchCommand:
         # hpcft's preflight has already checked ssh to every host (pdsh) with a clearer error.
         argv += ["--launcher", kind, "--no_ssh_check", "--force_multi"]
     if kind == "pdsh":
-        files[DS_ENV_FILE] = deepspeed_env_text(env)
+        forwarded = {k: ctx.node_env[k] for k in FORWARDED_FROM_JOB if k in ctx.node_env}
+        files[DS_ENV_FILE] = deepspeed_env_text({**forwarded, **env})
     elif kind == "openmpi":
         argv.append(f"--launcher_args=--mca btl_tcp_if_include {ctx.network or ctx.spec.launch.network_interface}")
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")

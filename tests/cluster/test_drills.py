@@ -46,18 +46,30 @@ def submit(demo_dir: Path, runs_dir: Path, *extra: str) -> tuple[Path, str]:
 
 
 def squeue_state(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    """``STATE REASON`` of a job as squeue reports it ('' once squeue forgot it)."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
+    return out.strip()
 
 
 def release_requeued(job: str) -> None:
-    """Wait for the requeued job to pend, then lift SLURM's requeue hold."""
-    wait_until(f"job {job} to be requeued", lambda: squeue_state(job) == "PENDING", timeout=120)
+    """Wait for the requeued job to pend on SLURM's requeue hold, then lift the hold.
+
+    Lifting it at once can restart the job while slurmd still tears down its previous run; SLURM then
+    kills the new one ("Job credential revoked") — the very race the 120 s BeginTime hold prevents.
+    """
+    wait_until(f"job {job} to be requeued", lambda: squeue_state(job) == "PENDING BeginTime", timeout=120)
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
 def wait_finished(run: Path, timeout: float = 300) -> dict:
-    return wait_until(f"{run.name} to finish", lambda: (s := status(run))["finished"] and s["state"] == "COMPLETED"
-                      and s, timeout=timeout)  # fmt: skip
+    def done() -> dict | None:
+        st = status(run)
+        if st["state"] in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL"):
+            raise AssertionError(f"{run.name} ended {st['state']} instead of finishing: {st}")
+        return st if st["finished"] and st["state"] == "COMPLETED" else None
+
+    return wait_until(f"{run.name} to finish", done, timeout=timeout)
 
 
 def same_weights(a: Path, b: Path, atol: float = 1e-5) -> bool:

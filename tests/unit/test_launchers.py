@@ -168,3 +168,11 @@ def test_submitit_parameters_mirror_the_resources():
     per_rank = build_spec({"launch": {"launcher": "srun", "script": "/x.py"}, "resources": {"gpus_per_node": 4}})
     assert executor_parameters(per_rank)["tasks_per_node"] == 4
     assert NOW  # the shared fixed time keeps plan goldens stable
+
+
+def test_pdsh_env_file_forwards_job_settings_but_never_secrets():
+    env = {"TORCH_EXTENSIONS_DIR": "/cache/ext dir", "HF_TOKEN": "hf_secret", "OMP_NUM_THREADS": "1"}
+    ctx = LaunchContext(spec_for("deepspeed-pdsh"), node_env(0), RUN, PY, "10.0.0.1", None, env)
+    text = build_launch(ctx).files[".deepspeed_env"]
+    assert "TORCH_EXTENSIONS_DIR='/cache/ext dir'\n" in text and "OMP_NUM_THREADS=1\n" in text
+    assert "hf_secret" not in text and "HF_TOKEN" not in text
