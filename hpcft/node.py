@@ -26,6 +26,7 @@ from hpcft.errors import HpcftError, LaunchError
 from hpcft.launchers import LaunchCommand, LaunchContext, build_launch
 from hpcft.slurm.env import ClusterEnv, resolve_master
 from hpcft.spec import JobSpec
+from hpcft.train_files import FATAL_FILE
 
 # What each launcher needs on the node: a Python module or a program.
 NEEDS = {
@@ -145,8 +146,11 @@ def exec_node(run: Path) -> None:
     try:
         cmd = prepare(run, dict(os.environ))
     except HpcftError as e:
-        # Goes to the job's output; a non-zero exit makes srun end every node's task at once.
+        # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
+        # marker tells after-job not to requeue: the same node would fail the same way again.
         print(f"hpcft node: preflight failed: {e}", file=sys.stderr, flush=True)
+        if (run / "spec.yaml").is_file():
+            runs.write_atomic(run / FATAL_FILE, f"preflight failed on {this_host(os.environ)}: {e.message}\n")
         sys.exit(3)
     for name, text in cmd.files.items():
         runs.write_atomic(run / name, text)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcft.train_files import FINISHED_FILE, REQUEUE_FILE
+from hpcft.train_files import FATAL_FILE, FINISHED_FILE, REQUEUE_FILE
 
 DEFAULT_LEAD = 180  # seconds, until a save has been measured
 
@@ -29,12 +29,18 @@ class Decision:
 
 
 def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool, requeue_allowed: bool,
-           failures: int, max_failures: int) -> Decision:  # fmt: skip
-    """The outcome for launcher exit code ``rc`` and the run's markers; pure."""
+           failures: int, max_failures: int, fatal: str | None = None) -> Decision:  # fmt: skip
+    """The outcome for launcher exit code ``rc`` and the run's markers; pure.
+
+    ``fatal`` says why a rerun would fail the same way (a node's preflight: no run dir, loopback master,
+    launcher missing; or a configuration error the trainer raised): such a job is never requeued.
+    """
     if finished:
         return Decision("done", "the run is FINISHED", 0)
     if cancelled:
         return Decision("done", "the run was cancelled", rc or 0)
+    if fatal:
+        return Decision("fail", f"{fatal} (not requeued: a rerun would fail the same way)", rc or 3)
     if saved_for_requeue:
         if requeue_allowed:
             return Decision("requeue", "checkpointed after the warning signal", 0)
@@ -60,6 +66,7 @@ def after_job(run: Path, rc: int) -> int:
 
     spec = runs.load_run_spec(run)
     state = runs.read_state(run)
+    fatal = run / FATAL_FILE
     job_id = os.environ.get("SLURM_JOB_ID", "")
     d = decide(
         rc,
@@ -69,6 +76,7 @@ def after_job(run: Path, rc: int) -> int:
         requeue_allowed=spec.run.requeue and bool(job_id),
         failures=int(state.get("failures", 0)),
         max_failures=spec.run.max_failures,
+        fatal=fatal.read_text().strip() if fatal.exists() else None,
     )
 
     def record(s: dict) -> None:
@@ -80,6 +88,7 @@ def after_job(run: Path, rc: int) -> int:
                 s["failures"] = int(s.get("failures", 0)) + 1
 
     runs.update_state(run, record)
+    fatal.unlink(missing_ok=True)
     print(f"hpcft: {d.action}: {d.reason}", flush=True)
     if d.action == "requeue":
         (run / REQUEUE_FILE).unlink(missing_ok=True)

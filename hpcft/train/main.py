@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 from hpcft import runs
+from hpcft.errors import HpcftError
+from hpcft.train_files import FATAL_FILE
 
 log = logging.getLogger("hpcft.train")
 
@@ -110,8 +112,6 @@ def check_not_dropped(trainer) -> None:
     is inside the MULTI_GPU/MLU/… branch); on a CPU-only machine (MULTI_CPU) ACCELERATE_USE_FSDP is
     ignored without a word and the job would train unsharded.
     """
-    from hpcft.errors import HpcftError
-
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
         raise HpcftError(
             f"the accelerate config asks for FSDP, but accelerate set up {trainer.accelerator.distributed_type}: "
@@ -188,6 +188,8 @@ def main(argv: list[str]) -> None:
             print(f"hpcft: {disk_full_message(run)}", file=sys.stderr, flush=True)
         else:
             log.exception("training failed on rank %d", rank())
+            if isinstance(e, HpcftError) and rank() == 0:  # a configuration problem: a requeue cannot fix it
+                runs.write_atomic(run / FATAL_FILE, f"configuration error: {e.message}\n")
         exit_cleanly(1)
     exit_cleanly(0)
 

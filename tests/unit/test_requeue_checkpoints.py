@@ -92,3 +92,9 @@ def test_rotation_keeps_the_newest_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint")) == [
         "checkpoint-20", "checkpoint-30", "checkpoint-40"]  # fmt: skip
     assert checkpoints.rotate(tmp_path, keep=None) == []
+
+
+def test_preflight_failures_are_never_requeued():
+    d = decide(3, **BASE, fatal="preflight failed on node2: launcher deepspeed-mvapich needs MVAPICH2-GDR")
+    assert d.action == "fail" and "preflight failed on node2" in d.reason and d.exit_code == 3
+    assert "not requeued" in d.reason
