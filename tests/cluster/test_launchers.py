@@ -66,21 +66,16 @@ def test_launcher_runs_two_nodes_world_four(case, reference, demo_dir, runs_dir)
     assert losses(run) == pytest.approx(reference, rel=1e-4)
 
 
+def submit_failing(demo_dir: Path, runs_dir: Path, launcher: str) -> None:
+    """Submit the demo with ``launcher`` and wait; it must fail (exit 1)."""
+    proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--launcher", launcher, "--wait",
+                 "--runs-dir", str(runs_dir), check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
 def test_mvapich_fails_early_and_clearly_where_absent(lab, demo_dir, runs_dir):
     t0 = time.time()
-    proc = hpcft(
-        "submit",
-        str(demo_dir / "job.yaml"),
-        "--nodes",
-        "2",
-        "--launcher",
-        "deepspeed-mvapich",
-        "--wait",
-        "--runs-dir",
-        str(runs_dir),
-        check=False,
-    )
-    assert proc.returncode == 1
+    submit_failing(demo_dir, runs_dir, "deepspeed-mvapich")
     assert time.time() - t0 < 60  # no hang until a timeout
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     out = hpcft("logs", run.name, "--runs-dir", str(runs_dir)).stdout
@@ -90,19 +85,7 @@ def test_mvapich_fails_early_and_clearly_where_absent(lab, demo_dir, runs_dir):
 
 def test_pdsh_preflight_names_the_unreachable_host(lab, demo_dir, runs_dir):
     # Without the lab's ssh keys, plain ssh cannot reach the nodes: the job must say which and stop.
-    proc = hpcft(
-        "submit",
-        str(demo_dir / "job.yaml"),
-        "--nodes",
-        "2",
-        "--launcher",
-        "deepspeed-pdsh",
-        "--wait",
-        "--runs-dir",
-        str(runs_dir),
-        check=False,
-    )
-    assert proc.returncode == 1
+    submit_failing(demo_dir, runs_dir, "deepspeed-pdsh")
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     out = hpcft("logs", run.name, "--runs-dir", str(runs_dir)).stdout
     assert "ssh to 2 host(s) failed" in out and "node1:" in out and "node2:" in out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpcft import plot, runs
-from tests.conftest import hpcft
+from tests.conftest import hpcft, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -40,16 +40,6 @@ def start(*args: str) -> tuple[subprocess.Popen, list[tuple[float, str]]]:
 
     threading.Thread(target=read, daemon=True).start()
     return proc, lines
-
-
-def wait_until(what: str, fn, timeout: float = 180, every: float = 0.5):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_status_logs_follow_and_plot_of_a_live_run(lab, demo_dir, runs_dir, tmp_path):

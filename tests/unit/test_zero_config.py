@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,9 +17,8 @@ from hpcft.plan import make_plan
 from hpcft.spec import build_spec
 from hpcft.train import cpu_workarounds
 from hpcft.train.args import nvme_swap_bytes, recipe_arguments
-from tests.conftest import hpcft
+from tests.conftest import check_golden, hpcft
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 RUN = "/shared/runs/job-20260102-030405"
 
@@ -34,14 +32,6 @@ def problems_of(**train) -> str:
     with pytest.raises(ConfigError) as err:
         spec_of(**train)
     return str(err.value)
-
-
-def check_golden(request, name: str, text: str) -> None:
-    path = GOLDEN / name
-    if request.config.getoption("--update-golden"):
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run pytest --update-golden and review the diff"
-    assert text == path.read_text(), f"{name} changed; review with pytest --update-golden + git diff"
 
 
 # --- generated configs ---------------------------------------------------------------------------
