@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcft import __version__
+from hpcft.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class CheckpointInfo:
     step: int
     world_size: int | None
     zero_stage: int | None
+
+
+def checkpoints_dir(spec: JobSpec, run: Path) -> Path:
+    """Where a run's committed ``checkpoint-N`` directories live (``train.output`` or ``RUN/checkpoints``)."""
+    return Path(spec.train.output) if spec.train.output else run / "checkpoints"
 
 
 def step_of(path: Path) -> int | None:

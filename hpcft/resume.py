@@ -40,7 +40,7 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
     spec = build_spec(data, source=str(run / "spec.yaml"))
     info = None
     if spec.launch.script is None:
-        info = _checkpoint(spec.train.output or str(run / "checkpoints"), checkpoint)
+        info = _checkpoint(str(checkpoints.checkpoints_dir(spec, run)), checkpoint)
         _check_world(spec, info)
         _check_more_to_do(run, spec)
     state = runs.read_state(run)

@@ -13,16 +13,12 @@ import time
 from pathlib import Path
 
 from hpcft import checkpoints, runs
+from hpcft.checkpoints import checkpoints_dir
 from hpcft.errors import HpcftError
 from hpcft.spec import JobSpec
 from hpcft.train_files import RESUME_FROM_FILE
 
 log = logging.getLogger("hpcft.train")
-
-
-def checkpoints_dir(spec: JobSpec, run: Path) -> Path:
-    """Where committed ``checkpoint-N`` directories live (``train.output`` or ``RUN/checkpoints``)."""
-    return Path(spec.train.output) if spec.train.output else run / "checkpoints"
 
 
 def output_dir(spec: JobSpec, run: Path) -> str:

@@ -28,7 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def pick_checkpoint(run: Path, step: int | None) -> Path:
     """``checkpoint-STEP`` (validated) or the newest complete checkpoint of the run."""
     spec = runs.load_run_spec(run)
-    base = Path(spec.train.output) if spec.train.output else run / "checkpoints"
+    base = checkpoints.checkpoints_dir(spec, run)
     if step is not None:
         path = base / f"{checkpoints.PREFIX}{step}"
         why = checkpoints.problem(path) if path.is_dir() else "no such checkpoint"

@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from hpcft import runs
+from hpcft import checkpoints, runs
 from hpcft.errors import HpcftError
 from hpcft.train_files import FATAL_FILE
 
@@ -140,19 +140,14 @@ def is_disk_full(error: BaseException, run: Path) -> bool:
 
 def discard_staging(run: Path) -> None:
     """Remove the staging directory of an interrupted save."""
-    from hpcft import checkpoints
-    from hpcft.train.checkpoint import checkpoints_dir
-
-    shutil.rmtree(checkpoints_dir(runs.load_run_spec(run), run) / checkpoints.STAGING, ignore_errors=True)
+    spec = runs.load_run_spec(run)
+    shutil.rmtree(checkpoints.checkpoints_dir(spec, run) / checkpoints.STAGING, ignore_errors=True)
 
 
 def disk_full_message(run: Path) -> str:
     """What a user needs when a save hits a full filesystem: where, what survived, what to do."""
-    from hpcft import checkpoints
-    from hpcft.train.checkpoint import checkpoints_dir
-
     spec = runs.load_run_spec(run)
-    base = checkpoints_dir(spec, run)
+    base = checkpoints.checkpoints_dir(spec, run)
     info = checkpoints.newest_complete(base, validate=False)
     kept = f"the newest complete checkpoint is intact: {info.path}" if info else "no complete checkpoint exists yet"
     return (f"no space left on the filesystem of {base}; the interrupted save "
