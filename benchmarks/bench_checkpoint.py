@@ -72,7 +72,7 @@ def measure() -> tuple[str, str]:
     import transformers
     from transformers import TrainerControl
 
-    from hpcft import checkpoints
+    from hpcft.rundir import checkpoints
     from hpcft.train import checkpoint
 
     transformers.utils.logging.set_verbosity_error()

@@ -34,7 +34,7 @@ def make_run(tmp: Path, name: str, job: Path) -> Path:
     from datetime import datetime
 
     from hpcft import config, runs
-    from hpcft.plan import make_plan
+    from hpcft.plan.plan import make_plan
 
     spec = config.load_job(job, overrides=[f"run.runs_dir={tmp}", f"run.name={name}", "launch.backend=local"])
     return runs.write_run_dir(make_plan(spec, python=sys.executable, now=datetime.now()))

@@ -14,14 +14,26 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hpcft import runs
-from hpcft.plan import Plan
+from hpcft.backends.base import Prepared
+from hpcft.rundir import store
+from hpcft.rundir.layout import LOGS_DIR
+from hpcft.slurm.env import ClusterEnv
+
+if TYPE_CHECKING:
+    from hpcft.plan.plan import Plan
+    from hpcft.spec import JobSpec
+
+
+def prepare(spec: JobSpec, run: str, node_argv: tuple[str, ...], signal_lead: int | None) -> Prepared:
+    """No extra files; the "submit" command is ``hpcft node RUN`` on this machine."""
+    return Prepared({}, tuple(node_argv), ClusterEnv.local({}))
 
 
 def start(plan: Plan, run: Path) -> str:
     """Start the runner in the background, in its own session; return ``local-<pid>``."""
-    log = open(run / runs.LOGS_DIR / "local.out", "ab")  # noqa: SIM115 - handed to the child
+    log = open(run / LOGS_DIR / "local.out", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [plan.spec.launch.python or sys.executable, "-m", "hpcft.backends.local", str(run)],
         stdin=subprocess.DEVNULL,
@@ -32,7 +44,7 @@ def start(plan: Plan, run: Path) -> str:
     )
     log.close()
     job_id = f"local-{proc.pid}"
-    runs.record_job(run, job_id, pid=proc.pid, host=socket.gethostname())
+    store.record_job(run, job_id, pid=proc.pid, host=socket.gethostname())
     return job_id
 
 
@@ -56,7 +68,7 @@ def job_alive(job: dict) -> bool:
 def _run(run: Path) -> int:
     proc = subprocess.run([sys.executable, "-m", "hpcft", "node", str(run)], stdin=subprocess.DEVNULL)
     pid = os.getpid()
-    runs.record_job(run, f"local-{pid}", pid=pid, host=socket.gethostname(), rc=proc.returncode, ended=runs.now_iso())
+    store.record_job(run, f"local-{pid}", pid=pid, host=socket.gethostname(), rc=proc.returncode, ended=store.now_iso())
     return proc.returncode
 
 

@@ -3,23 +3,43 @@
 submitit writes and submits its own batch script (in ``RUN/submitit/``); its pickled function runs
 ``hpcft node RUN`` on every node — or only on the first node for head-node launchers (pdsh/MPI),
 where the other nodes' tasks return at once. State, logs and cancel go through SLURM as for sbatch.
+``prepare`` and ``executor_parameters`` are pure (what the plan shows); submitit itself is imported
+only by ``start``.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
 
-from hpcft import runs
+import yaml
+
+from hpcft.backends.base import Prepared
 from hpcft.errors import SubmissionError
-from hpcft.launchers import shape_of
-from hpcft.plan import Plan
+from hpcft.launchers.base import shape_of
+from hpcft.rundir import store
+from hpcft.slurm import client
+from hpcft.slurm.env import ClusterEnv
 from hpcft.slurm.script import slurm_minutes
-from hpcft.spec import JobSpec
+
+if TYPE_CHECKING:
+    from hpcft.plan.plan import Plan
+    from hpcft.spec import JobSpec
 
 FOLDER = "submitit"
+PARAMS_FILE = "submitit.yaml"
+
+
+def prepare(spec: JobSpec, run: str, node_argv: tuple[str, ...], signal_lead: int | None) -> Prepared:
+    """``submitit.yaml`` (the executor's parameters, for reference) and a description of the submit call."""
+    params = executor_parameters(spec)
+    text = "# submitit AutoExecutor parameters (reference; submitit writes its own script)\n" + yaml.safe_dump(
+        params, sort_keys=False
+    )
+    argv = ("submitit.AutoExecutor", f"folder={PurePath(run) / FOLDER}", *sorted(params))
+    return Prepared({PARAMS_FILE: text}, argv, ClusterEnv.preview(spec.resources.nodes, spec.resources.gpus_per_node))
 
 
 def executor_parameters(spec: JobSpec) -> dict[str, Any]:
@@ -76,5 +96,10 @@ def start(plan: Plan, run: Path) -> str:
         job = executor.submit(run_node, plan.spec.launch.python, str(run), head_only)
     except Exception as e:  # submitit wraps sbatch failures in its own exception types
         raise SubmissionError(["submitit", "sbatch"], 1, str(e), "nothing was submitted") from None
-    runs.record_job(run, str(job.job_id))
+    store.record_job(run, str(job.job_id))
     return str(job.job_id)
+
+
+def cancel(job: dict) -> None:
+    """``scancel`` the job (submitit's jobs are SLURM jobs)."""
+    client.cancel(job["id"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli import RUNS_DIR_HELP, _console, _handle_errors, main
+from hpcft.cli.base import RUNS_DIR_HELP, _console, _handle_errors, main
 from hpcft.errors import HpcftError
 from hpcft.spec import BACKENDS, LAUNCHERS
 
@@ -50,56 +50,38 @@ def job_options(fn):
     return fn
 
 
-def _load_plan(
-    job_file,
-    script_args,
-    nodes,
-    gpus_per_node,
-    zero,
-    launcher,
-    backend,
-    time_limit,
-    partition,
-    runs_dir,
-    profile,
-    overrides,
-    offload=None,
-    gpu_mem=None,
-    accelerate_config=None,
-):
-    from hpcft import config, plan
-    from hpcft.slurm import client
+def _load_plan(job_file, script_args, zero, profile, overrides, gpu_mem=None, **flag_values):
+    """Parse the curated flags into a pipeline request and plan it (``hpcft.plan.pipeline``)."""
+    from hpcft.plan import pipeline
 
     script = str(Path(script_args[0]).resolve()) if script_args else None
+    accelerate_config = flag_values.pop("accelerate_config", None)
     flags = {
-        "resources.nodes": nodes,
-        "resources.gpus_per_node": gpus_per_node,
-        "resources.time": time_limit,
-        "resources.partition": partition,
+        **{FLAG_KEYS[name]: value for name, value in flag_values.items()},
         "train.zero": None if zero == "auto" else zero,
-        "train.offload.device": offload,
-        "launch.launcher": launcher,
-        "launch.backend": backend,
-        "run.runs_dir": runs_dir,
         "launch.script": script,
         "launch.script_args": list(script_args[1:]) if script_args else None,
         "launch.accelerate_config": str(Path(accelerate_config).resolve()) if accelerate_config else None,
     }
-    spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=flags)
-    if zero == "auto":
-        spec = config.load_job(job_file, profile=profile, overrides=overrides, flags=_auto_zero(spec, flags, gpu_mem))
-    spec = plan.resolve_backend(spec, client.sbatch_available())
-    config.check_inputs(spec)
-    return plan.make_plan(spec, python=sys.executable, now=datetime.now())
+    req = pipeline.Request(job_file=job_file, profile=profile, overrides=tuple(overrides), flags=flags,
+                           zero_auto=zero == "auto", gpu_mem=gpu_mem)  # fmt: skip
+    planned = pipeline.plan_job(req, python=sys.executable, now=datetime.now())
+    for note in planned.notes:
+        click.secho(note, fg="cyan", err=True)
+    return planned.plan
 
 
-def _auto_zero(spec, flags: dict, gpu_mem: float | None) -> dict:
-    """``--zero auto``: the flags with the memory planner's choice filled in; says why on stderr."""
-    from hpcft import memory
-
-    flags, reason = memory.auto_flags(spec, flags, gpu_mem)
-    click.secho(f"--zero auto → {reason}", fg="cyan", err=True)
-    return flags
+# The curated flags → the spec keys they set (highest precedence, spec.layering).
+FLAG_KEYS = {
+    "nodes": "resources.nodes",
+    "gpus_per_node": "resources.gpus_per_node",
+    "time_limit": "resources.time",
+    "partition": "resources.partition",
+    "offload": "train.offload.device",
+    "launcher": "launch.launcher",
+    "backend": "launch.backend",
+    "runs_dir": "run.runs_dir",
+}
 
 
 @main.command("plan")
@@ -118,7 +100,7 @@ def plan_cmd(**kwargs) -> None:
 
 
 def _print_memory(spec, gpu_mem: float | None) -> None:
-    from hpcft import memory
+    from hpcft.plan import memory
 
     click.secho("# --- memory planner (model states, DeepSpeed's estimators; activations extra) ---", bold=True)
     try:
@@ -161,7 +143,7 @@ def submit(dry_run: bool, wait: bool, **kwargs) -> None:
       hpcft submit job.yaml -o train.lr=1e-4 -o train.max_steps=500
       hpcft submit job.yaml --nodes 2 -- my_train.py --epochs 3
     """
-    from hpcft import backends
+    from hpcft.backends import actions as backends
 
     p = _load_plan(**kwargs)
     if dry_run:
@@ -176,7 +158,7 @@ def submit(dry_run: bool, wait: bool, **kwargs) -> None:
 
 
 def _wait(run: Path) -> int:
-    from hpcft import monitor
+    from hpcft.ops import status as monitor
 
     last = [None]
 
@@ -199,7 +181,7 @@ def _wait(run: Path) -> int:
 @_handle_errors
 def node(run_dir: str) -> None:
     """Start this node's workers (run by srun once per node)."""
-    from hpcft.node import exec_node
+    from hpcft.node.agent import exec_node
 
     exec_node(Path(run_dir).resolve())
 
@@ -210,7 +192,7 @@ def node(run_dir: str) -> None:
 @_handle_errors
 def after_job(run_dir: str, rc: int) -> None:
     """Decide finished / requeue / fail when the launcher ends (run by the batch script)."""
-    from hpcft.requeue import after_job as decide_and_apply
+    from hpcft.node.after_job import after_job as decide_and_apply
 
     sys.exit(decide_and_apply(Path(run_dir).resolve(), rc))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli import RUNS_DIR_HELP, _console, _handle_errors, _runs_dir, main
+from hpcft.cli.base import RUNS_DIR_HELP, _console, _handle_errors, _runs_dir, main
 from hpcft.cli.jobs import _wait
 
 
@@ -26,13 +26,14 @@ from hpcft.cli.jobs import _wait
 @_handle_errors
 def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool) -> None:
     """Continue RUN in a new job from its newest complete checkpoint (or --checkpoint STEP)."""
-    from hpcft import resume as resume_mod
-    from hpcft import runs
+    from hpcft.backends import actions as backends
+    from hpcft.plan import resume as resume_mod
+    from hpcft.rundir import store
 
-    path = runs.find_run(run, _runs_dir(runs_dir))
+    path = store.find_run(run, _runs_dir(runs_dir))
     rp = resume_mod.plan_resume(path, overrides=overrides, flags={"resources.nodes": nodes},
                                 checkpoint=checkpoint, python=sys.executable, now=datetime.now())  # fmt: skip
-    job_id = resume_mod.apply_resume(rp)
+    job_id = backends.resume(rp)
     start = f"{rp.checkpoint.path.name}" if rp.checkpoint else "its own checkpoints (user script)"
     click.echo(f"resumed {path.name} as job {job_id} from {start}")
     if wait:
@@ -49,10 +50,10 @@ def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | 
 @_handle_errors
 def export(run: str, out: str, checkpoint: int | None, merge_lora: bool, dtype: str, runs_dir: str | None) -> None:
     """Write a checkpoint of RUN as a Hugging Face model directory (ZeRO shards consolidated)."""
-    from hpcft import runs
+    from hpcft.rundir import store
     from hpcft.train.export import export as export_model
 
-    path = runs.find_run(run, _runs_dir(runs_dir))
+    path = store.find_run(run, _runs_dir(runs_dir))
     ckpt = export_model(path, Path(out), step=checkpoint, merge_lora=merge_lora, dtype=dtype)
     click.echo(f"exported {ckpt.name} of {path.name} to {out} (loads with from_pretrained)")
 
@@ -85,14 +86,14 @@ def status(run: str | None, runs_dir: str | None, as_json: bool, watch: bool, in
 
 
 def _status_paths(ref: str | None, runs_dir: str | None) -> tuple[str, list[Path]]:
-    from hpcft import runs
+    from hpcft.rundir import store
 
     base = _runs_dir(runs_dir)
-    return base, ([runs.find_run(ref, base)] if ref else runs.list_runs(base))
+    return base, ([store.find_run(ref, base)] if ref else store.list_runs(base))
 
 
 def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
-    from hpcft import monitor
+    from hpcft.ops import status as monitor
 
     base, paths = _status_paths(ref, runs_dir)
     rows = monitor.run_statuses(paths)
@@ -109,7 +110,7 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
 def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:
     from rich.live import Live
 
-    from hpcft import monitor
+    from hpcft.ops import status as monitor
 
     with Live(console=_console(), auto_refresh=False) as live:
         try:
@@ -134,10 +135,10 @@ def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> Non
 @_handle_errors
 def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: str | None, job_id: str | None) -> None:
     """Show a run's output: rank 0's console (the newest job's output), one rank's log, or one node's ranks."""
-    from hpcft import logs as logs_mod
-    from hpcft import runs
+    from hpcft.ops import logs as logs_mod
+    from hpcft.rundir import store
 
-    path = runs.find_run(run, _runs_dir(runs_dir))
+    path = store.find_run(run, _runs_dir(runs_dir))
     try:
         for chunk in logs_mod.stream(path, rank=rank, follow=follow, node=node, job=job_id):
             click.echo(chunk, nl=False)
@@ -152,11 +153,11 @@ def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: s
 @_handle_errors
 def plot(run: str, runs_dir: str | None, out: str | None) -> None:
     """Plot train/eval loss and tokens/s against step into a PNG; restarts are dashed lines."""
-    from hpcft import plot as plot_mod
-    from hpcft import runs
+    from hpcft.ops import plot as plot_mod
+    from hpcft.rundir import store
 
-    path = runs.find_run(run, _runs_dir(runs_dir))
-    data = plot_mod.extract_series(runs.read_metrics(path))
+    path = store.find_run(run, _runs_dir(runs_dir))
+    data = plot_mod.extract_series(store.read_metrics(path))
     written = plot_mod.write_plot(data, Path(out) if out else path / "metrics.png", title=path.name)
     counts = f"{len(data.train_loss)} train, {len(data.eval_loss)} eval points, {len(data.restarts)} restart(s)"
     click.echo(f"wrote {written} ({counts})")
@@ -168,9 +169,10 @@ def plot(run: str, runs_dir: str | None, out: str | None) -> None:
 @_handle_errors
 def cancel(run: str, runs_dir: str | None) -> None:
     """Cancel a run's job (scancel, or stop the local process group)."""
-    from hpcft import backends, runs
+    from hpcft.backends import actions as backends
+    from hpcft.rundir import store
 
-    path = runs.find_run(run, _runs_dir(runs_dir))
+    path = store.find_run(run, _runs_dir(runs_dir))
     job_id = backends.cancel(path)
     click.echo(f"cancelled job {job_id} of {path.name}")
 

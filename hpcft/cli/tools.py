@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli import RUNS_DIR_HELP, _console, _handle_errors, main
+from hpcft.cli.base import RUNS_DIR_HELP, _console, _handle_errors, main
 from hpcft.errors import HpcftError
 
 
@@ -27,7 +27,7 @@ def _state_printer():
 
 def _question_options(fn):
     """One ``--flag`` per question of ``hpcft.accel_config.QUESTIONS``."""
-    from hpcft.accel_config import QUESTIONS
+    from hpcft.tools.accel_config import QUESTIONS
 
     types = {"int": int, "float": float, "bool": click.BOOL, "str": str}
     for q in reversed(QUESTIONS):
@@ -49,7 +49,7 @@ def config_cmd(out: str, non_interactive: bool, force: bool, **given) -> None:
     `accelerate config` asks it. hpcft passes machine rank, main process address/port and process
     counts from the SLURM allocation at launch, overriding the file's.
     """
-    from hpcft import accel_config
+    from hpcft.tools import accel_config
 
     answers = {k: v for k, v in given.items() if v is not None}
     if not non_interactive and sys.stdin.isatty():
@@ -93,8 +93,8 @@ def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_n
     cache are one shared filesystem (write, read, rename, lock), the NVMe path (--check-nvme),
     GPU count, and equal Python/torch/hpcft versions on every node.
     """
-    from hpcft import backends
-    from hpcft import doctor as doc
+    from hpcft.backends import actions as backends
+    from hpcft.tools import doctor as doc
 
     flags = {
         "resources.nodes": nodes or (None if job_file else 2),
@@ -102,12 +102,10 @@ def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_n
         "resources.partition": partition,
         "run.runs_dir": runs_dir,
     }
-    spec = doc.doctor_spec(job_file, flags, overrides, profile, timeout)
-    p = doc.make_doctor_plan(
-        spec, python=sys.executable, now=datetime.now(), check_nvme=check_nvme, shared_dirs=shared_dir
-    )
+    p = doc.plan_doctor(job_file, flags, overrides, profile, timeout, python=sys.executable, now=datetime.now(),
+                        check_nvme=check_nvme, shared_dirs=shared_dir)  # fmt: skip
     run, job_id = backends.submit(p)
-    click.echo(f"doctor: probe job {job_id} on {spec.resources.nodes} node(s); run dir {run}", err=True)
+    click.echo(f"doctor: probe job {job_id} on {p.spec.resources.nodes} node(s); run dir {run}", err=True)
     final = doc.wait(run, timeout, _state_printer())
     rows = doc.collect(run, final.state, final.nodelist)
     _console(200).print(doc.doctor_table(rows))

@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import shlex
 
-from hpcft.launchers import LaunchCommand, LaunchContext, hostfile_text
+from hpcft.launchers.base import LaunchCommand, LaunchContext, get, hostfile_text
 
 HOSTFILE = "hostfile"
 DS_ENV_FILE = ".deepspeed_env"
-TRANSPORTS = {
-    "deepspeed": "nossh",
-    "deepspeed-pdsh": "pdsh",
-    "deepspeed-openmpi": "openmpi",
-    "deepspeed-mvapich": "mvapich",
-}
 # Per-node or launcher-owned values: never forwarded to the remote ranks.
 _NOT_FORWARDED = {"NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 # Operational settings of the job's environment that ranks started over ssh would otherwise lose
@@ -33,8 +27,8 @@ FORWARDED_FROM_JOB = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_DATASETS_CACHE", "O
 
 
 def transport(ctx: LaunchContext) -> str:
-    """``nossh``, ``pdsh``, ``openmpi`` or ``mvapich``."""
-    return TRANSPORTS[ctx.spec.launch.launcher]
+    """``nossh``, ``pdsh``, ``openmpi`` or ``mvapich`` (the registry's entry for the launcher)."""
+    return get(ctx.spec.launch.launcher).transport or "nossh"
 
 
 def build(ctx: LaunchContext) -> LaunchCommand:

@@ -6,7 +6,7 @@ first node with the job's port.
 
 from __future__ import annotations
 
-from hpcft.launchers import LaunchCommand, LaunchContext
+from hpcft.launchers.base import LaunchCommand, LaunchContext
 
 
 def build(ctx: LaunchContext) -> LaunchCommand:

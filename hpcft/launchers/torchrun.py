@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcft.launchers import LaunchCommand, LaunchContext
+from hpcft.launchers.base import LaunchCommand, LaunchContext
 
 
 def build(ctx: LaunchContext) -> LaunchCommand:

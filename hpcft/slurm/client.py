@@ -1,21 +1,28 @@
-"""The only module that runs SLURM's commands (sbatch, squeue, sacct, scancel).
+"""The only module that runs SLURM's commands (sbatch, squeue, sacct, scancel, scontrol).
 
 Reading (running a command) is kept apart from parsing (pure functions of the text, tested with
-recorded real output). A failing command raises ``SubmissionError`` with argv, exit code and stderr.
+output recorded on the lab cluster, ``tests/data/slurm/``). Every command goes through one
+``Runner``, ``run_process`` unless a caller (a test) passes another. A failing command raises
+``SubmissionError`` with argv, exit code and stderr. This module decides nothing about runs.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from hpcft.errors import SubmissionError
 
+log = logging.getLogger(__name__)
+
 SQUEUE_FORMAT = "%i|%T|%M|%D|%R"
 SACCT_FIELDS = "JobID,State,Elapsed,NNodes,NodeList,ExitCode"
-# A job stays in squeue a while after it ends (MinJobAge), and reaches sacct a moment after.
+# squeue lists only jobs that can still run (its default --states), so ended jobs come from sacct.
 ENDED = {
     "COMPLETED",
     "FAILED",
@@ -28,6 +35,8 @@ ENDED = {
     "DEADLINE",
     "REVOKED",
 }
+# Ids hpcft asks about: a job "123" or an array task "123_4" (never a pending range "123_[1-2%1]").
+_JOB_ID = re.compile(r"\d+(_\d+)?")
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,19 @@ class JobState:
 
     @property
     def ended(self) -> bool:
-        """True once the job can no longer run (requeued jobs go back to PENDING)."""
+        """True once the job can no longer run (requeued jobs go back to PENDING, sacct: REQUEUED)."""
         return self.state in ENDED
+
+
+class Runner(Protocol):
+    """Runs one command as ``subprocess.run`` does, including its FileNotFoundError / TimeoutExpired."""
+
+    def __call__(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]: ...
+
+
+def run_process(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The default ``Runner``: the one subprocess call on hpcft's SLURM side."""
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def sbatch_available() -> bool:
@@ -52,10 +72,10 @@ def sbatch_available() -> bool:
     return shutil.which("sbatch") is not None
 
 
-def run(argv: Sequence[str], *, timeout: float = 60, hint: str | None = None) -> str:
+def run(argv: Sequence[str], *, timeout: float = 60, hint: str | None = None, runner: Runner | None = None) -> str:
     """Run a SLURM command, return stdout; raise ``SubmissionError`` on failure."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = (runner or run_process)(argv, timeout)
     except FileNotFoundError:
         raise SubmissionError(argv, 127, f"{argv[0]}: command not found", hint or "is SLURM installed here?") from None
     except subprocess.TimeoutExpired:
@@ -65,70 +85,94 @@ def run(argv: Sequence[str], *, timeout: float = 60, hint: str | None = None) ->
     return proc.stdout
 
 
-def parse_sbatch_parsable(text: str) -> str:
-    """``sbatch --parsable`` prints ``JOBID`` or ``JOBID;CLUSTER``: return the job id."""
-    line = text.strip().splitlines()[-1] if text.strip() else ""
-    job_id = line.split(";")[0].strip()
+def parse_sbatch_parsable(text: str, argv: Sequence[str] = ("sbatch", "--parsable")) -> str:
+    """Return the job id that ``sbatch --parsable`` printed as ``JOBID`` or ``JOBID;CLUSTER``.
+
+    Only the last line is read: a site's sbatch wrapper may print notices before it.
+
+    Raises:
+        SubmissionError: no job id in ``text``; sbatch exited 0, so a job may be queued all the same.
+    """
+    lines = text.strip().splitlines()
+    job_id = lines[-1].split(";")[0].strip() if lines else ""
     if not job_id.isdigit():
-        raise ValueError(f"unexpected sbatch --parsable output: {text!r}")
+        got = f"unreadable output: expected `JOBID` or `JOBID;CLUSTER` on the last line, got {text!r}"
+        hint = (
+            "sbatch exited 0, so a job may be queued although hpcft has no record of it: find it with "
+            "`squeue --me` and `scancel` it; hpcft needs `sbatch --parsable`, unchanged by site wrappers"
+        )
+        raise SubmissionError(argv, 0, got, hint)
     return job_id
 
 
-def submit(argv: Sequence[str]) -> str:
+def submit(argv: Sequence[str], *, runner: Runner | None = None) -> str:
     """Run ``sbatch --parsable …`` and return the job id."""
-    out = run(argv, hint="nothing was submitted and the run directory was removed; `hpcft plan` shows the script")
-    return parse_sbatch_parsable(out)
+    hint = "nothing was submitted and the run directory was removed; `hpcft plan` shows the script"
+    return parse_sbatch_parsable(run(argv, hint=hint, runner=runner), argv)
 
 
 def parse_squeue(text: str) -> dict[str, JobState]:
-    """Parse ``squeue -h -o SQUEUE_FORMAT`` lines."""
+    """Parse ``squeue -h -o SQUEUE_FORMAT`` lines, keyed by ``%i`` (``12``, ``10_0``, ``10_[1-2%1]``)."""
     out = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 5:
-            out[parts[0]] = JobState(parts[0], parts[1], parts[2], parts[3], parts[4])
+    for fields in _split(text, 5, "squeue"):
+        out[fields[0]] = JobState(*fields)
     return out
 
 
 def parse_sacct(text: str) -> dict[str, JobState]:
-    """Parse ``sacct -X -n -P -o SACCT_FIELDS`` lines (states like ``CANCELLED by 0`` are cut)."""
+    """Parse ``sacct -X -n -P -o SACCT_FIELDS`` lines, keyed by JobID; the last line of an id wins.
+
+    With ``--duplicates`` sacct prints a requeued job once per run, oldest first (``REQUEUED``, then
+    the newest run's state). Steps (``8.batch``, ``8.extern``, ``8.0``; absent with ``-X``) are
+    skipped; ``CANCELLED by 0`` is cut to ``CANCELLED``.
+    """
     out = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 6:
-            state = parts[1].split()[0] if parts[1] else "UNKNOWN"
-            out[parts[0]] = JobState(parts[0], state, parts[2], parts[3], parts[4], parts[5])
+    for job_id, state, *rest in _split(text, 6, "sacct"):
+        if "." not in job_id:
+            out[job_id] = JobState(job_id, state.split()[0] if state else "UNKNOWN", *rest)
     return out
 
 
-def query_jobs(job_ids: Sequence[str]) -> dict[str, JobState]:
+def _split(text: str, n: int, command: str) -> list[list[str]]:
+    """The ``|``-separated lines of ``text`` with ``n`` fields; others are logged and skipped."""
+    rows = []
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == n:
+            rows.append(fields)
+        elif line.strip():
+            log.warning("skipped a %s line with %d fields instead of %d: %r", command, len(fields), n, line)
+    return rows
+
+
+def query_jobs(job_ids: Sequence[str], *, runner: Runner | None = None) -> dict[str, JobState]:
     """State of each job: squeue while it is known there, sacct once it has left or ended."""
-    ids = [j for j in job_ids if j.isdigit()]
+    ids = [j for j in job_ids if _JOB_ID.fullmatch(j)]
     if not ids:
         return {}
-    joined = ",".join(ids)
-    # squeue exits 1 for ids it no longer knows; that is an answer, not an error.
-    live = _quiet(["squeue", "-h", "-j", joined, "-o", SQUEUE_FORMAT], parse_squeue)
+    live = _query(["squeue", "-h", "-j", ",".join(ids), "-o", SQUEUE_FORMAT], parse_squeue, runner)
     missing = [j for j in ids if j not in live or live[j].ended]
-    done = (
-        _quiet(["sacct", "-X", "-n", "-P", "-j", ",".join(missing), "-o", SACCT_FIELDS], parse_sacct) if missing else {}
-    )
+    if not missing:
+        return live
+    done = _query(["sacct", "-X", "-n", "-P", "-j", ",".join(missing), "-o", SACCT_FIELDS], parse_sacct, runner)
     return {**live, **done}
 
 
-def _quiet(argv: list[str], parse) -> dict[str, JobState]:
+def _query(argv: list[str], parse: Callable[[str], dict[str, JobState]], runner: Runner | None) -> dict[str, JobState]:
+    """Parse what a query printed; no answer is an empty answer (the caller shows UNKNOWN)."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        proc = (runner or run_process)(argv, 30)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return {}
+    # squeue exits 1 ("Invalid job id specified") when it knows none of the ids: an answer, not an error.
     return parse(proc.stdout)
 
 
-def cancel(job_id: str) -> None:
+def cancel(job_id: str, *, runner: Runner | None = None) -> None:
     """``scancel JOBID``."""
-    run(["scancel", job_id])
+    run(["scancel", job_id], runner=runner)
 
 
-def requeue(job_id: str) -> None:
+def requeue(job_id: str, *, runner: Runner | None = None) -> None:
     """``scontrol requeue JOBID`` (the job must have been submitted with ``--requeue``)."""
-    run(["scontrol", "requeue", job_id])
+    run(["scontrol", "requeue", job_id], runner=runner)

@@ -114,6 +114,23 @@ class ClusterEnv:
             master_port=int(env.get("MASTER_PORT", PORT_BASE)),
         )
 
+    @classmethod
+    def preview(cls, nodes: int, gpus_per_node: int | None) -> ClusterEnv:
+        """The allocation as node 0 will see it, with placeholder host names and job id (for plans)."""
+        return cls(
+            job_id="JOBID",
+            hosts=tuple(f"<node{i}>" for i in range(nodes)),
+            node_rank=0,
+            master_host="<node0>",
+            master_port=master_port("0", {}),
+            gpus_on_node=gpus_per_node or None,
+        )
+
+
+def node_name(env: Mapping[str, str]) -> str:
+    """This node's name as SLURM knows it (``SLURMD_NODENAME``), else the hostname: the one derivation."""
+    return env.get(SLURM_VARS["node_name"]) or socket.gethostname()
+
 
 def expand_hosts(nodelist: str) -> list[str]:
     """``"gpu[001-002],cpu3"`` → ``["gpu001", "gpu002", "cpu3"]`` (python-hostlist)."""

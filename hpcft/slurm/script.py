@@ -15,12 +15,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import jinja2
 
 from hpcft import __version__
-from hpcft.resources import data_dir
 from hpcft.spec import ResourceSpec
+
+_PKG = Path(__file__).resolve().parent.parent
 
 _SBATCH_SPECIAL = set(' \t"\\#')
 _SBATCH_ESCAPE = set('"\\#')
@@ -158,10 +160,18 @@ def make_context(
     )
 
 
+def templates_dir() -> Path:
+    """``sbatch_templates/``: inside the package in a wheel (mapped at build time), else the repository's."""
+    for candidate in (_PKG / "sbatch_templates", _PKG.parent / "sbatch_templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"hpcft's sbatch_templates folder is missing from this installation ({_PKG})")
+
+
 def render_sbatch(ctx: ScriptContext) -> str:
     """Render ``ctx.template`` with ``StrictUndefined`` (a missing value is an error, not blank)."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_dir("sbatch_templates"))),
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -2,7 +2,7 @@
 
 The one place that maps the spec to Trainer settings (precision, schedule, clipping, logging levels,
 NEFTune, checkpointing, compile). It also prepares DeepSpeed on this rank, in the order that works:
-read ``RUN/ds_config.json`` (``hpcft.zero``'s output, the single source), adapt it to a CPU-only node
+read ``RUN/ds_config.json`` (``hpcft.plan.deepspeed``'s output, the single source), adapt it to a CPU-only node
 (``cpu_workarounds``), check the NVMe swap directory, start DeepSpeed's process group — all before
 ``TrainingArguments`` exists, because with ZeRO-3 creating it switches on zero.Init for the model.
 """
@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hpcft import zero
 from hpcft.errors import ConfigError
+from hpcft.plan import deepspeed as zero
 from hpcft.spec import JobSpec
 from hpcft.train import cpu_workarounds
 
@@ -137,12 +137,12 @@ def nvme_swap_bytes(config: dict[str, Any], sizes: list[int], precision: str) ->
     """Bytes this node writes to NVMe: per-rank partitions x ranks on the node, params and optimizer states."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("NPROC_PER_NODE") or world)
-    zero_cfg = config.get("zero_optimization") or {}
+    optimizer_device, param_device = zero.config_offload_devices(config)
     numel = sum(sizes)
     out = {"params": 0, "optimizer": 0, "largest_partition": max(sizes, default=0) // world}
-    if (zero_cfg.get("offload_param") or {}).get("device") == "nvme":
+    if param_device == "nvme":
         out["params"] = numel // world * (2 if precision in ("bf16", "fp16") else 4) * local
-    if (zero_cfg.get("offload_optimizer") or {}).get("device") == "nvme":
+    if optimizer_device == "nvme":
         out["optimizer"] = numel // world * 16 * local  # fp32 master weights, gradients, Adam's two moments
     return out
 
@@ -181,7 +181,7 @@ def _nvme_dir_problem(d: Path, need_bytes: float) -> str | None:
     host = os.uname().nodename
     if not d.exists() and d.parent.is_dir():
         try:
-            d.mkdir(exist_ok=True)  # the run's own folder under the node's NVMe directory (hpcft.zero)
+            d.mkdir(exist_ok=True)  # the run's own folder under the node's NVMe directory (hpcft.plan.deepspeed)
         except OSError as e:
             return f"cannot create {d} on {host}: {e.strerror}"
     if not d.is_dir():

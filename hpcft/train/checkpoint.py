@@ -1,7 +1,7 @@
 """Checkpoints of a training run: staging, commit after every save, resume point, the run's end.
 
 The Trainer writes ``checkpoint-N`` into ``CHECKPOINTS/.staging``; ``CommitCallback`` waits for
-every rank (barrier) and has rank 0 commit it (``hpcft.checkpoints.commit``: manifest, marker last,
+every rank (barrier) and has rank 0 commit it (``hpcft.rundir.checkpoints.commit``: manifest, marker last,
 atomic rename, rotation). A requeued or resumed job continues from the newest *complete* checkpoint.
 """
 
@@ -12,11 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
-from hpcft import checkpoints, runs
-from hpcft.checkpoints import checkpoints_dir
 from hpcft.errors import HpcftError
+from hpcft.rundir import checkpoints, layout, store
+from hpcft.rundir.checkpoints import checkpoints_dir
+from hpcft.rundir.layout import RESUME_FROM_FILE
 from hpcft.spec import JobSpec
-from hpcft.train_files import RESUME_FROM_FILE
 
 log = logging.getLogger("hpcft.train")
 
@@ -59,7 +59,7 @@ def make_commit_callback(spec: JobSpec, run: Path, world_size: int):
                                           zero_stage=spec.train.zero)  # fmt: skip
                 removed = checkpoints.rotate(final, spec.train.save_total_limit)
                 seconds = round(time.time() - self.t_save, 2) if self.t_save else None
-                runs.update_state(run, lambda s: s.update(last_save_seconds=seconds))
+                store.update_state(run, lambda s: s.update(last_save_seconds=seconds))
                 log.info("committed %s in %ss%s", path.name, seconds,
                          f", removed {', '.join(p.name for p in removed)}" if removed else "")  # fmt: skip
             _barrier()
@@ -102,5 +102,5 @@ def finish(trainer, run: Path) -> None:
     """Save the final model to ``RUN/model`` and mark the run ``FINISHED`` (rank 0 writes the marker)."""
     trainer.save_model(str(run / "model"))
     if trainer.is_world_process_zero():
-        runs.write_atomic(run / runs.FINISHED_FILE, f"{trainer.state.global_step}\n")
+        store.write_atomic(run / layout.FINISHED_FILE, f"{trainer.state.global_step}\n")
         log.info("finished at step %d", trainer.state.global_step)

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpcft.errors import ConfigError
+from hpcft.plan.deepspeed import config_offload_devices
 
 if TYPE_CHECKING:
     from hpcft.spec import TrainSpec
@@ -99,10 +100,10 @@ def adapt_ds_config(config: dict[str, Any], cuda: bool, generated: bool) -> tupl
         return out, []
     changes: list[str] = []
     zero = out.get("zero_optimization") or {}
-    offload = any((zero.get(k) or {}).get("device", "none") != "none" for k in ("offload_optimizer", "offload_param"))
-    if offload:
+    optimizer_device, param_device = config_offload_devices(out)
+    if (optimizer_device, param_device) != ("none", "none"):
         changes += _torch_optimizer_with_offload(out, generated)
-    if (zero.get("offload_param") or {}).get("device") == "nvme":
+    if param_device == "nvme":
         changes += _nvme_param_swap_fixes(zero)
     return out, changes
 

@@ -39,8 +39,6 @@ def patch_deepspeed_nvme_resume() -> None:
        and ``reset_swap_buffers`` use), which swaps them out to NVMe.
     """
     import deepspeed
-    import torch
-    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS, LOSS_SCALER, OPTIMIZER_STATE_DICT
     from deepspeed.runtime.engine import DeepSpeedEngine
     from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3 as Stage3
 
@@ -55,9 +53,16 @@ def patch_deepspeed_nvme_resume() -> None:
             "(deepspeedai/DeepSpeed#4707)",
             hint=f"pip install deepspeed=={VERIFIED_DEEPSPEED}, or offload to cpu instead of nvme",
         )
+    load_checkpoint = _patched_load_checkpoint(DeepSpeedEngine.load_checkpoint)
+    load_checkpoint._hpcft_nvme_resume = True
+    DeepSpeedEngine.load_checkpoint = load_checkpoint
+    Stage3._rigid_load_state_dict = _patched_rigid_load(Stage3._rigid_load_state_dict)
 
-    original_load = DeepSpeedEngine.load_checkpoint
-    original_rigid = Stage3._rigid_load_state_dict
+
+def _patched_load_checkpoint(original_load):
+    """``DeepSpeedEngine.load_checkpoint`` that also restores NVMe-swapped optimizer state (fix 1)."""
+    import torch
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
 
     def load_checkpoint(self, load_dir, tag=None, *args, **kwargs):
         load_path, client_state = original_load(self, load_dir, tag, *args, **kwargs)
@@ -68,47 +73,60 @@ def patch_deepspeed_nvme_resume() -> None:
             _restore_swapped_optimizer(self.optimizer, saved[OPTIMIZER_STATE_DICT])
         return load_path, client_state
 
-    def _restore_swapped_optimizer(opt, sd) -> None:
-        opt.checkpoint_event_prologue()  # release gathered params (persistent ones too)
-        opt.loss_scaler, opt.dynamic_loss_scale, opt.overflow = (
-            sd[LOSS_SCALER],
-            sd["dynamic_loss_scale"],
-            sd["overflow"],
-        )
-        saved_state = sd[OPTIMIZER_STATE_DICT]["state"]
-        # param-group hyperparameters, as torch's Optimizer.load_state_dict does: the restored LR scheduler
-        # sets 'lr' only at its next step, so without this the first resumed step runs at the initial lr
-        for group, saved_group in zip(
-            opt.optimizer.param_groups, sd[OPTIMIZER_STATE_DICT]["param_groups"], strict=True
-        ):
-            group.update({k: v for k, v in saved_group.items() if k != "params"})
-        # optimizer.state_dict() numbers params in param_groups order; _set_fp32_optimizer_param_groups
-        # appends sub-group i to param group sub_group_to_group_id[i]
-        order = [
-            i
-            for g in range(len(opt.optimizer.param_groups))
-            for i in range(len(opt.fp16_groups))
-            if opt.sub_group_to_group_id[i] == g
-        ]
+    return load_checkpoint
+
+
+def _restore_swapped_optimizer(opt, sd) -> None:
+    """Restore loss scaling, param-group hyperparameters and every sub-group's state from ``sd``."""
+    from deepspeed.checkpoint.constants import LOSS_SCALER, OPTIMIZER_STATE_DICT
+
+    opt.checkpoint_event_prologue()  # release gathered params (persistent ones too)
+    opt.loss_scaler, opt.dynamic_loss_scale, opt.overflow = (sd[LOSS_SCALER], sd["dynamic_loss_scale"], sd["overflow"])
+    saved_state = sd[OPTIMIZER_STATE_DICT]["state"]
+    # param-group hyperparameters, as torch's Optimizer.load_state_dict does: the restored LR scheduler
+    # sets 'lr' only at its next step, so without this the first resumed step runs at the initial lr
+    for group, saved_group in zip(opt.optimizer.param_groups, sd[OPTIMIZER_STATE_DICT]["param_groups"], strict=True):
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+    # optimizer.state_dict() numbers params in param_groups order; _set_fp32_optimizer_param_groups
+    # appends sub-group i to param group sub_group_to_group_id[i]
+    order = [
+        i
+        for g in range(len(opt.optimizer.param_groups))
+        for i in range(len(opt.fp16_groups))
+        if opt.sub_group_to_group_id[i] == g
+    ]
+    for index, i in enumerate(order):
+        _restore_sub_group(opt, sd, i, saved_state.get(index, {}))
+    opt.checkpoint_event_epilogue()  # re-gather persistent params from the restored partitions
+
+
+def _restore_sub_group(opt, sd, i: int, saved: dict) -> None:
+    """One sub-group: register swapped state with the swapper, or copy in-RAM state and fp32 weights."""
+    import torch
+    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS
+
+    fp32 = opt.fp32_partitioned_groups_flat[i]
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
+    if opt._swappable_optimizer_subgroup(i):
         swapper = opt.optimizer_swapper
-        for index, i in enumerate(order):
-            fp32 = opt.fp32_partitioned_groups_flat[i]
-            state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved_state.get(index, {}).items()}
-            if opt._swappable_optimizer_subgroup(i):
-                info = swapper._get_param_swap_info(fp32)
-                for k, v in state.items():
-                    if torch.is_tensor(v) and v.numel() == 0:  # swapped at save time: data is in the copied file
-                        state[k] = torch.empty(info.numel(), dtype=fp32.dtype, device=fp32.device)
-                opt.optimizer.state[fp32] = state
-                info.tensors, info.has_state_tensors = info.tensors[:1], False
-                swapper._update_param_state_info(info, fp32)  # -> exp_avg-<ds_id>.tensor.swp etc.
-                for context in info.tensors[1:]:
-                    context.release_memory()  # empty until the next swap-in reads the copied file
-            else:  # state and fp32 master weights of in-RAM sub-groups: not in offloaded_tensors
-                opt.optimizer.state[fp32] = state
-                fp32.data.copy_(sd[FP32_FLAT_GROUPS][i].data)
-                opt._reassign_or_swap_out_partitioned_parameters(i)
-        opt.checkpoint_event_epilogue()  # re-gather persistent params from the restored partitions
+        info = swapper._get_param_swap_info(fp32)
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.numel() == 0:  # swapped at save time: data is in the copied file
+                state[k] = torch.empty(info.numel(), dtype=fp32.dtype, device=fp32.device)
+        opt.optimizer.state[fp32] = state
+        info.tensors, info.has_state_tensors = info.tensors[:1], False
+        swapper._update_param_state_info(info, fp32)  # -> exp_avg-<ds_id>.tensor.swp etc.
+        for context in info.tensors[1:]:
+            context.release_memory()  # empty until the next swap-in reads the copied file
+    else:  # state and fp32 master weights of in-RAM sub-groups: not in offloaded_tensors
+        opt.optimizer.state[fp32] = state
+        fp32.data.copy_(sd[FP32_FLAT_GROUPS][i].data)
+        opt._reassign_or_swap_out_partitioned_parameters(i)
+
+
+def _patched_rigid_load(original_rigid):
+    """``Stage3._rigid_load_state_dict`` that swaps parameter partitions without a CPU buffer out (fix 2)."""
+    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS, LOSS_SCALER, OPTIMIZER_STATE_DICT
 
     def _rigid_load_state_dict(self, state_dict, load_optimizer_states=True):
         if self.swap_optimizer or all(f is not None for f in self.fp16_partitioned_groups_flat):
@@ -129,16 +147,15 @@ def patch_deepspeed_nvme_resume() -> None:
             if fp32.numel() > 0:
                 self._reassign_or_swap_out_partitioned_parameters(i)  # copy + unflatten, or swap out to NVMe
 
-    load_checkpoint._hpcft_nvme_resume = True
-    DeepSpeedEngine.load_checkpoint = load_checkpoint
-    Stage3._rigid_load_state_dict = _rigid_load_state_dict
+    return _rigid_load_state_dict
 
 
 def patch_if_nvme(trainer) -> bool:
     """Apply the patch when the Trainer's DeepSpeed config offloads anything to NVMe; True if applied."""
     hf_config = getattr(trainer.args, "hf_deepspeed_config", None)
-    zero = ((hf_config.config if hf_config else None) or {}).get("zero_optimization") or {}
-    if any((zero.get(key) or {}).get("device") == "nvme" for key in ("offload_optimizer", "offload_param")):
+    from hpcft.plan.deepspeed import config_offload_devices
+
+    if "nvme" in config_offload_devices(hf_config.config if hf_config else None):
         patch_deepspeed_nvme_resume()
         return True
     return False

@@ -17,8 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hpcft import checkpoints, runs
 from hpcft.errors import HpcftError
+from hpcft.rundir import checkpoints, store
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -27,7 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def pick_checkpoint(run: Path, step: int | None) -> Path:
     """``checkpoint-STEP`` (validated) or the newest complete checkpoint of the run."""
-    spec = runs.load_run_spec(run)
+    spec = store.load_run_spec(run)
     base = checkpoints.checkpoints_dir(spec, run)
     if step is not None:
         path = base / f"{checkpoints.PREFIX}{step}"
@@ -96,7 +96,7 @@ def _export_lora(run: Path, ckpt: Path, out: Path, merge: bool, dtype) -> None:
     from peft import PeftModel
 
     base_path = json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    base_path = base_path or runs.load_run_spec(run).train.model
+    base_path = base_path or store.load_run_spec(run).train.model
     model = PeftModel.from_pretrained(_load(Path(base_path), dtype), ckpt)
     if merge:
         _save_model(model.merge_and_unload(), out, dtype)
@@ -105,7 +105,7 @@ def _export_lora(run: Path, ckpt: Path, out: Path, merge: bool, dtype) -> None:
 
 
 def _copy_tokenizer(ckpt: Path, run: Path, out: Path) -> None:
-    spec = runs.load_run_spec(run)
+    spec = store.load_run_spec(run)
     for src in (ckpt, Path(spec.train.tokenizer or spec.train.model or ckpt)):
         found = [f for f in TOKENIZER_FILES if (src / f).is_file()]
         if found:

@@ -11,13 +11,13 @@ import errno
 import logging
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
-from hpcft import checkpoints, runs
 from hpcft.errors import HpcftError
-from hpcft.train_files import FATAL_FILE
+from hpcft.rundir import checkpoints, layout, store
+from hpcft.rundir.layout import FATAL_FILE
+from hpcft.slurm.env import node_name
 
 log = logging.getLogger("hpcft.train")
 
@@ -31,7 +31,7 @@ def setup_logging(run: Path) -> None:
     """Every rank appends to its own log file; rank 0 also writes to the console."""
     import transformers
 
-    logs = run / runs.LOGS_DIR
+    logs = run / layout.LOGS_DIR
     logs.mkdir(exist_ok=True)
     handler = logging.FileHandler(logs / f"rank-{rank()}.log")
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank()} %(name)s %(levelname)s %(message)s"))
@@ -56,7 +56,7 @@ def setup_logging(run: Path) -> None:
         "rank %d of %s on %s: job %s restart %s pid %d",
         rank(),
         os.environ.get("WORLD_SIZE", "1"),
-        socket.gethostname(),
+        node_name(os.environ),
         job,
         os.environ.get("HPCFT_RESTART_COUNT", "0"),
         os.getpid(),
@@ -71,7 +71,7 @@ def train(run: Path) -> None:
     from hpcft.train.args import deepspeed_setup, training_arguments
     from hpcft.train.metrics import make_metrics_callback
 
-    spec = runs.load_run_spec(run)
+    spec = store.load_run_spec(run)
     ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
     args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)
     tokenizer = model.load_tokenizer(spec)
@@ -140,13 +140,13 @@ def is_disk_full(error: BaseException, run: Path) -> bool:
 
 def discard_staging(run: Path) -> None:
     """Remove the staging directory of an interrupted save."""
-    spec = runs.load_run_spec(run)
+    spec = store.load_run_spec(run)
     shutil.rmtree(checkpoints.checkpoints_dir(spec, run) / checkpoints.STAGING, ignore_errors=True)
 
 
 def disk_full_message(run: Path) -> str:
     """What a user needs when a save hits a full filesystem: where, what survived, what to do."""
-    spec = runs.load_run_spec(run)
+    spec = store.load_run_spec(run)
     base = checkpoints.checkpoints_dir(spec, run)
     info = checkpoints.newest_complete(base, validate=False)
     kept = f"the newest complete checkpoint is intact: {info.path}" if info else "no complete checkpoint exists yet"
@@ -184,7 +184,7 @@ def main(argv: list[str]) -> None:
         else:
             log.exception("training failed on rank %d", rank())
             if isinstance(e, HpcftError) and rank() == 0:  # a configuration problem: a requeue cannot fix it
-                runs.write_atomic(run / FATAL_FILE, f"configuration error: {e.message}\n")
+                store.write_atomic(run / FATAL_FILE, f"configuration error: {e.message}\n")
         exit_cleanly(1)
     exit_cleanly(0)
 

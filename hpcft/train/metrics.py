@@ -14,14 +14,14 @@ import os
 import time
 from pathlib import Path
 
-from hpcft import runs
+from hpcft.rundir import layout
 
 
 def make_metrics_callback(run: Path):
     """A TrainerCallback appending step, loss, tokens/s and elapsed time to metrics.jsonl (rank 0)."""
     from transformers import TrainerCallback
 
-    path = run / runs.METRICS_FILE
+    path = run / layout.METRICS_FILE
 
     def append(record: dict) -> None:
         with open(path, "a") as f:

@@ -14,8 +14,8 @@ import logging
 import signal
 from pathlib import Path
 
-from hpcft import runs
-from hpcft.train_files import PREEMPT_FILE, REQUEUE_FILE
+from hpcft.rundir import store
+from hpcft.rundir.layout import PREEMPT_FILE, REQUEUE_FILE
 
 log = logging.getLogger("hpcft.train")
 
@@ -62,4 +62,4 @@ def _agree(local: bool) -> bool:
 
 def mark_requeue(run: Path, step: int) -> None:
     """Record that the job stopped on purpose after saving step ``step`` (read by ``hpcft after-job``)."""
-    runs.write_atomic(run / REQUEUE_FILE, f"{step}\n")
+    store.write_atomic(run / REQUEUE_FILE, f"{step}\n")

@@ -157,7 +157,7 @@ def test_d_full_filesystem_keeps_earlier_checkpoints(lab, demo_dir, tmp_path):
         (run,) = [p.parent for p in fs.glob("*/spec.yaml")]
         assert status(run)["state"] == "FAILED"
         ok = run / "checkpoints" / "checkpoint-10"
-        from hpcft import checkpoints
+        from hpcft.rundir import checkpoints
 
         assert checkpoints.problem(ok) is None, "the earlier checkpoint was damaged"
         out = hpcft("logs", str(run)).stdout

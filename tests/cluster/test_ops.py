@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcft import plot, runs
+from hpcft.ops import plot
+from hpcft.rundir import store as runs
 from tests.conftest import hpcft, wait_until
 
 pytestmark = pytest.mark.cluster

@@ -290,7 +290,7 @@ def test_second_build_is_a_cache_hit_without_tokenizing(tmp_path, tok, data, mon
         def no_tokenizing(*args, **kwargs):
             raise AssertionError("tokenized again on a cache hit")
 
-        monkeypatch.setattr(data, "tokenize_rows", no_tokenizing)
+        monkeypatch.setattr(data.pipeline, "tokenize_rows", no_tokenizing)
         second = data.cached_dataset(path, tok, opts, tmp_path / "cache")
     assert f"data cache miss {key}" in caplog.text and f"data cache hit {key}" in caplog.text
     assert marker.stat().st_mtime_ns == built and second[:] == first[:]
@@ -320,7 +320,7 @@ def test_other_ranks_wait_for_rank_0_and_never_build(tmp_path, tok, data, monkey
     opts = data.DataOptions("alpaca", 64, True, False)
     ready = data.build_dataset(path, tok, opts)
     entry = tmp_path / "cache" / data.cache_key(path, tok, opts)
-    monkeypatch.setattr(data, "build_dataset", lambda *a: pytest.fail("rank 1 built the cache"))
+    monkeypatch.setattr(data.cache, "build_dataset", lambda *a: pytest.fail("rank 1 built the cache"))
     with pytest.raises(HpcftError, match="which global rank 0 builds"):
         data.cached_dataset(path, tok, opts, tmp_path / "cache", rank=1, wait_s=0.2, poll_s=0.05)
     rank0 = threading.Timer(0.3, data.publish, (ready, entry))

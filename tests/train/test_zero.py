@@ -223,7 +223,7 @@ def test_recipe_options_reach_the_trainer(ds_ops, demo_dir, tmp_path):
 
 PROBE = """\
 import sys
-from hpcft import zero
+from hpcft.plan import deepspeed as zero
 from hpcft.spec import build_spec
 from hpcft.train import cpu_workarounds as cw
 from hpcft.train.dist import exit_cleanly

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from hpcft import accel_config
+from hpcft.tools import accel_config
 from tests.conftest import check_golden, hpcft
 
 CASES = {

@@ -13,8 +13,10 @@ HEAVY = ("torch", "transformers", "deepspeed", "datasets", "peft", "accelerate",
 def test_cli_imports_no_heavy_library():
     # Import every module the CLI path uses, then check none of the heavy ones came along.
     code = (
-        "import sys, hpcft.cli, hpcft.plan, hpcft.monitor, hpcft.backends.sbatch, hpcft.backends.local, "
-        "hpcft.node, hpcft.logs, hpcft.config, hpcft.memory, hpcft.plot, hpcft.doctor\n"
+        "import sys, hpcft.cli, hpcft.plan.pipeline, hpcft.plan.resume, hpcft.ops.status, hpcft.backends.sbatch, "
+        "hpcft.backends.local, hpcft.backends.actions, hpcft.node.agent, hpcft.node.after_job, hpcft.ops.logs, "
+        "hpcft.spec.layering, hpcft.plan.memory, hpcft.ops.plot, hpcft.tools.doctor, hpcft.tools.accel_config, "
+        "hpcft.launchers.torchrun, hpcft.launchers.deepspeed, hpcft.launchers.accelerate, hpcft.launchers.srun\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

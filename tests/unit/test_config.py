@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcft.config import load_job, parse_overrides
 from hpcft.errors import ConfigError
 from hpcft.spec import JobSpec, build_spec, spec_to_dict
+from hpcft.spec.layering import load_job, parse_overrides
 
 
 def write(tmp_path: Path, data: dict, name: str = "job.yaml") -> Path:

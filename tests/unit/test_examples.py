@@ -10,7 +10,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hpcft import cli, config
+from hpcft import cli
+from hpcft.spec import layering as config
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 JOBS = sorted(p for p in CONFIGS.glob("*.yaml") if p.read_text().startswith("# hpcft submit"))

@@ -9,10 +9,11 @@ import pytest
 
 from hpcft.backends.submitit import executor_parameters
 from hpcft.errors import LaunchError
-from hpcft.launchers import SHAPES, LaunchContext, build_launch, hostfile_text
+from hpcft.launchers.base import LAUNCHERS as REGISTRY
+from hpcft.launchers.base import SHAPES, LaunchContext, build_launch, hostfile_text
 from hpcft.launchers.deepspeed import deepspeed_env_text
-from hpcft.node import parse_ip_addr, subnet_of
-from hpcft.plan import make_plan
+from hpcft.node.agent import parse_ip_addr, subnet_of
+from hpcft.plan.plan import make_plan
 from hpcft.slurm.env import ClusterEnv, torch_rank_env
 from hpcft.slurm.script import slurm_minutes
 from hpcft.spec import LAUNCHERS, build_spec
@@ -69,13 +70,21 @@ def test_torchrun_static_rendezvous_golden(request):
 
 @pytest.mark.parametrize("shape", ["head_node", "per_rank"])
 def test_scripts_of_other_shapes_match_golden(request, shape):
-    launcher = next(name for name, s in SHAPES.items() if s == shape)
+    launcher = next(name for name, entry in REGISTRY.items() if entry.shape == shape)
     plan = make_plan(spec_for(launcher), python=PY, now=datetime(2026, 1, 2, 3, 4, 5))
     check_golden(request, f"{shape}.sbatch", plan.files["job.sbatch"])
 
 
-def test_every_launcher_has_a_shape():
-    assert set(SHAPES) == set(LAUNCHERS)
+def test_every_registered_launcher_is_complete():
+    # One registry holds every fact of a launcher (the spec's choices are its names): each entry has
+    # a known shape, a checkable need, and a module with a build function.
+    import importlib
+
+    assert tuple(REGISTRY) == LAUNCHERS
+    for entry in REGISTRY.values():
+        assert entry.shape in SHAPES
+        assert entry.needs[0] in ("module", "program")
+        assert callable(importlib.import_module(entry.module).build)
 
 
 def test_srun_launcher_maps_slurm_tasks_to_ranks():

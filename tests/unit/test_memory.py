@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpcft import memory
 from hpcft.errors import ConfigError
+from hpcft.plan import memory
 
 GiB = 1024**3
 

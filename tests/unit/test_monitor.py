@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from hpcft import doctor, logs, monitor, plot
-from hpcft.train import doctor_fs
+from hpcft.ops import logs, plot
+from hpcft.ops import status as monitor
+from hpcft.tools import doctor, doctor_fs
 
 # What hpcft.train.metrics writes: a first job, requeued once (restart 1) from checkpoint 10, then a resume job.
 METRICS = [

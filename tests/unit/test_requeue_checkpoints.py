@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hpcft import checkpoints
-from hpcft.requeue import DEFAULT_LEAD, decide, signal_lead
+from hpcft.plan.requeue import DEFAULT_LEAD, decide, signal_lead
+from hpcft.rundir import checkpoints
 
 BASE = dict(finished=False, saved_for_requeue=False, cancelled=False, requeue_allowed=True, failures=0,
             max_failures=2)  # fmt: skip

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from hpcft.launchers import LaunchContext, build_launch
-from hpcft.plan import make_plan, resolve_backend
+from hpcft.launchers.base import LaunchContext, build_launch
+from hpcft.plan.plan import make_plan, resolve_backend
 from hpcft.slurm.env import ClusterEnv
 from hpcft.slurm.script import filename_pattern, sbatch_quote
 from hpcft.spec import build_spec

@@ -1,6 +1,6 @@
-"""DeepSpeed/accelerate config generation (hpcft.zero), its spec rules, and the CPU adaptations.
+"""DeepSpeed/accelerate config generation (hpcft.plan.deepspeed, launchers.accelerate), its rules, CPU adaptations.
 
-Expected configs are written out by hand from DeepSpeed's documented keys, not derived from hpcft.zero.
+Expected configs are written out by hand from DeepSpeed's documented keys, not derived from hpcft.plan.deepspeed.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from datetime import datetime
 import pytest
 import yaml
 
-from hpcft import zero
 from hpcft.errors import ConfigError
-from hpcft.plan import make_plan
+from hpcft.launchers import accelerate
+from hpcft.plan import deepspeed as zero
+from hpcft.plan.plan import make_plan
 from hpcft.spec import build_spec
 from hpcft.train import cpu_workarounds
 from hpcft.train.args import nvme_swap_bytes, recipe_arguments
@@ -158,7 +159,7 @@ def test_deepspeed_config_path_is_relative_to_the_job_file(tmp_path):
     user_json(tmp_path, USER)
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"train": {"model": "m", "data": {"train": "d"}, "deepspeed_config": "ds.json"}}))
-    from hpcft.config import load_job
+    from hpcft.spec.layering import load_job
 
     assert load_job(job).train.deepspeed_config == str(tmp_path / "ds.json")
 
@@ -168,7 +169,7 @@ def test_deepspeed_config_path_is_relative_to_the_job_file(tmp_path):
 
 def test_accelerate_yaml_carries_stage_and_offload_through_ds_config(request):
     spec = spec_of(zero=3, offload={"optimizer": "cpu", "param": "nvme", "nvme_path": "/local"}, precision="bf16")
-    text = zero.accelerate_config_text(spec, num_machines=2, num_processes=8)
+    text = accelerate.accelerate_config_text(spec, num_machines=2, num_processes=8)
     data = yaml.safe_load(text)
     assert data["distributed_type"] == "DEEPSPEED" and "mixed_precision" not in data  # both from the file
     assert data["deepspeed_config"] == {
@@ -178,13 +179,13 @@ def test_accelerate_yaml_carries_stage_and_offload_through_ds_config(request):
     }
     assert "# DeepSpeed ZeRO-3, offload optimizer cpu / param nvme, precision bf16" in text
     check_golden(request, "accelerate_zero3_offload.yaml", text)
-    plain = zero.accelerate_config(spec_of(precision="bf16"), num_machines=1, num_processes=2)
+    plain = accelerate.accelerate_config(spec_of(precision="bf16"), num_machines=1, num_processes=2)
     assert plain["distributed_type"] == "MULTI_GPU" and plain["mixed_precision"] == "bf16"
 
 
 def test_accelerate_yaml_with_the_user_json(tmp_path):
     path = user_json(tmp_path, USER)
-    text = zero.accelerate_config_text(spec_of(deepspeed_config=path), num_machines=1, num_processes=2)
+    text = accelerate.accelerate_config_text(spec_of(deepspeed_config=path), num_machines=1, num_processes=2)
     assert yaml.safe_load(text)["deepspeed_config"]["deepspeed_config_file"] == "ds_config.json"
     assert f"your config {path}, copied to ds_config.json" in text
 

@@ -1,0 +1,69 @@
+"""What every backend shares: submit into a new run directory, resubmit or resume into an existing one, cancel.
+
+Each backend's ``start`` hands a written run directory to the machines; these functions do the
+writing around it and undo it when starting fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcft.backends import base
+from hpcft.errors import RunError
+from hpcft.rundir import store
+from hpcft.rundir.layout import RESUME_FROM_FILE, STOP_MARKERS
+
+if TYPE_CHECKING:
+    from hpcft.plan.plan import Plan
+    from hpcft.plan.resume import ResumePlan
+
+
+def submit(plan: Plan) -> tuple[Path, str]:
+    """Write a new run directory and start the job; if starting fails, the directory is removed."""
+    run = store.write_run_dir(plan)
+    try:
+        return run, base.get(plan.backend).load().start(plan, run)
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def resubmit(plan: Plan) -> str:
+    """Rewrite an existing run's files (spec, script) and start a new job in it; restore them on failure."""
+    run = Path(plan.run_dir)
+    old = {name: (run / name).read_text() for name in plan.files if (run / name).is_file()}
+    for name, text in plan.files.items():
+        store.write_atomic(run / name, text)
+    try:
+        return base.get(plan.backend).load().start(plan, run)
+    except BaseException:
+        for name, text in old.items():
+            store.write_atomic(run / name, text)
+        raise
+
+
+def resume(rp: ResumePlan) -> str:
+    """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id."""
+    run = Path(rp.plan.run_dir)
+    for name in STOP_MARKERS:
+        (run / name).unlink(missing_ok=True)
+    pin = run / RESUME_FROM_FILE
+    if rp.explicit and rp.checkpoint:
+        store.write_atomic(pin, rp.checkpoint.path.name + "\n")
+    else:
+        pin.unlink(missing_ok=True)
+    store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
+    return resubmit(rp.plan)
+
+
+def cancel(run: Path) -> str:
+    """Cancel the newest job of a run and mark the run cancelled; return the job id."""
+    state = store.read_state(run)
+    if not state["jobs"]:
+        raise RunError(f"{run.name} has no job to cancel")
+    job = state["jobs"][-1]
+    store.update_state(run, lambda s: s.update(cancelled=True))
+    base.get(state["backend"]).load().cancel(job)
+    return job["id"]

@@ -1,0 +1,62 @@
+"""The ``hpcft`` group and what every command shares: error handling, the console, the runs dir."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+
+import click
+
+from hpcft import __version__
+from hpcft.errors import HpcftError
+
+RUNS_DIR_HELP = "directory holding runs [default: $HPCFT_RUNS_DIR or ./hpcft-runs]"
+
+
+def _handle_errors(fn):
+    """Turn ``HpcftError`` into a clean message and exit 1 (traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HpcftError as e:
+            if os.environ.get("HPCFT_DEBUG"):
+                raise
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _console(min_width: int = 160):
+    """A Rich console; when stdout is not a terminal (a pipe, a file), wide enough not to squash tables."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=max(shutil.get_terminal_size().columns, min_width))
+
+
+def _runs_dir(value: str | None) -> str:
+    from hpcft.spec.layering import default_runs_dir
+
+    return value or default_runs_dir()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpcft")
+@click.option("--debug", is_flag=True, help="show tracebacks for errors")
+def main(debug: bool) -> None:
+    """Run LLM fine-tuning jobs on SLURM clusters.
+
+    \b
+    Typical use:
+      hpcft init-demo demo                      # tiny model + data + demo/job.yaml
+      hpcft plan demo/job.yaml --nodes 2        # show the script and launch commands
+      hpcft submit demo/job.yaml --nodes 2 --wait
+      hpcft status                              # every run: state, step, loss
+      hpcft logs RUN -f                         # follow rank 0's output
+    """
+    if debug:
+        os.environ["HPCFT_DEBUG"] = "1"

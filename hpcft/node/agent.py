@@ -1,0 +1,147 @@
+"""``hpcft node RUN``: run once per node (by srun), once per job (head-node launchers), or once
+per rank (the ``srun`` launcher), and by the local runner.
+
+Preflight first — the run directory is visible here, the master resolves to a non-loopback
+address, the launcher exists (for pdsh: ssh reaches every host) — so a broken node ends the job
+at once with its name and the reason instead of hanging until a collective times out. Then it
+builds the launcher's command, writes its files into the run directory and execs it.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcft.errors import HpcftError, LaunchError
+from hpcft.launchers import base as launchers
+from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
+from hpcft.rundir import store
+from hpcft.rundir.layout import FATAL_FILE, SPEC_FILE
+from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
+
+
+def read_spec(run: Path, host: str) -> JobSpec:
+    """The run's spec; a node that cannot see the run directory says so."""
+    if not (run / SPEC_FILE).is_file():
+        raise LaunchError(
+            f"node {host}: cannot see the run directory {run}",
+            hint="the runs directory must be on a filesystem shared by all nodes (run.runs_dir)",
+        )
+    return store.load_run_spec(run)
+
+
+def prepare(run: Path, env: Mapping[str, str]) -> LaunchCommand:
+    """Preflight and decide this node's launch command."""
+    host = node_name(env)
+    spec = read_spec(run, host)
+    cluster = ClusterEnv.from_mapping(env)
+    master_addr = resolve_master(cluster) if cluster.in_slurm else cluster.master_host
+    check_launcher(spec, host)
+    network = None
+    if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
+        network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
+    python = spec.launch.python or sys.executable
+    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env)
+    if spec.launch.launcher == "deepspeed-pdsh":
+        check_ssh(cluster.hosts, host)
+    return build_launch(ctx)
+
+
+def check_launcher(spec: JobSpec, host: str) -> None:
+    """The launcher's module or program exists here (MVAPICH: the MVAPICH2-GDR build)."""
+    launcher = spec.launch.launcher
+    kind, name = launchers.get(launcher).needs
+    found = importlib.util.find_spec(name) is not None if kind == "module" else shutil.which(name) is not None
+    if not found:
+        what = f"Python module {name!r}" if kind == "module" else f"program {name!r}"
+        raise LaunchError(
+            f"node {host}: launcher {launcher} needs the {what}, which is not installed here",
+            hint="install it on every node, or choose another launcher (--launcher)",
+        )
+    if launcher == "deepspeed-mvapich":
+        out = _run_text(["mpiname"])
+        if "MVAPICH2-GDR" not in out:
+            raise LaunchError(
+                f"node {host}: launcher deepspeed-mvapich needs MVAPICH2-GDR; `mpiname` says {out.strip()!r}",
+                hint="DeepSpeed's MVAPICH runner accepts only MVAPICH2-GDR; use deepspeed-openmpi or deepspeed",
+            )
+
+
+def check_ssh(hosts: tuple[str, ...], here: str) -> None:
+    """Passwordless ssh to every host of the job works (pdsh needs it); name the ones that fail."""
+
+    def probe(host: str) -> tuple[str, int, str]:
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, "true"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return host, -1, str(e)
+        return host, proc.returncode, proc.stderr.strip()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        failed = [r for r in pool.map(probe, hosts) if r[1] != 0]
+    if failed:
+        detail = "; ".join(f"{h}: {err or f'exit {rc}'}" for h, rc, err in failed)
+        raise LaunchError(
+            f"node {here}: ssh to {len(failed)} host(s) failed, deepspeed-pdsh cannot start: {detail}",
+            hint="set up passwordless ssh between the nodes (keys, known_hosts), or use --launcher deepspeed",
+        )
+
+
+def parse_ip_addr(text: str) -> list[tuple[str, ipaddress.IPv4Interface]]:
+    """``ip -o -4 addr show`` → [(interface, address/prefix)]."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == "inet":
+            out.append((parts[1], ipaddress.IPv4Interface(parts[3])))
+    return out
+
+
+def subnet_of(addr: str, interfaces: list[tuple[str, ipaddress.IPv4Interface]]) -> str:
+    """The CIDR of the interface holding ``addr`` (the master's address on the head node)."""
+    for _, iface in interfaces:
+        if str(iface.ip) == addr:
+            return str(iface.network)
+    raise LaunchError(
+        f"cannot tell the network of the master address {addr}: no local interface has it",
+        hint="set launch.network_interface to the interface name or CIDR MPI should use (e.g. ib0 or 10.0.0.0/16)",
+    )
+
+
+def _run_text(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def exec_node(run: Path) -> None:
+    """Prepare, write the launcher's files, and replace this process with the launcher."""
+    try:
+        cmd = prepare(run, dict(os.environ))
+    except HpcftError as e:
+        # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
+        # marker tells after-job not to requeue: the same node would fail the same way again.
+        print(f"hpcft node: preflight failed: {e}", file=sys.stderr, flush=True)
+        if (run / SPEC_FILE).is_file():
+            store.write_atomic(run / FATAL_FILE, f"preflight failed on {node_name(os.environ)}: {e.message}\n")
+        sys.exit(3)
+    for name, text in cmd.files.items():
+        store.write_atomic(run / name, text)
+    env = {**os.environ, **cmd.env}
+    print(f"hpcft node {node_name(os.environ)}: {' '.join(cmd.argv)}", flush=True)
+    os.chdir(run)
+    os.execvpe(cmd.argv[0], list(cmd.argv), env)

@@ -1,0 +1,1 @@
+"""Following a run: ``status``, ``logs``, ``plot``. They read the run directory and SLURM, never write."""

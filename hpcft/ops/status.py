@@ -1,0 +1,242 @@
+"""Status of runs: the scheduler's state joined with the progress the run directory shows.
+
+Decides what ``hpcft status`` reports for a run: its state (squeue while live, sacct once ended),
+its jobs across requeues and resumes, progress, loss, throughput, ETA, newest complete checkpoint
+and restart count. SLURM is asked once per call for all jobs of all runs (``client.query_jobs``);
+callers that refresh must sleep between calls. The Rich table is built here; only the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcft.backends import local
+from hpcft.backends.base import uses_slurm
+from hpcft.errors import HpcftError
+from hpcft.rundir import layout, store
+from hpcft.slurm import client
+
+ETA_WINDOW = 20  # step records used for the current speed
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One row of ``hpcft status`` (``to_dict`` is its ``--json`` form)."""
+
+    run: str
+    path: str
+    backend: str
+    state: str
+    job_id: str
+    job_ids: list[str]
+    nodes: str
+    elapsed: str
+    step: int | None
+    total_steps: int | None
+    loss: float | None
+    tokens_per_s: float | None
+    checkpoint: str | None
+    finished: bool
+    nodelist: str = ""
+    reason: str = ""
+    eval_loss: float | None = None
+    eta_s: float | None = None
+    restarts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @property
+    def ended(self) -> bool:
+        """True once the run's newest job can no longer run."""
+        return self.state in client.ENDED or self.state in ("LOST", "NOT_SUBMITTED")
+
+
+def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
+    """Status rows for ``paths``, asking SLURM once for all their jobs."""
+    states = {p: store.read_state(p) for p in paths}
+    slurm_ids = [j["id"] for s in states.values() if uses_slurm(s["backend"]) for j in s["jobs"]]
+    slurm = client.query_jobs(slurm_ids) if slurm_ids else {}
+    return [_row(p, states[p], slurm) for p in paths]
+
+
+def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -> RunStatus:
+    jobs = state["jobs"]
+    job = jobs[-1] if jobs else None
+    sched, nodes, elapsed, where = _scheduler_view(job, state, slurm)
+    metrics = store.read_metrics(path)
+    progress = summarize_metrics(metrics)
+    ckpt = _checkpoint(path)
+    running = sched == "RUNNING"
+    return RunStatus(
+        run=path.name,
+        path=str(path),
+        backend=state["backend"],
+        state=sched,
+        job_id=job["id"] if job else "",
+        job_ids=[j["id"] for j in jobs],
+        nodes=nodes,
+        elapsed=elapsed,
+        step=progress["step"],
+        total_steps=progress["total_steps"],
+        loss=progress["loss"],
+        tokens_per_s=progress["tokens_per_s"],
+        checkpoint=ckpt,
+        finished=(path / layout.FINISHED_FILE).exists(),
+        nodelist=where if running or sched in client.ENDED else "",
+        reason=where if sched == "PENDING" else "",
+        eval_loss=progress["eval_loss"],
+        eta_s=estimate_eta(metrics, progress["total_steps"]) if running else None,
+        restarts=count_restarts(state, metrics),
+    )
+
+
+def _scheduler_view(
+    job: dict[str, Any] | None, state: dict[str, Any], slurm: dict[str, client.JobState]
+) -> tuple[str, str, str, str]:
+    """(state, node count, elapsed, nodelist-or-reason) of the newest job."""
+    if job is None:
+        return "NOT_SUBMITTED", "", "", ""
+    if not uses_slurm(state["backend"]):
+        return _local_state(job, state), "1", "", job.get("host", "")
+    js = slurm.get(job["id"])
+    if js is None:
+        return "UNKNOWN", "", "", ""
+    return js.state, js.nodes, js.elapsed, js.reason_or_nodelist
+
+
+def _checkpoint(path: Path) -> str | None:
+    """Name of the newest complete checkpoint (in ``train.output`` when the spec sets one)."""
+    try:
+        output = store.load_run_spec(path).train.output
+    except HpcftError:
+        output = None
+    ckpt = store.latest_checkpoint(path, output)
+    return ckpt.name if ckpt else None
+
+
+def _local_state(job: dict[str, Any], state: dict[str, Any]) -> str:
+    if local.job_alive(job):
+        return "RUNNING"
+    if state.get("cancelled"):
+        return "CANCELLED"
+    if "rc" not in job:
+        return "LOST"
+    return "COMPLETED" if job["rc"] == 0 else "FAILED"
+
+
+def summarize_metrics(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Newest step, total steps, loss, eval loss and tokens/s from ``metrics.jsonl`` records."""
+    steps = [m for m in metrics if "step" in m and "loss" in m]
+    evals = [m for m in metrics if "eval_loss" in m]
+    begin = next((m for m in reversed(metrics) if m.get("event") == "train_begin"), {})
+    last = steps[-1] if steps else {}
+    return {
+        "step": last.get("step"),
+        "total_steps": begin.get("max_steps"),
+        "loss": last.get("loss"),
+        "tokens_per_s": last.get("tokens_per_s"),
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+    }
+
+
+def estimate_eta(metrics: Sequence[dict[str, Any]], total_steps: int | None) -> float | None:
+    """Seconds left at the speed of the newest ``ETA_WINDOW`` steps since the last (re)start."""
+    if not total_steps:
+        return None
+    start = max((i for i, m in enumerate(metrics) if m.get("event") == "train_begin"), default=-1)
+    steps = [m for m in metrics[start + 1 :] if "step" in m and "loss" in m and "time" in m][-ETA_WINDOW:]
+    if len(steps) < 2:
+        return None
+    first, last = steps[0], steps[-1]
+    done, seconds = last["step"] - first["step"], last["time"] - first["time"]
+    if done <= 0 or seconds <= 0:
+        return None
+    return max(total_steps - last["step"], 0) * seconds / done
+
+
+def count_restarts(state: dict[str, Any], metrics: Sequence[dict[str, Any]]) -> int:
+    """How often the run started again: later jobs (resumes) plus requeues of each job.
+
+    Requeues are counted from the ``restart`` field (SLURM_RESTART_COUNT) of the ``train_begin``
+    records of each job, and from state.json's ``restarts`` counter (requeues not yet training).
+    """
+    later_jobs = max(len(state.get("jobs", [])) - 1, 0)
+    per_job: dict[str, int] = {}
+    for m in metrics:
+        if m.get("event") == "train_begin":
+            job = str(m.get("job_id", ""))
+            per_job[job] = max(per_job.get(job, 0), int(m.get("restart") or 0))
+    return max(later_jobs + sum(per_job.values()), later_jobs + int(state.get("restarts") or 0))
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+STATE_STYLES = {"RUNNING": "green", "COMPLETED": "bold green", "PENDING": "yellow", "REQUEUED": "yellow"}
+
+
+def status_table(rows: Sequence[RunStatus]):
+    """A Rich table of ``rows`` (the caller prints it; Rich is imported here, not at module load)."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(
+        "run",
+        "state",
+        "jobs",
+        "nodes",
+        "elapsed",
+        "progress",
+        "step",
+        "loss",
+        "tok/s",
+        "ETA",
+        "checkpoint",
+        "restarts",
+        header_style="bold",
+    )
+    for r in rows:
+        style = STATE_STYLES.get(r.state, "red" if r.state in client.ENDED or r.state == "LOST" else "")
+        state = Text(r.state + (f" ({r.reason})" if r.reason else ""), style=style)
+        bar = ProgressBar(total=r.total_steps or 1, completed=r.step or 0, width=16) if r.total_steps else "-"
+        nodes = f"{r.nodes} {r.nodelist}".strip() if r.nodelist else r.nodes
+        table.add_row(
+            r.run,
+            state,
+            ",".join(r.job_ids) or "-",
+            nodes or "-",
+            r.elapsed or "-",
+            bar,
+            f"{r.step if r.step is not None else '-'}/{r.total_steps or '?'}",
+            f"{r.loss:.4f}" if r.loss is not None else "-",
+            f"{r.tokens_per_s:,.0f}" if r.tokens_per_s is not None else "-",
+            format_duration(r.eta_s),
+            r.checkpoint or "-",
+            str(r.restarts),
+        )
+    return table
+
+
+def wait_for(path: Path, on_poll: Callable[[RunStatus], None] | None = None, interval: float = 2.0) -> RunStatus:
+    """Poll until the run's newest job has ended; return its final status."""
+    while True:
+        status = run_statuses([path])[0]
+        if on_poll:
+            on_poll(status)
+        if status.ended:
+            return status
+        time.sleep(interval)

@@ -1,0 +1,167 @@
+"""The DeepSpeed configuration generated from the spec; pure.
+
+Decides the DeepSpeed config of a job: from ``train.zero`` / ``train.offload`` / precision / batch
+settings, or the user's own JSON (``train.deepspeed_config``), which the spec may only repeat, never
+contradict. ``hpcft plan`` shows the result as ``RUN/ds_config.json`` and the trainer reads that file,
+so this module is the one source of truth (and the one planner module the ranks import). It knows
+nothing about the machine: adaptations for GPU-less nodes live in ``hpcft.train.cpu_workarounds``;
+nothing here imports DeepSpeed.
+
+The one function that reads a file is ``read_user_config`` (the user's JSON, at plan time).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+from hpcft.errors import ConfigError
+from hpcft.rundir.layout import DS_CONFIG_FILE
+from hpcft.spec.model import offload_devices
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec, TrainSpec
+
+OFFLOAD_KEYS = ("offload_optimizer", "offload_param")
+# With offload, DeepSpeed wants its own CPU optimizer (DeepSpeedCPUAdam): a torch optimizer over
+# offloaded states is "poor performance" (engine.py asserts unless zero_force_ds_cpu_optimizer=false).
+# The "auto" values are filled by the HF Trainer from the spec's lr / weight decay.
+OFFLOAD_OPTIMIZER = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
+
+
+def config_offload_devices(config: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(optimizer, param) offload devices of a DeepSpeed config (``none`` where a section is absent).
+
+    The one reading of a config's offload sections; ``spec.offload_devices`` is the spec's side.
+    """
+    zero = (config or {}).get("zero_optimization") or {}
+    opt, param = ((zero.get(key) or {}).get("device") or "none" for key in OFFLOAD_KEYS)
+    return opt, param
+
+
+def deepspeed_config(spec: JobSpec, user: Mapping[str, Any] | None = None, run_dir: str | None = None) -> dict | None:
+    """The DeepSpeed config of the job (None: plain DDP, no DeepSpeed).
+
+    Args:
+        spec: the resolved spec.
+        user: the user's own config (``train.deepspeed_config``, already read), used as given.
+        run_dir: the run directory; NVMe swap files go to ``NVME_PATH/<run dir name>`` so that two
+            runs on one node never share (and delete) each other's swap folder.
+    """
+    t = spec.train
+    if user is not None:
+        return copy.deepcopy(dict(user))
+    if t.zero == 0:
+        return None
+    return {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": "auto",  # x world size, which the Trainer knows
+        "gradient_clipping": t.max_grad_norm,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16"},
+        "zero_optimization": _zero_section(t, run_dir),
+        **({"optimizer": copy.deepcopy(OFFLOAD_OPTIMIZER)} if offload_devices(t) != ("none", "none") else {}),
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _zero_section(t: TrainSpec, run_dir: str | None) -> dict[str, Any]:
+    zero: dict[str, Any] = {
+        "stage": t.zero,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",  # the Trainer fills these three from the model's hidden size
+    }
+    if t.zero == 3:
+        zero.update(
+            stage3_prefetch_bucket_size="auto",
+            stage3_param_persistence_threshold="auto",
+            stage3_gather_16bit_weights_on_model_save=t.gather_16bit_on_save,
+        )
+    optimizer, param = offload_devices(t)
+    nvme = t.offload.nvme_path
+    if nvme and run_dir:
+        nvme = str(PurePath(nvme) / PurePath(run_dir).name)
+    for key, device in (("offload_optimizer", optimizer), ("offload_param", param)):
+        if device != "none":
+            zero[key] = {"device": device, "pin_memory": True, **({"nvme_path": nvme} if device == "nvme" else {})}
+    return zero
+
+
+def check_user_config(spec: JobSpec, user: Mapping[str, Any], source: str) -> list[str]:
+    """Where the spec contradicts the user's DeepSpeed JSON (the HF Trainer would stop at start; we stop now)."""
+    t, zero = spec.train, user.get("zero_optimization") or {}
+    where = f"train.deepspeed_config ({source})"
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        return [f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}"]
+    problems = []
+    if t.zero and t.zero != stage:
+        problems.append(
+            f"train.zero: {t.zero} contradicts {where}: zero_optimization.stage {stage} (HINT: drop --zero)"
+        )
+    o = t.offload
+    spec_param = o.param if o.param is not None else (o.device if stage == 3 else "none")
+    for key, spec_device in (("offload_optimizer", o.optimizer or o.device), ("offload_param", spec_param)):
+        json_device = (zero.get(key) or {}).get("device", "none")
+        if spec_device != "none" and spec_device != json_device:
+            problems.append(
+                f"train.offload: {spec_device} contradicts {where}: zero_optimization.{key}.device {json_device} "
+                "(HINT: set offload in the JSON only)"
+            )
+        if json_device == "nvme" and not (zero.get(key) or {}).get("nvme_path"):
+            problems.append(f"{where}: zero_optimization.{key}.device nvme needs an nvme_path")
+        if json_device == "nvme" and stage < 3:
+            problems.append(f"{where}: zero_optimization.{key}.device nvme needs stage 3, got {stage}")
+    matches = {
+        "train_micro_batch_size_per_gpu": ("train.batch_size", t.batch_size),
+        "gradient_accumulation_steps": ("train.grad_accum", t.grad_accum),
+        "gradient_clipping": ("train.max_grad_norm", t.max_grad_norm),
+        "bf16.enabled": ("train.precision", t.precision == "bf16"),
+        "fp16.enabled": ("train.precision", t.precision == "fp16"),
+    }
+    for dotted, (key, want) in matches.items():
+        got = _dotted(user, dotted)
+        if got not in (None, "auto") and got != want:
+            shown = t.precision if key == "train.precision" else want
+            problems.append(f'{key}: {shown} contradicts {where}: {dotted} {got} (HINT: write "auto" in the JSON)')
+    return problems
+
+
+def _dotted(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def read_user_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the user's DeepSpeed JSON; a missing or malformed file is a ``ConfigError``."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"train.deepspeed_config: file not found: {p}"]) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"train.deepspeed_config: {p} is not a readable JSON file: {e}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"train.deepspeed_config: {p} must hold a JSON object, got {type(data).__name__}"])
+    return data
+
+
+def plan_files(spec: JobSpec, run_dir: str) -> dict[str, str]:
+    """``{"ds_config.json": text}`` when the job uses DeepSpeed (reads and checks the user's JSON if given)."""
+    user = None
+    if spec.train.deepspeed_config:
+        user = read_user_config(spec.train.deepspeed_config)
+        problems = check_user_config(spec, user, spec.train.deepspeed_config)
+        if problems:
+            raise ConfigError(problems)
+    config = deepspeed_config(spec, user, run_dir)
+    return {DS_CONFIG_FILE: json.dumps(config, indent=2) + "\n"} if config else {}

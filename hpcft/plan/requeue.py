@@ -1,0 +1,54 @@
+"""The requeue policy: what to do when the launcher ends inside a batch job; pure.
+
+``decide`` returns finished, requeue or fail for the launcher's exit code and the run's markers;
+``hpcft.node.after_job`` applies it. A run marked FINISHED, or cancelled, is never requeued; a
+crash is requeued only while the failure budget (``run.max_failures``) lasts; a checkpoint taken
+after the warning signal (``RUN/REQUEUE``) is always requeued. ``signal_lead`` sizes the warning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_LEAD = 180  # seconds, until a save has been measured
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a batch job whose launcher has ended."""
+
+    action: str  # "done" | "requeue" | "fail"
+    reason: str
+    exit_code: int
+
+
+def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool, requeue_allowed: bool,
+           failures: int, max_failures: int, fatal: str | None = None) -> Decision:  # fmt: skip
+    """The outcome for launcher exit code ``rc`` and the run's markers; pure.
+
+    ``fatal`` says why a rerun would fail the same way (a node's preflight: no run dir, loopback master,
+    launcher missing; or a configuration error the trainer raised): such a job is never requeued.
+    """
+    if finished:
+        return Decision("done", "the run is FINISHED", 0)
+    if cancelled:
+        return Decision("done", "the run was cancelled", rc or 0)
+    if fatal:
+        return Decision("fail", f"{fatal} (not requeued: a rerun would fail the same way)", rc or 3)
+    if saved_for_requeue:
+        if requeue_allowed:
+            return Decision("requeue", "checkpointed after the warning signal", 0)
+        return Decision("done", "checkpointed after the warning signal; run.requeue is off (hpcft resume RUN)", 0)
+    if rc != 0:
+        if requeue_allowed and failures < max_failures:
+            return Decision("requeue", f"launcher failed with {rc}; requeue {failures + 1} of {max_failures}", rc)
+        return Decision("fail", f"launcher failed with {rc}; failure budget {failures}/{max_failures} spent", rc)
+    return Decision("done", "the launcher ended without error", 0)
+
+
+def signal_lead(save_seconds: float | None) -> int:
+    """Seconds of warning before the time limit: room for three saves and a step, at least a minute."""
+    if not save_seconds:
+        return DEFAULT_LEAD
+    return max(60, math.ceil(3 * save_seconds + 30))

@@ -1,0 +1,115 @@
+"""Checkpoints on the shared filesystem: commit, find, verify, rotate; no torch here.
+
+A checkpoint is written into a staging directory by every rank. After a barrier, rank 0 publishes
+it with ``rundir.publish`` (the one protocol, shared with the data cache): ``MANIFEST.json`` (files
+and sizes, step, world size, ZeRO stage, hpcft version), the ``COMPLETE`` marker last, and one
+atomic rename to ``checkpoint-N``.
+A reader trusts a checkpoint only if the marker is there and every file of the manifest exists
+with its size; anything else (a crash mid-save, a full disk, a truncated file) is skipped with a
+warning that names it. Rotation keeps the newest N complete checkpoints and runs only after a commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcft import __version__
+from hpcft.rundir import publish
+from hpcft.rundir.layout import CHECKPOINTS_DIR
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-"
+STAGING = ".staging"
+MANIFEST = publish.MANIFEST
+MARKER = publish.MARKER
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint directory and what its manifest says."""
+
+    path: Path
+    step: int
+    world_size: int | None
+    zero_stage: int | None
+
+
+def checkpoints_dir(spec: JobSpec, run: Path) -> Path:
+    """Where a run's committed ``checkpoint-N`` directories live (``train.output`` or ``RUN/checkpoints``)."""
+    return Path(spec.train.output) if spec.train.output else run / CHECKPOINTS_DIR
+
+
+def step_of(path: Path) -> int | None:
+    """``checkpoint-120`` → 120; None for other names."""
+    name = path.name
+    return int(name[len(PREFIX) :]) if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit() else None
+
+
+def commit(staged: Path, final_dir: Path, *, step: int, world_size: int, zero_stage: int) -> Path:
+    """Publish ``staged`` as ``final_dir/checkpoint-N`` (manifest, marker last, rename); returns the new path.
+
+    Called on rank 0 after every rank has written its part (a barrier). A re-save of the same step
+    (e.g. a resumed run saving again) replaces the older copy.
+    """
+    fields = {"step": step, "world_size": world_size, "zero_stage": zero_stage, "hpcft_version": __version__,
+              "time": time.time()}  # fmt: skip
+    target = final_dir / f"{PREFIX}{step}"
+    publish.publish(staged, target, fields, replace=True)
+    return target
+
+
+def problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None if it is."""
+    return publish.problem(path)
+
+
+def read_info(path: Path) -> CheckpointInfo:
+    """Step, world size and ZeRO stage from a checkpoint's manifest."""
+    manifest: dict[str, Any] = publish.read_manifest(path)
+    return CheckpointInfo(path, manifest["step"], manifest.get("world_size"), manifest.get("zero_stage"))
+
+
+def candidates(base: Path) -> list[Path]:
+    """``checkpoint-N`` directories under ``base``, newest (highest N) first."""
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=lambda p: step_of(p) or 0, reverse=True)
+
+
+def newest_complete(base: Path, *, validate: bool = True) -> CheckpointInfo | None:
+    """The newest complete checkpoint; incomplete or damaged newer ones are skipped with a warning.
+
+    With ``validate=False`` (a quick look, e.g. for ``hpcft status``) only the marker is checked and
+    nothing is logged.
+    """
+    for path in candidates(base):
+        if not validate:
+            if publish.is_sealed(path):
+                return read_info(path)
+            continue
+        why = problem(path)
+        if why is None:
+            return read_info(path)
+        log.warning("skipping checkpoint %s: %s", path, why)
+    return None
+
+
+def rotate(base: Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (never an incomplete newer one's fallback)."""
+    if not keep:
+        return []
+    complete = [p for p in candidates(base) if publish.is_sealed(p)]
+    doomed = complete[keep:]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed

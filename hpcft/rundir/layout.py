@@ -1,0 +1,30 @@
+"""The names of the run directory's files, shared by every stage that reads or writes one.
+
+Layout (DESIGN.md)::
+
+    RUN/ spec.yaml state.json job.sbatch ds_config.json accelerate.yaml hostfile metrics.jsonl
+         logs/ checkpoints/checkpoint-N/ model/  and the markers below
+
+Only ``hpcft.rundir`` writes state and checkpoints; this module is names only (no I/O), so the
+launchers, the planner and the ranks can all import it.
+"""
+
+SPEC_FILE = "spec.yaml"  # the resolved spec: the only input of the node and training side
+STATE_FILE = "state.json"  # job ids, restarts, failures, events (rundir.store)
+SCRIPT_FILE = "job.sbatch"  # the batch script (sbatch backend)
+NOTES_FILE = "NOTES.txt"  # what the plan pointed out
+DS_CONFIG_FILE = "ds_config.json"  # the DeepSpeed config the ranks read
+ACCELERATE_CONFIG_FILE = "accelerate.yaml"  # accelerate launcher's config, written on each node
+METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step (rank 0)
+LOGS_DIR = "logs"  # slurm-%j.out and rank logs
+CHECKPOINTS_DIR = "checkpoints"  # checkpoint-N/, unless train.output names another directory
+MODEL_DIR = "model"  # the final model (trainer.save_model)
+
+FINISHED_FILE = "FINISHED"  # the run reached its last step (rank 0, after the final save)
+REQUEUE_FILE = "REQUEUE"  # the ranks checkpointed after the warning signal; the job asks to be requeued
+PREEMPT_FILE = "PREEMPT"  # the batch script's USR1 trap: "checkpoint at your next step and stop"
+RESUME_FROM_FILE = "RESUME_FROM"  # `hpcft resume --checkpoint N`: the checkpoint to continue from
+FATAL_FILE = "FATAL"  # a problem a requeue cannot fix: a node's preflight, or a configuration error in training
+
+# Left over by the previous job; a resumed run starts without them.
+STOP_MARKERS = (FINISHED_FILE, REQUEUE_FILE, PREEMPT_FILE, FATAL_FILE)

@@ -1,0 +1,172 @@
+"""The run directory on the shared filesystem: writing it, its state.json, finding and reading runs.
+
+Names of the files: ``rundir.layout``. Writes are atomic (temp file + rename) so a reader on another
+node never sees half a file, and a run directory that could not be written completely is removed
+again. Imports no planner: ranks use this module to read their spec and write markers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcft.errors import RunError
+from hpcft.rundir.layout import CHECKPOINTS_DIR, LOGS_DIR, METRICS_FILE, SPEC_FILE, STATE_FILE
+from hpcft.spec.io import load_spec_text
+
+if TYPE_CHECKING:
+    from hpcft.plan.plan import Plan
+    from hpcft.spec import JobSpec
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_run_dir(plan: Plan) -> Path:
+    """Create the run directory with every file of the plan; on any failure remove it again."""
+    run = Path(plan.run_dir)
+    try:
+        run.parent.mkdir(parents=True, exist_ok=True)
+        run.mkdir()
+    except FileExistsError:
+        raise RunError(f"run directory already exists: {run}", hint="wait a second or pick another run.name") from None
+    except OSError as e:
+        raise RunError(f"cannot create the run directory {run}: {e.strerror}") from None
+    try:
+        (run / LOGS_DIR).mkdir()
+        for name, text in plan.files.items():
+            write_atomic(run / name, text)
+        write_state(run, {"backend": plan.backend, "jobs": [], "created": now_iso()})
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+    return run
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601, seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_state(run: Path) -> dict[str, Any]:
+    """``RUN/state.json`` (job ids, backend, flags)."""
+    try:
+        return json.loads((run / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run} is not an hpcft run directory (no {STATE_FILE})") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{run / STATE_FILE} is damaged: {e}") from None
+
+
+def write_state(run: Path, state: dict[str, Any]) -> None:
+    """Replace ``RUN/state.json`` atomically."""
+    write_atomic(run / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def update_state(run: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read-modify-write ``state.json`` under an exclusive lock (several writers: submit, runner)."""
+    with _locked(run / ".state.lock"):
+        state = read_state(run)
+        change(state)
+        write_state(run, state)
+    return state
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def record_job(run: Path, job_id: str, **fields: Any) -> dict[str, Any]:
+    """Add a job to the run's state, or update the fields of the job with that id."""
+
+    def change(state: dict[str, Any]) -> None:
+        for job in state["jobs"]:
+            if job["id"] == job_id:
+                job.update(fields)
+                return
+        state["jobs"].append({"id": job_id, "submitted": now_iso(), **fields})
+
+    return update_state(run, change)
+
+
+def load_run_spec(run: Path) -> JobSpec:
+    """The resolved spec of a run."""
+    path = run / SPEC_FILE
+    try:
+        return load_spec_text(path.read_text(), str(path))
+    except FileNotFoundError:
+        raise RunError(f"{run} is not an hpcft run directory (no {SPEC_FILE})") from None
+
+
+def find_run(ref: str, runs_dir: str | os.PathLike) -> Path:
+    """A run by path, by name under ``runs_dir``, or by a unique prefix of its name."""
+    direct = Path(ref)
+    if (direct / SPEC_FILE).is_file():
+        return direct.resolve()
+    base = Path(runs_dir)
+    if (base / ref / SPEC_FILE).is_file():
+        return (base / ref).resolve()
+    matches = [p for p in list_runs(base) if p.name.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunError(f"no run {ref!r} (not a run directory, nor a run under {base})", hint="`hpcft list` shows runs")
+    names = ", ".join(p.name for p in matches[:5])
+    raise RunError(f"{ref!r} matches {len(matches)} runs: {names}", hint="give more of the name")
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
+    """Run directories under ``runs_dir``, oldest first."""
+    base = Path(runs_dir)
+    if not base.is_dir():
+        return []
+    runs = [p.resolve() for p in base.iterdir() if (p / SPEC_FILE).is_file()]
+    return sorted(runs, key=lambda p: (p / SPEC_FILE).stat().st_mtime)
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl``; a torn last line (being written) is skipped."""
+    path = run / METRICS_FILE
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def latest_checkpoint(run: Path, output: str | None = None) -> Path | None:
+    """The newest committed (COMPLETE-marked) checkpoint of a run, or None; a quick check for status."""
+    from hpcft.rundir import checkpoints
+
+    info = checkpoints.newest_complete(Path(output) if output else run / CHECKPOINTS_DIR, validate=False)
+    return info.path if info else None

@@ -1,0 +1,37 @@
+"""The spec in and out: a merged mapping → ``JobSpec`` (every problem at once), and spec.yaml text.
+
+The resolved spec written into the run directory (``dump_spec``) is the only input of the node and
+training side; ``load_spec_text`` reads it back through the same rules.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import yaml
+
+from hpcft.errors import ConfigError
+from hpcft.spec.model import JobSpec, parse_spec, spec_to_dict
+from hpcft.spec.rules import check_spec
+
+
+def build_spec(data: typing.Mapping[str, Any], source: str | None = None) -> JobSpec:
+    """Turn a merged mapping into a ``JobSpec``; raise ``ConfigError`` with every problem."""
+    spec, problems = parse_spec(data)
+    if not problems:
+        problems += check_spec(spec)
+    if problems:
+        raise ConfigError(problems, source)
+    return spec
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML: the only input of the node and training side."""
+    header = "# Resolved by hpcft; the node and training side read only this file.\n"
+    return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
+
+
+def load_spec_text(text: str, source: str) -> JobSpec:
+    """Parse a resolved spec written by ``dump_spec``."""
+    return build_spec(yaml.safe_load(text) or {}, source=source)

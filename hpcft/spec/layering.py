@@ -1,0 +1,173 @@
+"""Job YAML → JobSpec: loading, layering and ``-o key=value`` overrides.
+
+Precedence, lowest first (written down once, here):
+    defaults < cluster profile (--profile) < job YAML < ``-o a.b=value`` < explicit CLI flags.
+
+Relative paths in a YAML file (model, data, runs_dir, script) are taken relative to that file,
+so a job file works from any current directory; ``~`` and ``$VARS`` in them are expanded.
+Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcft.errors import ConfigError
+from hpcft.spec.io import build_spec
+from hpcft.spec.model import JobSpec, field_paths
+
+# Keys holding paths, resolved relative to the YAML file that sets them.
+PATH_KEYS = (
+    "run.runs_dir",
+    "train.model",
+    "train.tokenizer",
+    "train.output",
+    "train.data.train",
+    "train.data.eval",
+    "launch.script",
+    "launch.accelerate_config",
+    "train.data.cache_dir",
+    "train.deepspeed_config",
+)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one YAML mapping; a missing file or bad YAML is a ``ConfigError``."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: file not found"]) from None
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{p}: not valid YAML: {e}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: expected a mapping at the top level, got {type(data).__name__}"])
+    return resolve_paths(data, p.resolve().parent)
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the path-valued keys of ``data`` absolute relative to ``base`` (a copy)."""
+    out = copy.deepcopy(data)
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = str(base / os.path.expanduser(os.path.expandvars(node[leaf])))
+    return out
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", "resources.exclusive=true"]`` → nested dict; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    problems = []
+    known = set(field_paths())
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"-o {item!r}: expected KEY=VALUE, e.g. -o train.lr=1e-4")
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"-o {key}: unknown key{hint}")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(out, key, value)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``, creating levels."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, everything else in ``top`` replaces ``base``."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def default_runs_dir() -> str:
+    """``$HPCFT_RUNS_DIR``, else ``./hpcft-runs`` (resolved against the current directory)."""
+    return os.environ.get("HPCFT_RUNS_DIR") or "hpcft-runs"
+
+
+def load_job(
+    job_file: str | os.PathLike | None,
+    *,
+    profile: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    flags: Mapping[str, Any] | None = None,
+) -> JobSpec:
+    """Load and layer everything into a validated ``JobSpec``.
+
+    Args:
+        job_file: the job YAML (None: defaults only, e.g. for a user script job).
+        profile: optional cluster profile YAML, below the job file.
+        overrides: ``-o key=value`` strings.
+        flags: dotted keys set by explicit CLI flags (highest precedence); None values are unset.
+    """
+    layers: list[Mapping[str, Any]] = [{"run": {"runs_dir": default_runs_dir()}}]
+    if profile:
+        layers.append(read_yaml(profile))
+    if job_file:
+        layers.append(read_yaml(job_file))
+    layers.append(parse_overrides(overrides))
+    flag_layer: dict[str, Any] = {}
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            set_dotted(flag_layer, dotted, value)
+    layers.append(flag_layer)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = merge(merged, layer)
+    merged = resolve_paths(merged, Path.cwd())  # -o / flag paths are relative to the cwd
+    return build_spec(merged, source=str(job_file) if job_file else None)
+
+
+def check_inputs(spec: JobSpec) -> None:
+    """Check that the files the job reads exist (at submit time, on the shared filesystem)."""
+    problems = []
+    train = spec.train
+    if spec.launch.script is None:
+        if train.model and not (Path(train.model) / "config.json").is_file():
+            problems.append(
+                f"train.model: {train.model} is not a model directory (no config.json) "
+                "(HINT: give a directory written by save_pretrained; `hpcft init-demo DIR` makes one)"
+            )
+        for key, value in (("train.data.train", train.data.train), ("train.data.eval", train.data.eval)):
+            if value and not Path(value).exists():
+                problems.append(f"{key}: file not found: {value}")
+    elif not Path(spec.launch.script).is_file():
+        problems.append(f"launch.script: file not found: {spec.launch.script}")
+    if problems:
+        raise ConfigError(problems)

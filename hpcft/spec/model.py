@@ -1,0 +1,327 @@
+"""The job description as frozen dataclasses, and the per-value rules (types, ranges, choices).
+
+``parse_spec`` turns an already merged mapping into a ``JobSpec`` plus the problems of single
+values (unknown keys with close matches, wrong types, bad values), each with its dotted path.
+Rules across fields live in ``spec.rules``; ``spec.io.build_spec`` applies both. Reads no files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from hpcft.backends.base import BACKENDS as BACKEND_REGISTRY
+from hpcft.launchers.base import LAUNCHERS as LAUNCHER_REGISTRY
+
+# The choices come from the extension points' registries (one table each, no code imported).
+BACKENDS = ("auto", *BACKEND_REGISTRY)
+LAUNCHERS = tuple(LAUNCHER_REGISTRY)
+DATA_FORMATS = ("auto", "alpaca", "chat", "text")
+
+# sbatch --time accepts: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (man sbatch).
+_TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$")
+
+
+def _opt(default: Any = None, **meta: Any) -> Any:
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where and under which name a run lives."""
+
+    name: str = _opt("job", help="run name; the run directory is RUNS_DIR/NAME-TIMESTAMP")
+    runs_dir: str = _opt("hpcft-runs", help="directory on the shared filesystem holding runs")
+    requeue: bool = _opt(True, help="sbatch: checkpoint and requeue at the time limit / on preemption")
+    signal_lead: int | None = _opt(
+        None, min=30, help="seconds before the time limit to ask for a checkpoint (default: from measured saves)"
+    )
+    max_failures: int = _opt(2, min=0, help="requeues allowed after crashes (node loss, killed ranks)")
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What to ask SLURM for; field names are sbatch's long options in snake_case."""
+
+    nodes: int = _opt(1, min=1, help="number of nodes")
+    gpus_per_node: int = _opt(0, min=0, help="GPUs per node; on a machine without GPUs, processes per node")
+    cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
+    time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    mem: str | None = _opt(None, pattern=_MEM_RE, expect="a size such as 64G or 500000M")
+    exclusive: bool = False
+    extra_sbatch: tuple[str, ...] = _opt((), help="extra sbatch options, e.g. ['--reservation=foo']")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How the job reaches the nodes and starts its processes."""
+
+    backend: str = _opt("auto", choices=BACKENDS, help="auto = sbatch if on PATH, else local")
+    launcher: str = _opt("torchrun", choices=LAUNCHERS, help="deepspeed = the deepspeed launcher per node without ssh")
+    rdzv: Literal["c10d", "static"] = _opt("c10d", help="torchrun rendezvous backend")
+    max_restarts: int = _opt(0, min=0, help="torchrun: restarts of the workers on failure")
+    network_interface: str | None = _opt(None, help="deepspeed-openmpi: interface or CIDR (default: master's subnet)")
+    accelerate_config: str | None = _opt(None, help="your own accelerate config YAML (launcher accelerate)")
+    python: str | None = _opt(None, help="python on every node (default: the one running hpcft)")
+    setup: tuple[str, ...] = _opt((), help="shell lines run in the batch script before srun")
+    env: dict[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), metadata={"help": "environment for every rank"}
+    )
+    env_passthrough: tuple[str, ...] = _opt((), help="names of variables (e.g. secrets) taken from the submit env")
+    script: str | None = _opt(None, help="a user training script run instead of the hpcft trainer")
+    script_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Training data files."""
+
+    train: str | None = _opt(None, help="training samples: .jsonl/.json/.parquet/.csv or a save_to_disk directory")
+    eval: str | None = _opt(None, help="optional evaluation samples, same kinds as train")
+    format: Literal["auto", "alpaca", "chat", "text"] = "auto"
+    completion_only: bool = _opt(True, help="loss only on alpaca outputs / chat assistant turns; false = every token")
+    cache_dir: str | None = _opt(None, help="tokenized-data cache on the shared FS (default: RUNS_DIR/.cache/data)")
+    cache_wait_minutes: int = _opt(240, min=1, help="how long other ranks wait for rank 0 to build the cache")
+
+
+@dataclass(frozen=True)
+class OffloadSpec:
+    """What DeepSpeed ZeRO keeps out of accelerator memory, and where (``offload_optimizer``/``offload_param``)."""
+
+    device: Literal["none", "cpu", "nvme"] = _opt(
+        "none", help="--offload: the optimizer state (ZeRO >= 1) and, under ZeRO-3, the parameters too"
+    )
+    optimizer: Literal["none", "cpu", "nvme"] | None = _opt(None, help="optimizer state only (default: device)")
+    param: Literal["none", "cpu", "nvme"] | None = _opt(
+        None, help="parameters only, ZeRO-3 (default: device under ZeRO-3)"
+    )
+    nvme_path: str | None = _opt(None, help="node-local NVMe directory (absolute; $VARS expand on the node)")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters (peft) instead of full fine-tuning; QLoRA with ``load_in_4bit``."""
+
+    enabled: bool = _opt(False, help="train LoRA adapters; the base model stays frozen")
+    r: int = _opt(16, min=1, help="adapter rank")
+    alpha: float = _opt(32.0, min=0.0, help="adapter scaling is alpha / r")
+    dropout: float = _opt(0.05, min=0.0, max=1.0)
+    target_modules: tuple[str, ...] = _opt(("all-linear",), help="module names to adapt, or all-linear")
+    load_in_4bit: bool = _opt(False, help="QLoRA: load the base model 4-bit NF4 (bitsandbytes; needs CUDA)")
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Mixture-of-experts models (Mixtral, Qwen-MoE, ...): router loss and ZeRO-3 handling."""
+
+    router_aux_loss: bool = _opt(True, help="add the router load-balancing loss (output_router_logits); logged")
+    router_aux_loss_coef: float | None = _opt(None, min=0.0, help="its weight (default: the model config's)")
+    zero3_leaf: bool = _opt(True, help="ZeRO-3: fetch each MoE block's experts as one unit (set_z3_leaf_modules)")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The fine-tuning recipe run by ``hpcft.train.main``."""
+
+    model: str | None = _opt(None, help="model directory loadable by AutoModelForCausalLM")
+    tokenizer: str | None = _opt(None, help="tokenizer directory (default: the model's)")
+    data: DataSpec = field(default_factory=DataSpec)
+    output: str | None = _opt(None, help="checkpoint directory (default: RUN/checkpoints)")
+    max_steps: int = _opt(-1, min=-1, help="optimizer steps; -1 = run `epochs` epochs")
+    epochs: float = _opt(1.0, min=0.0)
+    lr: float = _opt(2e-5, min=0.0)
+    batch_size: int = _opt(1, min=1, help="micro-batch per process")
+    grad_accum: int = _opt(1, min=1)
+    seq_len: int = _opt(512, min=8)
+    packing: bool = _opt(False, help="pack samples into rows of seq_len tokens; attention stays inside each sample")
+    save_steps: int = _opt(100, min=1)
+    save_total_limit: int | None = _opt(None, min=1)
+    eval_steps: int | None = _opt(None, min=1)
+    logging_steps: int = _opt(1, min=1)
+    seed: int = 42
+    zero: int = _opt(0, min=0, max=3, help="DeepSpeed ZeRO stage; 0 = plain DDP")
+    offload: OffloadSpec = field(default_factory=OffloadSpec)
+    zero_init: bool = _opt(True, help="ZeRO-3: build the model already partitioned (deepspeed.zero.Init)")
+    gather_16bit_on_save: bool = _opt(True, help="ZeRO-3: save full 16-bit weights (model.safetensors)")
+    deepspeed_config: str | None = _opt(None, help="your own DeepSpeed JSON; train.zero/offload may only repeat it")
+    precision: Literal["fp32", "bf16", "fp16"] = _opt("fp32", help="bf16/fp16 mixed precision; fp16 needs CUDA")
+    max_grad_norm: float = _opt(1.0, min=0.0, help="gradient clipping; 0 = off")
+    weight_decay: float = _opt(0.0, min=0.0)
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = "linear"
+    warmup_steps: float = _opt(0.0, min=0.0, help="linear warmup: steps, or a fraction (< 1) of all steps")
+    gradient_checkpointing: bool = _opt(False, help="recompute activations in backward: less memory, more time")
+    torch_compile: bool = _opt(False, help="torch.compile the model")
+    neftune_noise_alpha: float | None = _opt(None, min=0.0, help="NEFTune noise on the embeddings, e.g. 5")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = _opt("info", help="main process")
+    log_level_replica: Literal["debug", "info", "warning", "error", "critical"] = _opt("warning", help="other ranks")
+    log_on_each_node: bool = _opt(False, help="log_level for local rank 0 of every node, not only global rank 0")
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    moe: MoESpec = field(default_factory=MoESpec)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One fine-tuning job: the resolved, validated input of every later step."""
+
+    run: RunSpec = field(default_factory=RunSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+
+def spec_to_dict(spec: Any) -> Any:
+    """Plain dict/list form of a spec (for YAML), the inverse of ``build_spec``."""
+    if dataclasses.is_dataclass(spec):
+        return {f.name: spec_to_dict(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
+    if isinstance(spec, tuple | list):
+        return [spec_to_dict(v) for v in spec]
+    if isinstance(spec, typing.Mapping):
+        return {k: spec_to_dict(v) for k, v in spec.items()}
+    return spec
+
+
+def offload_devices(train: TrainSpec) -> tuple[str, str]:
+    """(optimizer, param) offload devices: ``offload.device`` fills the optimizer, and under ZeRO-3 the params.
+
+    The one derivation from the spec; ``plan.deepspeed.config_offload_devices`` reads a DeepSpeed config.
+    """
+    o = train.offload
+    optimizer = o.optimizer if o.optimizer is not None else o.device
+    param = o.param if o.param is not None else (o.device if train.zero == 3 else "none")
+    return optimizer, param
+
+
+def parse_spec(data: typing.Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
+    """The ``JobSpec`` of ``data`` and the problems of its single values (empty: every value is valid)."""
+    problems: list[str] = []
+    return _build(JobSpec, data, "", problems), problems
+
+
+def field_paths(cls: type = JobSpec, prefix: str = "") -> list[str]:
+    """Every settable dotted key, e.g. ``train.data.train`` (for help and close matches)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        ftype = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            out += field_paths(ftype, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
+    where = path.rstrip(".") or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, typing.Mapping):
+        problems.append(f"{where}: expected a mapping of keys, got {_show(data)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append(_unknown_key(str(key), path, list(fields)))
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        ftype = hints[name]
+        if dataclasses.is_dataclass(ftype):
+            values[name] = _build(ftype, data[name], f"{path}{name}.", problems)
+        else:
+            ok, value = _coerce(data[name], ftype, f"{path}{name}", f.metadata, problems)
+            if ok:
+                values[name] = value
+    return cls(**values)
+
+
+def _unknown_key(key: str, path: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(path + c for c in close)}?" if close else f"known keys: {', '.join(known)}"
+    return f"{path}{key}: unknown key ({hint})"
+
+
+def _coerce(value: Any, ftype: Any, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
+    """Check ``value`` against ``ftype`` and the field's metadata; record a problem if wrong."""
+    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, path, meta, problems)
+    choices = args if origin is Literal else meta.get("choices")
+    if choices is not None:
+        if value in choices:
+            return True, value
+        problems.append(f"{path}: expected one of {', '.join(map(str, choices))}, got {_show(value)}")
+        return False, None
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str | int | float) for v in items):
+            problems.append(f"{path}: expected a list of strings, got {_show(value)}")
+            return False, None
+        return True, tuple(str(v) for v in items)
+    if origin is dict:
+        if not isinstance(value, typing.Mapping):
+            problems.append(f"{path}: expected a mapping NAME: value, got {_show(value)}")
+            return False, None
+        return True, MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
+    return _coerce_scalar(value, ftype, path, meta, problems)
+
+
+def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
+    if ftype is bool:
+        ok = isinstance(value, bool)
+    elif ftype is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ftype is float:
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what float() reads.
+        value = _float_or_same(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str | int | float) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    if not ok:
+        problems.append(f"{path}: expected {ftype.__name__}, got {_show(value)}")
+        return False, None
+    if "min" in meta and value < meta["min"]:
+        problems.append(f"{path}: must be at least {meta['min']}, got {value}")
+        return False, None
+    if "max" in meta and value > meta["max"]:
+        problems.append(f"{path}: must be at most {meta['max']}, got {value}")
+        return False, None
+    if "pattern" in meta and not meta["pattern"].match(value):
+        problems.append(f"{path}: expected {meta['expect']}, got {value!r}")
+        return False, None
+    return True, value
+
+
+def _float_or_same(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _scalar_str(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,127 @@
+"""Rules across the fields of a job: what no single value can break alone; pure.
+
+Includes the ZeRO rules (stage, offload, NVMe path) and the LoRA rules. Each problem names its
+dotted key, what was got and a HINT. ``spec_notes`` lists what a plan should point out.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hpcft.spec.model import JobSpec, TrainSpec, offload_devices
+
+_PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values under these names are secrets: they must come from the environment, not the YAML.
+_SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
+
+
+def check_spec(spec: JobSpec) -> list[str]:
+    """Cross-field rules that no single value can break alone."""
+    problems = []
+    launch, train = spec.launch, spec.train
+    if launch.script is None and not train.model:
+        problems.append("train.model: required (a model directory), or give a script to run after `--`")
+    if launch.script is None and not train.data.train:
+        problems.append("train.data.train: required (a jsonl file of training samples)")
+    if spec.launch.backend == "local" and spec.resources.nodes > 1:
+        problems.append(
+            f"resources.nodes: the local backend runs on this machine only, got {spec.resources.nodes} "
+            "(HINT: use --backend sbatch on a SLURM cluster, or --nodes 1)"
+        )
+    for key, value in (("run.name", spec.run.name), ("run.runs_dir", spec.run.runs_dir)):
+        bad = sorted({ch for ch in value if ch in "\\\n\r\0"})
+        if bad:
+            problems.append(
+                f"{key}: may not contain {', '.join(map(repr, bad))} (SLURM cannot name files with it), got {value!r}"
+            )
+    if launch.backend == "submitit" and launch.launcher in ("deepspeed-openmpi", "deepspeed-mvapich"):
+        problems.append(
+            f"launch.launcher: {launch.launcher} cannot run under the submitit backend: submitit starts every "
+            "task inside an srun step, and mpirun inside a step sees only that step's one task per node and "
+            "cannot place the ranks (HINT: use --backend sbatch, or --launcher deepspeed / deepspeed-pdsh)"
+        )
+    if launch.launcher == "deepspeed-pdsh":
+        for key, value in (("run.name", spec.run.name), ("run.runs_dir", spec.run.runs_dir)):
+            if not _PDSH_SAFE_RE.match(value):
+                problems.append(
+                    f"{key}: deepspeed-pdsh needs a run directory path without blanks or shell characters, "
+                    f"got {value!r} (DeepSpeed's PDSHRunner pastes `cd <dir>` unquoted into the remote shell; "
+                    "HINT: rename it, or use --launcher deepspeed, which needs no ssh)"
+                )
+    if not spec.run.name.strip():
+        problems.append("run.name: must not be empty")
+    for name in launch.env:
+        if not _ENV_NAME_RE.match(name):
+            problems.append(f"launch.env.{name}: not a valid environment variable name")
+        elif _SECRET_RE.search(name):
+            problems.append(
+                f"launch.env.{name}: looks like a secret; secrets are never written into run files "
+                f"(HINT: export {name} before submitting and list it in launch.env_passthrough)"
+            )
+    for name in launch.env_passthrough:
+        if not _ENV_NAME_RE.match(name):
+            problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")
+    return problems + check_recipe(train)
+
+
+def check_recipe(train: TrainSpec) -> list[str]:
+    """Rules of the training recipe: DeepSpeed stage/offload/precision (``check_zero``), LoRA."""
+    problems = check_zero(train)
+    if train.lora.load_in_4bit and not train.lora.enabled:
+        problems.append(
+            "train.lora.load_in_4bit: QLoRA trains LoRA adapters on a frozen 4-bit model; 4-bit weights cannot be "
+            "fully fine-tuned (HINT: also set train.lora.enabled=true)"
+        )
+    if train.lora.enabled and not train.lora.target_modules:
+        problems.append("train.lora.target_modules: must name at least one module, or all-linear")
+    return problems
+
+
+def spec_notes(spec: JobSpec) -> list[str]:
+    """Things a plan should point out that depend on the machine the job lands on (no file or probe here)."""
+    notes = []
+    if spec.launch.script is None and spec.train.lora.load_in_4bit:
+        notes.append(
+            "train.lora.load_in_4bit (QLoRA) needs CUDA GPUs and bitsandbytes on every node; on a node "
+            "without CUDA the trainer stops at start with a ConfigError."
+        )
+    if spec.launch.script is None and spec.train.precision == "fp16":
+        notes.append("train.precision fp16 needs CUDA GPUs; on CPU-only nodes the trainer refuses it (use bf16).")
+    return notes
+
+
+def check_zero(train: TrainSpec) -> list[str]:
+    """What DeepSpeed would reject, or silently ignore, in the spec's stage/offload settings."""
+    problems = []
+    path = train.offload.nvme_path
+    if path and not (path.startswith(("/", "$", "~"))):
+        problems.append(
+            f"train.offload.nvme_path: must be an absolute node-local path, got {path!r} (HINT: e.g. /local/nvme "
+            "or $TMPDIR/nvme; $VARS expand on each node)"
+        )
+    if train.deepspeed_config:
+        return problems  # stage/offload come from the JSON: ``check_user_config`` compares them at plan time
+    optimizer, param = offload_devices(train)
+    stage = train.zero
+    if stage == 0 and (optimizer, param) != ("none", "none"):
+        problems.append(
+            f"train.offload: offloading needs DeepSpeed ZeRO, got train.zero 0 (plain DDP) with optimizer "
+            f"{optimizer}, param {param} (HINT: --zero 3 --offload cpu, or --offload none)"
+        )
+    elif param != "none" and stage < 3:
+        problems.append(
+            f"train.offload.param: parameter offload is ZeRO-3 only, got train.zero {stage} "
+            "(HINT: --zero 3, or offload only the optimizer state: train.offload.optimizer)"
+        )
+    elif "nvme" in (optimizer, param) and stage < 3:
+        problems.append(
+            f"train.offload: NVMe offload is ZeRO-3 only, got train.zero {stage} (DeepSpeed's stage 1/2 optimizer "
+            "would silently keep the state in CPU memory; HINT: --zero 3, or --offload cpu)"
+        )
+    if "nvme" in (optimizer, param) and not path:
+        problems.append(
+            "train.offload.nvme_path: required with NVMe offload (HINT: a directory on each node's local NVMe disk, "
+            "e.g. -o train.offload.nvme_path=/local/nvme; not the shared filesystem)"
+        )
+    return problems
