@@ -15,12 +15,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from hpcft.errors import ConfigError
-from hpcft.rundir.layout import DS_CONFIG_FILE
+from hpcft.plan import offload
 from hpcft.spec.model import offload_devices
 
 if TYPE_CHECKING:
@@ -43,7 +43,12 @@ def config_offload_devices(config: Mapping[str, Any] | None) -> tuple[str, str]:
     return opt, param
 
 
-def deepspeed_config(spec: JobSpec, user: Mapping[str, Any] | None = None, run_dir: str | None = None) -> dict | None:
+def deepspeed_config(
+    spec: JobSpec,
+    user: Mapping[str, Any] | None = None,
+    run_dir: str | None = None,
+    numels: Sequence[int] | None = None,
+) -> dict | None:
     """The DeepSpeed config of the job (None: plain DDP, no DeepSpeed).
 
     Args:
@@ -51,6 +56,8 @@ def deepspeed_config(spec: JobSpec, user: Mapping[str, Any] | None = None, run_d
         user: the user's own config (``train.deepspeed_config``, already read), used as given.
         run_dir: the run directory; NVMe swap files go to ``NVME_PATH/<run dir name>`` so that two
             runs on one node never share (and delete) each other's swap folder.
+        numels: the model's parameter tensor sizes (``memory.parameter_numels``), to size NVMe swap
+            buffers from; None leaves DeepSpeed's defaults.
     """
     t = spec.train
     if user is not None:
@@ -64,14 +71,19 @@ def deepspeed_config(spec: JobSpec, user: Mapping[str, Any] | None = None, run_d
         "gradient_clipping": t.max_grad_norm,
         "bf16": {"enabled": t.precision == "bf16"},
         "fp16": {"enabled": t.precision == "fp16"},
-        "zero_optimization": _zero_section(t, run_dir),
+        "zero_optimization": _zero_section(t, run_dir, numels, world_size(spec)),
         **({"optimizer": copy.deepcopy(OFFLOAD_OPTIMIZER)} if offload_devices(t) != ("none", "none") else {}),
         "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
     }
 
 
-def _zero_section(t: TrainSpec, run_dir: str | None) -> dict[str, Any]:
+def world_size(spec: JobSpec) -> int:
+    """Ranks of the job as planned: nodes × GPUs per node (processes per node on CPU)."""
+    return spec.resources.nodes * (spec.resources.gpus_per_node or 1)
+
+
+def _zero_section(t: TrainSpec, run_dir: str | None, numels: Sequence[int] | None, world: int) -> dict[str, Any]:
     zero: dict[str, Any] = {
         "stage": t.zero,
         "overlap_comm": False,
@@ -91,7 +103,29 @@ def _zero_section(t: TrainSpec, run_dir: str | None) -> dict[str, Any]:
     for key, device in (("offload_optimizer", optimizer), ("offload_param", param)):
         if device != "none":
             zero[key] = {"device": device, "pin_memory": True, **({"nvme_path": nvme} if device == "nvme" else {})}
+    swap = offload.swap_settings(numels, world, t.precision, param_nvme=param == "nvme",
+                                 optimizer_nvme=optimizer == "nvme")  # fmt: skip
+    if swap.param:
+        zero["offload_param"].update(swap.param)
+    zero.update(swap.zero)
     return zero
+
+
+def check_swap_buffers(config: Mapping[str, Any], numels: Sequence[int] | None, world: int, precision: str,
+                       source: str) -> list[str]:  # fmt: skip
+    """A parameter swap buffer that cannot hold the largest partition fails at DeepSpeed's first fetch: say so now."""
+    param = (config.get("zero_optimization") or {}).get("offload_param") or {}
+    if param.get("device") != "nvme" or not numels:
+        return []
+    need = max(offload.partition(n, world) for n in numels)
+    size = param.get("buffer_size", 100_000_000)
+    if not isinstance(size, int | float) or size >= need:
+        return []
+    return [
+        f"{source}: zero_optimization.offload_param.buffer_size {size:g} elements cannot hold the largest parameter "
+        f"partition, {need} elements ({world} ranks) (DeepSpeed asserts 'More elements … than buffer size' at "
+        f"the first fetch; HINT: buffer_size >= {offload.aligned(need, precision)}, or drop it and let hpcft size it)"
+    ]
 
 
 def check_user_config(spec: JobSpec, user: Mapping[str, Any], source: str) -> list[str]:
@@ -155,13 +189,6 @@ def read_user_config(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def plan_files(spec: JobSpec, run_dir: str) -> dict[str, str]:
-    """``{"ds_config.json": text}`` when the job uses DeepSpeed (reads and checks the user's JSON if given)."""
-    user = None
-    if spec.train.deepspeed_config:
-        user = read_user_config(spec.train.deepspeed_config)
-        problems = check_user_config(spec, user, spec.train.deepspeed_config)
-        if problems:
-            raise ConfigError(problems)
-    config = deepspeed_config(spec, user, run_dir)
-    return {DS_CONFIG_FILE: json.dumps(config, indent=2) + "\n"} if config else {}
+def config_offload_devices_of_spec(spec: JobSpec, user: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(optimizer, param) offload devices of the job: the user's JSON when given, else the spec's."""
+    return config_offload_devices(user) if user is not None else offload_devices(spec.train)

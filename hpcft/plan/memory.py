@@ -149,6 +149,36 @@ def count_parameters(cfg: Mapping[str, Any]) -> ParamCount:
     return ParamCount(total=total, largest_layer=largest, embedding=embedding, lm_head=lm_head)
 
 
+def parameter_numels(cfg: Mapping[str, Any]) -> list[int]:
+    """The element count of every parameter tensor, as ``model.parameters()`` lists them (Llama-style).
+
+    What swap buffers are sized from: DeepSpeed swaps per tensor, so its largest tensor and how many
+    tensors pass the AIO minimum matter, not the module totals of ``count_parameters``. transformers 5
+    keeps a layer's experts in two fused tensors (gate_up_proj, down_proj). Bias vectors are left out:
+    they are far below the AIO minimum, so they never take a swap buffer.
+    """
+    h, vocab, layers = _need(cfg, "hidden_size"), _need(cfg, "vocab_size"), _need(cfg, "num_hidden_layers")
+    model_type = cfg.get("model_type")
+    heads = _need(cfg, "num_attention_heads")
+    kv = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or h // heads
+    q, k = heads * head_dim, kv * head_dim
+    out = [vocab * h]
+    for i in range(layers):
+        out += [h * q, h * k, h * k, q * h, h, h]  # q, k, v, o projections; two RMSNorms
+        if not _is_moe_layer(cfg, i):
+            inter = _need(cfg, "intermediate_size")
+            out += [h * inter, h * inter, inter * h]
+            continue
+        experts = cfg.get("num_local_experts") or cfg["num_experts"]
+        inter = cfg.get("moe_intermediate_size") or _need(cfg, "intermediate_size")
+        out += [experts * h, experts * 2 * inter * h, experts * h * inter]  # router, gate_up, down
+    out.append(h)  # the final norm
+    if not cfg.get("tie_word_embeddings", TIED_BY_DEFAULT.get(model_type, False)):
+        out.append(vocab * h)
+    return out
+
+
 def _attention(cfg: Mapping[str, Any], model_type: str) -> tuple[int, int]:
     """(parameters of one attention block, its largest projection)."""
     h, heads = _need(cfg, "hidden_size"), _need(cfg, "num_attention_heads")

@@ -9,16 +9,18 @@ What differs between backends is each backend's ``prepare`` (``hpcft.backends.ba
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePath
 
 from hpcft.backends import base as backends
+from hpcft.errors import ConfigError
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
-from hpcft.plan import deepspeed
+from hpcft.plan import deepspeed, memory
 from hpcft.plan.requeue import signal_lead
-from hpcft.rundir.layout import NOTES_FILE, SPEC_FILE
+from hpcft.rundir.layout import DS_CONFIG_FILE, NOTES_FILE, SPEC_FILE
 from hpcft.slurm.env import master_port
 from hpcft.spec import JobSpec, dump_spec, spec_notes
 
@@ -77,7 +79,7 @@ def make_plan(
     spec = dataclasses.replace(spec, launch=dataclasses.replace(spec.launch, python=spec.launch.python or python))
     run = run_dir or str(PurePath(spec.run.runs_dir) / run_dir_name(spec.run.name, now))
     files = {SPEC_FILE: dump_spec(spec)}
-    files.update(deepspeed.plan_files(spec, run))  # ds_config.json when DeepSpeed is used: shown here, read by ranks
+    files.update(deepspeed_files(spec, run))  # ds_config.json when DeepSpeed is used: shown here, read by ranks
     if notes := spec_notes(spec):
         files[NOTES_FILE] = "".join(f"- {note}\n" for note in notes)
     node_argv = (spec.launch.python, "-m", "hpcft", "node", run)
@@ -95,3 +97,32 @@ def make_plan(
         "node rank": "SLURM_NODEID" if cluster.in_slurm else "0",
     }
     return Plan(spec, run, files, prepared.submit_argv, build_launch(ctx), rdzv)
+
+
+def deepspeed_files(spec: JobSpec, run_dir: str) -> dict[str, str]:
+    """``{"ds_config.json": text}`` when the job uses DeepSpeed (reads and checks the user's JSON if given)."""
+    user = None
+    if spec.train.deepspeed_config:
+        user = deepspeed.read_user_config(spec.train.deepspeed_config)
+        problems = deepspeed.check_user_config(spec, user, spec.train.deepspeed_config)
+        if problems:
+            raise ConfigError(problems)
+    numels = model_numels(spec) if deepspeed.config_offload_devices_of_spec(spec, user)[1] == "nvme" else None
+    config = deepspeed.deepspeed_config(spec, user, run_dir, numels)
+    if config and user is not None:
+        source = f"train.deepspeed_config ({spec.train.deepspeed_config})"
+        if problems := deepspeed.check_swap_buffers(
+            config, numels, deepspeed.world_size(spec), spec.train.precision, source
+        ):
+            raise ConfigError(problems)
+    return {DS_CONFIG_FILE: json.dumps(config, indent=2) + "\n"} if config else {}
+
+
+def model_numels(spec: JobSpec) -> list[int] | None:
+    """The job's parameter tensor sizes from its ``config.json``; None for a user script or another architecture."""
+    if not spec.train.model:
+        return None
+    try:
+        return memory.parameter_numels(memory.read_model_config(spec.train.model))
+    except ConfigError:
+        return None

@@ -19,6 +19,7 @@ from typing import Any
 
 from hpcft.errors import ConfigError
 from hpcft.plan import deepspeed as zero
+from hpcft.rundir.layout import DS_CONFIG_FILE
 from hpcft.spec import JobSpec
 from hpcft.train import cpu_workarounds
 
@@ -90,12 +91,13 @@ def recipe_arguments(spec: JobSpec) -> dict[str, Any]:
 
 
 def load_ds_config(spec: JobSpec, run: Path) -> dict[str, Any] | None:
-    """The job's DeepSpeed config: ``RUN/ds_config.json`` as planned, else computed again from the spec."""
-    path = run / zero.DS_CONFIG_FILE
+    """The job's DeepSpeed config: ``RUN/ds_config.json`` as planned (None: the job uses no DeepSpeed)."""
+    path = run / DS_CONFIG_FILE
     if path.is_file():
         return json.loads(path.read_text())
-    user = zero.read_user_config(spec.train.deepspeed_config) if spec.train.deepspeed_config else None
-    return zero.deepspeed_config(spec, user, str(run))
+    if spec.train.zero or spec.train.deepspeed_config:
+        raise ConfigError([f"{path}: missing; hpcft plan/submit write it for every DeepSpeed job (HINT: submit anew)"])
+    return None
 
 
 def deepspeed_setup(spec: JobSpec, run: Path) -> dict[str, Any] | None:

@@ -130,23 +130,26 @@ def _torch_optimizer_with_offload(config: dict[str, Any], generated: bool) -> li
 
 
 def _nvme_param_swap_fixes(zero: dict[str, Any]) -> list[str]:
-    """Parameter swapping to NVMe on CPU: no prefetch, 16+ swap buffers.
+    """Parameter swapping to NVMe on CPU: no NVMe prefetch, buffers returned after each module.
 
     With partitions above DeepSpeed's 1 MiB AIO minimum (runtime/swap_tensor/utils.py MIN_AIO_BYTES)
-    swapping really starts, and then failed here with ``AssertionError: Not enough buffers 0 for
-    swapping 1`` at the default ``buffer_count`` 5 (deepspeedai/DeepSpeed#3062, open), and next with
-    ``AssertionError: param 16 already assigned swap buffer id 10`` from the NVMe prefetch path
-    (``__prefetch_nvme_param_partitions``; cf. deepspeedai/Megatron-DeepSpeed#196) until prefetching
-    was disabled with ``stage3_prefetch_bucket_size: 0``.
+    swapping really starts. The prefetch path then failed here with ``AssertionError: param 16
+    already assigned swap buffer id 10`` (``__prefetch_nvme_param_partitions``; cf.
+    deepspeedai/Megatron-DeepSpeed#196) until prefetching was disabled with
+    ``stage3_prefetch_bucket_size: 0``. ``AssertionError: Not enough buffers 0 for swapping 1``
+    (deepspeedai/DeepSpeed#3062, open) comes from ``stage3_max_reuse_distance``: at its default 1e9
+    no parameter of a small model is released before backward, so each swapped one holds a buffer;
+    hpcft's generated config sets 0 (``plan.offload``), and a user's config without the key gets it
+    here. The buffer count stays as planned: raising it (to 16, as an earlier version did) at
+    DeepSpeed's default ``buffer_size`` of 1e8 elements locks 6.4 GB per rank.
     """
     changes = []
     if zero.get("stage3_prefetch_bucket_size") != 0:
         zero["stage3_prefetch_bucket_size"] = 0
         changes.append("zero_optimization.stage3_prefetch_bucket_size: 0 (NVMe param prefetch)")
-    param = zero["offload_param"]
-    if int(param.get("buffer_count", 5)) < 16:
-        param["buffer_count"] = 16
-        changes.append("zero_optimization.offload_param.buffer_count: 16 (NVMe param swap buffers)")
+    if "stage3_max_reuse_distance" not in zero:
+        zero["stage3_max_reuse_distance"] = 0
+        changes.append("zero_optimization.stage3_max_reuse_distance: 0 (NVMe swap buffers back after each module)")
     return changes
 
 

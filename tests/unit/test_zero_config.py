@@ -221,12 +221,17 @@ def test_cpu_offload_uses_torch_adamw_without_the_deepspeed_check():
     assert user["optimizer"] == config["optimizer"] and "zero_force_ds_cpu_optimizer" not in user
 
 
-def test_cpu_nvme_param_swap_gets_no_prefetch_and_16_buffers():
+def test_cpu_nvme_param_swap_gets_no_prefetch_and_keeps_the_planned_buffers():
     config = zero.deepspeed_config(spec_of(zero=3, offload={"device": "nvme", "nvme_path": "/l"}))
     out, _ = cpu_workarounds.adapt_ds_config(config, cuda=False, generated=True)
     assert out["zero_optimization"]["stage3_prefetch_bucket_size"] == 0
-    assert out["zero_optimization"]["offload_param"]["buffer_count"] == 16
+    assert out["zero_optimization"]["stage3_max_reuse_distance"] == 0
+    assert out["zero_optimization"]["offload_param"]["buffer_count"] == 5  # not raised: 16 x 1e8 locked 6.4 GB
     assert config["zero_optimization"]["stage3_prefetch_bucket_size"] == "auto"  # the input is not modified
+    user = {"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/l"}}}
+    out, _ = cpu_workarounds.adapt_ds_config(user, cuda=False, generated=False)
+    assert out["zero_optimization"]["stage3_max_reuse_distance"] == 0  # a user's config without the key
+    assert "buffer_count" not in out["zero_optimization"]["offload_param"]
 
 
 def test_fp16_and_qlora_need_cuda():
