@@ -23,7 +23,7 @@ lint:
 
 # Build the ops once, serially, before parallel ranks and tests would race for them.
 ops: setup
-	.venv/bin/python -m hpcft.train.cpu_workarounds build-ops
+	.venv/bin/hpcft ops build
 
 unit: setup
 	.venv/bin/pytest -q tests/unit

@@ -33,8 +33,9 @@ def make_run(tmp: Path, name: str, job: Path) -> Path:
     """A run directory for ``job`` made the way ``hpcft submit --backend local`` makes one."""
     from datetime import datetime
 
-    from hpcft import config, runs
     from hpcft.plan.plan import make_plan
+    from hpcft.rundir import store as runs
+    from hpcft.spec import layering as config
 
     spec = config.load_job(job, overrides=[f"run.runs_dir={tmp}", f"run.name={name}", "launch.backend=local"])
     return runs.write_run_dir(make_plan(spec, python=sys.executable, now=datetime.now()))

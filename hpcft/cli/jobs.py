@@ -96,19 +96,25 @@ def plan_cmd(**kwargs) -> None:
     """
     p = _load_plan(**kwargs)
     _print_plan(p)
-    _print_memory(p.spec, kwargs.get("gpu_mem"))
+    _print_memory(p, kwargs.get("gpu_mem"))
 
 
-def _print_memory(spec, gpu_mem: float | None) -> None:
+def _print_memory(p, gpu_mem: float | None) -> None:
     from hpcft.plan import memory
 
-    click.secho("# --- memory planner (model states, DeepSpeed's estimators; activations extra) ---", bold=True)
+    click.secho("# --- memory planner (GPU: DeepSpeed's model-state estimators; CPU with offload: host per rank "
+                "× ranks; activations extra) ---", bold=True)  # fmt: skip
     try:
-        table = memory.planner_table(spec, gpu_mem)
+        table = memory.planner_table(p.spec, gpu_mem)
     except HpcftError as e:
         click.echo(f"skipped: {e}")
         return
     _console().print(table)
+    host = memory.job_host_memory(p.spec, p.files.get("ds_config.json"))
+    if host:
+        click.secho(f"# host memory per rank with this job's offload: {memory.fmt_bytes(host.total)}", bold=True)
+        for part, size in host.parts.items():
+            click.echo(f"  {memory.fmt_bytes(size):>10}  {part}")
 
 
 def _print_plan(p) -> None:

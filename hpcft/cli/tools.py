@@ -1,4 +1,4 @@
-"""Tools around jobs: `hpcft config` (accelerate YAML) and `hpcft doctor` (cluster readiness)."""
+"""Tools around jobs: `hpcft config` (accelerate YAML), `hpcft doctor` (cluster readiness), `hpcft ops build`."""
 
 from __future__ import annotations
 
@@ -110,3 +110,33 @@ def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_n
     rows = doc.collect(run, final.state, final.nodelist)
     _console(200).print(doc.doctor_table(rows))
     sys.exit(1 if doc.failed(rows) else 0)
+
+
+@main.group("ops")
+def ops_group() -> None:
+    """DeepSpeed's C++ ops, built once into the shared cache every node and job uses."""
+
+
+@ops_group.command("build")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--op", "op_names", multiple=True, type=click.Choice(["shm_comm", "async_io", "cpu_adam", "fused_adam"]),
+              help="ops to build [default: those a node like this one may need]")  # fmt: skip
+@_handle_errors
+def ops_build(runs_dir: str | None, op_names: tuple[str, ...]) -> None:
+    """Build DeepSpeed's ops for this machine's DeepSpeed, torch and CPU, once (minutes on few cores).
+
+    Run it on a login node of the compute nodes' CPU type (or inside a job: `srun -N1 hpcft ops build`)
+    before the first multi-node job; jobs then start without compiling. The cache is
+    RUNS_DIR/.cache/torch_extensions/<versions-cpu>, or $TORCH_EXTENSIONS_DIR if set.
+    """
+    import os
+
+    from hpcft.cli.base import _runs_dir
+    from hpcft.node import ops
+
+    names = op_names or ops.default_ops(ops.node_has_cuda())
+    click.echo(f"building DeepSpeed ops {', '.join(names)} (each new one takes minutes) ...", err=True)
+    t0 = time.monotonic()
+    directory, built = ops.prebuild(_runs_dir(runs_dir), names, os.environ)
+    done = f"built {', '.join(built)} in {time.monotonic() - t0:.0f} s" if built else "all were built already"
+    click.echo(f"DeepSpeed ops in {directory}: {done}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from hpcft.errors import HpcftError, LaunchError
 from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
+from hpcft.node import ops
 from hpcft.rundir import store
 from hpcft.rundir.layout import FATAL_FILE, SPEC_FILE
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
@@ -128,10 +129,35 @@ def _run_text(argv: list[str]) -> str:
         return ""
 
 
+def with_ops(run: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with ``TORCH_EXTENSIONS_DIR`` at the shared op cache, the job's DeepSpeed ops built there.
+
+    The first node's first task builds what is missing (once, under a lock); every other task waits
+    for it, so no rank compiles and no two processes race for the same build (``hpcft.node.ops``).
+    """
+    spec = read_spec(run, node_name(env))
+    names = ops.job_ops(spec, run, ops.node_has_cuda())
+    directory = ops.ops_dir(run.parent, env)
+    env = {**env, ops.ENV: str(directory)}
+    todo = ops.missing(directory, names)
+    if not todo:
+        return env
+    cluster = ClusterEnv.from_mapping(env)
+    if cluster.node_rank == 0 and cluster.local_id == 0:
+        print(f"hpcft node {node_name(env)}: building DeepSpeed ops {', '.join(todo)} into {directory} "
+              "(once per DeepSpeed/torch version; prebuild with `hpcft ops build`)", flush=True)  # fmt: skip
+        ops.build(directory, todo, spec.launch.python or sys.executable)
+    else:
+        print(f"hpcft node {node_name(env)}: waiting for the first node to build {', '.join(todo)}", flush=True)
+        ops.wait_for(directory, todo)
+    return env
+
+
 def exec_node(run: Path) -> None:
     """Prepare, write the launcher's files, and replace this process with the launcher."""
     try:
-        cmd = prepare(run, dict(os.environ))
+        env = with_ops(run, dict(os.environ))
+        cmd = prepare(run, env)
     except HpcftError as e:
         # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
         # marker tells after-job not to requeue: the same node would fail the same way again.
@@ -141,7 +167,7 @@ def exec_node(run: Path) -> None:
         sys.exit(3)
     for name, text in cmd.files.items():
         store.write_atomic(run / name, text)
-    env = {**os.environ, **cmd.env}
+    env = {**env, **cmd.env}
     print(f"hpcft node {node_name(os.environ)}: {' '.join(cmd.argv)}", flush=True)
     os.chdir(run)
     os.execvpe(cmd.argv[0], list(cmd.argv), env)

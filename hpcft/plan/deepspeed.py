@@ -192,3 +192,36 @@ def read_user_config(path: str | os.PathLike) -> dict[str, Any]:
 def config_offload_devices_of_spec(spec: JobSpec, user: Mapping[str, Any] | None) -> tuple[str, str]:
     """(optimizer, param) offload devices of the job: the user's JSON when given, else the spec's."""
     return config_offload_devices(user) if user is not None else offload_devices(spec.train)
+
+
+# DeepSpeed's C++ ops hpcft prebuilds: name → (op_builder class, the extension's NAME, i.e. the folder
+# and .so under TORCH_EXTENSIONS_DIR). From deepspeed/ops/op_builder/*.py (0.19.8).
+DS_OPS = {
+    "shm_comm": ("ShareMemCommBuilder", "deepspeed_shm_comm"),
+    "async_io": ("AsyncIOBuilder", "async_io"),
+    "cpu_adam": ("CPUAdamBuilder", "cpu_adam"),
+    "fused_adam": ("FusedAdamBuilder", "fused_adam"),
+}
+
+
+def ops_needed(config: Mapping[str, Any] | None, *, cuda: bool, user_config: bool) -> tuple[str, ...]:
+    """The DeepSpeed ops a rank of this job compiles on first use (none without DeepSpeed).
+
+    On CPU: ``shm_comm`` at every ``init_distributed``, ``async_io`` with NVMe offload, ``cpu_adam`` only
+    for a user's optimizer block with offload (hpcft's own config runs torch AdamW there,
+    ``train.cpu_workarounds``). On GPUs: ``cpu_adam`` with offload, else ``fused_adam``, for an
+    optimizer block; ``async_io`` with NVMe.
+    """
+    if not config:
+        return ()
+    optimizer_device, param_device = config_offload_devices(config)
+    offloaded = (optimizer_device, param_device) != ("none", "none")
+    has_optimizer = "optimizer" in config
+    ops = [] if cuda else ["shm_comm"]
+    if "nvme" in (optimizer_device, param_device):
+        ops.append("async_io")
+    if has_optimizer and offloaded and (cuda or user_config):
+        ops.append("cpu_adam")
+    elif has_optimizer and cuda and not offloaded:
+        ops.append("fused_adam")
+    return tuple(ops)

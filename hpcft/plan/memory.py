@@ -297,14 +297,69 @@ def fmt_bytes(n: float) -> str:
 
 
 def plan_for_spec(spec: Any, gpu_mem_gb: float | None) -> tuple[ParamCount, list[Verdict]]:
-    """Parameter count and every choice's verdict for a job spec (reads the model's config.json)."""
+    """Parameter count and every choice's verdict for a job spec (reads the model's config.json).
+
+    The CPU memory of the offload choices is ``plan.offload``'s host model (swap buffers as hpcft
+    sizes them, the CPU optimizer's states) × ranks per node, not DeepSpeed's model-state estimate.
+    """
     if not spec.train.model:
         raise ConfigError(["train.model: the memory planner needs a model directory (not a user script)"])
-    params = count_parameters(read_model_config(spec.train.model))
+    cfg = read_model_config(spec.train.model)
+    params = count_parameters(cfg)
     gpu_mem = int(gpu_mem_gb * GB) if gpu_mem_gb else None
     node_mem = parse_mem(spec.resources.mem)
     estimates = estimate(params, spec.resources.nodes, spec.resources.gpus_per_node)
+    numels = parameter_numels(cfg)
+    estimates = [with_host_memory(e, numels, spec.resources.nodes, spec.train.precision) for e in estimates]
     return params, [judge(e, gpu_mem, node_mem) for e in estimates]
+
+
+def with_host_memory(est: MemoryEstimate, numels: Sequence[int], nodes: int, precision: str) -> MemoryEstimate:
+    """``est`` with the CPU memory per node of its offload as hpcft configures it (other choices unchanged)."""
+    from dataclasses import replace
+
+    from hpcft.plan import offload
+
+    if not est.offload:
+        return est
+    world = nodes * est.gpus_per_node
+    zero = offload_zero_section(numels, world, precision, est.offload)
+    host = offload.host_per_rank(numels, world, precision, zero, cpu_compute=False)
+    return replace(est, cpu=host.total * est.gpus_per_node)
+
+
+def offload_zero_section(numels: Sequence[int], world: int, precision: str, device: str) -> dict[str, Any]:
+    """The zero_optimization offload keys hpcft generates for ``--offload device`` (optimizer and params)."""
+    from hpcft.plan import offload
+
+    swap = offload.swap_settings(numels, world, precision, param_nvme=device == "nvme",
+                                 optimizer_nvme=device == "nvme")  # fmt: skip
+    return {"offload_optimizer": {"device": device}, "offload_param": {"device": device, **swap.param}, **swap.zero}
+
+
+def host_fit_problems(spec: Any, zero: Mapping[str, Any], numels: Sequence[int]) -> list[str]:
+    """Why this job's ranks cannot fit a node of ``resources.mem`` with the offload of ``zero``; [] if they can.
+
+    Counted as on GPU nodes (the lower figure): CPU-only nodes also hold the gathered parameters.
+    """
+    from hpcft.plan import offload
+
+    node_mem = parse_mem(spec.resources.mem)
+    ranks = max(spec.resources.gpus_per_node, 1)
+    if node_mem is None or not any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in
+                                   ("offload_optimizer", "offload_param")):  # fmt: skip
+        return []
+    host = offload.host_per_rank(numels, ranks * spec.resources.nodes, spec.train.precision, zero, cpu_compute=False)
+    need = host.total * ranks
+    if need <= node_mem * CPU_USABLE:
+        return []
+    biggest = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in sorted(host.parts.items(), key=lambda kv: -kv[1])[:3])
+    return [
+        f"resources.mem: {spec.resources.mem} per node cannot hold {ranks} ranks of ZeRO-3 with offload: "
+        f"{fmt_bytes(host.total)} of host memory per rank ({biggest}), {fmt_bytes(need)} per node > "
+        f"{fmt_bytes(node_mem * CPU_USABLE)} usable (HINT: more nodes, fewer processes per node, --offload nvme, "
+        "or a larger --mem)"
+    ]
 
 
 def choose_for_spec(spec: Any, gpu_mem_gb: float | None) -> Choice:
@@ -355,3 +410,21 @@ def planner_table(spec: Any, gpu_mem_gb: float | None):
         nvme = fmt_bytes(e.nvme) if e.nvme else "-"
         table.add_row(label, fmt_bytes(e.gpu), fmt_bytes(e.gpu_per_node), fmt_bytes(e.cpu), nvme, f"{fits}: {v.why}")
     return table
+
+
+def job_host_memory(spec: Any, ds_config_text: str | None):
+    """This job's host memory per rank (``plan.offload.HostMemory``) for its planned ds_config.json; None
+    without offload or without a model the planner can read."""
+    from hpcft.plan import offload
+
+    if not ds_config_text or not spec.train.model:
+        return None
+    zero = json.loads(ds_config_text).get("zero_optimization") or {}
+    if not any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_optimizer", "offload_param")):
+        return None
+    try:
+        numels = parameter_numels(read_model_config(spec.train.model))
+    except ConfigError:
+        return None
+    world = spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
+    return offload.host_per_rank(numels, world, spec.train.precision, zero, cpu_compute=False)

@@ -109,12 +109,14 @@ def host_per_rank(numels: Sequence[int], world: int, precision: str, zero: Mappi
     and Adam's two moments, 16·p; on NVMe: ``buffer_count`` locked fp32 buffers of the largest
     sub-group instead; both keep the gradient accumulation partition, m·p. Parameters on CPU: their
     partitions, m·p; on NVMe: the locked swap buffers plus the partitions DeepSpeed keeps in RAM up
-    to ``max_in_cpu``. ``cpu_compute`` (no GPU): the gathered full parameters live in host memory too.
+    to ``max_in_cpu``. Every rank reads the model's full tensors once while loading it (m·P).
+    ``cpu_compute`` (no GPU): the gathered full parameters live in host memory too.
     """
     m = element_bytes(precision)
     p = sum(partition(x, world) for x in numels)
     opt, prm = (zero.get(k) or {} for k in ("offload_optimizer", "offload_param"))
     parts: dict[str, int] = {"process (Python, torch, libraries)": PROCESS_BASE}
+    parts["loading the model (its full tensors, once)"] = m * sum(numels)  # from_pretrained on every rank
     if opt.get("device") == "cpu":
         parts["optimizer states (fp32 params, grads, Adam)"] = 16 * p
     elif opt.get("device") == "nvme":

@@ -107,8 +107,11 @@ def deepspeed_files(spec: JobSpec, run_dir: str) -> dict[str, str]:
         problems = deepspeed.check_user_config(spec, user, spec.train.deepspeed_config)
         if problems:
             raise ConfigError(problems)
-    numels = model_numels(spec) if deepspeed.config_offload_devices_of_spec(spec, user)[1] == "nvme" else None
-    config = deepspeed.deepspeed_config(spec, user, run_dir, numels)
+    devices = deepspeed.config_offload_devices_of_spec(spec, user)
+    numels = model_numels(spec) if devices != ("none", "none") else None
+    config = deepspeed.deepspeed_config(spec, user, run_dir, numels if devices[1] == "nvme" else None)
+    if config and numels and (problems := memory.host_fit_problems(spec, config["zero_optimization"], numels)):
+        raise ConfigError(problems)
     if config and user is not None:
         source = f"train.deepspeed_config ({spec.train.deepspeed_config})"
         if problems := deepspeed.check_swap_buffers(

@@ -6,9 +6,7 @@ Tests: ``tests/unit/test_zero_config.py`` (the config changes), ``tests/train/te
 gloo init and ``use_cpu`` switched off → the upstream failure; everything on → ZeRO-3 + offload trains
 with torch AdamW; the NVMe fixes → real swapping to disk).
 
-Also here: building DeepSpeed's JIT C++ ops once, serially, before ranks start (``python -m
-hpcft.train.cpu_workarounds build-ops``): DeepSpeed compiles them on first use (shm_comm at every
-``init_distributed`` on CPU), which costs minutes per fresh ``TORCH_EXTENSIONS_DIR``.
+DeepSpeed's JIT C++ ops are built once per cache by ``hpcft ops build`` / ``hpcft.node.ops``.
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 from hpcft.errors import ConfigError
@@ -27,9 +23,6 @@ if TYPE_CHECKING:
     from hpcft.spec import TrainSpec
 
 log = logging.getLogger("hpcft.train")
-
-# DeepSpeed ops the CPU trainer uses: shm_comm (every init_distributed on CPU), async_io (NVMe offload).
-CPU_OPS = ("ShareMemCommBuilder", "AsyncIOBuilder")
 
 
 def has_cuda() -> bool:
@@ -151,29 +144,3 @@ def _nvme_param_swap_fixes(zero: dict[str, Any]) -> list[str]:
         zero["stage3_max_reuse_distance"] = 0
         changes.append("zero_optimization.stage3_max_reuse_distance: 0 (NVMe swap buffers back after each module)")
     return changes
-
-
-def build_ops(names: tuple[str, ...] = CPU_OPS) -> dict[str, float]:
-    """JIT-build DeepSpeed ops one after another into ``$TORCH_EXTENSIONS_DIR``; seconds per op.
-
-    Run once before parallel ranks or tests start: torch's extension lock serialises concurrent
-    builds, but every waiting rank then sits idle for minutes and may hit its own timeouts.
-    """
-    from deepspeed.accelerator import get_accelerator
-
-    seconds = {}
-    for name in names:
-        builder = get_accelerator().create_op_builder(name)
-        if builder is None or not builder.is_compatible(verbose=True):
-            raise ConfigError([f"DeepSpeed op {name} cannot be built on this machine (see the messages above)"])
-        t0 = time.monotonic()
-        builder.load(verbose=False)
-        seconds[name] = round(time.monotonic() - t0, 1)
-    return seconds
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["build-ops"]:
-        sys.exit("usage: python -m hpcft.train.cpu_workarounds build-ops")
-    for op, secs in build_ops().items():
-        print(f"DeepSpeed op {op}: ready ({secs} s)")

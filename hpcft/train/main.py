@@ -98,11 +98,24 @@ def train(run: Path) -> None:
 
         patch_if_nvme(trainer)  # DeepSpeed's NVMe-offload load is inexact without it (see that module)
     trainer.train(resume_from_checkpoint=resume)
+    log.info("peak host memory of this rank: %d MiB (VmHWM)", peak_rss_bytes() // 2**20)
     if preempt.preempted:
         if trainer.is_world_process_zero():
             preemption.mark_requeue(run, trainer.state.global_step)
         return
     checkpoint.finish(trainer, run)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (``VmHWM`` of /proc/self/status; 0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def check_not_dropped(trainer) -> None:

@@ -30,7 +30,7 @@ def ds_ops(train_stack) -> None:
     """DeepSpeed's JIT ops built once, serially, in the persistent cache the jobs use (make test does it first)."""
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXT_DIR))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, "-m", "hpcft.train.cpu_workarounds", "build-ops"]
+    cmd = [sys.executable, "-m", "hpcft", "ops", "build"]
     subprocess.run(cmd, check=True, timeout=900, capture_output=True)
 
 

@@ -88,7 +88,8 @@ def test_host_memory_per_rank_by_part():
     assert parts["gathered parameters (CPU compute)"] == 4 * 8299008
     cpu = offload.host_per_rank(NUMELS, 4, "fp32", {"offload_optimizer": {"device": "cpu"}}, cpu_compute=False)
     assert cpu.parts["optimizer states (fp32 params, grads, Adam)"] == 16 * 2074752
-    assert cpu.total == offload.PROCESS_BASE + 16 * 2074752 + 4 * 2074752
+    assert cpu.parts["loading the model (its full tensors, once)"] == 4 * 8299008
+    assert cpu.total == offload.PROCESS_BASE + 4 * 8299008 + 16 * 2074752 + 4 * 2074752
 
 
 def test_the_old_default_buffers_are_what_killed_the_ranks():

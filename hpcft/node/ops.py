@@ -1,0 +1,128 @@
+"""DeepSpeed's C++ ops, built once per DeepSpeed/torch version and CPU into a cache every node shares.
+
+DeepSpeed compiles its ops (``shm_comm`` on CPU, ``async_io`` for NVMe, ``cpu_adam``) the first time a
+rank uses them: minutes on the critical path of every fresh start, every rank of every node waiting on
+torch's build lock. hpcft keeps them in ``RUNS_DIR/.cache/torch_extensions/<key>`` on the shared
+filesystem, the key naming the DeepSpeed, torch and Python versions, the machine and a hash of the CPU's
+feature flags (DeepSpeed compiles with ``-march=native``: a build from a newer CPU may not run on an
+older one). ``$TORCH_EXTENSIONS_DIR`` set by the user wins. ``hpcft ops build`` fills the cache ahead
+(e.g. on a login node of the same CPU type); otherwise the first job's first node builds what is
+missing, once, under a lock, while the other nodes wait for it — the ranks never compile.
+No torch here: versions come from package metadata.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcft.errors import LaunchError
+from hpcft.plan.deepspeed import DS_OPS, ops_needed
+from hpcft.rundir.layout import DS_CONFIG_FILE
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
+
+ENV = "TORCH_EXTENSIONS_DIR"
+WAIT_S = 1800  # how long other nodes wait for the building node (a cold async_io build takes ~3 min on 2 cores)
+
+
+def cache_key(env: Mapping[str, str] | None = None) -> str:
+    """``ds<ver>-torch<ver>-py<ver>-<machine>-<cpu flags hash>`` for this machine."""
+    versions = []
+    for dist in ("deepspeed", "torch"):
+        try:
+            versions.append(importlib.metadata.version(dist).replace("+", "_"))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append("none")
+    py = f"{sys.version_info.major}{sys.version_info.minor}"
+    return f"ds{versions[0]}-torch{versions[1]}-py{py}-{platform.machine()}-{cpu_flags_hash()}"
+
+
+def cpu_flags_hash() -> str:
+    """8 hex digits of the CPU's feature flags (/proc/cpuinfo), or ``unknown``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:8]
+
+
+def ops_dir(runs_dir: str | os.PathLike, env: Mapping[str, str]) -> Path:
+    """Where this node's ranks find the ops: ``$TORCH_EXTENSIONS_DIR``, else the shared versioned cache."""
+    if env.get(ENV):
+        return Path(env[ENV])
+    return Path(runs_dir).resolve() / ".cache" / "torch_extensions" / cache_key(env)
+
+
+def missing(directory: Path, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ops of ``names`` without their built library in ``directory``."""
+    return tuple(n for n in names if not (directory / DS_OPS[n][1] / f"{DS_OPS[n][1]}.so").is_file())
+
+
+def job_ops(spec: JobSpec, run: Path, cuda: bool) -> tuple[str, ...]:
+    """The ops the job's ranks need on this node (from the run's ds_config.json)."""
+    path = run / DS_CONFIG_FILE
+    config = json.loads(path.read_text()) if path.is_file() else None
+    return ops_needed(config, cuda=cuda, user_config=bool(spec.train.deepspeed_config))
+
+
+def node_has_cuda() -> bool:
+    """An NVIDIA driver is loaded here (what the ranks' ``torch.cuda.is_available`` needs first)."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def build(directory: Path, names: tuple[str, ...], python: str = sys.executable) -> None:
+    """Build ``names`` into ``directory`` in a child process (the only import of DeepSpeed), under a lock."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".hpcft-build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another node or job building the same cache: wait, then re-check
+        todo = missing(directory, names)
+        if not todo:
+            return
+        argv = [python, "-m", "hpcft.train.ops", "build", str(directory), *todo]
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LaunchError(
+                f"building DeepSpeed ops {', '.join(todo)} into {directory} failed (exit {proc.returncode}): "
+                f"{proc.stderr.strip()[-2000:]}",
+                hint="run `hpcft ops build` on a node to see the compiler's output (it needs gcc, ninja, libaio-dev)",
+            )
+
+
+def wait_for(directory: Path, names: tuple[str, ...], timeout_s: float = WAIT_S, poll_s: float = 2.0) -> None:
+    """Wait until the building node has put every op of ``names`` into ``directory``."""
+    deadline = time.monotonic() + timeout_s
+    while missing(directory, names):
+        if time.monotonic() > deadline:
+            raise LaunchError(
+                f"waited {timeout_s / 60:.0f} min for DeepSpeed ops {', '.join(missing(directory, names))} "
+                f"in {directory}, which the job's first node builds",
+                hint="see the first node's lines in the job output; or prebuild with `hpcft ops build`",
+            )
+        time.sleep(poll_s)
+
+
+def default_ops(cuda: bool) -> tuple[str, ...]:
+    """What ``hpcft ops build`` builds without ``--op``: every op this kind of node may need."""
+    return ("async_io", "cpu_adam", "fused_adam") if cuda else ("shm_comm", "async_io")
+
+
+def prebuild(runs_dir: str, names: tuple[str, ...], env: Mapping[str, str]) -> tuple[Path, tuple[str, ...]]:
+    """``hpcft ops build``: build what of ``names`` is missing in this machine's cache; (folder, built ops)."""
+    directory = ops_dir(runs_dir, env)
+    todo = missing(directory, names)
+    if todo:
+        build(directory, todo)
+    return directory, todo
