@@ -168,6 +168,39 @@ def _query(argv: list[str], parse: Callable[[str], dict[str, JobState]], runner:
     return parse(proc.stdout)
 
 
+STEP_FIELDS = "JobID,State,MaxRSS,NodeList"
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One step of a job as sacct reports it (``J.batch``, ``J.extern``, ``J.0``, ...)."""
+
+    step: str
+    state: str
+    max_rss: str
+    nodes: str
+
+
+def parse_sacct_steps(text: str) -> list[StepState]:
+    """Parse ``sacct -n -P -o STEP_FIELDS -j J`` lines: the steps (lines whose JobID has a dot)."""
+    return [
+        StepState(job_id, state.split()[0] if state else "UNKNOWN", rss, nodes)
+        for job_id, state, rss, nodes in _split(text, 4, "sacct")
+        if "." in job_id
+    ]
+
+
+def query_steps(job_id: str, *, runner: Runner | None = None) -> list[StepState]:
+    """The steps of job ``job_id`` so far (empty when sacct is unavailable or knows none yet)."""
+    if not _JOB_ID.fullmatch(job_id):
+        return []
+    try:
+        proc = (runner or run_process)(["sacct", "-n", "-P", "-j", job_id, "-o", STEP_FIELDS], 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return []
+    return parse_sacct_steps(proc.stdout)
+
+
 def cancel(job_id: str, *, runner: Runner | None = None) -> None:
     """``scancel JOBID``."""
     run(["scancel", job_id], runner=runner)
