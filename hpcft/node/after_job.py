@@ -1,12 +1,15 @@
 """``hpcft after-job RUN RC``: run by the batch script when the launcher ends; applies the requeue policy.
 
-Reads the run's markers, asks ``plan.requeue.decide``, records the outcome in state.json and, to
-requeue, calls ``scontrol requeue`` last (it ends the batch script itself).
+Reads the run's markers and, after a failure, whether SLURM ended a step of this job as
+OUT_OF_MEMORY (its cgroup's OOM killer: a rerun would die the same way, so it is never requeued);
+asks ``plan.requeue.decide``, records the outcome in state.json and, to requeue, calls
+``scontrol requeue`` last (it ends the batch script itself).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from hpcft.plan.requeue import decide
@@ -21,6 +24,7 @@ def after_job(run: Path, rc: int) -> int:
     state = store.read_state(run)
     fatal = run / FATAL_FILE
     job_id = os.environ.get("SLURM_JOB_ID", "")
+    oom = out_of_memory(job_id, os.environ) if rc != 0 and job_id else None
     d = decide(
         rc,
         finished=(run / FINISHED_FILE).exists(),
@@ -29,12 +33,12 @@ def after_job(run: Path, rc: int) -> int:
         requeue_allowed=spec.run.requeue and bool(job_id),
         failures=int(state.get("failures", 0)),
         max_failures=spec.run.max_failures,
-        fatal=fatal.read_text().strip() if fatal.exists() else None,
+        fatal=(fatal.read_text().strip() if fatal.exists() else None) or oom,
     )
 
     def record(s: dict) -> None:
-        s.setdefault("events", []).append({"job": job_id, "rc": rc, "action": d.action, "reason": d.reason,
-                                           "time": store.now_iso()})  # fmt: skip
+        event = {"job": job_id, "rc": rc, "action": d.action, "reason": d.reason, "time": store.now_iso()}
+        s.setdefault("events", []).append({**event, **({"oom": oom} if oom else {})})
         if d.action == "requeue":
             s["restarts"] = int(s.get("restarts", 0)) + 1
             if rc != 0:
@@ -47,3 +51,24 @@ def after_job(run: Path, rc: int) -> int:
         (run / REQUEUE_FILE).unlink(missing_ok=True)
         client.requeue(job_id)  # ends this script; the job restarts with SLURM_RESTART_COUNT+1
     return d.exit_code
+
+
+def out_of_memory(job_id: str, env: dict[str, str] | os._Environ, wait_s: float = 15) -> str | None:
+    """What SLURM says ran out of memory in this job, or None; waits for sacct to record the ended steps."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        launched = [s for s in client.query_steps(job_id) if not s.step.endswith((".batch", ".extern"))]
+        oom = [s for s in launched if s.state == "OUT_OF_MEMORY"]
+        if oom or (launched and all(s.state in client.ENDED for s in launched)) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if not oom:
+        return None
+    limit = env.get("SLURM_MEM_PER_NODE")
+    had = f"its memory limit of {limit} MB per node (--mem)" if limit else "its memory limit"
+    peak = f"; sampled peak RSS {oom[0].max_rss}" if oom[0].max_rss.strip("0K") else ""
+    return (
+        f"out of memory: step {oom[0].step} on {oom[0].nodes} was killed by SLURM at {had}{peak} "
+        "(HINT: raise resources.mem, run fewer processes per node, or offload; `hpcft plan` shows the memory "
+        "planner)"
+    )

@@ -69,6 +69,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
     jobs = state["jobs"]
     job = jobs[-1] if jobs else None
     sched, nodes, elapsed, where = _scheduler_view(job, state, slurm)
+    oom = _oom(state, job)
     metrics = store.read_metrics(path)
     progress = summarize_metrics(metrics)
     ckpt = _checkpoint(path)
@@ -77,7 +78,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         run=path.name,
         path=str(path),
         backend=state["backend"],
-        state=sched,
+        state="OUT_OF_MEMORY" if oom and sched in client.ENDED else sched,
         job_id=job["id"] if job else "",
         job_ids=[j["id"] for j in jobs],
         nodes=nodes,
@@ -89,7 +90,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         checkpoint=ckpt,
         finished=(path / layout.FINISHED_FILE).exists(),
         nodelist=where if running or sched in client.ENDED else "",
-        reason=where if sched == "PENDING" else "",
+        reason=where if sched == "PENDING" else (oom or ""),
         eval_loss=progress["eval_loss"],
         eta_s=estimate_eta(metrics, progress["total_steps"]) if running else None,
         restarts=count_restarts(state, metrics),
@@ -108,6 +109,12 @@ def _scheduler_view(
     if js is None:
         return "UNKNOWN", "", "", ""
     return js.state, js.nodes, js.elapsed, js.reason_or_nodelist
+
+
+def _oom(state: dict[str, Any], job: dict[str, Any] | None) -> str | None:
+    """What ran out of memory in the newest job (recorded by after-job), shortened for the table."""
+    events = [e for e in state.get("events", []) if job and e.get("job") == job["id"] and e.get("oom")]
+    return events[-1]["oom"].split(" (HINT")[0].removeprefix("out of memory: ") if events else None
 
 
 def _checkpoint(path: Path) -> str | None:

@@ -97,3 +97,20 @@ def _planned_mib(run: Path, model: Path) -> int:
     numels = memory.parameter_numels(memory.read_model_config(model))
     zero = json.loads((run / "ds_config.json").read_text())["zero_optimization"]
     return offload.host_per_rank(numels, 4, "fp32", zero, cpu_compute=True).total // 2**20
+
+
+def test_a_rank_slurm_kills_for_memory_is_named_and_not_retried(lab, demo_dir, tmp_path):
+    # --mem 400M per node for two ranks of ~550 MiB each: the job's cgroup OOM killer ends the step.
+    runs = tmp_path / "runs"
+    proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--wait", "--runs-dir", str(runs),
+                 "-o", "resources.mem=400M", "-o", "run.max_failures=2", timeout=600, check=False)  # fmt: skip
+    (run,) = [p.parent for p in runs.glob("*/spec.yaml")]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    state = json.loads((run / "state.json").read_text())
+    (event,) = state["events"]  # one attempt: an OOM is not retried like a transient crash
+    assert event["action"] == "fail" and "was killed by SLURM at its memory limit of 400 MB" in event["oom"]
+    assert state.get("restarts", 0) == 0 and state.get("failures", 0) == 0
+    out = _job_output(run)
+    assert "hpcft: fail: out of memory: step" in out
+    st = json.loads(hpcft("status", run.name, "--runs-dir", str(runs), "--json").stdout)
+    assert st["state"] == "OUT_OF_MEMORY" and "memory limit of 400 MB" in st["reason"]

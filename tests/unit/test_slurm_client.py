@@ -299,3 +299,11 @@ def test_requeue_refused_is_a_submission_error():
     with pytest.raises(SubmissionError, match="presently disabled") as e:
         client.requeue("4", runner=fake)
     assert e.value.argv == ["scontrol", "requeue", "4"]
+
+
+def test_parse_sacct_steps_names_the_step_slurm_ended_out_of_memory():
+    steps = client.parse_sacct_steps((DATA / "sacct_steps_oom.txt").read_text())
+    assert steps == [
+        client.StepState("28.batch", "COMPLETED", "1240K", "node1"),
+        client.StepState("28.0", "OUT_OF_MEMORY", "2984K", "node1"),
+    ]
