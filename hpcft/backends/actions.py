@@ -30,6 +30,16 @@ def submit(plan: Plan) -> tuple[Path, str]:
         raise
 
 
+def write_only(plan: Plan) -> Path:
+    """Write the run directory of an sbatch plan without submitting (``submit --no-submit``)."""
+    if plan.backend != "sbatch":
+        raise RunError(
+            f"--no-submit writes a batch script for you to sbatch; this job's backend is {plan.backend}",
+            hint="add --backend sbatch",
+        )
+    return store.write_run_dir(plan)
+
+
 def resubmit(plan: Plan) -> str:
     """Rewrite an existing run's files (spec, script) and start a new job in it; restore them on failure."""
     run = Path(plan.run_dir)

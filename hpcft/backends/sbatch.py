@@ -54,6 +54,7 @@ def render_script(
         output=script.filename_pattern(run) + f"/{LOGS_DIR}/slurm-%j.out",
         tasks_per_node=tasks,
         signal_lead=signal_lead,
+        comment=f"{client.RUN_COMMENT}{run}",  # squeue %k: which run a job belongs to (hpcft status --from-squeue)
     )
     ctx = script.make_context(
         f"{shape}.sbatch.j2",
@@ -67,6 +68,7 @@ def render_script(
         description=DESCRIPTIONS[shape],
         requeue=spec.run.requeue,
         after_argv=[node_argv[0], "-m", "hpcft", "after-job", run],
+        begin_argv=[node_argv[0], "-m", "hpcft", "begin-job", run],
     )
     return script.render_sbatch(ctx)
 

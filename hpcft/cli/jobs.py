@@ -139,8 +139,9 @@ def _print_plan(p) -> None:
 @job_options
 @click.option("--dry-run", is_flag=True, help="print the plan and stop (same as `hpcft plan`)")
 @click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
+@click.option("--no-submit", is_flag=True, help="write the run directory and job.sbatch; you sbatch it yourself")
 @_handle_errors
-def submit(dry_run: bool, wait: bool, **kwargs) -> None:
+def submit(dry_run: bool, wait: bool, no_submit: bool, **kwargs) -> None:
     """Submit a fine-tuning job described by JOB_FILE.
 
     \b
@@ -148,12 +149,19 @@ def submit(dry_run: bool, wait: bool, **kwargs) -> None:
       hpcft submit job.yaml --nodes 4 --gpus-per-node 8 --time 12:00:00
       hpcft submit job.yaml -o train.lr=1e-4 -o train.max_steps=500
       hpcft submit job.yaml --nodes 2 -- my_train.py --epochs 3
+      hpcft submit job.yaml --nodes 2 --no-submit      # write job.sbatch; sbatch it yourself
     """
     from hpcft.backends import actions as backends
 
     p = _load_plan(**kwargs)
     if dry_run:
         _print_plan(p)
+        return
+    if no_submit:
+        run = backends.write_only(p)
+        click.echo(f"wrote {run.name}: read or edit {run / 'job.sbatch'}, then submit it yourself:")
+        click.echo(f"  sbatch {run / 'job.sbatch'}")
+        click.echo(f"  then:  hpcft status {run.name}   |   hpcft logs {run.name} -f")
         return
     run, job_id = backends.submit(p)
     click.echo(f"submitted {run.name} as job {job_id} ({p.backend})")
@@ -190,6 +198,18 @@ def node(run_dir: str) -> None:
     from hpcft.node.agent import exec_node
 
     exec_node(Path(run_dir).resolve())
+
+
+@main.command("begin-job", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@_handle_errors
+def begin_job(run_dir: str) -> None:
+    """Record this job in the run and check it may train (run first by the batch script)."""
+    import os
+
+    from hpcft.node.begin_job import begin_job as record_and_check
+
+    sys.exit(record_and_check(Path(run_dir).resolve(), os.environ))
 
 
 @main.command("after-job", hidden=True)

@@ -72,22 +72,33 @@ def list_cmd(runs_dir: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--watch", is_flag=True, help="refresh in place until every shown run has ended (Ctrl-C stops)")
 @click.option("--interval", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
+@click.option("--from-squeue", is_flag=True, help="every run of yours SLURM knows (job comments), any runs dir")
 @_handle_errors
-def status(run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float) -> None:
+def status(
+    run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float, from_squeue: bool
+) -> None:
     """State, jobs, nodes, elapsed, progress, loss, tokens/s, ETA, checkpoint and restarts of runs.
 
     The state comes from squeue while a job is known there and from sacct once it has ended;
     SLURM is asked once per refresh for all runs shown.
     """
+    ref = SQUEUE if from_squeue else run
     if watch and not as_json:
-        _watch_status(run, runs_dir, interval)
+        _watch_status(ref, runs_dir, interval)
     else:
-        _status_table(run, runs_dir, as_json)
+        _status_table(ref, runs_dir, as_json)
 
 
-def _status_paths(ref: str | None, runs_dir: str | None) -> tuple[str, list[Path]]:
+SQUEUE = object()  # the runs of the user's jobs in squeue, instead of a runs directory
+
+
+def _status_paths(ref, runs_dir: str | None) -> tuple[str, list[Path]]:
+    from hpcft.ops import status as monitor
     from hpcft.rundir import store
+    from hpcft.slurm.client import RUN_COMMENT
 
+    if ref is SQUEUE:
+        return "your jobs in squeue", monitor.squeue_runs(RUN_COMMENT)
     base = _runs_dir(runs_dir)
     return base, ([store.find_run(ref, base)] if ref else store.list_runs(base))
 
@@ -99,7 +110,7 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
     rows = monitor.run_statuses(paths)
     if as_json:
         data = [r.to_dict() for r in rows]
-        click.echo(json.dumps(data[0] if ref else data, indent=2))
+        click.echo(json.dumps(data[0] if isinstance(ref, str) else data, indent=2))
         return
     if not rows:
         click.echo(f"no runs under {base}")

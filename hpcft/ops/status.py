@@ -57,6 +57,12 @@ class RunStatus:
         return self.state in client.ENDED or self.state in ("LOST", "NOT_SUBMITTED")
 
 
+def squeue_runs(prefix: str) -> list[Path]:
+    """Run directories of this user's jobs in squeue (their ``--comment``), wherever their runs directory is."""
+    found = {Path(run) for run in client.user_jobs(prefix).values()}
+    return sorted(p for p in found if (p / layout.STATE_FILE).is_file())
+
+
 def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
     """Status rows for ``paths``, asking SLURM once for all their jobs."""
     states = {p: store.read_state(p) for p in paths}

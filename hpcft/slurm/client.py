@@ -201,6 +201,24 @@ def query_steps(job_id: str, *, runner: Runner | None = None) -> list[StepState]
     return parse_sacct_steps(proc.stdout)
 
 
+USER_JOBS_FORMAT = "%i|%T|%k"
+RUN_COMMENT = "hpcft:"  # hpcft's batch scripts carry --comment=hpcft:RUN_DIR
+
+
+def parse_user_jobs(text: str, prefix: str) -> dict[str, str]:
+    """``squeue --me -h -o USER_JOBS_FORMAT`` → job id → what follows ``prefix`` in its comment (hpcft's jobs)."""
+    return {job: comment[len(prefix) :] for job, _, comment in _split(text, 3, "squeue") if comment.startswith(prefix)}
+
+
+def user_jobs(prefix: str, *, runner: Runner | None = None) -> dict[str, str]:
+    """This user's jobs SLURM knows whose ``--comment`` starts with ``prefix``: job id → the rest of it."""
+    try:
+        proc = (runner or run_process)(["squeue", "--me", "-h", "-o", USER_JOBS_FORMAT], 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return {}
+    return parse_user_jobs(proc.stdout, prefix)
+
+
 def cancel(job_id: str, *, runner: Runner | None = None) -> None:
     """``scancel JOBID``."""
     run(["scancel", job_id], runner=runner)

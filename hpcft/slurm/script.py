@@ -45,6 +45,7 @@ class ScriptContext:
     description: str
     requeue: bool
     after_cmd: str
+    begin_cmd: str
 
 
 def sbatch_quote(value: str) -> str:
@@ -84,6 +85,7 @@ def format_sbatch_options(
     output: str,
     tasks_per_node: int = 1,
     signal_lead: int | None = None,
+    comment: str | None = None,
 ) -> list[str]:
     """The one sbatch-flag formatter: resources → sorted ``--long-option=value`` strings.
 
@@ -103,6 +105,8 @@ def format_sbatch_options(
         value = getattr(res, name)
         if value is not None:
             opts[name.replace("_", "-")] = str(value)
+    if comment:
+        opts["comment"] = comment
     if signal_lead:
         # B: = to the batch shell only (its trap asks the ranks to checkpoint); --requeue lets it requeue itself.
         opts["signal"] = f"B:USR1@{signal_lead}"
@@ -141,6 +145,7 @@ def make_context(
     description: str,
     requeue: bool,
     after_argv: Sequence[str],
+    begin_argv: Sequence[str],
 ) -> ScriptContext:
     """Build the context for ``template`` from unformatted values."""
     return ScriptContext(
@@ -157,6 +162,7 @@ def make_context(
         description="\n".join(f"# {line}" for line in description.splitlines()),
         requeue=requeue,
         after_cmd=shell_join(after_argv),
+        begin_cmd=shell_join(begin_argv),
     )
 
 

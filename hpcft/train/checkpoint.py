@@ -15,7 +15,7 @@ from pathlib import Path
 from hpcft.errors import HpcftError
 from hpcft.rundir import checkpoints, layout, store
 from hpcft.rundir.checkpoints import checkpoints_dir
-from hpcft.rundir.layout import RESUME_FROM_FILE
+from hpcft.rundir.layout import FINISHED_FILE, MODEL_DIR, RESUME_FROM_FILE
 from hpcft.spec import JobSpec
 
 log = logging.getLogger("hpcft.train")
@@ -104,3 +104,28 @@ def finish(trainer, run: Path) -> None:
     if trainer.is_world_process_zero():
         store.write_atomic(run / layout.FINISHED_FILE, f"{trainer.state.global_step}\n")
         log.info("finished at step %d", trainer.state.global_step)
+
+
+def reached_max_steps(spec: JobSpec, resume: str | None) -> bool:
+    """True when the checkpoint to resume from is already at ``train.max_steps`` (nothing left to train).
+
+    The HF Trainer would otherwise run one step past the end (at learning rate 0) and rewrite the
+    final model.
+    """
+    step = checkpoints.step_of(Path(resume)) if resume else None
+    return step is not None and 0 < spec.train.max_steps <= step
+
+
+def finish_from(run: Path, resume: str, is_rank0: bool) -> None:
+    """End a run whose newest checkpoint is its last step: the final model from that checkpoint, FINISHED."""
+    step = checkpoints.step_of(Path(resume))
+    if is_rank0:
+        log.info("%s is at train.max_steps: nothing to train; the final model comes from it", Path(resume).name)
+        final = run / MODEL_DIR
+        if not (final / "config.json").is_file() and not (final / "adapter_config.json").is_file():
+            from hpcft.train.export import export
+
+            shutil.rmtree(final, ignore_errors=True)
+            export(run, final, step=step)
+        store.write_atomic(run / FINISHED_FILE, f"{step}\n")
+    _barrier()

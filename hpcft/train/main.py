@@ -74,6 +74,10 @@ def train(run: Path) -> None:
     spec = store.load_run_spec(run)
     ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
     args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)
+    resume = checkpoint.resume_point(spec, run, args.world_size, args.process_index == 0)
+    if checkpoint.reached_max_steps(spec, resume):
+        checkpoint.finish_from(run, resume, args.process_index == 0)  # a run resumed at its end: no step more
+        return
     tokenizer = model.load_tokenizer(spec)
     train_ds, eval_ds = data.build_datasets(spec, run, tokenizer)
     trainer = Trainer(
@@ -92,7 +96,6 @@ def train(run: Path) -> None:
     preempt = preemption.make_preemption_callback(run)
     for callback in (preempt, checkpoint.make_commit_callback(spec, run, world)):  # preempt decides, then commit
         trainer.add_callback(callback)
-    resume = checkpoint.resume_point(spec, run, world, trainer.is_world_process_zero())
     if resume:
         from hpcft.train.ds_nvme_resume import patch_if_nvme
 
