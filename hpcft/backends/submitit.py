@@ -22,7 +22,7 @@ from hpcft.launchers.base import shape_of
 from hpcft.rundir import store
 from hpcft.slurm import client
 from hpcft.slurm.env import ClusterEnv
-from hpcft.slurm.script import slurm_minutes
+from hpcft.spec.model import slurm_minutes
 
 if TYPE_CHECKING:
     from hpcft.plan.plan import Plan

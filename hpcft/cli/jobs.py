@@ -187,6 +187,9 @@ def _wait(run: Path) -> int:
     final = monitor.wait_for(run, show)
     ok = final.state == "COMPLETED"
     click.secho(f"{run.name}: {final.state}", fg="green" if ok else "red")
+    if final.state == "UNKNOWN":
+        click.echo(f"  neither squeue nor sacct knows job {final.job_id} any more: no accounting on this cluster? "
+                   f"The run's files tell the rest: hpcft logs {run.name}", err=True)  # fmt: skip
     return 0 if ok else 1
 
 

@@ -13,6 +13,7 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     """``python <entry>`` with torch's rank variables taken from SLURM's task variables."""
     c = ctx.cluster
     env = ctx.rank_env()
+    env["HPCFT_CHECKPOINT_ON_SIGTERM"] = "1"  # SLURM signals these tasks directly (hpcft.train.preemption)
     if c.in_slurm:
         env.update(
             RANK=str(c.proc_id),

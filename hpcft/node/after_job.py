@@ -12,9 +12,10 @@ import os
 import time
 from pathlib import Path
 
+from hpcft.errors import HpcftError
 from hpcft.plan.requeue import decide
 from hpcft.rundir import store
-from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, REQUEUE_FILE
+from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE
 from hpcft.slurm import client
 
 
@@ -25,23 +26,36 @@ def after_job(run: Path, rc: int) -> int:
     fatal = run / FATAL_FILE
     job_id = os.environ.get("SLURM_JOB_ID", "")
     oom = out_of_memory(job_id, os.environ) if rc != 0 and job_id else None
+    saved = (run / REQUEUE_FILE).exists()
+    preempted = saved and (run / PREEMPT_FILE).is_file() and (run / PREEMPT_FILE).read_text().strip() == "SIGTERM"
+    warned_by = "SLURM's SIGTERM (preemption)" if preempted else "the warning signal"
     d = decide(
         rc,
         finished=(run / FINISHED_FILE).exists(),
-        saved_for_requeue=(run / REQUEUE_FILE).exists(),
+        saved_for_requeue=saved,
         cancelled=bool(state.get("cancelled")),
         requeue_allowed=spec.run.requeue and bool(job_id),
         failures=int(state.get("failures", 0)),
         max_failures=spec.run.max_failures,
         fatal=(fatal.read_text().strip() if fatal.exists() else None) or oom,
+        warned_by=warned_by,
+        preemptions=int(state.get("preemptions", 0)),
+        max_preemptions=spec.run.max_preemptions,
     )
 
+    event = {"job": job_id, "rc": rc, "action": d.action, "reason": d.reason, "time": store.now_iso()}
+    if oom:
+        event["oom"] = oom
+    if saved:
+        event["kind"] = "preemption" if preempted else "time limit"
+
     def record(s: dict) -> None:
-        event = {"job": job_id, "rc": rc, "action": d.action, "reason": d.reason, "time": store.now_iso()}
-        s.setdefault("events", []).append({**event, **({"oom": oom} if oom else {})})
+        s.setdefault("events", []).append(event)
         if d.action == "requeue":
             s["restarts"] = int(s.get("restarts", 0)) + 1
-            if rc != 0:
+            if saved:
+                s["preemptions"] = int(s.get("preemptions", 0)) + 1
+            elif rc != 0:
                 s["failures"] = int(s.get("failures", 0)) + 1
 
     store.update_state(run, record)
@@ -49,8 +63,18 @@ def after_job(run: Path, rc: int) -> int:
     print(f"hpcft: {d.action}: {d.reason}", flush=True)
     if d.action == "requeue":
         (run / REQUEUE_FILE).unlink(missing_ok=True)
-        client.requeue(job_id)  # ends this script; the job restarts with SLURM_RESTART_COUNT+1
+        requeue(job_id, preempted)
     return d.exit_code
+
+
+def requeue(job_id: str, preempted: bool) -> None:
+    """``scontrol requeue`` (ends this script); after a preemption SLURM may be requeueing the job itself."""
+    try:
+        client.requeue(job_id)  # the job restarts with SLURM_RESTART_COUNT+1
+    except HpcftError as e:
+        if not preempted:
+            raise
+        print(f"hpcft: SLURM requeues the preempted job itself ({e.message})", flush=True)
 
 
 def out_of_memory(job_id: str, env: dict[str, str] | os._Environ, wait_s: float = 15) -> str | None:

@@ -26,7 +26,7 @@ from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.node import ops
 from hpcft.rundir import store
-from hpcft.rundir.layout import FATAL_FILE, SPEC_FILE
+from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
 
 if TYPE_CHECKING:
@@ -170,4 +170,36 @@ def exec_node(run: Path) -> None:
     env = {**env, **cmd.env}
     print(f"hpcft node {node_name(os.environ)}: {' '.join(cmd.argv)}", flush=True)
     os.chdir(run)
-    os.execvpe(cmd.argv[0], list(cmd.argv), env)
+    per_rank = launchers.get(store.load_run_spec(run).launch.launcher).shape == "per_rank"
+    if ClusterEnv.from_mapping(env).in_slurm and not per_rank:
+        sys.exit(supervise(run, cmd.argv, env))
+    os.execvpe(cmd.argv[0], list(cmd.argv), env)  # a rank itself (srun launcher: SIGTERM reaches it), or local
+
+
+def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str]) -> int:
+    """Run the launcher as a child and turn SLURM's SIGTERM into a checkpoint request; its exit code.
+
+    On priority preemption SLURM sends SIGTERM to the process it started on each node (this one)
+    and, after the partition's GraceTime, SIGTERM again and then SIGKILL (``../shared/PREEMPTION.md``).
+    Had this process exec'd torchrun, torchrun would forward the SIGTERM and kill the workers
+    (pytorch#119856) and the grace time would go unused. Here the first SIGTERM writes
+    ``RUN/PREEMPT`` — the ranks checkpoint at their next step and exit, the launcher ends by itself —
+    and a second one is passed on to the launcher.
+    """
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(list(argv), env=env)
+    seen = []
+
+    def on_term(signum, frame) -> None:
+        seen.append(signum)
+        if len(seen) == 1:
+            print(f"hpcft node {node_name(env)}: SIGTERM (preemption, time limit or cancel): asking the ranks "
+                  "to checkpoint at their next step", flush=True)  # fmt: skip
+            store.write_atomic(run / PREEMPT_FILE, "SIGTERM\n")
+        else:
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    return proc.wait()

@@ -244,12 +244,25 @@ def status_table(rows: Sequence[RunStatus]):
     return table
 
 
-def wait_for(path: Path, on_poll: Callable[[RunStatus], None] | None = None, interval: float = 2.0) -> RunStatus:
-    """Poll until the run's newest job has ended; return its final status."""
+# How long neither squeue nor sacct may know a job before waiting gives up on it (a cluster without
+# accounting forgets a job once it leaves squeue): UNKNOWN is then the end.
+UNKNOWN_GRACE_S = 60.0
+
+
+def wait_for(path: Path, on_poll: Callable[[RunStatus], None] | None = None, interval: float = 2.0,
+             unknown_grace_s: float = UNKNOWN_GRACE_S) -> RunStatus:  # fmt: skip
+    """Poll until the run's newest job has ended (or SLURM has not known it for a while); its final status."""
+    unknown_since = None
     while True:
         status = run_statuses([path])[0]
         if on_poll:
             on_poll(status)
         if status.ended:
             return status
+        if status.state == "UNKNOWN":
+            unknown_since = unknown_since or time.monotonic()
+            if time.monotonic() - unknown_since >= unknown_grace_s:
+                return status
+        else:
+            unknown_since = None
         time.sleep(interval)

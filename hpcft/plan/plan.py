@@ -19,7 +19,7 @@ from hpcft.backends import base as backends
 from hpcft.errors import ConfigError
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.plan import deepspeed, memory
-from hpcft.plan.requeue import signal_lead
+from hpcft.plan.requeue import warning_lead
 from hpcft.rundir.layout import DS_CONFIG_FILE, NOTES_FILE, SPEC_FILE
 from hpcft.slurm.env import master_port
 from hpcft.spec import JobSpec, dump_spec, spec_notes
@@ -83,7 +83,7 @@ def make_plan(
     if notes := spec_notes(spec):
         files[NOTES_FILE] = "".join(f"- {note}\n" for note in notes)
     node_argv = (spec.launch.python, "-m", "hpcft", "node", run)
-    lead = (spec.run.signal_lead or signal_lead(save_seconds)) if spec.run.requeue else None
+    lead = warning_lead(spec, save_seconds) if spec.run.requeue else None
     prepared = backends.get(spec.launch.backend).load().prepare(spec, run, node_argv, lead)
     files.update(prepared.files)
     cluster = prepared.preview_cluster

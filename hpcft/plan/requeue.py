@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hpcft.spec.model import slurm_minutes
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
 
 DEFAULT_LEAD = 180  # seconds, until a save has been measured
 
@@ -24,11 +30,14 @@ class Decision:
 
 
 def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool, requeue_allowed: bool,
-           failures: int, max_failures: int, fatal: str | None = None) -> Decision:  # fmt: skip
+           failures: int, max_failures: int, fatal: str | None = None, warned_by: str = "the warning signal",
+           preemptions: int = 0, max_preemptions: int | None = None) -> Decision:  # fmt: skip
     """The outcome for launcher exit code ``rc`` and the run's markers; pure.
 
     ``fatal`` says why a rerun would fail the same way (a node's preflight: no run dir, loopback master,
     launcher missing; or a configuration error the trainer raised): such a job is never requeued.
+    A checkpoint after a warning (``warned_by``: the time-limit signal, SLURM's SIGTERM on preemption)
+    is no failure; such stops have their own budget, ``max_preemptions`` (None: unlimited).
     """
     if finished:
         return Decision("done", "the run is FINISHED", 0)
@@ -37,9 +46,12 @@ def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool,
     if fatal:
         return Decision("fail", f"{fatal} (not requeued: a rerun would fail the same way)", rc or 3)
     if saved_for_requeue:
-        if requeue_allowed:
-            return Decision("requeue", "checkpointed after the warning signal", 0)
-        return Decision("done", "checkpointed after the warning signal; run.requeue is off (hpcft resume RUN)", 0)
+        if not requeue_allowed:
+            return Decision("done", f"checkpointed after {warned_by}; run.requeue is off (hpcft resume RUN)", 0)
+        if max_preemptions is not None and preemptions >= max_preemptions:
+            budget = f"run.max_preemptions {preemptions}/{max_preemptions} spent"
+            return Decision("done", f"checkpointed after {warned_by}; {budget} (hpcft resume RUN)", 0)
+        return Decision("requeue", f"checkpointed after {warned_by}", 0)
     if rc != 0:
         if requeue_allowed and failures < max_failures:
             return Decision("requeue", f"launcher failed with {rc}; requeue {failures + 1} of {max_failures}", rc)
@@ -52,3 +64,16 @@ def signal_lead(save_seconds: float | None) -> int:
     if not save_seconds:
         return DEFAULT_LEAD
     return max(60, math.ceil(3 * save_seconds + 30))
+
+
+def warning_lead(spec: JobSpec, save_seconds: float | None) -> int:
+    """``run.signal_lead``, else ``signal_lead`` capped at half the time limit (a short job still trains first).
+
+    SLURM checks time limits on a timer and may warn up to 60 s early (man sbatch, --signal).
+    """
+    if spec.run.signal_lead:
+        return spec.run.signal_lead  # checked against the time limit by the spec's rules
+    lead = signal_lead(save_seconds)
+    if spec.resources.time:
+        lead = min(lead, max(slurm_minutes(spec.resources.time) * 60 // 2, 1))
+    return lead

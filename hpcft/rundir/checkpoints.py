@@ -86,29 +86,30 @@ def candidates(base: Path) -> list[Path]:
     return sorted(found, key=lambda p: step_of(p) or 0, reverse=True)
 
 
-def newest_complete(base: Path, *, validate: bool = True) -> CheckpointInfo | None:
-    """The newest complete checkpoint; incomplete or damaged newer ones are skipped with a warning.
+def newest_complete(base: Path, *, warn: bool = True) -> CheckpointInfo | None:
+    """The newest verified checkpoint (marker, manifest, every file at its size); newer damaged ones are skipped.
 
-    With ``validate=False`` (a quick look, e.g. for ``hpcft status``) only the marker is checked and
-    nothing is logged.
+    Each skipped one is named in a warning unless ``warn`` is off (``hpcft status``, which only shows
+    the newest complete one).
     """
     for path in candidates(base):
-        if not validate:
-            if publish.is_sealed(path):
-                return read_info(path)
-            continue
         why = problem(path)
         if why is None:
             return read_info(path)
-        log.warning("skipping checkpoint %s: %s", path, why)
+        if warn:
+            log.warning("skipping checkpoint %s: %s", path, why)
     return None
 
 
 def rotate(base: Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints (never an incomplete newer one's fallback)."""
+    """Delete all but the newest ``keep`` verified checkpoints.
+
+    Only checkpoints that pass ``problem`` count: a marked but damaged newer one (a truncated file)
+    neither counts towards ``keep`` nor is deleted, so the good ones it would replace stay.
+    """
     if not keep:
         return []
-    complete = [p for p in candidates(base) if publish.is_sealed(p)]
+    complete = [p for p in candidates(base) if problem(p) is None]
     doomed = complete[keep:]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)

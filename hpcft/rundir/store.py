@@ -165,8 +165,8 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def latest_checkpoint(run: Path, output: str | None = None) -> Path | None:
-    """The newest committed (COMPLETE-marked) checkpoint of a run, or None; a quick check for status."""
+    """The newest verified checkpoint of a run, or None (for status: damaged ones are skipped quietly)."""
     from hpcft.rundir import checkpoints
 
-    info = checkpoints.newest_complete(Path(output) if output else run / CHECKPOINTS_DIR, validate=False)
+    info = checkpoints.newest_complete(Path(output) if output else run / CHECKPOINTS_DIR, warn=False)
     return info.path if info else None

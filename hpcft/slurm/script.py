@@ -64,19 +64,6 @@ def filename_pattern(path: str) -> str:
     return path.replace("%", "%%")
 
 
-def slurm_minutes(time: str) -> int:
-    """An sbatch time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
-    days, _, rest = time.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    if days:
-        h, m, s = ([*parts, 0, 0])[:3]
-        seconds = int(days) * 86400 + h * 3600 + m * 60 + s
-    else:
-        h, m, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
-        seconds = h * 3600 + m * 60 + s
-    return -(-seconds // 60)
-
-
 def format_sbatch_options(
     res: ResourceSpec,
     *,

@@ -44,6 +44,9 @@ class RunSpec:
         None, min=30, help="seconds before the time limit to ask for a checkpoint (default: from measured saves)"
     )
     max_failures: int = _opt(2, min=0, help="requeues allowed after crashes (node loss, killed ranks)")
+    max_preemptions: int | None = _opt(
+        None, min=0, help="requeues after preemptions and time limits (checkpointed: no failure); default unlimited"
+    )
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,19 @@ def spec_to_dict(spec: Any) -> Any:
     if isinstance(spec, typing.Mapping):
         return {k: spec_to_dict(v) for k, v in spec.items()}
     return spec
+
+
+def slurm_minutes(time: str) -> int:
+    """An sbatch time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
+    days, _, rest = time.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = ([*parts, 0, 0])[:3]
+        seconds = int(days) * 86400 + h * 3600 + m * 60 + s
+    else:
+        h, m, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
+        seconds = h * 3600 + m * 60 + s
+    return -(-seconds // 60)
 
 
 def offload_devices(train: TrainSpec) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from hpcft.spec.model import JobSpec, TrainSpec, offload_devices
+from hpcft.spec.model import JobSpec, TrainSpec, offload_devices, slurm_minutes
 
 _PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -49,6 +49,7 @@ def check_spec(spec: JobSpec) -> list[str]:
                     f"got {value!r} (DeepSpeed's PDSHRunner pastes `cd <dir>` unquoted into the remote shell; "
                     "HINT: rename it, or use --launcher deepspeed, which needs no ssh)"
                 )
+    problems += _check_signal_lead(spec)
     if not spec.run.name.strip():
         problems.append("run.name: must not be empty")
     for name in launch.env:
@@ -63,6 +64,18 @@ def check_spec(spec: JobSpec) -> list[str]:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")
     return problems + check_recipe(train)
+
+
+def _check_signal_lead(spec: JobSpec) -> list[str]:
+    """A warning lead of half the time limit or more would warn the job as it starts, every segment."""
+    lead, time = spec.run.signal_lead, spec.resources.time
+    if not (lead and time and spec.run.requeue) or 2 * lead < slurm_minutes(time) * 60:
+        return []
+    return [
+        f"run.signal_lead: a {lead} s warning for a time limit of {time} (resources.time) would come as the job "
+        "starts, and every segment would checkpoint after a few steps and requeue (HINT: a lead under half the "
+        "time limit, or a longer --time)"
+    ]
 
 
 def check_recipe(train: TrainSpec) -> list[str]:

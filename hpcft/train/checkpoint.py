@@ -57,6 +57,7 @@ def make_commit_callback(spec: JobSpec, run: Path, world_size: int):
                 path = checkpoints.commit(staging / f"{checkpoints.PREFIX}{state.global_step}", final,
                                           step=state.global_step, world_size=world_size,
                                           zero_stage=spec.train.zero)  # fmt: skip
+                (run / RESUME_FROM_FILE).unlink(missing_ok=True)  # a pinned resume point is spent once newer exists
                 removed = checkpoints.rotate(final, spec.train.save_total_limit)
                 seconds = round(time.time() - self.t_save, 2) if self.t_save else None
                 store.update_state(run, lambda s: s.update(last_save_seconds=seconds))

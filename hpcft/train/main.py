@@ -164,7 +164,7 @@ def disk_full_message(run: Path) -> str:
     """What a user needs when a save hits a full filesystem: where, what survived, what to do."""
     spec = store.load_run_spec(run)
     base = checkpoints.checkpoints_dir(spec, run)
-    info = checkpoints.newest_complete(base, validate=False)
+    info = checkpoints.newest_complete(base, warn=False)
     kept = f"the newest complete checkpoint is intact: {info.path}" if info else "no complete checkpoint exists yet"
     return (f"no space left on the filesystem of {base}; the interrupted save "
             f"is discarded, {kept}. HINT: free space, lower train.save_total_limit, or set train.output to a "

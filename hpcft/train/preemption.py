@@ -1,7 +1,8 @@
 """Preemption and time limits: a warning → all ranks agree at a step boundary → save → exit for requeue.
 
 The warning reaches the ranks as the file ``RUN/PREEMPT``: the batch script's USR1 trap (SLURM's
-``--signal=B:USR1@LEAD``) creates it on the shared filesystem. That reaches every rank whatever
+``--signal=B:USR1@LEAD``) or ``hpcft node`` on SLURM's SIGTERM (priority preemption with a grace
+time) creates it on the shared filesystem. That reaches every rank whatever
 started it — torchrun and the deepspeed launcher forward only INT/TERM/HUP/QUIT, and ranks started
 over pdsh or mpirun are no descendants of any process SLURM signals. A USR1 sent to a rank directly
 counts too. At each step end the ranks all-reduce their flags (MAX), so they stop at the same step;
@@ -11,6 +12,7 @@ then the Trainer saves, the callback records ``RUN/REQUEUE`` and the job asks SL
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -18,6 +20,11 @@ from hpcft.rundir import store
 from hpcft.rundir.layout import PREEMPT_FILE, REQUEUE_FILE
 
 log = logging.getLogger("hpcft.train")
+# Set by the srun launcher, whose ranks are the tasks SLURM signals: a SIGTERM (priority preemption,
+# the time limit) then asks for a checkpoint like the warning. Under torchrun & co. it is not set:
+# there ``hpcft node`` turns SLURM's SIGTERM into RUN/PREEMPT, and a SIGTERM from the launcher means
+# "stop now" (another rank failed).
+SIGTERM_ENV = "HPCFT_CHECKPOINT_ON_SIGTERM"
 
 
 def make_preemption_callback(run: Path):
@@ -31,6 +38,8 @@ def make_preemption_callback(run: Path):
             self.signalled = False
             self.preempted = False
             signal.signal(signal.SIGUSR1, self._on_signal)
+            if os.environ.get(SIGTERM_ENV) == "1":  # this rank is SLURM's task itself (srun launcher)
+                signal.signal(signal.SIGTERM, self._on_signal)
 
         def _on_signal(self, signum, frame) -> None:
             self.signalled = True

@@ -15,8 +15,8 @@ from hpcft.launchers.deepspeed import deepspeed_env_text
 from hpcft.node.agent import parse_ip_addr, subnet_of
 from hpcft.plan.plan import make_plan
 from hpcft.slurm.env import ClusterEnv, torch_rank_env
-from hpcft.slurm.script import slurm_minutes
 from hpcft.spec import LAUNCHERS, build_spec
+from hpcft.spec.model import slurm_minutes
 from tests.conftest import check_golden
 from tests.unit.test_script_plan import NOW, PY
 

@@ -38,6 +38,14 @@ def test_failure_reason_counts_the_budget():
     assert decide(3, **{**BASE, "failures": 2}).exit_code == 3
 
 
+def test_preemptions_are_no_failures_and_have_their_own_budget():
+    preempted = {**BASE, "saved_for_requeue": True, "failures": 2, "warned_by": "SLURM's SIGTERM (preemption)"}
+    d = decide(0, **preempted, preemptions=5)
+    assert (d.action, d.reason) == ("requeue", "checkpointed after SLURM's SIGTERM (preemption)")
+    spent = decide(0, **preempted, preemptions=3, max_preemptions=3)
+    assert spent.action == "done" and "run.max_preemptions 3/3 spent" in spent.reason and spent.exit_code == 0
+
+
 def test_signal_lead_grows_with_the_measured_save_time():
     assert signal_lead(None) == DEFAULT_LEAD
     assert signal_lead(0.5) == 60  # at least a minute: SLURM checks limits every ~30 s
@@ -81,6 +89,15 @@ def test_damaged_checkpoints_are_named_and_skipped(tmp_path, damage, why, caplog
     info = checkpoints.newest_complete(tmp_path)
     assert info.path.name == "checkpoint-10"
     assert f"skipping checkpoint {newest}" in caplog.text
+
+
+def test_rotation_never_trades_good_checkpoints_for_a_damaged_newer_one(tmp_path):
+    for step in (10, 20):
+        checkpoints.commit(make_staged(tmp_path, step), tmp_path, step=step, world_size=1, zero_stage=0)
+    damaged = checkpoints.commit(make_staged(tmp_path, 30), tmp_path, step=30, world_size=1, zero_stage=0)
+    (damaged / "model.safetensors").write_bytes(b"x" * 50)  # marked COMPLETE, but truncated
+    assert [p.name for p in checkpoints.rotate(tmp_path, keep=1)] == ["checkpoint-10"]
+    assert (tmp_path / "checkpoint-20").is_dir() and checkpoints.newest_complete(tmp_path).step == 20
 
 
 def test_rotation_keeps_the_newest_complete(tmp_path):

@@ -1,0 +1,64 @@
+"""Priority preemption as SLURM really does it: SIGTERM to the step with a grace time, not a hand-sent signal.
+
+On the lab a run on the preemptible partition ``low`` (GraceTime=90, PreemptMode=REQUEUE) is preempted
+by a job on ``high`` that needs its GPUs. SLURM sends SIGTERM to the process it started on each node;
+``hpcft node`` turns it into a checkpoint request, the ranks save at their next step and exit, the job
+is requeued, and the run continues at the very step it reached — counted as a preemption, not a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hpcft, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def _steps(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _state(run: Path) -> dict:
+    return json.loads((run / "state.json").read_text())
+
+
+def _squeue(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
+
+
+def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_dir):
+    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
+                str(runs_dir), "-o", "train.max_steps=400", "-o", "train.save_steps=100000",
+                "-o", "train.eval_steps=null").stdout  # fmt: skip
+    job = out.split(" as job ")[1].split()[0]
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    wait_until("step 20", lambda: any(r.get("step", 0) >= 20 and "loss" in r for r in _steps(run)), timeout=300)
+    preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
+                                "-o", "/dev/null", "--wrap", "sleep 10"], capture_output=True, text=True,
+                               check=True).stdout.strip()  # fmt: skip
+    event = wait_until("the preemption in state.json", lambda: next(
+        (e for e in _state(run).get("events", []) if e.get("kind") == "preemption"), None), timeout=120)  # fmt: skip
+    assert event["action"] == "requeue" and event["reason"] == "checkpointed after SLURM's SIGTERM (preemption)"
+    saved = max(r["step"] for r in _steps(run) if "loss" in r)
+    assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # the save happened inside the grace time
+    # SLURM holds a requeued job 120 s (BeginTime); lift it once the old run is torn down (PREEMPTION.md).
+    wait_until("PENDING on BeginTime", lambda: _squeue(job).startswith("PENDING") and "BeginTime" in _squeue(job),
+               timeout=180)  # fmt: skip
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
+               timeout=600)  # fmt: skip
+    begins = [r for r in _steps(run) if r.get("event") == "train_begin" or "start_step" in r]
+    assert [b["start_step"] for b in begins] == [0, saved]  # resumed at the step it reached: 0 steps lost
+    state = _state(run)
+    assert state.get("failures", 0) == 0 and state["preemptions"] == 1
+    output = hpcft("logs", str(run)).stdout
+    assert "SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint" in output
+    assert preemptor
