@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,40 @@ PATH_KEYS = (
 )
 
 
+class JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers: ``time: 12:00:00`` stays the text.
+
+    PyYAML resolves ``12:00:00`` as the sexagesimal integer 43200 (YAML 1.1; YAML 1.2 dropped it), which
+    sbatch would read as 43200 minutes, 30 days. Decimal, octal, hex and binary integers stay integers.
+    """
+
+
+JobLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text → data, with ``JobLoader``."""
+    return yaml.load(text, Loader=JobLoader)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read one YAML mapping; a missing file or bad YAML is a ``ConfigError``."""
     p = Path(path)
@@ -48,7 +83,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text)
     except yaml.YAMLError as e:
         raise ConfigError([f"{p}: not valid YAML: {e}"]) from None
     if data is None:
@@ -88,7 +123,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             problems.append(f"-o {key}: unknown key{hint}")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml_text(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         set_dotted(out, key, value)

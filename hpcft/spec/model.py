@@ -77,7 +77,7 @@ class LaunchSpec:
     network_interface: str | None = _opt(None, help="deepspeed-openmpi: interface or CIDR (default: master's subnet)")
     accelerate_config: str | None = _opt(None, help="your own accelerate config YAML (launcher accelerate)")
     python: str | None = _opt(None, help="python on every node (default: the one running hpcft)")
-    setup: tuple[str, ...] = _opt((), help="shell lines run in the batch script before srun")
+    setup: tuple[str, ...] = _opt((), multiline=True, help="shell lines run in the batch script before srun")
     env: dict[str, str] = field(
         default_factory=lambda: MappingProxyType({}), metadata={"help": "environment for every rank"}
     )
@@ -289,13 +289,20 @@ def _coerce(value: Any, ftype: Any, path: str, meta: typing.Mapping, problems: l
         if not isinstance(items, list | tuple) or not all(isinstance(v, str | int | float) for v in items):
             problems.append(f"{path}: expected a list of strings, got {_show(value)}")
             return False, None
-        return True, tuple(str(v) for v in items)
+        out = tuple(str(v) for v in items)
+        return _no_control(out, path, meta, problems), out
     if origin is dict:
         if not isinstance(value, typing.Mapping):
             problems.append(f"{path}: expected a mapping NAME: value, got {_show(value)}")
             return False, None
-        return True, MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
-    return _coerce_scalar(value, ftype, path, meta, problems)
+        if any(v is None for v in value.values()):
+            nulls = ", ".join(str(k) for k, v in value.items() if v is None)
+            problems.append(f"{path}: {nulls}: no value (null) (HINT: quote an empty value as '')")
+            return False, None
+        out = MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
+        return _no_control((*out, *out.values()), path, meta, problems), out
+    ok, out = _coerce_scalar(value, ftype, path, meta, problems)
+    return (ok and (not isinstance(out, str) or _no_control((out,), path, meta, problems))), out
 
 
 def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
@@ -324,6 +331,20 @@ def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, pro
         problems.append(f"{path}: expected {meta['expect']}, got {value!r}")
         return False, None
     return True, value
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _no_control(values: typing.Iterable[str], path: str, meta: typing.Mapping, problems: list[str]) -> bool:
+    """True unless a value holds a control character (a newline would end an #SBATCH line or start a command)."""
+    if meta.get("multiline"):
+        return True
+    bad = sorted({ch for v in values for ch in _CONTROL.findall(v)})
+    if bad:
+        problems.append(f"{path}: may not contain control characters ({', '.join(map(repr, bad))}): a newline would "
+                        "end an #SBATCH line or start a shell command (HINT: remove it)")  # fmt: skip
+    return not bad
 
 
 def _float_or_same(value: Any) -> Any:

@@ -139,3 +139,26 @@ def test_submitit_refuses_mpirun_launchers(tmp_path):
     job = write(tmp_path, {**BASE, "launch": {"backend": "submitit", "launcher": "deepspeed-openmpi"}})
     with pytest.raises(ConfigError, match="cannot run under the submitit backend"):
         load_job(job)
+
+
+def test_unquoted_times_stay_times_not_base_60_integers(tmp_path):
+    # YAML 1.1 (PyYAML's safe_load) reads 12:00:00 as 43200, which sbatch would take as 30 days
+    job = tmp_path / "job.yaml"
+    job.write_text("resources:\n  time: 12:00:00\nlaunch:\n  script: train.py\n")
+    assert load_job(job).resources.time == "12:00:00"
+    assert load_job(job, overrides=["resources.time=4:00:00"]).resources.time == "4:00:00"
+    assert load_job(job, overrides=["train.lr=1.0e-3"]).train.lr == 0.001
+
+
+@pytest.mark.parametrize("key", ["resources.partition", "resources.account", "resources.qos", "resources.constraint"])
+def test_control_characters_are_refused_with_the_field_named(key):
+    with pytest.raises(ConfigError) as err:
+        load_job(None, overrides=[f'{key}="a\\nsrun rm -rf x"', "launch.script=t.py"])
+    assert f"{key}: may not contain control characters ('\\n')" in str(err.value)
+
+
+def test_extra_sbatch_and_env_values_with_newlines_or_nulls_are_refused():
+    with pytest.raises(ConfigError) as err:
+        build_spec({"resources": {"extra_sbatch": ["--reservation=x\n#SBATCH --x"]}, "launch": {"env": {"A": None}}})
+    assert "resources.extra_sbatch: may not contain control characters" in str(err.value)
+    assert "launch.env: A: no value (null)" in str(err.value)
