@@ -5,7 +5,8 @@ The warning reaches the ranks as the file ``RUN/PREEMPT``: the batch script's US
 time) creates it on the shared filesystem. That reaches every rank whatever
 started it — torchrun and the deepspeed launcher forward only INT/TERM/HUP/QUIT, and ranks started
 over pdsh or mpirun are no descendants of any process SLURM signals. A USR1 sent to a rank directly
-counts too. At each step end the ranks all-reduce their flags (MAX), so they stop at the same step;
+counts too. At each step end global rank 0 looks for the file (one metadata operation per step for
+the whole job, not one per rank) and the ranks all-reduce their flags (MAX), so they stop at the same step;
 then the Trainer saves, the callback records ``RUN/REQUEUE`` and the job asks SLURM to requeue it.
 """
 
@@ -45,7 +46,9 @@ def make_preemption_callback(run: Path):
             self.signalled = True
 
         def on_step_end(self, args, state, control, **kwargs):
-            if _agree(self.signalled or flag_file.exists()):
+            # One process reads the shared filesystem per step (global rank 0); the all-reduce that
+            # runs anyway carries its answer, and any rank's own signal, to every rank.
+            if _agree(self.signalled or (state.is_world_process_zero and flag_file.exists())):
                 self.preempted = True
                 control.should_save = True
                 control.should_training_stop = True
