@@ -55,8 +55,18 @@ def resubmit(plan: Plan) -> str:
 
 
 def resume(rp: ResumePlan) -> str:
-    """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id."""
+    """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id.
+
+    Refused while the run's newest job still runs: two jobs on one run would delete each other's
+    staging directory and interleave their checkpoints.
+    """
     run = Path(rp.plan.run_dir)
+    if live := live_job(run):
+        raise RunError(
+            f"job {live} of {run.name} is still queued or running: a second job on the same run would overwrite "
+            "its checkpoints",
+            hint=f"wait for it to end, or `hpcft cancel {run.name}` first",
+        )
     for name in STOP_MARKERS:
         (run / name).unlink(missing_ok=True)
     pin = run / RESUME_FROM_FILE
@@ -66,6 +76,21 @@ def resume(rp: ResumePlan) -> str:
         pin.unlink(missing_ok=True)
     store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
     return resubmit(rp.plan)
+
+
+def live_job(run: Path) -> str | None:
+    """The id of the run's newest job while it is queued or running (SLURM, or the local process), else None."""
+    from hpcft.backends import local
+    from hpcft.slurm import client
+
+    state = store.read_state(run)
+    if not state["jobs"]:
+        return None
+    job = state["jobs"][-1]
+    if not base.uses_slurm(state["backend"]):
+        return job["id"] if local.job_alive(job) else None
+    js = client.query_jobs([job["id"]]).get(job["id"])
+    return job["id"] if js is not None and not js.ended else None
 
 
 def cancel(run: Path) -> str:

@@ -4,7 +4,8 @@ Used for checkpoints (``rundir.checkpoints``) and for the tokenized-data cache (
 The writer fills a staging directory, then ``publish`` lists it into ``MANIFEST.json`` (every file
 and its size, plus the caller's fields), writes the ``COMPLETE`` marker last, fsyncs both and
 renames the staging directory to its final name in one atomic step. A reader on any node therefore
-sees either no directory or a whole one; ``problem`` says why a directory is not (or no longer)
+sees either no directory or a whole one, and after a crash of the machine every file the manifest
+lists is on disk (each is fsynced before the marker is written); ``problem`` says why a directory is not (or no longer)
 complete: no marker, an unreadable manifest, a file missing or of another size.
 No torch here; nothing else in hpcft writes markers into published directories.
 """
@@ -39,6 +40,7 @@ def publish(staged: Path, target: Path, fields: dict[str, Any], *, replace: bool
     first: ``staged`` is discarded and False returned), and an incomplete leftover is replaced.
     """
     manifest = {**fields, "files": list_files(staged)}
+    sync_tree(staged)  # the data on disk before the marker says it is
     write_synced(staged / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     write_synced(staged / MARKER, f"{fields.get('step', '')}\n")
     if target.exists() and (replace or problem(target) is not None):
@@ -80,6 +82,18 @@ def is_sealed(path: Path) -> bool:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a published directory."""
     return json.loads((path / MANIFEST).read_text())
+
+
+def sync_tree(directory: Path) -> None:
+    """fsync every file and folder below ``directory`` (a crash after the marker must not lose data)."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
 
 
 def write_synced(path: Path, text: str) -> None:

@@ -96,5 +96,7 @@ def test_status_from_squeue_and_cancel_know_a_hand_submitted_job(lab, demo_dir, 
     wait_until("RUNNING", lambda: status(run)["state"] == "RUNNING", timeout=120)
     listed = json.loads(hpcft("status", "--from-squeue", "--json").stdout)
     assert [r["job_id"] for r in listed if r["path"] == str(run)] == [job]
+    busy = hpcft("resume", str(run), check=False)  # a second job on a live run would overwrite its checkpoints
+    assert busy.returncode == 1 and f"job {job} of {run.name} is still queued or running" in busy.stderr
     hpcft("cancel", str(run))
     assert ended(run, job)["state"] == "CANCELLED"
