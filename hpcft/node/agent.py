@@ -43,10 +43,9 @@ def read_spec(run: Path, host: str) -> JobSpec:
     return store.load_run_spec(run)
 
 
-def prepare(run: Path, env: Mapping[str, str]) -> LaunchCommand:
+def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> LaunchCommand:
     """Preflight and decide this node's launch command."""
     host = node_name(env)
-    spec = read_spec(run, host)
     cluster = ClusterEnv.from_mapping(env)
     master_addr = resolve_master(cluster) if cluster.in_slurm else cluster.master_host
     check_launcher(spec, host)
@@ -129,13 +128,12 @@ def _run_text(argv: list[str]) -> str:
         return ""
 
 
-def with_ops(run: Path, env: dict[str, str]) -> dict[str, str]:
+def with_ops(run: Path, spec: JobSpec, env: dict[str, str]) -> dict[str, str]:
     """``env`` with ``TORCH_EXTENSIONS_DIR`` at the shared op cache, the job's DeepSpeed ops built there.
 
     The first node's first task builds what is missing (once, under a lock); every other task waits
     for it, so no rank compiles and no two processes race for the same build (``hpcft.node.ops``).
     """
-    spec = read_spec(run, node_name(env))
     names = ops.job_ops(spec, run, ops.node_has_cuda())
     directory = ops.ops_dir(run.parent, env)
     env = {**env, ops.ENV: str(directory)}
@@ -156,8 +154,9 @@ def with_ops(run: Path, env: dict[str, str]) -> dict[str, str]:
 def exec_node(run: Path) -> None:
     """Prepare, write the launcher's files, and replace this process with the launcher."""
     try:
-        env = with_ops(run, dict(os.environ))
-        cmd = prepare(run, env)
+        spec = read_spec(run, node_name(os.environ))
+        env = with_ops(run, spec, dict(os.environ))
+        cmd = prepare(run, env, spec)
     except HpcftError as e:
         # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
         # marker tells after-job not to requeue: the same node would fail the same way again.
@@ -170,7 +169,7 @@ def exec_node(run: Path) -> None:
     env = {**env, **cmd.env}
     print(f"hpcft node {node_name(os.environ)}: {' '.join(cmd.argv)}", flush=True)
     os.chdir(run)
-    per_rank = launchers.get(store.load_run_spec(run).launch.launcher).shape == "per_rank"
+    per_rank = launchers.get(spec.launch.launcher).shape == "per_rank"
     if ClusterEnv.from_mapping(env).in_slurm and not per_rank:
         sys.exit(supervise(run, cmd.argv, env))
     os.execvpe(cmd.argv[0], list(cmd.argv), env)  # a rank itself (srun launcher: SIGTERM reaches it), or local
@@ -189,8 +188,8 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str]) -> int:
     import signal
     import subprocess
 
-    proc = subprocess.Popen(list(argv), env=env)
-    seen = []
+    seen: list[int] = []
+    proc: subprocess.Popen | None = None
 
     def on_term(signum, frame) -> None:
         seen.append(signum)
@@ -198,8 +197,10 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str]) -> int:
             print(f"hpcft node {node_name(env)}: SIGTERM (preemption, time limit or cancel): asking the ranks "
                   "to checkpoint at their next step", flush=True)  # fmt: skip
             store.write_atomic(run / PREEMPT_FILE, "SIGTERM\n")
-        else:
+        elif proc is not None:
             proc.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, on_term)
-    return proc.wait()
+    signal.signal(signal.SIGTERM, on_term)  # before the child exists: no window without the handler
+    proc = subprocess.Popen(list(argv), env=env)
+    rc = proc.wait()
+    return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
