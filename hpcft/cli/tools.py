@@ -132,7 +132,7 @@ def ops_build(runs_dir: str | None, op_names: tuple[str, ...]) -> None:
     import os
 
     from hpcft.cli.base import _runs_dir
-    from hpcft.node import ops
+    from hpcft.node import ds_ops as ops
 
     names = op_names or ops.default_ops(ops.node_has_cuda())
     click.echo(f"building DeepSpeed ops {', '.join(names)} (each new one takes minutes) ...", err=True)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from hpcft.errors import HpcftError, LaunchError
 from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
-from hpcft.node import ops
+from hpcft.node import ds_ops as ops
 from hpcft.rundir import store
 from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
@@ -132,7 +132,7 @@ def with_ops(run: Path, spec: JobSpec, env: dict[str, str]) -> dict[str, str]:
     """``env`` with ``TORCH_EXTENSIONS_DIR`` at the shared op cache, the job's DeepSpeed ops built there.
 
     The first node's first task builds what is missing (once, under a lock); every other task waits
-    for it, so no rank compiles and no two processes race for the same build (``hpcft.node.ops``).
+    for it, so no rank compiles and no two processes race for the same build (``hpcft.node.ds_ops``).
     """
     names = ops.job_ops(spec, run, ops.node_has_cuda())
     directory = ops.ops_dir(run.parent, env)

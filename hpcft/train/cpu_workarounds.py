@@ -6,7 +6,7 @@ Tests: ``tests/unit/test_zero_config.py`` (the config changes), ``tests/train/te
 gloo init and ``use_cpu`` switched off → the upstream failure; everything on → ZeRO-3 + offload trains
 with torch AdamW; the NVMe fixes → real swapping to disk).
 
-DeepSpeed's JIT C++ ops are built once per cache by ``hpcft ops build`` / ``hpcft.node.ops``.
+DeepSpeed's JIT C++ ops are built once per cache by ``hpcft ops build`` / ``hpcft.node.ds_ops``.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def build(directory: Path, names: tuple[str, ...], python: str = sys.executable)
         todo = missing(directory, names)
         if not todo:
             return
-        argv = [python, "-m", "hpcft.train.ops", "build", str(directory), *todo]
+        argv = [python, "-m", "hpcft.train.ds_ops", "build", str(directory), *todo]
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if proc.returncode != 0:
             raise LaunchError(

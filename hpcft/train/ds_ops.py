@@ -1,7 +1,7 @@
-"""Build DeepSpeed's C++ ops into a given cache folder: ``python -m hpcft.train.ops build DIR OP...``.
+"""Build DeepSpeed's C++ ops into a given cache folder: ``python -m hpcft.train.ds_ops build DIR OP...``.
 
 Run by ``hpcft ops build`` (e.g. on a login node) and by the one node agent per job that finds the
-shared cache incomplete (``hpcft.node.ops``); never by the ranks, which find the ops built. One op
+shared cache incomplete (``hpcft.node.ds_ops``); never by the ranks, which find the ops built. One op
 after another: torch's extension lock would serialise concurrent builds anyway, with every waiting
 process idle for minutes.
 """
@@ -34,6 +34,6 @@ def build_ops(names: tuple[str, ...], directory: str) -> dict[str, float]:
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] != "build" or not set(sys.argv[3:]) <= set(DS_OPS):
-        sys.exit(f"usage: python -m hpcft.train.ops build DIR [{' | '.join(DS_OPS)}]...")
+        sys.exit(f"usage: python -m hpcft.train.ds_ops build DIR [{' | '.join(DS_OPS)}]...")
     for op, secs in build_ops(tuple(sys.argv[3:]), sys.argv[2]).items():
         print(f"DeepSpeed op {op}: ready ({secs} s)", flush=True)
