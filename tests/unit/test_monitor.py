@@ -143,3 +143,18 @@ def test_mount_of_picks_the_longest_mount_point():
     assert doctor_fs.mount_of("/local/nvmex", mounts) == ("/", "ext4")
     assert doctor_fs.is_network_fs("nfs4") and doctor_fs.is_network_fs("fuse.sshfs")
     assert not doctor_fs.is_network_fs("xfs")
+
+
+def test_waiting_ends_when_slurm_no_longer_knows_the_job(tmp_path):
+    # A job neither squeue nor sacct knows (a cluster without accounting, once it left squeue) is an end.
+    import time
+
+    from hpcft.spec import build_spec, dump_spec
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.yaml").write_text(dump_spec(build_spec({"launch": {"script": "t.py"}})))
+    (run / "state.json").write_text(json.dumps({"backend": "sbatch", "jobs": [{"id": "999999"}]}))
+    t0 = time.monotonic()
+    final = monitor.wait_for(run, interval=0.05, unknown_grace_s=0.3)
+    assert final.state == "UNKNOWN" and time.monotonic() - t0 < 30
