@@ -29,6 +29,12 @@ def test_local_backend_trains_and_checkpoints(demo_dir, runs_dir):
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     assert model.config.model_type == "llama"
 
+    # `resume --checkpoint 10` pins that checkpoint only until a newer one is committed: a later requeue
+    # must not go back to 10 again (nor die once rotation has deleted it).
+    hpcft("resume", str(run), "--checkpoint", "10", "-o", "train.max_steps=30", "--wait", timeout=900)
+    begins = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x]
+    assert begins[-1]["start_step"] == 10 and not (run / "RESUME_FROM").exists()
+
 
 def test_completion_only_labels_on_a_concrete_sample(demo_dir):
     from transformers import AutoTokenizer
