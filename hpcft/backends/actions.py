@@ -54,19 +54,20 @@ def resubmit(plan: Plan) -> str:
         raise
 
 
-def resume(rp: ResumePlan) -> str:
-    """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id.
-
-    Refused while the run's newest job still runs: two jobs on one run would delete each other's
-    staging directory and interleave their checkpoints.
-    """
-    run = Path(rp.plan.run_dir)
+def refuse_if_live(run: Path) -> None:
+    """Refuse a second job on a run whose newest job still runs: they would delete each other's staging
+    directory and interleave their checkpoints (``hpcft resume`` asks this before planning)."""
     if live := live_job(run):
         raise RunError(
             f"job {live} of {run.name} is still queued or running: a second job on the same run would overwrite "
             "its checkpoints",
             hint=f"wait for it to end, or `hpcft cancel {run.name}` first",
         )
+
+
+def resume(rp: ResumePlan) -> str:
+    """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id."""
+    run = Path(rp.plan.run_dir)
     for name in STOP_MARKERS:
         (run / name).unlink(missing_ok=True)
     pin = run / RESUME_FROM_FILE

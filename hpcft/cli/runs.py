@@ -31,6 +31,7 @@ def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | 
     from hpcft.rundir import store
 
     path = store.find_run(run, _runs_dir(runs_dir))
+    backends.refuse_if_live(path)
     rp = resume_mod.plan_resume(path, overrides=overrides, flags={"resources.nodes": nodes},
                                 checkpoint=checkpoint, python=sys.executable, now=datetime.now())  # fmt: skip
     job_id = backends.resume(rp)

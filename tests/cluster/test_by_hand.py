@@ -93,10 +93,13 @@ def test_status_from_squeue_and_cancel_know_a_hand_submitted_job(lab, demo_dir, 
         demo_dir, tmp_path / "elsewhere", "-o", "train.max_steps=100000", "-o", "train.eval_steps=null"
     )
     job = sbatch(argv)
-    wait_until("RUNNING", lambda: status(run)["state"] == "RUNNING", timeout=120)
-    listed = json.loads(hpcft("status", "--from-squeue", "--json").stdout)
-    assert [r["job_id"] for r in listed if r["path"] == str(run)] == [job]
-    busy = hpcft("resume", str(run), check=False)  # a second job on a live run would overwrite its checkpoints
-    assert busy.returncode == 1 and f"job {job} of {run.name} is still queued or running" in busy.stderr
-    hpcft("cancel", str(run))
-    assert ended(run, job)["state"] == "CANCELLED"
+    try:
+        wait_until("RUNNING", lambda: status(run)["state"] == "RUNNING", timeout=120)
+        listed = json.loads(hpcft("status", "--from-squeue", "--json").stdout)
+        assert [r["job_id"] for r in listed if r["path"] == str(run)] == [job]
+        busy = hpcft("resume", str(run), check=False)  # a second job on a live run would overwrite its checkpoints
+        assert busy.returncode == 1 and f"job {job} of {run.name} is still queued or running" in busy.stderr
+        hpcft("cancel", str(run))
+        assert ended(run, job)["state"] == "CANCELLED"
+    finally:
+        subprocess.run(["scancel", job], check=False)  # never leave a 100000-step job holding the lab
