@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import checkpoints, layout, store
+from hpcft.rundir import checkpoints, store
 from hpcft.rundir.checkpoints import checkpoints_dir
 from hpcft.rundir.layout import FINISHED_FILE, MODEL_DIR, RESUME_FROM_FILE
 from hpcft.spec import JobSpec
@@ -101,9 +101,9 @@ def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> s
 
 def finish(trainer, run: Path) -> None:
     """Save the final model to ``RUN/model`` and mark the run ``FINISHED`` (rank 0 writes the marker)."""
-    trainer.save_model(str(run / "model"))
+    trainer.save_model(str(run / MODEL_DIR))
     if trainer.is_world_process_zero():
-        store.write_atomic(run / layout.FINISHED_FILE, f"{trainer.state.global_step}\n")
+        store.write_atomic(run / FINISHED_FILE, f"{trainer.state.global_step}\n")
         log.info("finished at step %d", trainer.state.global_step)
 
 
