@@ -110,14 +110,15 @@ def deepspeed_files(spec: JobSpec, run_dir: str) -> dict[str, str]:
     devices = deepspeed.config_offload_devices_of_spec(spec, user)
     numels = model_numels(spec) if devices != ("none", "none") else None
     config = deepspeed.deepspeed_config(spec, user, run_dir, numels if devices[1] == "nvme" else None)
-    if config and numels and (problems := memory.host_fit_problems(spec, config["zero_optimization"], numels)):
-        raise ConfigError(problems)
+    problems = []
+    if config and numels:
+        problems += memory.host_fit_problems(spec, config.get("zero_optimization") or {}, numels)
     if config and user is not None:
         source = f"train.deepspeed_config ({spec.train.deepspeed_config})"
-        if problems := deepspeed.check_swap_buffers(
-            config, numels, deepspeed.world_size(spec), spec.train.precision, source
-        ):
-            raise ConfigError(problems)
+        problems += deepspeed.check_swap_buffers(config, numels, deepspeed.world_size(spec), spec.train.precision,
+                                                 source)  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
     return {DS_CONFIG_FILE: json.dumps(config, indent=2) + "\n"} if config else {}
 
 
