@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,6 @@ class Prepared:
     files: Mapping[str, str]
     submit_argv: tuple[str, ...]
     preview_cluster: ClusterEnv
-    extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 BACKENDS: Mapping[str, Backend] = MappingProxyType(

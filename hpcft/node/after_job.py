@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from hpcft.errors import HpcftError
@@ -37,7 +38,7 @@ def after_job(run: Path, rc: int) -> int:
         requeue_allowed=spec.run.requeue and bool(job_id),
         failures=int(state.get("failures", 0)),
         max_failures=spec.run.max_failures,
-        fatal=(fatal.read_text().strip() if fatal.exists() else None) or oom,
+        fatal=(fatal.read_text().strip() if fatal.exists() else None) or (oom and f"{oom} ({OOM_HINT})"),
         warned_by=warned_by,
         preemptions=int(state.get("preemptions", 0)),
         max_preemptions=spec.run.max_preemptions,
@@ -77,7 +78,10 @@ def requeue(job_id: str, preempted: bool) -> None:
         print(f"hpcft: SLURM requeues the preempted job itself ({e.message})", flush=True)
 
 
-def out_of_memory(job_id: str, env: dict[str, str] | os._Environ, wait_s: float = 15) -> str | None:
+OOM_HINT = "HINT: raise resources.mem, run fewer processes per node, or offload; `hpcft plan` shows the memory planner"
+
+
+def out_of_memory(job_id: str, env: Mapping[str, str], wait_s: float = 15) -> str | None:
     """What SLURM says ran out of memory in this job, or None; waits for sacct to record the ended steps."""
     deadline = time.monotonic() + wait_s
     while True:
@@ -91,8 +95,4 @@ def out_of_memory(job_id: str, env: dict[str, str] | os._Environ, wait_s: float 
     limit = env.get("SLURM_MEM_PER_NODE")
     had = f"its memory limit of {limit} MB per node (--mem)" if limit else "its memory limit"
     peak = f"; sampled peak RSS {oom[0].max_rss}" if oom[0].max_rss.strip("0K") else ""
-    return (
-        f"out of memory: step {oom[0].step} on {oom[0].nodes} was killed by SLURM at {had}{peak} "
-        "(HINT: raise resources.mem, run fewer processes per node, or offload; `hpcft plan` shows the memory "
-        "planner)"
-    )
+    return f"out of memory: step {oom[0].step} on {oom[0].nodes} was killed by SLURM at {had}{peak}"

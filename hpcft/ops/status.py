@@ -118,9 +118,9 @@ def _scheduler_view(
 
 
 def _oom(state: dict[str, Any], job: dict[str, Any] | None) -> str | None:
-    """What ran out of memory in the newest job (recorded by after-job), shortened for the table."""
+    """What ran out of memory in the newest job, as after-job recorded it."""
     events = [e for e in state.get("events", []) if job and e.get("job") == job["id"] and e.get("oom")]
-    return events[-1]["oom"].split(" (HINT")[0].removeprefix("out of memory: ") if events else None
+    return events[-1]["oom"] if events else None
 
 
 def _checkpoint(path: Path) -> str | None:

@@ -337,6 +337,11 @@ def offload_zero_section(numels: Sequence[int], world: int, precision: str, devi
     return {"offload_optimizer": {"device": device}, "offload_param": {"device": device, **swap.param}, **swap.zero}
 
 
+def offloads(zero: Mapping[str, Any]) -> bool:
+    """True when a zero_optimization section offloads the optimizer or the parameters."""
+    return any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_optimizer", "offload_param"))
+
+
 def host_fit_problems(spec: Any, zero: Mapping[str, Any], numels: Sequence[int]) -> list[str]:
     """Why this job's ranks cannot fit a node of ``resources.mem`` with the offload of ``zero``; [] if they can.
 
@@ -346,8 +351,7 @@ def host_fit_problems(spec: Any, zero: Mapping[str, Any], numels: Sequence[int])
 
     node_mem = parse_mem(spec.resources.mem)
     ranks = max(spec.resources.gpus_per_node, 1)
-    if node_mem is None or not any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in
-                                   ("offload_optimizer", "offload_param")):  # fmt: skip
+    if node_mem is None or not offloads(zero):
         return []
     host = offload.host_per_rank(numels, ranks * spec.resources.nodes, spec.train.precision, zero, cpu_compute=False)
     need = host.total * ranks
@@ -420,7 +424,7 @@ def job_host_memory(spec: Any, ds_config_text: str | None):
     if not ds_config_text or not spec.train.model:
         return None
     zero = json.loads(ds_config_text).get("zero_optimization") or {}
-    if not any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_optimizer", "offload_param")):
+    if not offloads(zero):
         return None
     try:
         numels = parameter_numels(read_model_config(spec.train.model))
