@@ -91,7 +91,8 @@ def live_job(run: Path) -> str | None:
     if not base.uses_slurm(state["backend"]):
         return job["id"] if local.job_alive(job) else None
     js = client.query_jobs([job["id"]]).get(job["id"])
-    return job["id"] if js is not None and not js.ended else None
+    # COMPLETING: ended, SLURM is only tearing it down (e.g. just after `hpcft cancel`); the next job queues behind it.
+    return job["id"] if js is not None and not js.ended and js.state != "COMPLETING" else None
 
 
 def cancel(run: Path) -> str:
