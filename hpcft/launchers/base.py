@@ -40,6 +40,7 @@ class LaunchContext:
     master_addr: str
     network: str | None = None  # interface or CIDR for MPI's TCP transport (deepspeed-openmpi)
     node_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # this node's environment
+    restarts: int = 0  # in-job restarts torchrun may do itself (``plan.requeue.in_job_restarts``)
 
     @property
     def procs_per_node(self) -> int:

@@ -29,6 +29,15 @@ def build(ctx: LaunchContext) -> LaunchCommand:
             f"--rdzv-id={cluster.job_id}",
         ]
     if cluster.in_slurm:
-        argv.append(f"--max-restarts={launch.max_restarts}")
+        # A crashed worker restarts every node's workers from the newest checkpoint, in seconds.
+        argv.append(f"--max-restarts={ctx.restarts}")
     argv += ctx.entry_argv()
-    return LaunchCommand(argv=tuple(argv), env=ctx.rank_env())
+    return LaunchCommand(argv=tuple(argv), env={**ctx.rank_env(), **RESTART_WORKAROUND})
+
+
+# torchrun's agents share their rendezvous TCPStore with the workers and keep each restart's keys
+# apart by TORCHELASTIC_RESTART_COUNT, which every agent counts for itself: after a crash on one node
+# the other node's new workers read the dead workers' addresses and gloo/NCCL fail to connect
+# ("Connection refused"), so every restart fails again (pytorch#135712, pytorch#108158; seen with
+# torch 2.13 on the lab). A store of their own per rendezvous round keeps in-job restarts working.
+RESTART_WORKAROUND = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}

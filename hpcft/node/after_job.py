@@ -44,7 +44,9 @@ def after_job(run: Path, rc: int) -> int:
         max_preemptions=spec.run.max_preemptions,
     )
 
-    event = {"job": job_id, "rc": rc, "action": d.action, "reason": d.reason, "time": store.now_iso()}
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    event = {"job": job_id, "restart": restart, "rc": rc, "action": d.action, "reason": d.reason,
+             "time": store.now_iso()}  # fmt: skip
     if oom:
         event["oom"] = oom
     if saved:

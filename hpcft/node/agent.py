@@ -4,7 +4,8 @@ per rank (the ``srun`` launcher), and by the local runner.
 Preflight first — the run directory is visible here, the master resolves to a non-loopback
 address, the launcher exists (for pdsh: ssh reaches every host) — so a broken node ends the job
 at once with its name and the reason instead of hanging until a collective times out. Then it
-builds the launcher's command, writes its files into the run directory and execs it.
+builds the launcher's command, writes its files into the run directory and runs it (inside SLURM as
+a child it supervises: SIGTERM becomes a checkpoint request, a crash an in-job restart).
 Nothing here imports torch.
 """
 
@@ -25,8 +26,9 @@ from hpcft.errors import HpcftError, LaunchError
 from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.node import ds_ops as ops
+from hpcft.plan.requeue import InJobRestarts, in_job_restarts
 from hpcft.rundir import store
-from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE
+from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE, STOP_MARKERS
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
 
 if TYPE_CHECKING:
@@ -43,20 +45,24 @@ def read_spec(run: Path, host: str) -> JobSpec:
     return store.load_run_spec(run)
 
 
-def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> LaunchCommand:
-    """Preflight and decide this node's launch command."""
+def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCommand, InJobRestarts]:
+    """Preflight and decide this node's launch command, and who restarts crashed ranks in the job."""
     host = node_name(env)
     cluster = ClusterEnv.from_mapping(env)
+    restarts = in_job_restarts(spec, cluster.num_nodes, int(store.read_state(run).get("failures", 0)))
+    if not cluster.in_slurm:
+        restarts = InJobRestarts(None, 0, "outside SLURM")
     master_addr = resolve_master(cluster) if cluster.in_slurm else cluster.master_host
     check_launcher(spec, host)
     network = None
     if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = spec.launch.python or sys.executable
-    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env)
+    torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
+    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts)
     if spec.launch.launcher == "deepspeed-pdsh":
         check_ssh(cluster.hosts, host)
-    return build_launch(ctx)
+    return build_launch(ctx), restarts
 
 
 def check_launcher(spec: JobSpec, host: str) -> None:
@@ -156,7 +162,7 @@ def exec_node(run: Path) -> None:
     try:
         spec = read_spec(run, node_name(os.environ))
         env = with_ops(run, spec, dict(os.environ))
-        cmd = prepare(run, env, spec)
+        cmd, restarts = prepare(run, env, spec)
     except HpcftError as e:
         # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
         # marker tells after-job not to requeue: the same node would fail the same way again.
@@ -171,12 +177,18 @@ def exec_node(run: Path) -> None:
     os.chdir(run)
     per_rank = launchers.get(spec.launch.launcher).shape == "per_rank"
     if ClusterEnv.from_mapping(env).in_slurm and not per_rank:
-        sys.exit(supervise(run, cmd.argv, env))
+        if restarts.count:
+            print(f"hpcft node {node_name(env)}: in-job restarts: {restarts.why}", flush=True)
+        sys.exit(supervise(run, cmd.argv, env, restarts.count if restarts.by == "hpcft" else 0))
     os.execvpe(cmd.argv[0], list(cmd.argv), env)  # a rank itself (srun launcher: SIGTERM reaches it), or local
 
 
-def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str]) -> int:
+def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: int = 0) -> int:
     """Run the launcher as a child and turn SLURM's SIGTERM into a checkpoint request; its exit code.
+
+    A launcher that fails is run again, up to ``restarts`` times, unless a rerun cannot help
+    (``should_rerun``): its ranks continue from the newest complete checkpoint within seconds, where
+    a requeue would wait for SLURM's requeue hold and the queue.
 
     On priority preemption SLURM sends SIGTERM to the process it started on each node (this one)
     and, after the partition's GraceTime, SIGTERM again and then SIGKILL (``../shared/PREEMPTION.md``).
@@ -201,6 +213,20 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str]) -> int:
             proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)  # before the child exists: no window without the handler
-    proc = subprocess.Popen(list(argv), env=env)
-    rc = proc.wait()
-    return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
+    while True:
+        proc = subprocess.Popen(list(argv), env=env)
+        rc = proc.wait()
+        rc = 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
+        if restarts <= 0 or not should_rerun(run, rc, bool(seen)):
+            return rc
+        restarts -= 1
+        print(f"hpcft node {node_name(env)}: the launcher failed with {rc}; restarting every rank in this job "
+              f"from the newest checkpoint ({restarts} restart(s) left)", flush=True)  # fmt: skip
+
+
+def should_rerun(run: Path, rc: int, signalled: bool) -> bool:
+    """Whether a failed launcher is worth running again in this job: not after a signal or with a stop marker.
+
+    FATAL: the same error again; FINISHED: nothing left; PREEMPT/REQUEUE: the job is ending anyway.
+    """
+    return rc != 0 and not signalled and not any((run / marker).exists() for marker in STOP_MARKERS)

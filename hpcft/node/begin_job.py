@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hpcft.errors import HpcftError
 from hpcft.rundir import store
@@ -30,6 +31,51 @@ def allocation_notes(spec_nodes: int, spec_gpus: int, cluster: ClusterEnv) -> li
     return notes
 
 
+def lost_segment(state: Mapping[str, Any], job_id: str, restart: int, now: str) -> dict[str, Any] | None:
+    """The event for this job's previous run when it ended without after-job; pure.
+
+    On node failure SLURM kills the batch script (no after-job step runs) and, with ``--requeue``,
+    requeues the job (``../shared/PREEMPTION.md``): the only trace is a requeued job whose previous
+    run recorded no outcome. That is a crash, counted against ``run.max_failures``.
+    """
+    if restart < 1:
+        return None
+    previous = restart - 1
+    for event in state.get("events", []):
+        same_run = event.get("job") == job_id and event.get("restart", previous) == previous
+        if same_run and event.get("kind") != "in-job restart":
+            return None
+    return {
+        "job": job_id,
+        "restart": previous,
+        "kind": "lost",
+        "action": "requeued by SLURM",
+        "reason": "the job ended without its after-job step: a node failed (SLURM requeued the job) or the batch "
+        "script was killed",
+        "time": now,
+    }
+
+
+def record_lost(run: Path, job_id: str, restart: int, max_failures: int) -> str | None:
+    """Record a lost previous run of this job; why to stop when that spends the failure budget, else None."""
+    verdict: list[str] = []
+
+    def change(state: dict[str, Any]) -> None:
+        event = lost_segment(state, job_id, restart, store.now_iso())
+        if event is None:
+            return
+        state["failures"] = failures = int(state.get("failures", 0)) + 1
+        state.setdefault("events", []).append(event)
+        print(f"hpcft: the previous run of job {job_id} was lost: {event['reason']} (failure {failures} of "
+              f"{max_failures})", flush=True)  # fmt: skip
+        if failures > max_failures:
+            event["action"] = "fail"
+            verdict.append(f"failure budget {failures}/{max_failures} spent (run.max_failures); hpcft resume RUN")
+
+    store.update_state(run, change)
+    return verdict[0] if verdict else None
+
+
 def begin_job(run: Path, env: Mapping[str, str]) -> int:
     """Record the job and check the run; 0 to go on, ``STOP`` when the run is already finished."""
     try:
@@ -39,8 +85,12 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
         return 3
     cluster = ClusterEnv.from_mapping(env)
     if cluster.job_id:
+        stop = record_lost(run, cluster.job_id, cluster.restart_count, spec.run.max_failures)
         store.record_job(run, cluster.job_id, started=store.now_iso(), nodes=",".join(cluster.hosts),
-                         restart=cluster.restart_count)  # fmt: skip
+                         restart=cluster.restart_count, rank_starts=0)  # fmt: skip
+        if stop:
+            print(f"hpcft: not continuing: {stop}", flush=True)
+            return 1
     for note in allocation_notes(spec.resources.nodes, spec.resources.gpus_per_node, cluster):
         print(f"hpcft: the allocation differs from spec.yaml, the allocation wins: {note}", flush=True)
     finished = run / FINISHED_FILE

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hpcft.launchers.base import shape_of
 from hpcft.spec.model import slurm_minutes
 
 if TYPE_CHECKING:
@@ -57,6 +58,35 @@ def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool,
             return Decision("requeue", f"launcher failed with {rc}; requeue {failures + 1} of {max_failures}", rc)
         return Decision("fail", f"launcher failed with {rc}; failure budget {failures}/{max_failures} spent", rc)
     return Decision("done", "the launcher ended without error", 0)
+
+
+@dataclass(frozen=True)
+class InJobRestarts:
+    """Who restarts crashed ranks inside the allocation, and how often at most in this job segment."""
+
+    by: str | None  # "torchrun" (its own agents), "hpcft" (``hpcft node``'s loop) or None (requeue only)
+    count: int
+    why: str
+
+
+def in_job_restarts(spec: JobSpec, num_nodes: int, failures: int) -> InJobRestarts:
+    """In-job restarts for a segment that starts with ``failures`` already spent; pure.
+
+    torchrun's agents restart every node's workers together when one fails (the c10d rendezvous
+    tells the healthy agents a node is waiting); a static rendezvous tells nobody, so across nodes it
+    cannot. Where one process launches everything (the head-node launchers, any launcher on one
+    node) ``hpcft node`` reruns it. Each restart is a failure: ``run.max_failures`` bounds restarts
+    and requeues together (the trainer's rank 0 records each restart in state.json).
+    """
+    left = max(0, spec.run.max_failures - failures)
+    launcher = spec.launch.launcher
+    if not spec.run.restart_in_job:
+        return InJobRestarts(None, 0, "run.restart_in_job is off: a crash requeues the job")
+    if launcher == "torchrun" and (spec.launch.rdzv == "c10d" or num_nodes == 1):
+        return InJobRestarts("torchrun", left, f"torchrun restarts all ranks up to {left} times")
+    if shape_of(launcher) == "head_node" or (shape_of(launcher) == "per_node" and num_nodes == 1):
+        return InJobRestarts("hpcft", left, f"hpcft node reruns {launcher} up to {left} times")
+    return InJobRestarts(None, 0, f"{launcher} on {num_nodes} nodes cannot restart in the job: a crash requeues it")
 
 
 def signal_lead(save_seconds: float | None) -> int:

@@ -115,6 +115,32 @@ def record_job(run: Path, job_id: str, **fields: Any) -> dict[str, Any]:
     return update_state(run, change)
 
 
+def record_rank_start(run: Path, job_id: str) -> dict[str, Any] | None:
+    """Count a start of the ranks in the job's current segment; the in-job-restart event when it is not the first.
+
+    begin-job zeroes ``rank_starts`` for every segment (a new job, or a requeue). A second start
+    within one segment means torchrun or ``hpcft node`` restarted the ranks after a crash: a failure,
+    bounded by ``run.max_failures`` together with requeues after crashes.
+    """
+    recorded: list[dict[str, Any]] = []
+
+    def change(state: dict[str, Any]) -> None:
+        job = next((j for j in state.get("jobs", []) if j.get("id") == job_id), None)
+        if job is None or "rank_starts" not in job:
+            return  # not started by begin-job (e.g. submitit): nothing to count against
+        job["rank_starts"] = int(job["rank_starts"]) + 1
+        if job["rank_starts"] > 1:
+            event = {"job": job_id, "restart": job.get("restart", 0), "kind": "in-job restart", "action": "restart",
+                     "reason": "a rank failed; every rank restarted inside the job from the newest checkpoint",
+                     "time": now_iso()}  # fmt: skip
+            state.setdefault("events", []).append(event)
+            state["failures"] = int(state.get("failures", 0)) + 1
+            recorded.append(event)
+
+    update_state(run, change)
+    return recorded[0] if recorded else None
+
+
 def load_run_spec(run: Path) -> JobSpec:
     """The resolved spec of a run."""
     path = run / SPEC_FILE

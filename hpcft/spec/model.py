@@ -43,7 +43,12 @@ class RunSpec:
     signal_lead: int | None = _opt(
         None, min=30, help="seconds before the time limit to ask for a checkpoint (default: from measured saves)"
     )
-    max_failures: int = _opt(2, min=0, help="requeues allowed after crashes (node loss, killed ranks)")
+    max_failures: int = _opt(
+        2, min=0, help="restarts allowed after crashes (killed ranks, node loss), in the job and by requeue together"
+    )
+    restart_in_job: bool = _opt(
+        True, help="a crashed rank restarts every rank inside the allocation (no requeue, no queue wait)"
+    )
     max_preemptions: int | None = _opt(
         None, min=0, help="requeues after preemptions and time limits (checkpointed: no failure); default unlimited"
     )
@@ -73,7 +78,6 @@ class LaunchSpec:
     backend: str = _opt("auto", choices=BACKENDS, help="auto = sbatch if on PATH, else local")
     launcher: str = _opt("torchrun", choices=LAUNCHERS, help="deepspeed = the deepspeed launcher per node without ssh")
     rdzv: Literal["c10d", "static"] = _opt("c10d", help="torchrun rendezvous backend")
-    max_restarts: int = _opt(0, min=0, help="torchrun: restarts of the workers on failure")
     network_interface: str | None = _opt(None, help="deepspeed-openmpi: interface or CIDR (default: master's subnet)")
     accelerate_config: str | None = _opt(None, help="your own accelerate config YAML (launcher accelerate)")
     python: str | None = _opt(None, help="python on every node (default: the one running hpcft)")

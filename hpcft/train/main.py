@@ -188,7 +188,15 @@ def main(argv: list[str]) -> None:
 
     os.environ.update(torch_rank_env(os.environ))  # ranks started by mpirun (deepspeed-openmpi/mvapich)
     run = parse_args(argv)
+    if (run / FATAL_FILE).exists():  # restarted in the job after an error a rerun repeats: stop at once
+        print(f"hpcft: not training again: {(run / FATAL_FILE).read_text().strip()}", file=sys.stderr, flush=True)
+        sys.exit(3)
     setup_logging(run)
+    if rank() == 0 and os.environ.get("HPCFT_JOB_ID", "local") != "local":
+        restarted = store.record_rank_start(run, os.environ["HPCFT_JOB_ID"])
+        if restarted:
+            failures = store.read_state(run).get("failures")
+            log.warning("in-job restart after a crash (failure %s of run.max_failures)", failures)
     try:
         train(run)
     except BaseException as e:

@@ -108,12 +108,37 @@ def test_a_warning_signal_checkpoints_requeues_and_resumes_exactly(reference, de
     assert same_weights(run / "model", reference / "model")
 
 
-def test_b_killed_rank_fails_fast_and_resumes_from_the_last_checkpoint(reference, demo_dir, runs_dir):
+def kill_rank(run: Path, rank: int) -> None:
+    """SIGKILL one rank of the run's current workers (the pid its newest log line names)."""
+    starts = [line for line in (run / "logs" / f"rank-{rank}.log").read_text().splitlines() if " pid " in line]
+    os.kill(int(starts[-1].rsplit(" pid ", 1)[1]), signal.SIGKILL)
+
+
+def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(reference, demo_dir, runs_dir):
     run, job = submit(demo_dir, runs_dir)
     wait_until("checkpoint-40", lambda: (run / "checkpoints" / "checkpoint-40" / "COMPLETE").exists())
-    first = (run / "logs" / "rank-3.log").read_text().splitlines()[0]
-    pid = int(first.rsplit(" pid ", 1)[1])
-    os.kill(pid, signal.SIGKILL)  # rank 3, on node2
+    kill_rank(run, 3)  # on node2: torchrun there fails its workers, the c10d rendezvous restarts node1's too
+    t0 = time.time()
+    wait_until("the restarted ranks", lambda: len([r for r in records(run) if r.get("event") == "train_begin"]) == 2,
+               timeout=120)  # fmt: skip
+    restart_s = time.time() - t0
+    st = wait_finished(run)
+    state = json.loads((run / "state.json").read_text())
+    assert state["failures"] == 1 and st["job_ids"] == [job]
+    assert [(e["action"], e.get("kind")) for e in state["events"]] == [("restart", "in-job restart"), ("done", None)]
+    begins = [r for r in records(run) if r.get("event") == "train_begin"]
+    assert [b["restart"] for b in begins] == [0, 0]  # the same SLURM run of the job: no requeue
+    assert begins[1]["start_step"] >= 40 and begins[1]["start_step"] % 20 == 0
+    assert restart_s < 90, f"in-job restart took {restart_s:.0f} s"
+    assert st["step"] == STEPS
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+    assert same_weights(run / "model", reference / "model")
+
+
+def test_b2_without_in_job_restart_a_killed_rank_fails_fast_and_requeues(reference, demo_dir, runs_dir):
+    run, job = submit(demo_dir, runs_dir, "-o", "run.restart_in_job=false")
+    wait_until("checkpoint-40", lambda: (run / "checkpoints" / "checkpoint-40" / "COMPLETE").exists())
+    kill_rank(run, 3)
     t0 = time.time()
     release_requeued(job)
     assert time.time() - t0 < 60, "the job hung instead of failing fast"
@@ -124,7 +149,6 @@ def test_b_killed_rank_fails_fast_and_resumes_from_the_last_checkpoint(reference
     assert begins[1]["start_step"] >= 40 and begins[1]["start_step"] % 20 == 0
     assert st["step"] == STEPS
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
-    assert same_weights(run / "model", reference / "model")
 
 
 def test_c_damaged_newest_checkpoint_is_skipped_on_resume(reference, tmp_path):

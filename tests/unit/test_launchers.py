@@ -47,10 +47,11 @@ def node_env(node: int, **extra) -> ClusterEnv:
     return ClusterEnv.from_mapping(env)
 
 
-def describe(launcher: str, **launch) -> str:
+def describe(launcher: str, restarts: int = 0, **launch) -> str:
     out = []
     for node in (0, 1):
-        ctx = LaunchContext(spec_for(launcher, **launch), node_env(node), RUN, PY, "10.200.0.11", "10.200.0.0/24")
+        spec = spec_for(launcher, **launch)
+        ctx = LaunchContext(spec, node_env(node), RUN, PY, "10.200.0.11", "10.200.0.0/24", restarts=restarts)
         cmd = build_launch(ctx)
         out.append(f"## node {node}\n{shlex.join(cmd.argv)}\n")
         out += [f"{k}={v}\n" for k, v in sorted(cmd.env.items())]
@@ -65,7 +66,7 @@ def test_launch_commands_match_golden(request, launcher):
 
 
 def test_torchrun_static_rendezvous_golden(request):
-    check_golden(request, "launch_torchrun_static.txt", describe("torchrun", rdzv="static", max_restarts=2))
+    check_golden(request, "launch_torchrun_static.txt", describe("torchrun", restarts=2, rdzv="static"))
 
 
 @pytest.mark.parametrize("shape", ["head_node", "per_rank"])

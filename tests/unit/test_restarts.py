@@ -1,0 +1,145 @@
+"""In-job restarts and lost job runs: who restarts, how often, and what state.json records."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcft.node.agent import supervise
+from hpcft.node.begin_job import lost_segment, record_lost
+from hpcft.plan.requeue import in_job_restarts
+from hpcft.rundir import store
+from hpcft.spec import build_spec
+
+
+def spec(launcher: str = "torchrun", nodes: int = 2, **run) -> object:
+    return build_spec(
+        {
+            "train": {"model": "/m", "data": {"train": "/d.jsonl"}},
+            "resources": {"nodes": nodes},
+            "launch": {"backend": "sbatch", "launcher": launcher},
+            "run": run,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("launcher", "nodes", "by"),
+    [
+        ("torchrun", 2, "torchrun"),  # c10d: the healthy agents learn of the failed node and restart too
+        ("deepspeed-pdsh", 2, "hpcft"),  # one launcher for every node: hpcft node reruns it
+        ("deepspeed-openmpi", 4, "hpcft"),
+        ("accelerate", 1, "hpcft"),
+        ("accelerate", 2, None),  # one launcher per node, nobody tells the others: requeue
+        ("deepspeed", 2, None),
+        ("srun", 2, None),  # every rank is an srun task: SLURM ends the step
+    ],
+)
+def test_who_restarts_crashed_ranks_in_the_job(launcher, nodes, by):
+    r = in_job_restarts(spec(launcher, nodes), nodes, failures=0)
+    assert (r.by, r.count) == (by, 2 if by else 0)
+
+
+def test_static_rendezvous_restarts_only_on_one_node():
+    s = build_spec({"train": {"model": "/m", "data": {"train": "/d"}}, "launch": {"rdzv": "static"}})
+    assert in_job_restarts(s, 2, 0).by is None
+    assert in_job_restarts(s, 1, 0).by == "torchrun"
+
+
+def test_restarts_share_the_failure_budget_with_requeues():
+    assert in_job_restarts(spec(max_failures=3), 2, failures=1).count == 2
+    assert in_job_restarts(spec(max_failures=3), 2, failures=3).count == 0
+    assert in_job_restarts(spec(max_failures=1), 2, failures=5).count == 0
+    off = in_job_restarts(spec(restart_in_job=False), 2, failures=0)
+    assert (off.by, off.count) == (None, 0) and "restart_in_job" in off.why
+
+
+def launcher_script(tmp_path: Path, exits: list[int]) -> tuple[str, ...]:
+    """A launcher that exits with the next code of ``exits`` each time it runs, counting its runs."""
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"runs = pathlib.Path({str(tmp_path / 'runs')!r})\n"
+        "n = int(runs.read_text()) if runs.exists() else 0\n"
+        "runs.write_text(str(n + 1))\n"
+        f"sys.exit({exits!r}[min(n, {len(exits) - 1})])\n"
+    )
+    return (sys.executable, str(script))
+
+
+def runs(tmp_path: Path) -> int:
+    return int((tmp_path / "runs").read_text())
+
+
+def test_supervise_reruns_a_failed_launcher_within_its_restarts(tmp_path):
+    assert supervise(tmp_path, launcher_script(tmp_path, [1, 1, 0]), {}, restarts=2) == 0
+    assert runs(tmp_path) == 3
+
+
+def test_supervise_gives_up_when_the_restarts_are_spent(tmp_path):
+    assert supervise(tmp_path, launcher_script(tmp_path, [7]), {}, restarts=2) == 7
+    assert runs(tmp_path) == 3  # the first run and two restarts
+
+
+def test_supervise_does_not_rerun_an_error_a_rerun_repeats(tmp_path):
+    (tmp_path / "FATAL").write_text("configuration error: train.lr must be > 0\n")
+    assert supervise(tmp_path, launcher_script(tmp_path, [1, 0]), {}, restarts=2) == 1
+    assert runs(tmp_path) == 1
+
+
+def test_supervise_without_restarts_runs_once(tmp_path):
+    assert supervise(tmp_path, launcher_script(tmp_path, [1, 0]), {}) == 1
+    assert runs(tmp_path) == 1
+
+
+def new_run(tmp_path: Path, **state) -> Path:
+    (tmp_path / "state.json").write_text(json.dumps({"jobs": [], **state}))
+    return tmp_path
+
+
+def test_a_second_start_of_the_ranks_in_one_job_run_is_a_failure(tmp_path):
+    run = new_run(tmp_path)
+    store.record_job(run, "41", restart=0, rank_starts=0)  # what begin-job records
+    assert store.record_rank_start(run, "41") is None  # the first start
+    event = store.record_rank_start(run, "41")
+    assert event["kind"] == "in-job restart" and event["job"] == "41"
+    state = store.read_state(run)
+    assert state["failures"] == 1 and [e["kind"] for e in state["events"]] == ["in-job restart"]
+    store.record_job(run, "41", restart=1, rank_starts=0)  # SLURM requeued it: a new run of the job
+    assert store.record_rank_start(run, "41") is None
+    assert store.read_state(run)["failures"] == 1
+
+
+def test_ranks_of_a_job_begin_job_never_saw_count_nothing(tmp_path):
+    run = new_run(tmp_path)
+    assert store.record_rank_start(run, "41") is None and store.record_rank_start(run, "41") is None
+    assert "failures" not in store.read_state(run)
+
+
+def test_a_requeue_after_a_run_that_recorded_its_end_is_no_loss():
+    state = {"events": [{"job": "7", "restart": 0, "action": "requeue", "reason": "checkpointed"}]}
+    assert lost_segment(state, "7", 1, "now") is None
+    assert lost_segment(state, "7", 0, "now") is None  # a first run has no previous one
+
+
+def test_a_requeue_after_a_run_without_after_job_is_a_lost_run():
+    # SLURM requeued job 7 after a node failure: its run 1 ended (after-job ran), run 2 did not.
+    state = {"events": [{"job": "7", "restart": 0, "action": "requeue"},
+                        {"job": "7", "restart": 1, "kind": "in-job restart", "action": "restart"}]}  # fmt: skip
+    event = lost_segment(state, "7", 2, "now")
+    assert event["kind"] == "lost" and event["restart"] == 1 and "node failed" in event["reason"]
+
+
+def test_lost_runs_spend_the_failure_budget(tmp_path, capsys):
+    run = new_run(tmp_path, failures=2)
+    stop = record_lost(run, "7", 1, max_failures=2)
+    assert stop and "failure budget 3/2 spent" in stop
+    state = store.read_state(run)
+    assert state["failures"] == 3 and state["events"][-1]["action"] == "fail"
+    assert "was lost" in capsys.readouterr().out
+    (tmp_path / "other").mkdir()
+    other = new_run(tmp_path / "other")
+    assert record_lost(other, "7", 1, max_failures=2) is None and store.read_state(other)["failures"] == 1
