@@ -174,18 +174,20 @@ def estimate_eta(metrics: Sequence[dict[str, Any]], total_steps: int | None) -> 
 
 
 def count_restarts(state: dict[str, Any], metrics: Sequence[dict[str, Any]]) -> int:
-    """How often the run started again: later jobs (resumes) plus requeues of each job.
+    """How often the run started again: later jobs (resumes), requeues of each job, in-job restarts.
 
     Requeues are counted from the ``restart`` field (SLURM_RESTART_COUNT) of the ``train_begin``
-    records of each job, and from state.json's ``restarts`` counter (requeues not yet training).
+    records of each job, and from state.json's ``restarts`` counter (requeues not yet training);
+    in-job restarts from state.json's events.
     """
+    in_job = sum(1 for e in state.get("events", []) if e.get("kind") == "in-job restart")
     later_jobs = max(len(state.get("jobs", [])) - 1, 0)
     per_job: dict[str, int] = {}
     for m in metrics:
         if m.get("event") == "train_begin":
             job = str(m.get("job_id", ""))
             per_job[job] = max(per_job.get(job, 0), int(m.get("restart") or 0))
-    return max(later_jobs + sum(per_job.values()), later_jobs + int(state.get("restarts") or 0))
+    return in_job + max(later_jobs + sum(per_job.values()), later_jobs + int(state.get("restarts") or 0))
 
 
 def format_duration(seconds: float | None) -> str:

@@ -41,6 +41,8 @@ def test_restarts_count_requeues_and_later_jobs():
     assert monitor.count_restarts({"jobs": [{"id": "7"}]}, []) == 0
     # A requeue recorded in state.json before the new attempt reached train_begin still counts.
     assert monitor.count_restarts({"jobs": [{"id": "7"}], "restarts": 1}, METRICS[:1]) == 1
+    in_job = {"jobs": [{"id": "7"}], "events": [{"job": "7", "kind": "in-job restart"}]}
+    assert monitor.count_restarts(in_job, METRICS[:1]) == 1
 
 
 def test_format_duration():
