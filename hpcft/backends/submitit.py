@@ -1,16 +1,16 @@
 """The submitit backend: the same resources through submitit's ``AutoExecutor``.
 
-submitit writes and submits its own batch script (in ``RUN/submitit/``); its pickled function runs
-``hpcft node RUN`` on every node — or only on the first node for head-node launchers (pdsh/MPI),
-where the other nodes' tasks return at once. State, logs and cancel go through SLURM as for sbatch.
+submitit writes and submits its own batch script (in ``RUN/submitit/``); its pickled callable
+(``hpcft.node.submitit_task.NodeTask``) runs begin-job, ``hpcft node RUN`` and after-job on every node
+— ``hpcft node`` only on the first node for head-node launchers (pdsh/MPI) — and turns SLURM's
+preemption SIGTERM and submitit's time-limit warning into checkpoints and requeues. State, logs and
+cancel go through SLURM as for sbatch.
 ``prepare`` and ``executor_parameters`` are pure (what the plan shows); submitit itself is imported
 only by ``start``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ import yaml
 from hpcft.backends.base import Prepared
 from hpcft.errors import SubmissionError
 from hpcft.launchers.base import shape_of
+from hpcft.node.submitit_task import NodeTask
 from hpcft.rundir import store
 from hpcft.slurm import client
 from hpcft.slurm.env import ClusterEnv
@@ -34,7 +35,7 @@ PARAMS_FILE = "submitit.yaml"
 
 def prepare(spec: JobSpec, run: str, node_argv: tuple[str, ...], signal_lead: int | None) -> Prepared:
     """``submitit.yaml`` (the executor's parameters, for reference) and a description of the submit call."""
-    params = executor_parameters(spec)
+    params = executor_parameters(spec, signal_lead)
     text = "# submitit AutoExecutor parameters (reference; submitit writes its own script)\n" + yaml.safe_dump(
         params, sort_keys=False
     )
@@ -42,8 +43,12 @@ def prepare(spec: JobSpec, run: str, node_argv: tuple[str, ...], signal_lead: in
     return Prepared({PARAMS_FILE: text}, argv, ClusterEnv.preview(spec.resources.nodes, spec.resources.gpus_per_node))
 
 
-def executor_parameters(spec: JobSpec) -> dict[str, Any]:
-    """``AutoExecutor.update_parameters`` arguments for the spec's resources; pure."""
+def executor_parameters(spec: JobSpec, signal_lead: int | None = None) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` arguments for the spec's resources; pure.
+
+    With a warning lead, submitit's own warning (``--signal=USR2@LEAD`` to every task) comes that long
+    before the time limit, and ``--requeue`` lets SLURM requeue the job after preemption or node loss.
+    """
     res = spec.resources
     tasks = 1 if shape_of(spec.launch.launcher) != "per_rank" else (res.gpus_per_node or 1)
     params: dict[str, Any] = {
@@ -65,6 +70,9 @@ def executor_parameters(spec: JobSpec) -> dict[str, Any]:
     if spec.launch.setup:
         params["slurm_setup"] = list(spec.launch.setup)
     extra = dict(_split_flag(f) for f in res.extra_sbatch)
+    if signal_lead:
+        params["slurm_signal_delay_s"] = signal_lead
+        extra.setdefault("requeue", True)
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
@@ -75,25 +83,18 @@ def _split_flag(flag: str) -> tuple[str, Any]:
     return key.replace("-", "_"), (value if sep else True)
 
 
-def run_node(python: str, run: str, head_only: bool) -> int:
-    """Runs on each node inside submitit's task: ``hpcft node RUN`` (raises if it fails)."""
-    if head_only and os.environ.get("SLURM_NODEID", "0") != "0":
-        return 0
-    rc = subprocess.run([python, "-m", "hpcft", "node", run], stdin=subprocess.DEVNULL).returncode
-    if rc != 0:
-        raise RuntimeError(f"hpcft node exited with {rc}")
-    return rc
-
-
 def start(plan: Plan, run: Path) -> str:
     """Submit through submitit (its own script in ``RUN/submitit``); return the job id."""
     import submitit
 
+    params = yaml.safe_load(plan.files[PARAMS_FILE])  # what the plan showed is what is submitted
+    lead = params.get("slurm_signal_delay_s")
     try:
-        executor = submitit.AutoExecutor(folder=run / FOLDER, cluster="slurm")
-        executor.update_parameters(**executor_parameters(plan.spec))
+        # hpcft's budgets decide requeues (NodeTask.checkpoint): submitit's count of timeouts is no limit.
+        executor = submitit.AutoExecutor(folder=run / FOLDER, cluster="slurm", slurm_max_num_timeout=1_000_000)
+        executor.update_parameters(**params)
         head_only = shape_of(plan.spec.launch.launcher) == "head_node"
-        job = executor.submit(run_node, plan.spec.launch.python, str(run), head_only)
+        job = executor.submit(NodeTask(plan.spec.launch.python, str(run), head_only, lead))
     except Exception as e:  # submitit wraps sbatch failures in its own exception types
         raise SubmissionError(["submitit", "sbatch"], 1, str(e), "nothing was submitted") from None
     store.record_job(run, str(job.job_id))

@@ -223,7 +223,7 @@ def after_job(run_dir: str, rc: int) -> None:
     """Decide finished / requeue / fail when the launcher ends (run by the batch script)."""
     from hpcft.node.after_job import after_job as decide_and_apply
 
-    sys.exit(decide_and_apply(Path(run_dir).resolve(), rc))
+    sys.exit(decide_and_apply(Path(run_dir).resolve(), rc).exit_code)
 
 
 @main.command("init-demo")

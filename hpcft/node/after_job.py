@@ -14,14 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.plan.requeue import decide
+from hpcft.plan.requeue import Decision, decide
 from hpcft.rundir import store
 from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE
 from hpcft.slurm import client
 
 
-def after_job(run: Path, rc: int) -> int:
-    """Apply ``decide`` for this job; returns the batch script's exit code (unless requeued)."""
+def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
+    """Apply ``decide`` for this job; its exit code is the batch script's (unless requeued).
+
+    ``requeue_job=False``: record a requeue decision but leave the requeue to the caller (submitit).
+    """
     spec = store.load_run_spec(run)
     state = store.read_state(run)
     fatal = run / FATAL_FILE
@@ -66,8 +69,9 @@ def after_job(run: Path, rc: int) -> int:
     print(f"hpcft: {d.action}: {d.reason}", flush=True)
     if d.action == "requeue":
         (run / REQUEUE_FILE).unlink(missing_ok=True)
-        requeue(job_id, preempted)
-    return d.exit_code
+        if requeue_job:
+            requeue(job_id, preempted)
+    return d
 
 
 def requeue(job_id: str, preempted: bool) -> None:

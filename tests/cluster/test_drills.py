@@ -115,7 +115,8 @@ def kill_rank(run: Path, rank: int) -> None:
 
 
 def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(reference, demo_dir, runs_dir):
-    run, job = submit(demo_dir, runs_dir)
+    # A save every step: the rank most likely dies inside a save, while the others wait in its barrier.
+    run, job = submit(demo_dir, runs_dir, "-o", "train.save_steps=1", "-o", "train.save_total_limit=2")
     wait_until("checkpoint-40", lambda: (run / "checkpoints" / "checkpoint-40" / "COMPLETE").exists())
     kill_rank(run, 3)  # on node2: torchrun there fails its workers, the c10d rendezvous restarts node1's too
     t0 = time.time()
@@ -128,8 +129,8 @@ def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(referenc
     assert [(e["action"], e.get("kind")) for e in state["events"]] == [("restart", "in-job restart"), ("done", None)]
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert [b["restart"] for b in begins] == [0, 0]  # the same SLURM run of the job: no requeue
-    assert begins[1]["start_step"] >= 40 and begins[1]["start_step"] % 20 == 0
-    assert restart_s < 90, f"in-job restart took {restart_s:.0f} s"
+    assert begins[1]["start_step"] >= 40
+    assert restart_s < 90, f"in-job restart took {restart_s:.0f} s"  # nobody hung in the dead rank's barrier
     assert st["step"] == STEPS
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
     assert same_weights(run / "model", reference / "model")

@@ -33,9 +33,11 @@ def _squeue(job: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
 
 
-def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_dir):
+@pytest.mark.parametrize("backend", ["sbatch", "submitit"])
+def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_dir, backend):
+    # submitit: SLURM's SIGTERM reaches submitit's task (which ignores it), not hpcft node: NodeTask takes it.
     out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
-                str(runs_dir), "-o", "train.max_steps=400", "-o", "train.save_steps=100000",
+                str(runs_dir), "--backend", backend, "-o", "train.max_steps=400", "-o", "train.save_steps=100000",
                 "-o", "train.eval_steps=null").stdout  # fmt: skip
     job = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
@@ -62,3 +64,32 @@ def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_d
     output = hpcft("logs", str(run)).stdout
     assert "SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint" in output
     subprocess.run(["scancel", preemptor], check=False)  # ended by now; never leave it holding the lab
+
+
+def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, runs_dir):
+    """submitit's own warning (USR2 before --time) reaches NodeTask.checkpoint: save, requeue, resume."""
+    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--time", "2", "--backend", "submitit",
+                "--runs-dir", str(runs_dir), "-o", "train.max_steps=100000", "-o", "train.save_steps=100000",
+                "-o", "train.eval_steps=null", "-o", "run.max_preemptions=1").stdout  # fmt: skip
+    job = out.split(" as job ")[1].split()[0]
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    assert "slurm_signal_delay_s: 60" in (run / "submitit.yaml").read_text()
+    event = wait_until("the time-limit event", lambda: next(
+        (e for e in _state(run).get("events", []) if e.get("kind") == "time limit"), None), timeout=180)  # fmt: skip
+    assert event["action"] == "requeue"
+    saved = max(r["step"] for r in _steps(run) if "loss" in r)
+    assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # saved at the warning, not at the limit
+    wait_until("PENDING on BeginTime", lambda: _squeue(job).startswith("PENDING") and "BeginTime" in _squeue(job),
+               timeout=180)  # fmt: skip
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    wait_until("the resumed run", lambda: sum(1 for r in _steps(run) if r.get("event") == "train_begin") == 2,
+               timeout=180)  # fmt: skip
+    begins = [r for r in _steps(run) if r.get("event") == "train_begin"]
+    assert [b["start_step"] for b in begins] == [0, saved] and [b["restart"] for b in begins] == [0, 1]
+    # run.max_preemptions=1 is spent at the second warning: that run ends "done", nothing requeues it again.
+    wait_until("the second warning's decision", lambda: len(_state(run).get("events", [])) >= 2, timeout=180)
+    second = _state(run)["events"][1]
+    assert second["action"] == "done" and "max_preemptions 1/1 spent" in second["reason"]
+    wait_until("the job to end", lambda: _squeue(job) == "", timeout=120)
+    assert _state(run).get("failures", 0) == 0

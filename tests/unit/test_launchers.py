@@ -175,6 +175,8 @@ def test_submitit_parameters_mirror_the_resources():
         "slurm_setup": ["module load a"],
         "slurm_additional_parameters": {"reservation": "r", "requeue": True},
     }
+    warned = executor_parameters(spec, signal_lead=120)  # submitit's own warning, and SLURM may requeue
+    assert warned["slurm_signal_delay_s"] == 120 and warned["slurm_additional_parameters"]["requeue"] is True
     per_rank = build_spec({"launch": {"launcher": "srun", "script": "/x.py"}, "resources": {"gpus_per_node": 4}})
     assert executor_parameters(per_rank)["tasks_per_node"] == 4
     assert NOW  # the shared fixed time keeps plan goldens stable

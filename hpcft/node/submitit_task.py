@@ -1,0 +1,97 @@
+"""What the submitit backend runs on every node: the batch script's three steps, inside submitit's task.
+
+With sbatch, hpcft's batch script records the job (begin-job), traps the warning signal, runs ``hpcft
+node`` through srun and applies the requeue policy (after-job). submitit writes its own script, so
+this callable does the same from inside each of submitit's tasks (one per node):
+
+- the task with SLURM_PROCID 0 runs begin-job first and after-job when its launcher ends (a crash
+  within ``run.max_failures`` is requeued with ``scontrol requeue``; submitit reruns this callable);
+- priority preemption: SLURM sends SIGTERM to the tasks it launched — these processes, not their
+  children — and submitit ignores it; here the first SIGTERM becomes ``RUN/PREEMPT`` (the ranks save
+  at their next step inside the grace time), as ``hpcft node`` does under sbatch;
+- the time-limit warning is submitit's own ``--signal=USR2@LEAD``: submitit calls ``checkpoint`` on
+  the task with global rank 0, which asks the ranks to save, waits for them, records the outcome and
+  hands submitit the same callable to requeue (``submitit.helpers.Checkpointable``'s contract).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from hpcft.node.after_job import after_job
+from hpcft.node.begin_job import STOP, begin_job
+from hpcft.rundir import store
+from hpcft.rundir.layout import FINISHED_FILE, PREEMPT_FILE
+
+
+class NodeTask:
+    """Picklable callable submitted by the submitit backend (see the module docstring)."""
+
+    def __init__(self, python: str | None, run: str, head_only: bool, lead: int | None) -> None:
+        self.python, self.run, self.head_only, self.lead = python, run, head_only, lead
+        self.proc: subprocess.Popen | None = None
+        self.terms = 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "proc": None, "terms": 0}  # submitit pickles it again to requeue
+
+    def __call__(self) -> int:
+        run, env = Path(self.run), os.environ
+        head = env.get("SLURM_PROCID", "0") == "0"
+        if head:
+            rc = begin_job(run, env)
+            if rc == STOP:
+                return 0
+            if rc:
+                raise RuntimeError(f"hpcft begin-job failed with {rc} (see the job output)")
+            (run / PREEMPT_FILE).unlink(missing_ok=True)  # a warning of an earlier run of the job
+        if (run / FINISHED_FILE).exists() or (self.head_only and env.get("SLURM_NODEID", "0") != "0"):
+            return 0
+        signal.signal(signal.SIGTERM, self._on_term)  # after submitit's own handlers, which bypass SIGTERM
+        rc = self._launch()
+        if not head:
+            return rc
+        code = after_job(run, rc).exit_code  # may requeue (scontrol requeue ends this job)
+        if code:
+            raise RuntimeError(f"hpcft: the run failed (exit {code}); see the job output and state.json")
+        return 0
+
+    def _launch(self) -> int:
+        argv = [self.python or sys.executable, "-m", "hpcft", "node", self.run]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        rc = self.proc.wait()
+        return 128 - rc if rc < 0 else rc
+
+    def _on_term(self, signum, frame) -> None:
+        self.terms += 1
+        if self.terms == 1:
+            print("hpcft: SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint", flush=True)
+            store.write_atomic(Path(self.run) / PREEMPT_FILE, "SIGTERM\n")
+        elif self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def checkpoint(self):
+        """submitit's time-limit hook (global rank 0): the ranks save, then submitit requeues the job.
+
+        When the policy says not to requeue (FINISHED, run.requeue off, run.max_preemptions spent) the
+        task exits with the decision's code: returning None would make submitit fail the job.
+        """
+        import submitit
+
+        run = Path(self.run)
+        print("hpcft: time-limit warning (submitit USR2): asking the ranks to checkpoint", flush=True)
+        store.write_atomic(run / PREEMPT_FILE, "USR2\n")
+        rc = 0
+        if self.proc is not None:
+            try:
+                rc = self.proc.wait(timeout=max((self.lead or 90) - 10, 10))
+            except subprocess.TimeoutExpired:
+                rc = 124  # no checkpoint in time: the requeued run continues from the newest complete one
+        decision = after_job(run, rc, requeue_job=False)  # records the outcome; submitit requeues itself
+        if decision.action != "requeue":
+            sys.exit(decision.exit_code)
+        return submitit.helpers.DelayedSubmission(NodeTask(self.python, self.run, self.head_only, self.lead))
