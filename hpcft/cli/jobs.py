@@ -23,7 +23,7 @@ def job_options(fn):
     """The curated flags shared by ``plan`` and ``submit`` (everything else: ``-o key=value``)."""
     options = [
         click.argument("job_file", type=click.Path(dir_okay=False)),
-        click.argument("script_args", nargs=-1, type=click.UNPROCESSED),
+        click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARGS]...]"),
         click.option("--nodes", type=int, help="number of nodes (resources.nodes)"),
         click.option("--gpus-per-node", type=int, help="GPUs per node; processes per node on CPU-only machines"),
         click.option(
@@ -50,17 +50,19 @@ def job_options(fn):
     return fn
 
 
-def _load_plan(job_file, script_args, zero, profile, overrides, gpu_mem=None, **flag_values):
+def _load_plan(job_file, command, zero, profile, overrides, gpu_mem=None, **flag_values):
     """Parse the curated flags into a pipeline request and plan it (``hpcft.plan.pipeline``)."""
     from hpcft.plan import pipeline
+    from hpcft.spec.layering import is_path
 
-    script = str(Path(script_args[0]).resolve()) if script_args else None
+    command = list(command)
+    if command and is_path(command[0]):
+        command[0] = str(Path(command[0]).resolve())
     accelerate_config = flag_values.pop("accelerate_config", None)
     flags = {
         **{FLAG_KEYS[name]: value for name, value in flag_values.items()},
         "train.zero": None if zero == "auto" else zero,
-        "launch.script": script,
-        "launch.script_args": list(script_args[1:]) if script_args else None,
+        "launch.command": command or None,
         "launch.accelerate_config": str(Path(accelerate_config).resolve()) if accelerate_config else None,
     }
     req = pipeline.Request(job_file=job_file, profile=profile, overrides=tuple(overrides), flags=flags,
@@ -91,7 +93,7 @@ def plan_cmd(**kwargs) -> None:
     """Show what `submit` would do, without running anything.
 
     Prints the submit command, the batch script, node 0's launch command and the rendezvous.
-    Arguments after `--` name a user script to run instead of the hpcft trainer.
+    Arguments after `--` name your own trainer (a .py file, -m module or a program) instead of hpcft's.
     Ends with the memory planner: model-state memory of every ZeRO stage / offload choice.
     """
     p = _load_plan(**kwargs)
@@ -148,8 +150,17 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, **kwargs) -> None:
     Examples:
       hpcft submit job.yaml --nodes 4 --gpus-per-node 8 --time 12:00:00
       hpcft submit job.yaml -o train.lr=1e-4 -o train.max_steps=500
-      hpcft submit job.yaml --nodes 2 -- my_train.py --epochs 3
       hpcft submit job.yaml --nodes 2 --no-submit      # write job.sbatch; sbatch it yourself
+
+    \b
+    Your own trainer after `--` (a .py file, -m module, or a program), run under every launcher:
+      hpcft submit job.yaml --nodes 2 -- my_train.py --epochs 3
+      hpcft submit job.yaml --nodes 2 --zero 3 -- train.py --deepspeed {ds_config} --output_dir {output_dir}
+      hpcft submit job.yaml --nodes 2 -- trl sft --config sft.yaml --output_dir {output_dir}
+      hpcft submit job.yaml --nodes 2 --launcher none -- llamafactory-cli train cfg.yaml
+    Placeholders, filled in on each node: {run_dir} {ds_config} {accelerate_config} {output_dir}
+    {resume_checkpoint} (empty when starting fresh) {node_rank} {nnodes}; also as HPCFT_* variables.
+    `--launcher none` runs the command once per node for tools that start their own workers.
     """
     from hpcft.backends import actions as backends
 

@@ -40,8 +40,7 @@ def build(ctx: LaunchContext) -> LaunchCommand:
         f"--main_process_ip={ctx.master_addr}",
         f"--main_process_port={c.master_port}",
     ]
-    entry = list(ctx.entry_argv())
-    argv += ["--module", *entry[1:]] if entry[0] == "-m" else entry
+    argv += ctx.entry().launcher_args("--module", "--no_python")
     return LaunchCommand(argv=tuple(argv), env=ctx.rank_env(), files=files)
 
 

@@ -12,8 +12,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from hpcft.launchers.command import command_kind, expand
+from hpcft.rundir.checkpoints import checkpoints_dir
+from hpcft.rundir.layout import ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE
 
 if TYPE_CHECKING:
     from hpcft.slurm.env import ClusterEnv
@@ -30,6 +35,34 @@ class LaunchCommand:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """What every rank runs: hpcft's trainer or the user's ``launch.command``, placeholders filled in.
+
+    ``kind`` is ``module`` (``-m target``), ``script`` (a ``.py`` file) or ``program`` (any executable).
+    """
+
+    kind: str
+    target: str
+    args: tuple[str, ...]
+
+    def argv(self, python: str) -> tuple[str, ...]:
+        """The command as a process runs it directly (no launcher between)."""
+        if self.kind == "module":
+            return (python, "-u", "-m", self.target, *self.args)
+        if self.kind == "script":
+            return (python, "-u", self.target, *self.args)
+        return (self.target, *self.args)
+
+    def launcher_args(self, module_flag: str, no_python_flag: str) -> tuple[str, ...]:
+        """The command as a launcher that prepends python takes it (its flags for modules and programs)."""
+        if self.kind == "module":
+            return (module_flag, self.target, *self.args)
+        if self.kind == "program":
+            return (no_python_flag, self.target, *self.args)
+        return (self.target, *self.args)
+
+
+@dataclass(frozen=True)
 class LaunchContext:
     """Inputs every launcher gets: the spec, this node's view of the allocation, the run dir."""
 
@@ -41,6 +74,8 @@ class LaunchContext:
     network: str | None = None  # interface or CIDR for MPI's TCP transport (deepspeed-openmpi)
     node_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # this node's environment
     restarts: int = 0  # in-job restarts torchrun may do itself (``plan.requeue.in_job_restarts``)
+    node_has_gpu: bool = True  # an NVIDIA driver is loaded on this node (``hpcft node`` checks)
+    resume_checkpoint: str = ""  # newest complete checkpoint of the output directory (``hpcft node`` finds it)
 
     @property
     def procs_per_node(self) -> int:
@@ -54,16 +89,39 @@ class LaunchContext:
         """Processes in the whole job."""
         return self.procs_per_node * self.cluster.num_nodes
 
-    def entry_argv(self) -> tuple[str, ...]:
-        """What every rank runs: the user's script with its args, or the hpcft trainer."""
-        if self.spec.launch.script:
-            return (self.spec.launch.script, *self.spec.launch.script_args)
-        return ("-m", "hpcft.train.main", self.run_dir)
+    def placeholders(self) -> dict[str, str]:
+        """The values of ``launch.command``'s placeholders on this node (``hpcft.launchers.command``)."""
+        config = self.spec.launch.accelerate_config or f"{self.run_dir}/{ACCELERATE_CONFIG_FILE}"
+        zero = self.spec.train.zero > 0 or bool(self.spec.train.deepspeed_config)
+        return {
+            "run_dir": self.run_dir,
+            "ds_config": f"{self.run_dir}/{DS_CONFIG_FILE}" if zero else "",
+            "accelerate_config": config if self.spec.launch.launcher == "accelerate" else "",
+            "output_dir": str(checkpoints_dir(self.spec, PurePath(self.run_dir))),
+            "resume_checkpoint": self.resume_checkpoint,
+            "node_rank": str(self.cluster.node_rank),
+            "nnodes": str(self.cluster.num_nodes),
+        }
+
+    def entry(self) -> Entry:
+        """What every rank runs: the user's command (placeholders filled in), or the hpcft trainer."""
+        command = self.spec.launch.command
+        kind = command_kind(command)
+        if kind == "hpcft":
+            return Entry("module", "hpcft.train.main", (self.run_dir,))
+        args = expand(command[1:], self.placeholders())
+        return Entry("module", args[0], args[1:]) if kind == "module" else Entry(kind, command[0], args)
 
     def rank_env(self) -> dict[str, str]:
-        """Environment every rank gets: the rendezvous as torchrun-style and LLaMA-Factory-style names."""
+        """Environment every rank gets: the rendezvous as torchrun-style and LLaMA-Factory-style names.
+
+        Also the placeholders' values as ``HPCFT_<NAME>``, and on a node without GPUs
+        ``ACCELERATE_USE_CPU=true``: accelerate and the HF Trainer then form one gloo world of every
+        rank (``accelerate launch`` with ``use_cpu`` would start a single process: its simple launcher).
+        """
         env = {
-            "HPCFT_RUN_DIR": self.run_dir,
+            # the placeholders' values; a config the job does not have is left out
+            **{f"HPCFT_{k.upper()}": v for k, v in self.placeholders().items() if v or k == "resume_checkpoint"},
             # Ranks started over ssh (pdsh) see no SLURM_* variables: pass what the trainer records.
             "HPCFT_JOB_ID": self.cluster.job_id or "local",
             "HPCFT_RESTART_COUNT": str(self.cluster.restart_count),
@@ -75,6 +133,8 @@ class LaunchContext:
             "FORCE_TORCHRUN": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
+        if not self.node_has_gpu:
+            env["ACCELERATE_USE_CPU"] = "true"
         env.update(self.spec.launch.env)
         return env
 
@@ -94,14 +154,15 @@ class Launcher:
     Attributes:
         name: the value of ``launch.launcher`` / ``--launcher``.
         shape: ``per_node``, ``head_node`` or ``per_rank`` (see ``SHAPES``).
-        needs: what ``hpcft node`` checks on the node first: ``("module", name)`` or ``("program", name)``.
+        needs: what ``hpcft node`` checks on the node first: ``("module", name)`` or ``("program", name)``;
+            None: nothing (``none`` starts the command itself).
         module: the module whose ``build`` makes the command.
         transport: the deepspeed runner's transport (``nossh``, ``pdsh``, ``openmpi``, ``mvapich``).
     """
 
     name: str
     shape: str
-    needs: tuple[str, str]
+    needs: tuple[str, str] | None
     module: str
     transport: str | None = None
 
@@ -122,6 +183,7 @@ LAUNCHERS: Mapping[str, Launcher] = MappingProxyType(
             Launcher("deepspeed-mvapich", "head_node", ("program", "mpiname"), _DS, transport="mvapich"),
             Launcher("accelerate", "per_node", ("module", "accelerate"), "hpcft.launchers.accelerate"),
             Launcher("srun", "per_rank", ("module", "torch"), "hpcft.launchers.srun"),
+            Launcher("none", "per_node", None, "hpcft.launchers.none"),
         )
     }
 )

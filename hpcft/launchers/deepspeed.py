@@ -58,15 +58,8 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     elif kind == "openmpi":
         argv.append(f"--launcher_args=--mca btl_tcp_if_include {ctx.network or ctx.spec.launch.network_interface}")
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    argv += _entry(ctx)
+    argv += ctx.entry().launcher_args("--module", "--no_python")
     return LaunchCommand(argv=tuple(argv), env=env, files=files)
-
-
-def _entry(ctx: LaunchContext) -> list[str]:
-    entry = list(ctx.entry_argv())
-    if entry[0] == "-m":
-        return ["--module", *entry[1:]]
-    return entry
 
 
 def deepspeed_env_text(env: dict[str, str]) -> str:

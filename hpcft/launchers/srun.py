@@ -23,4 +23,4 @@ def build(ctx: LaunchContext) -> LaunchCommand:
         )
     else:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    return LaunchCommand(argv=(ctx.python, "-u", *ctx.entry_argv()), env=env)
+    return LaunchCommand(argv=ctx.entry().argv(ctx.python), env=env)

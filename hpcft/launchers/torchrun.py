@@ -31,7 +31,7 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     if cluster.in_slurm:
         # A crashed worker restarts every node's workers from the newest checkpoint, in seconds.
         argv.append(f"--max-restarts={ctx.restarts}")
-    argv += ctx.entry_argv()
+    argv += ctx.entry().launcher_args("-m", "--no-python")
     return LaunchCommand(argv=tuple(argv), env={**ctx.rank_env(), **RESTART_WORKAROUND})
 
 

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 from hpcft.errors import HpcftError, LaunchError
 from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
+from hpcft.launchers.command import command_kind
 from hpcft.node import ds_ops as ops
 from hpcft.plan.requeue import InJobRestarts, in_job_restarts
-from hpcft.rundir import store
+from hpcft.rundir import checkpoints, store
 from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE, STOP_MARKERS
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
 
@@ -45,8 +46,8 @@ def read_spec(run: Path, host: str) -> JobSpec:
     return store.load_run_spec(run)
 
 
-def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCommand, InJobRestarts]:
-    """Preflight and decide this node's launch command, and who restarts crashed ranks in the job."""
+def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCommand, InJobRestarts, dict]:
+    """Preflight and decide this node's launch command, who restarts crashed ranks, and the node's env."""
     host = node_name(env)
     cluster = ClusterEnv.from_mapping(env)
     restarts = in_job_restarts(spec, cluster.num_nodes, int(store.read_state(run).get("failures", 0)))
@@ -58,16 +59,40 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = spec.launch.python or sys.executable
+    env = with_python_bin(env, python)
+    check_command(spec, env, host)
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
-    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts)
+    resume = checkpoints.newest_resumable(checkpoints.checkpoints_dir(spec, run))
+    ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts,
+                        node_has_gpu=ops.node_has_cuda(), resume_checkpoint=str(resume or ""))  # fmt: skip
     if spec.launch.launcher == "deepspeed-pdsh":
         check_ssh(cluster.hosts, host)
-    return build_launch(ctx), restarts
+    return build_launch(ctx), restarts, env
+
+
+def with_python_bin(env: Mapping[str, str], python: str) -> dict[str, str]:
+    """``env`` with the job's python's bin directory first on PATH: console commands of its environment
+    (``trl``, ``llamafactory-cli``, ``accelerate``) are found as they are after activating it."""
+    bin_dir = os.path.dirname(python)
+    path = env.get("PATH", "")
+    return dict(env) if not bin_dir or bin_dir in path.split(":") else {**env, "PATH": f"{bin_dir}:{path}"}
+
+
+def check_command(spec: JobSpec, env: Mapping[str, str], host: str) -> None:
+    """The user's program is on this node's PATH (after launch.setup, with the job's python's bin)."""
+    command = spec.launch.command
+    if command_kind(command) == "program" and shutil.which(command[0], path=env.get("PATH")) is None:
+        raise LaunchError(
+            f"node {host}: launch.command: {command[0]!r} is not on PATH here",
+            hint="install it in the job's environment (launch.python's), load it in launch.setup, or give a path",
+        )
 
 
 def check_launcher(spec: JobSpec, host: str) -> None:
     """The launcher's module or program exists here (MVAPICH: the MVAPICH2-GDR build)."""
     launcher = spec.launch.launcher
+    if launchers.get(launcher).needs is None:
+        return
     kind, name = launchers.get(launcher).needs
     found = importlib.util.find_spec(name) is not None if kind == "module" else shutil.which(name) is not None
     if not found:
@@ -162,7 +187,7 @@ def exec_node(run: Path) -> None:
     try:
         spec = read_spec(run, node_name(os.environ))
         env = with_ops(run, spec, dict(os.environ))
-        cmd, restarts = prepare(run, env, spec)
+        cmd, restarts, env = prepare(run, env, spec)
     except HpcftError as e:
         # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
         # marker tells after-job not to requeue: the same node would fail the same way again.

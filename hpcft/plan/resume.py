@@ -39,7 +39,7 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
     found: list[checkpoints.CheckpointInfo] = []
 
     def refine(spec: JobSpec, run_dir: str) -> JobSpec:
-        if spec.launch.script is None:
+        if not spec.launch.command:  # hpcft's trainer; a user's own trainer finds its checkpoints itself
             found.append(_checkpoint(str(checkpoints.checkpoints_dir(spec, run)), checkpoint))
             _check_world(spec, found[0])
             _check_more_to_do(run, spec)

@@ -101,6 +101,21 @@ def newest_complete(base: Path, *, warn: bool = True) -> CheckpointInfo | None:
     return None
 
 
+TRAINER_STATE = "trainer_state.json"  # transformers.Trainer writes it after the model and optimizer
+
+
+def newest_resumable(base: Path) -> Path | None:
+    """The newest checkpoint a trainer can continue from: hpcft-verified, or a user Trainer's own.
+
+    A user's ``transformers.Trainer`` writes ``checkpoint-N`` without hpcft's manifest; it counts once
+    its ``trainer_state.json`` exists (``Trainer._save_checkpoint`` writes it after model and optimizer).
+    """
+    verified = newest_complete(base, warn=False)
+    own = [p for p in candidates(base) if not (p / publish.MARKER).exists() and (p / TRAINER_STATE).is_file()]
+    found = [p for p in (verified.path if verified else None, own[0] if own else None) if p is not None]
+    return max(found, key=lambda p: step_of(p) or 0) if found else None
+
+
 def rotate(base: Path, keep: int | None) -> list[Path]:
     """Delete all but the newest ``keep`` verified checkpoints.
 

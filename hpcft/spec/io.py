@@ -33,5 +33,21 @@ def dump_spec(spec: JobSpec) -> str:
 
 
 def load_spec_text(text: str, source: str) -> JobSpec:
-    """Parse a resolved spec written by ``dump_spec``."""
-    return build_spec(yaml.safe_load(text) or {}, source=source)
+    """Parse a resolved spec written by ``dump_spec`` (by this or an earlier hpcft: see ``migrate``)."""
+    data = yaml.safe_load(text) or {}
+    return build_spec(migrate(data) if isinstance(data, dict) else data, source=source)
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A run spec written by an earlier hpcft in today's keys (a copy): upgrading hpcft while a run is
+    queued or requeued must not strand it. ``launch.script`` + ``script_args`` became ``launch.command``;
+    ``launch.max_restarts`` gave way to ``run.max_failures``, which the run already has."""
+    launch = data.get("launch")
+    if not isinstance(launch, dict) or not {"script", "script_args", "max_restarts"} & launch.keys():
+        return data
+    launch = dict(launch)
+    script, args = launch.pop("script", None), launch.pop("script_args", None) or []
+    launch.pop("max_restarts", None)
+    if script and not launch.get("command"):
+        launch["command"] = [script, *args]
+    return {**data, "launch": launch}

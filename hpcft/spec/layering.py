@@ -3,7 +3,7 @@
 Precedence, lowest first (written down once, here):
     defaults < cluster profile (--profile) < job YAML < ``-o a.b=value`` < explicit CLI flags.
 
-Relative paths in a YAML file (model, data, runs_dir, script) are taken relative to that file,
+Relative paths in a YAML file (model, data, runs_dir, a command's file) are taken relative to that file,
 so a job file works from any current directory; ``~`` and ``$VARS`` in them are expanded.
 Unknown keys are errors, never ignored.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from hpcft.errors import ConfigError
+from hpcft.launchers.command import command_kind
 from hpcft.spec.io import build_spec
 from hpcft.spec.model import JobSpec, field_paths
 
@@ -32,7 +33,6 @@ PATH_KEYS = (
     "train.output",
     "train.data.train",
     "train.data.eval",
-    "launch.script",
     "launch.accelerate_config",
     "train.data.cache_dir",
     "train.deepspeed_config",
@@ -103,7 +103,15 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(leaf), str):
             node[leaf] = str(base / os.path.expanduser(os.path.expandvars(node[leaf])))
+    command = (out.get("launch") or {}).get("command") if isinstance(out.get("launch"), dict) else None
+    if isinstance(command, list) and command and isinstance(command[0], str) and is_path(command[0]):
+        out["launch"]["command"] = [str(base / os.path.expanduser(command[0])), *command[1:]]
     return out
+
+
+def is_path(first: str) -> bool:
+    """Whether a command's first word names a file (resolved like the other paths), not ``-m`` or a program."""
+    return first != "-m" and (first.endswith(".py") or "/" in first)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -193,7 +201,8 @@ def check_inputs(spec: JobSpec) -> None:
     """Check that the files the job reads exist (at submit time, on the shared filesystem)."""
     problems = []
     train = spec.train
-    if spec.launch.script is None:
+    command = spec.launch.command
+    if not command:
         if train.model and not (Path(train.model) / "config.json").is_file():
             problems.append(
                 f"train.model: {train.model} is not a model directory (no config.json) "
@@ -202,7 +211,10 @@ def check_inputs(spec: JobSpec) -> None:
         for key, value in (("train.data.train", train.data.train), ("train.data.eval", train.data.eval)):
             if value and not Path(value).exists():
                 problems.append(f"{key}: file not found: {value}")
-    elif not Path(spec.launch.script).is_file():
-        problems.append(f"launch.script: file not found: {spec.launch.script}")
+    elif command_kind(command) == "script" and not Path(command[0]).is_file():
+        problems.append(f"launch.command: file not found: {command[0]}")
+    elif "/" in command[0] and command_kind(command) == "program" and not os.access(command[0], os.X_OK):
+        problems.append(f"launch.command: {command[0]} is not an executable file "
+                        "(HINT: chmod +x it, or name a program on the nodes' PATH)")  # fmt: skip
     if problems:
         raise ConfigError(problems)

@@ -86,8 +86,11 @@ class LaunchSpec:
         default_factory=lambda: MappingProxyType({}), metadata={"help": "environment for every rank"}
     )
     env_passthrough: tuple[str, ...] = _opt((), help="names of variables (e.g. secrets) taken from the submit env")
-    script: str | None = _opt(None, help="a user training script run instead of the hpcft trainer")
-    script_args: tuple[str, ...] = ()
+    command: tuple[str, ...] = _opt(
+        (),
+        help="your own trainer instead of hpcft's: a .py file, -m module or a program, with its arguments (placeholders"
+        " {run_dir} {ds_config} {accelerate_config} {output_dir} {resume_checkpoint} {node_rank} {nnodes})",
+    )
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,17 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     return cls(**values)
 
 
+# Keys of earlier hpcft versions → what replaced them (named in the error; spec.io migrates run specs).
+RENAMED = {
+    "launch.script": "launch.command: [SCRIPT, ARGS...]",
+    "launch.script_args": "launch.command: [SCRIPT, ARGS...]",
+    "launch.max_restarts": "run.max_failures (in-job restarts and requeues share it; run.restart_in_job)",
+}
+
+
 def _unknown_key(key: str, path: str, known: list[str]) -> str:
+    if f"{path}{key}" in RENAMED:
+        return f"{path}{key}: replaced by {RENAMED[path + key]}"
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(path + c for c in close)}?" if close else f"known keys: {', '.join(known)}"
     return f"{path}{key}: unknown key ({hint})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from hpcft.launchers.command import check_command
 from hpcft.spec.model import JobSpec, TrainSpec, offload_devices, slurm_minutes
 
 _PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
@@ -20,10 +21,15 @@ def check_spec(spec: JobSpec) -> list[str]:
     """Cross-field rules that no single value can break alone."""
     problems = []
     launch, train = spec.launch, spec.train
-    if launch.script is None and not train.model:
-        problems.append("train.model: required (a model directory), or give a script to run after `--`")
-    if launch.script is None and not train.data.train:
+    if not launch.command and not train.model:
+        problems.append("train.model: required (a model directory), or give your own command after `--`")
+    if not launch.command and not train.data.train:
         problems.append("train.data.train: required (a jsonl file of training samples)")
+    zero = train.zero > 0 or bool(train.deepspeed_config)
+    problems += check_command(launch.command, zero=zero, launcher=launch.launcher)
+    if launch.launcher == "none" and not launch.command:
+        problems.append("launch.launcher: none runs your own command once per node; give one after `--` "
+                        "(HINT: for hpcft's trainer choose torchrun, deepspeed or accelerate)")  # fmt: skip
     if spec.launch.backend == "local" and spec.resources.nodes > 1:
         problems.append(
             f"resources.nodes: the local backend runs on this machine only, got {spec.resources.nodes} "
@@ -94,12 +100,12 @@ def check_recipe(train: TrainSpec) -> list[str]:
 def spec_notes(spec: JobSpec) -> list[str]:
     """Things a plan should point out that depend on the machine the job lands on (no file or probe here)."""
     notes = []
-    if spec.launch.script is None and spec.train.lora.load_in_4bit:
+    if not spec.launch.command and spec.train.lora.load_in_4bit:
         notes.append(
             "train.lora.load_in_4bit (QLoRA) needs CUDA GPUs and bitsandbytes on every node; on a node "
             "without CUDA the trainer stops at start with a ConfigError."
         )
-    if spec.launch.script is None and spec.train.precision == "fp16":
+    if not spec.launch.command and spec.train.precision == "fp16":
         notes.append("train.precision fp16 needs CUDA GPUs; on CPU-only nodes the trainer refuses it (use bf16).")
     return notes
 

@@ -73,7 +73,7 @@ def plan_doctor(
         "run.name": "doctor",
         "launch.backend": "sbatch",
         "launch.launcher": "torchrun",
-        "launch.script": SHIM_FILE,  # a placeholder; the real path is in the run directory
+        "launch.command": [SHIM_FILE],  # a placeholder; the real path is in the run directory
         "resources.time": str(max(5, math.ceil(timeout / 60))),
     }
     if "run.requeue" in known:
@@ -83,7 +83,7 @@ def plan_doctor(
 
     def probe_script(spec: JobSpec, run: str) -> JobSpec:
         args = probe_args(spec, check_nvme, shared_dirs)
-        launch = dataclasses.replace(spec.launch, script=str(PurePath(run) / SHIM_FILE), script_args=tuple(args))
+        launch = dataclasses.replace(spec.launch, command=(str(PurePath(run) / SHIM_FILE), *args))
         return dataclasses.replace(spec, launch=launch)
 
     plan = pipeline.plan_job(req, python=python, now=now, refine=probe_script).plan

@@ -1,5 +1,6 @@
 """Job YAML → JobSpec: layering, overrides, every problem reported at once."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import yaml
 
 from hpcft.errors import ConfigError
 from hpcft.spec import JobSpec, build_spec, spec_to_dict
-from hpcft.spec.layering import load_job, parse_overrides
+from hpcft.spec.io import load_spec_text
+from hpcft.spec.layering import check_inputs, load_job, parse_overrides
 
 
 def write(tmp_path: Path, data: dict, name: str = "job.yaml") -> Path:
@@ -111,8 +113,8 @@ def test_model_and_data_required_unless_a_script_runs(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_job(write(tmp_path, {}))
     assert "train.model: required" in str(err.value) and "train.data.train: required" in str(err.value)
-    spec = load_job(write(tmp_path, {}), flags={"launch.script": "/x/train.py"})
-    assert spec.launch.script == "/x/train.py"
+    spec = load_job(write(tmp_path, {}), flags={"launch.command": ["/x/train.py"]})
+    assert spec.launch.command == ("/x/train.py",)
 
 
 def test_spec_round_trips_through_yaml():
@@ -144,7 +146,7 @@ def test_submitit_refuses_mpirun_launchers(tmp_path):
 def test_unquoted_times_stay_times_not_base_60_integers(tmp_path):
     # YAML 1.1 (PyYAML's safe_load) reads 12:00:00 as 43200, which sbatch would take as 30 days
     job = tmp_path / "job.yaml"
-    job.write_text("resources:\n  time: 12:00:00\nlaunch:\n  script: train.py\n")
+    job.write_text("resources:\n  time: 12:00:00\nlaunch:\n  command: [train.py]\n")
     assert load_job(job).resources.time == "12:00:00"
     assert load_job(job, overrides=["resources.time=4:00:00"]).resources.time == "4:00:00"
     assert load_job(job, overrides=["train.lr=1.0e-3"]).train.lr == 0.001
@@ -153,7 +155,7 @@ def test_unquoted_times_stay_times_not_base_60_integers(tmp_path):
 @pytest.mark.parametrize("key", ["resources.partition", "resources.account", "resources.qos", "resources.constraint"])
 def test_control_characters_are_refused_with_the_field_named(key):
     with pytest.raises(ConfigError) as err:
-        load_job(None, overrides=[f'{key}="a\\nsrun rm -rf x"', "launch.script=t.py"])
+        load_job(None, overrides=[f'{key}="a\\nsrun rm -rf x"', "launch.command=[t.py]"])
     assert f"{key}: may not contain control characters ('\\n')" in str(err.value)
 
 
@@ -162,3 +164,60 @@ def test_extra_sbatch_and_env_values_with_newlines_or_nulls_are_refused():
         build_spec({"resources": {"extra_sbatch": ["--reservation=x\n#SBATCH --x"]}, "launch": {"env": {"A": None}}})
     assert "resources.extra_sbatch: may not contain control characters" in str(err.value)
     assert "launch.env: A: no value (null)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [
+        (["t.py", "--x", "{data_dir}"], {}, "unknown placeholder {data_dir}"),
+        (["t.py", "--deepspeed", "{ds_config}"], {}, "{ds_config} but the job has no DeepSpeed config"),
+        (["t.py", "--cfg", "{accelerate_config}"], {}, "{accelerate_config} needs --launcher accelerate"),
+        (["t.py", '{"a": 1}'], {}, "unknown placeholder"),
+        (["t.py", "--x", "{run_dir"], {}, "write {{ and }} for literal braces"),
+        (["-m"], {}, "-m needs a module name"),
+        (["-m", "not a module"], {}, "-m needs a module name"),
+    ],
+)
+def test_bad_commands_are_refused_with_what_and_a_hint(tmp_path, command, flags, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_job(write(tmp_path, {}), flags={"launch.command": command, **flags})
+
+
+def test_launcher_none_needs_a_command(tmp_path):
+    with pytest.raises(ConfigError, match="none runs your own command once per node"):
+        load_job(write(tmp_path, BASE), flags={"launch.launcher": "none"})
+
+
+def test_commands_of_every_kind_pass_and_only_files_are_checked(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("print(1)\n")
+    for command in (["-m", "pkg.train", "--lr", "1"], ["trl", "sft", "--output_dir", "{output_dir}"], [str(script)]):
+        check_inputs(load_job(write(tmp_path, {}), flags={"launch.command": command}))
+    with pytest.raises(ConfigError, match=r"launch.command: file not found"):
+        check_inputs(load_job(write(tmp_path, {}), flags={"launch.command": [str(tmp_path / "nope.py")]}))
+    with pytest.raises(ConfigError, match="is not an executable file"):
+        check_inputs(load_job(write(tmp_path, {}), flags={"launch.command": [str(script.parent / "train.py.sh")]}))
+
+
+def test_a_command_file_in_the_yaml_is_relative_to_the_yaml(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("launch:\n  command: [sub/train.py, --lr, '1']\n")
+    assert load_job(job).launch.command == (str(tmp_path / "sub/train.py"), "--lr", "1")
+    job.write_text("launch:\n  command: [-m, pkg.train]\n")
+    assert load_job(job).launch.command == ("-m", "pkg.train")
+
+
+def test_a_run_spec_of_an_earlier_hpcft_still_loads(tmp_path):
+    # spec.yaml of a run queued before the upgrade (launch.script/script_args, launch.max_restarts)
+    old = {"launch": {"script": "/x/t.py", "script_args": ["--lr", "1"], "max_restarts": 0, "launcher": "torchrun"}}
+    spec = load_spec_text(yaml.safe_dump(old), "spec.yaml")
+    assert spec.launch.command == ("/x/t.py", "--lr", "1")
+    assert (
+        load_spec_text(yaml.safe_dump({"launch": {"script": None, "script_args": []}, **BASE}), "s").launch.command
+        == ()
+    )
+
+
+def test_a_job_file_with_an_old_key_says_what_replaced_it(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("launch.script: replaced by launch.command: [SCRIPT, ARGS...]")):
+        load_job(write(tmp_path, {"launch": {"script": "t.py"}}))

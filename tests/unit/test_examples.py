@@ -37,7 +37,7 @@ def test_example_job_plans_with_its_own_submit_line(job, tmp_path, monkeypatch):
 @pytest.mark.parametrize("profile", sorted((CONFIGS / "clusters").glob("*.yaml")), ids=lambda p: p.name)
 def test_cluster_profiles_layer_under_a_job(profile, tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"launch": {"script": "/x.py"}}))
+    job.write_text(yaml.safe_dump({"launch": {"command": ["/x.py"]}}))
     spec = config.load_job(job, profile=profile)
     assert spec.resources.gpus_per_node > 0
 

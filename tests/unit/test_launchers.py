@@ -24,6 +24,8 @@ RUN = "/shared/runs/r"
 
 
 def spec_for(launcher: str, **launch):
+    if launcher == "none":  # starts the user's command itself: a self-launching tool
+        launch = {"command": ["llamafactory-cli", "train", "cfg.yaml"], **launch}
     return build_spec(
         {
             "train": {"model": "/m", "data": {"train": "/d.jsonl"}},
@@ -84,7 +86,7 @@ def test_every_registered_launcher_is_complete():
     assert tuple(REGISTRY) == LAUNCHERS
     for entry in REGISTRY.values():
         assert entry.shape in SHAPES
-        assert entry.needs[0] in ("module", "program")
+        assert entry.needs is None or entry.needs[0] in ("module", "program")
         assert callable(importlib.import_module(entry.module).build)
 
 
@@ -153,7 +155,7 @@ def test_slurm_minutes(time, minutes):
 def test_submitit_parameters_mirror_the_resources():
     spec = build_spec(
         {
-            "launch": {"backend": "submitit", "script": "/x.py", "setup": ["module load a"]},
+            "launch": {"backend": "submitit", "command": ["/x.py"], "setup": ["module load a"]},
             "resources": {
                 "nodes": 2,
                 "gpus_per_node": 4,
@@ -177,7 +179,7 @@ def test_submitit_parameters_mirror_the_resources():
     }
     warned = executor_parameters(spec, signal_lead=120)  # submitit's own warning, and SLURM may requeue
     assert warned["slurm_signal_delay_s"] == 120 and warned["slurm_additional_parameters"]["requeue"] is True
-    per_rank = build_spec({"launch": {"launcher": "srun", "script": "/x.py"}, "resources": {"gpus_per_node": 4}})
+    per_rank = build_spec({"launch": {"launcher": "srun", "command": ["/x.py"]}, "resources": {"gpus_per_node": 4}})
     assert executor_parameters(per_rank)["tasks_per_node"] == 4
     assert NOW  # the shared fixed time keeps plan goldens stable
 
@@ -188,3 +190,51 @@ def test_pdsh_env_file_forwards_job_settings_but_never_secrets():
     text = build_launch(ctx).files[".deepspeed_env"]
     assert "TORCH_EXTENSIONS_DIR='/cache/ext dir'\n" in text and "OMP_NUM_THREADS=1\n" in text
     assert "hf_secret" not in text and "HF_TOKEN" not in text
+
+
+COMMAND = ["train.py", "--deepspeed", "{ds_config}", "--output_dir", "{output_dir}", "--resume_from_checkpoint",
+           "{resume_checkpoint}", "--node", "{node_rank}/{nnodes}", "--json", "{{}}"]  # fmt: skip
+
+
+def test_a_user_command_gets_its_placeholders_on_the_node(request):
+    spec = build_spec({"train": {"zero": 3}, "resources": {"nodes": 2, "gpus_per_node": 2},
+                       "launch": {"backend": "sbatch", "command": COMMAND}})  # fmt: skip
+    ctx = LaunchContext(spec, node_env(1), RUN, PY, "10.200.0.11", resume_checkpoint=f"{RUN}/checkpoints/checkpoint-40")
+    cmd = build_launch(ctx)
+    assert cmd.argv[-11:] == ("train.py", "--deepspeed", f"{RUN}/ds_config.json", "--output_dir", f"{RUN}/checkpoints",
+                              "--resume_from_checkpoint", f"{RUN}/checkpoints/checkpoint-40", "--node", "1/2",
+                              "--json", "{}")  # fmt: skip
+    assert cmd.env["HPCFT_DS_CONFIG"] == f"{RUN}/ds_config.json" and cmd.env["HPCFT_NODE_RANK"] == "1"
+    assert cmd.env["HPCFT_RESUME_CHECKPOINT"] == f"{RUN}/checkpoints/checkpoint-40"
+    fresh = build_launch(LaunchContext(spec, node_env(0), RUN, PY, "10.200.0.11"))
+    assert (
+        fresh.argv[fresh.argv.index("--resume_from_checkpoint") + 1] == ""
+        and fresh.env["HPCFT_RESUME_CHECKPOINT"] == ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("launcher", "module", "program"),
+    [
+        ("torchrun", ("-m", "pkg.train", "--x"), ("--no-python", "trl", "sft")),
+        ("deepspeed", ("--module", "pkg.train", "--x"), ("--no_python", "trl", "sft")),
+        ("accelerate", ("--module", "pkg.train", "--x"), ("--no_python", "trl", "sft")),
+        ("srun", (PY, "-u", "-m", "pkg.train", "--x"), ("trl", "sft")),
+        ("none", (PY, "-u", "-m", "pkg.train", "--x"), ("trl", "sft")),
+    ],
+)
+def test_modules_and_programs_run_under_every_launcher(launcher, module, program):
+    for command, tail in ((["-m", "pkg.train", "--x"], module), (["trl", "sft"], program)):
+        ctx = LaunchContext(spec_for(launcher, command=command), node_env(0), RUN, PY, "10.0.0.1")
+        argv = build_launch(ctx).argv
+        assert argv[-len(tail) :] == tail, argv
+        if launcher in ("srun", "none"):
+            assert argv == tail  # no launcher process between SLURM and the command
+
+
+def test_nodes_without_gpus_make_accelerate_and_the_trainer_use_one_cpu_world():
+    for launcher in ("accelerate", "torchrun"):
+        cpu = build_launch(LaunchContext(spec_for(launcher), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False))
+        assert cpu.env["ACCELERATE_USE_CPU"] == "true"
+        gpu = build_launch(LaunchContext(spec_for(launcher), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=True))
+        assert "ACCELERATE_USE_CPU" not in gpu.env

@@ -155,7 +155,7 @@ def test_waiting_ends_when_slurm_no_longer_knows_the_job(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "spec.yaml").write_text(dump_spec(build_spec({"launch": {"script": "t.py"}})))
+    (run / "spec.yaml").write_text(dump_spec(build_spec({"launch": {"command": ["t.py"]}})))
     (run / "state.json").write_text(json.dumps({"backend": "sbatch", "jobs": [{"id": "999999"}]}))
     t0 = time.monotonic()
     final = monitor.wait_for(run, interval=0.05, unknown_grace_s=0.3)

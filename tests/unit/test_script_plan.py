@@ -118,7 +118,7 @@ def test_local_plan_runs_torchrun_standalone():
 
 
 def test_user_script_replaces_the_trainer():
-    spec = spec_of(launch={"script": "/home/u/train.py", "script_args": ["--lr", "1e-4"]})
+    spec = spec_of(launch={"command": ["/home/u/train.py", "--lr", "1e-4"]})
     plan = make_plan(spec, python=PY, now=NOW)
     assert plan.node_preview.argv[-3:] == ("/home/u/train.py", "--lr", "1e-4")
     assert "hpcft.train.main" not in plan.node_preview.argv
@@ -128,7 +128,7 @@ def test_the_warning_lead_fits_inside_the_time_limit(tmp_path):
     # --time 1 (one minute) with the default lead of 180 s would warn the job as it starts
     from hpcft.errors import ConfigError
 
-    base = {"launch": {"backend": "sbatch", "script": str(tmp_path / "t.py")}, "resources": {"time": "1"}}
+    base = {"launch": {"backend": "sbatch", "command": [str(tmp_path / "t.py")]}, "resources": {"time": "1"}}
     (tmp_path / "t.py").write_text("")
     plan = make_plan(build_spec(base), python="python3", now=datetime(2026, 1, 2, 3, 4, 5))
     assert "#SBATCH --signal=B:USR1@30" in plan.files["job.sbatch"]
