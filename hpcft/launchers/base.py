@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from hpcft.launchers.command import command_kind, expand
+from hpcft.launchers.command import command_kind, expand, placeholders_in
 from hpcft.rundir.checkpoints import checkpoints_dir
 from hpcft.rundir.layout import ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE
 
@@ -91,17 +91,23 @@ class LaunchContext:
 
     def placeholders(self) -> dict[str, str]:
         """The values of ``launch.command``'s placeholders on this node (``hpcft.launchers.command``)."""
-        config = self.spec.launch.accelerate_config or f"{self.run_dir}/{ACCELERATE_CONFIG_FILE}"
+        launcher = self.spec.launch.launcher
+        own = ACCELERATE_CONFIG_FILE if launcher == "accelerate" else node_accelerate_config(self.cluster.node_rank)
+        config = self.spec.launch.accelerate_config or f"{self.run_dir}/{own}"
         zero = self.spec.train.zero > 0 or bool(self.spec.train.deepspeed_config)
         return {
             "run_dir": self.run_dir,
             "ds_config": f"{self.run_dir}/{DS_CONFIG_FILE}" if zero else "",
-            "accelerate_config": config if self.spec.launch.launcher == "accelerate" else "",
+            "accelerate_config": config if launcher in ("accelerate", "none") else "",
             "output_dir": str(checkpoints_dir(self.spec, PurePath(self.run_dir))),
             "resume_checkpoint": self.resume_checkpoint,
             "node_rank": str(self.cluster.node_rank),
             "nnodes": str(self.cluster.num_nodes),
         }
+
+    def used_placeholders(self) -> set[str]:
+        """The placeholders ``launch.command`` names."""
+        return {name for arg in self.spec.launch.command[1:] for name in placeholders_in(arg)}
 
     def entry(self) -> Entry:
         """What every rank runs: the user's command (placeholders filled in), or the hpcft trainer."""
@@ -135,9 +141,22 @@ class LaunchContext:
         }
         if not self.node_has_gpu:
             env["ACCELERATE_USE_CPU"] = "true"
+        if self.spec.launch.command and self.spec.launch.hf_integration:
+            # The user's transformers.Trainer reports, checkpoints and resumes like hpcft's (hf_integration).
+            path = self.node_env.get("PYTHONPATH")
+            env.update(HPCFT_HF_INTEGRATION="1", HPCFT_WORLD_SIZE=str(self.world_size),
+                       PYTHONPATH=f"{SITE_DIR}:{path}" if path else SITE_DIR)  # fmt: skip
         env.update(self.spec.launch.env)
         return env
 
+
+def node_accelerate_config(node_rank: int) -> str:
+    """The per-node accelerate config of launcher ``none`` (rendezvous inside: no flags can carry it)."""
+    return f"accelerate-node{node_rank}.yaml"
+
+
+# Holds the sitecustomize that installs hpcft.train.hf_integration in a user command's ranks.
+SITE_DIR = str(Path(__file__).resolve().parent.parent / "train" / "site")
 
 # How the batch script starts hpcft on the allocation, per launcher:
 #   per_node:  srun, one task per node, each runs `hpcft node` which starts that node's launcher;

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 PLACEHOLDERS: Mapping[str, str] = {
     "run_dir": "the run directory",
     "ds_config": "the run's DeepSpeed config (RUN/ds_config.json; needs --zero or train.deepspeed_config)",
-    "accelerate_config": "the accelerate config the launcher uses (launcher accelerate)",
+    "accelerate_config": "the accelerate config: launcher accelerate's, or (launcher none) this node's own",
     "output_dir": "where checkpoints go (train.output, default RUN/checkpoints)",
     "resume_checkpoint": "the newest complete checkpoint in output_dir; empty when starting fresh",
     "node_rank": "this node's rank (SLURM_NODEID)",
@@ -58,8 +58,9 @@ def check_command(command: Sequence[str], *, zero: bool, launcher: str) -> list[
             elif name == "ds_config" and not zero:
                 problems.append("launch.command: {ds_config} but the job has no DeepSpeed config "
                                 "(HINT: --zero 1/2/3 or train.deepspeed_config)")  # fmt: skip
-            elif name == "accelerate_config" and launcher != "accelerate":
-                problems.append(f"launch.command: {{accelerate_config}} needs --launcher accelerate, got {launcher}")
+            elif name == "accelerate_config" and launcher not in ("accelerate", "none"):
+                problems.append(f"launch.command: {{accelerate_config}} needs --launcher accelerate or none, got "
+                                f"{launcher}")  # fmt: skip
     return problems
 
 

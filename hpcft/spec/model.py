@@ -86,6 +86,9 @@ class LaunchSpec:
         default_factory=lambda: MappingProxyType({}), metadata={"help": "environment for every rank"}
     )
     env_passthrough: tuple[str, ...] = _opt((), help="names of variables (e.g. secrets) taken from the submit env")
+    hf_integration: bool = _opt(
+        True, help="your command's transformers.Trainer reports progress, checkpoints on warnings and resumes"
+    )
     command: tuple[str, ...] = _opt(
         (),
         help="your own trainer instead of hpcft's: a .py file, -m module or a program, with its arguments (placeholders"

@@ -25,7 +25,7 @@ RUN = "/shared/runs/r"
 
 def spec_for(launcher: str, **launch):
     if launcher == "none":  # starts the user's command itself: a self-launching tool
-        launch = {"command": ["llamafactory-cli", "train", "cfg.yaml"], **launch}
+        launch = {"command": ["llamafactory-cli", "train", "cfg.yaml"], "hf_integration": False, **launch}
     return build_spec(
         {
             "train": {"model": "/m", "data": {"train": "/d.jsonl"}},

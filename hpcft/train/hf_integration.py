@@ -1,0 +1,152 @@
+"""hpcft's service for a user's own ``transformers.Trainer`` (TRL's, LLaMA-Factory's, a run_clm-style
+script's), with no edit of the user's script.
+
+``hpcft node`` puts ``hpcft/train/site`` on the ranks' PYTHONPATH (``launch.hf_integration``, on by
+default for ``launch.command``); its ``sitecustomize`` calls ``install``, which patches ``Trainer``
+when — and only if — the program imports ``transformers.trainer``. Every Trainer then:
+
+- reports to the run directory like hpcft's own trainer (``metrics.jsonl``: step/total, loss,
+  tokens/s), so ``hpcft status``, ``plot`` and ``logs`` follow it;
+- checkpoints at the next step on hpcft's warning (``RUN/PREEMPT``: time limit, preemption; the same
+  agreement as hpcft's trainer) and marks the run for requeue;
+- resumes, when ``train()`` gets no ``resume_from_checkpoint``, from the newest complete checkpoint
+  this run wrote into its ``output_dir`` (after a requeue, an in-job restart or ``hpcft resume``);
+- stops at once with a clear error when its world size differs from nodes × processes per node.
+Plain torch.distributed programs never import the Trainer: they keep the environment and the
+PREEMPT file.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("hpcft.train")
+ENV = "HPCFT_HF_INTEGRATION"
+WORLD_ENV = "HPCFT_WORLD_SIZE"
+_TARGET = "transformers.trainer"
+
+
+def install() -> None:
+    """Patch ``transformers.Trainer`` when it is imported (nothing else is touched or imported now)."""
+    if os.environ.get(ENV) != "1" or not os.environ.get("HPCFT_RUN_DIR"):
+        return
+    if _TARGET in sys.modules:
+        patch(sys.modules[_TARGET].Trainer)
+    elif not any(isinstance(f, _TrainerFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TrainerFinder())
+
+
+class _TrainerFinder(importlib.abc.MetaPathFinder):
+    """Finds ``transformers.trainer`` as usual and patches its ``Trainer`` right after it executes."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _TARGET:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module) -> None:
+            exec_module(module)
+            patch(module.Trainer)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def patch(trainer_cls) -> None:
+    """Wrap ``Trainer.__init__`` (callbacks, world check) and ``Trainer.train`` (resume, requeue mark)."""
+    if getattr(trainer_cls, "_hpcft_patched", False):
+        return
+    init, train = trainer_cls.__init__, trainer_cls.train
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        attach(self)
+
+    def patched_train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = resume_point(self)
+        try:
+            return train(self, resume_from_checkpoint, *args, **kwargs)
+        finally:
+            preempt = getattr(self, "_hpcft_preempt", None)
+            if preempt is not None and preempt.preempted and self.is_world_process_zero():
+                from hpcft.train.preemption import mark_requeue
+
+                mark_requeue(run_dir(), self.state.global_step)
+
+    trainer_cls.__init__, trainer_cls.train = __init__, patched_train
+    trainer_cls._hpcft_patched = True
+
+
+def run_dir() -> Path:
+    return Path(os.environ["HPCFT_RUN_DIR"])
+
+
+def attach(trainer) -> None:
+    """Check the world and add hpcft's metrics and preemption callbacks to one Trainer."""
+    from hpcft.train.metrics import make_metrics_callback
+    from hpcft.train.preemption import make_preemption_callback
+
+    check_world(trainer.args.world_size, int(os.environ.get(WORLD_ENV) or 0), trainer.args.process_index == 0)
+    if getattr(trainer.args, "include_num_input_tokens_seen", None) in ("no", False):
+        trainer.args.include_num_input_tokens_seen = "all"  # tokens/s in metrics.jsonl (one small gather a step)
+    trainer._hpcft_preempt = make_preemption_callback(run_dir())
+    trainer.add_callback(make_metrics_callback(run_dir()))
+    trainer.add_callback(trainer._hpcft_preempt)
+
+
+def world_problem(seen: int, expected: int) -> str | None:
+    """Why a Trainer seeing ``seen`` processes must not train in a job of ``expected``; pure."""
+    if not expected or seen == expected:
+        return None
+    return (f"this Trainer sees a world of {seen} process(es), but the job runs {expected} "
+            f"({os.environ.get('NNODES', '?')} nodes × {os.environ.get('NPROC_PER_NODE', '?')}): its ranks would "
+            "train apart, each on its own. HINT: on nodes without GPUs pass --use_cpu (TrainingArguments.use_cpu); "
+            "check that the launcher started every process (hpcft logs RUN)")  # fmt: skip
+
+
+def check_world(seen: int, expected: int, is_first: bool) -> None:
+    """Stop at once (every rank) when the world is wrong; the run is marked FATAL: a rerun repeats it."""
+    problem = world_problem(seen, expected)
+    if problem is None:
+        return
+    if is_first:
+        from hpcft.rundir import store
+        from hpcft.rundir.layout import FATAL_FILE
+
+        store.write_atomic(run_dir() / FATAL_FILE, f"configuration error: {problem}\n")
+    raise SystemExit(f"hpcft: {problem}")
+
+
+def resume_point(trainer) -> str | None:
+    """The newest complete checkpoint this run wrote into the Trainer's output_dir (None: start fresh)."""
+    from hpcft.rundir.checkpoints import newest_resumable
+
+    found = newest_resumable(Path(trainer.args.output_dir))
+    if found is None or found.stat().st_mtime < run_started():
+        return None  # none, or older than this run: another run's output_dir, not ours to continue
+    if trainer.args.process_index == 0:
+        log.warning("hpcft: resuming from %s", found)
+        print(f"hpcft: resuming from {found}", flush=True)
+    return str(found)
+
+
+def run_started() -> float:
+    """When the run was created (state.json): checkpoints from before belong to someone else."""
+    from datetime import datetime
+
+    from hpcft.errors import HpcftError
+    from hpcft.rundir import store
+
+    try:
+        return datetime.fromisoformat(store.read_state(run_dir())["created"]).timestamp()
+    except (HpcftError, KeyError, ValueError):
+        return float("inf")

@@ -1,0 +1,100 @@
+"""TRL's real SFT trainer on the 2-node lab, unedited: hpcft's progress, preemption safety and resume.
+
+``trl`` is installed in the test environment (constraints/verified.txt). Its trainer is a
+``transformers.Trainer``: hpcft's integration (``hpcft.train.hf_integration``) makes it write
+``metrics.jsonl``, save at the step SLURM's preemption reaches it, and continue from that checkpoint
+when the job is requeued. The independent expectations: SLURM's own record of the preemption, the
+checkpoint directories TRL wrote, and the step count the job was given.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hpcft, wait_until
+
+pytestmark = pytest.mark.cluster
+
+STEPS = 400
+
+
+@pytest.fixture
+def sft_data(demo_dir, tmp_path) -> Path:
+    """The demo's alpaca samples as TRL prompt/completion rows (a directory ``load_dataset`` reads)."""
+    out = tmp_path / "sft"
+    out.mkdir()
+    rows = [json.loads(x) for x in (demo_dir / "data" / "train.jsonl").read_text().splitlines()]
+    with open(out / "train.jsonl", "w") as f:
+        for r in rows:
+            prompt = r["instruction"] + (f" {r['input']}" if r.get("input") else "")
+            f.write(json.dumps({"prompt": prompt, "completion": " " + r["output"]}) + "\n")
+    return out
+
+
+def sft_args(demo_dir: Path, data: Path) -> list[str]:
+    return ["--model_name_or_path", str(demo_dir / "model"), "--dataset_name", str(data), "--output_dir",
+            "{output_dir}", "--max_steps", str(STEPS), "--save_steps", "100000", "--logging_steps", "1",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu", "--seed", "1"]  # fmt: skip
+
+
+def state(run: Path) -> dict:
+    return json.loads((run / "state.json").read_text())
+
+
+def records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def squeue(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
+
+
+def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir, runs_dir, sft_data):
+    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
+                str(runs_dir), "--", "-m", "trl.scripts.sft", *sft_args(demo_dir, sft_data)).stdout  # fmt: skip
+    job = out.split(" as job ")[1].split()[0]
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    wait_until("TRL's step 30", lambda: any(r.get("step", 0) >= 30 and "loss" in r for r in records(run)), timeout=300)
+    st = json.loads(hpcft("status", str(run), "--json").stdout)
+    assert st["step"] >= 30 and st["total_steps"] == STEPS and st["loss"] is not None  # status follows TRL
+    preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
+                                "-o", "/dev/null", "--wrap", "sleep 5"], capture_output=True, text=True,
+                               check=True).stdout.strip()  # fmt: skip
+    try:
+        event = wait_until("the preemption", lambda: next(
+            (e for e in state(run).get("events", []) if e.get("kind") == "preemption"), None), timeout=120)  # fmt: skip
+        assert event["action"] == "requeue"
+        reached = max(r["step"] for r in records(run) if "loss" in r)
+        assert (run / "checkpoints" / f"checkpoint-{reached}" / "trainer_state.json").is_file()  # TRL saved it
+        wait_until("PENDING on BeginTime", lambda: squeue(job) == "PENDING BeginTime", timeout=180)
+        time.sleep(3)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
+                   timeout=600)  # fmt: skip
+    finally:
+        subprocess.run(["scancel", preemptor], check=False)
+    begins = [r for r in records(run) if r.get("event") == "train_begin"]
+    assert [b["start_step"] for b in begins] == [0, reached]  # resumed at the very step, no step lost
+    assert max(r["step"] for r in records(run) if "loss" in r) == STEPS
+    assert (run / "checkpoints" / "model.safetensors").is_file()  # TRL's final save_model into {output_dir}
+    final = state(run)
+    assert final.get("failures", 0) == 0 and final["preemptions"] == 1
+
+
+def test_trl_world_size_mismatch_stops_at_once(lab, demo_dir, runs_dir, sft_data):
+    # --launcher none starts one `python -m trl.scripts.sft` per node: 2 single-process Trainers in a job of 4.
+    proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--launcher", "none", "--wait",
+                 "--runs-dir", str(runs_dir), "--", "-m", "trl.scripts.sft", *sft_args(demo_dir, sft_data),
+                 check=False)  # fmt: skip
+    assert proc.returncode != 0
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert "this Trainer sees a world of 1 process(es), but the job runs 4" in output
+    assert not [r for r in records(run) if "loss" in r]  # stopped before training a step
+    assert state(run)["events"][-1]["action"] == "fail"  # FATAL: neither restarted nor requeued
