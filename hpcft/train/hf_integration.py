@@ -96,11 +96,46 @@ def attach(trainer) -> None:
     from hpcft.train.preemption import make_preemption_callback
 
     check_world(trainer.args.world_size, int(os.environ.get(WORLD_ENV) or 0), trainer.args.process_index == 0)
+    stop_if_ending(run_dir())
+    check_deepspeed_kept(trainer)
     if getattr(trainer.args, "include_num_input_tokens_seen", None) in ("no", False):
         trainer.args.include_num_input_tokens_seen = "all"  # tokens/s in metrics.jsonl (one small gather a step)
     trainer._hpcft_preempt = make_preemption_callback(run_dir())
     trainer.add_callback(make_metrics_callback(run_dir()))
     trainer.add_callback(trainer._hpcft_preempt)
+
+
+def stop_if_ending(run: Path) -> None:
+    """Leave at once when this job already checkpointed for requeue (``RUN/REQUEUE``).
+
+    A rank that dies after that save — gloo sometimes aborts a process at exit — makes torchrun restart
+    every rank; they must not train on (the requeued job continues from the checkpoint).
+    """
+    from hpcft.rundir.layout import REQUEUE_FILE
+
+    if (run / REQUEUE_FILE).exists():
+        print("hpcft: this job already checkpointed for requeue; not training again", flush=True)
+        raise SystemExit(0)
+
+
+def check_deepspeed_kept(trainer) -> None:
+    """Stop when accelerate was told to use DeepSpeed (``ACCELERATE_USE_DEEPSPEED``) but dropped it.
+
+    accelerate sets up DeepSpeed only when not on CPU (accelerate/state.py: ``ACCELERATE_USE_DEEPSPEED
+    == "true" and not cpu``): with ``--use_cpu`` a ZeRO job would train as plain DDP without a word, and
+    under ZeRO-3 crash in its first forward on partitioned weights.
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true" or trainer.is_deepspeed_enabled:
+        return
+    kind = trainer.accelerator.distributed_type
+    problem = (f"the accelerate config asks for DeepSpeed, but accelerate set up {kind} without it: accelerate enables DeepSpeed only off CPU (use_cpu). HINT: on CPU-only nodes run "
+               "hpcft's trainer with --zero, or drop --zero for your command")  # fmt: skip
+    if trainer.args.process_index == 0:
+        from hpcft.rundir import store
+        from hpcft.rundir.layout import FATAL_FILE
+
+        store.write_atomic(run_dir() / FATAL_FILE, f"configuration error: {problem}\n")
+    raise SystemExit(f"hpcft: {problem}")
 
 
 def world_problem(seen: int, expected: int) -> str | None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import hpcft, wait_until
 
@@ -98,3 +99,38 @@ def test_trl_world_size_mismatch_stops_at_once(lab, demo_dir, runs_dir, sft_data
     assert "this Trainer sees a world of 1 process(es), but the job runs 4" in output
     assert not [r for r in records(run) if "loss" in r]  # stopped before training a step
     assert state(run)["events"][-1]["action"] == "fail"  # FATAL: neither restarted nor requeued
+
+
+def console_sft(
+    demo_dir: Path, runs_dir: Path, sft_data: Path, *flags: str
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """`trl sft` runs `accelerate launch` itself: once per node (--launcher none), with this node's config."""
+    args = [a if a != str(STEPS) else "20" for a in sft_args(demo_dir, sft_data)]
+    args[args.index("--save_steps") + 1] = "10"
+    proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--launcher", "none", "--wait", "--runs-dir",
+                 str(runs_dir), *flags, "--", "trl", "sft", "--accelerate_config", "{accelerate_config}", *args,
+                 check=False)  # fmt: skip
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    return proc, run
+
+
+def test_trl_sft_console_command_runs_its_own_accelerate_once_per_node(lab, demo_dir, runs_dir, sft_data):
+    proc, run = console_sft(demo_dir, runs_dir, sft_data)
+    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert proc.returncode == 0, output[-4000:]
+    begin = next(r for r in records(run) if r.get("event") == "train_begin")
+    assert begin["world_size"] == 4  # one world across both nodes, not 2 × 2 separate ones
+    assert max(r["step"] for r in records(run) if "loss" in r) == 20
+    config = yaml.safe_load((run / "accelerate-node1.yaml").read_text())
+    assert (config["machine_rank"], config["num_machines"], config["num_processes"]) == (1, 2, 4)
+    assert json.loads(hpcft("status", str(run), "--json").stdout)["step"] == 20
+
+
+def test_trl_with_deepspeed_on_cpu_nodes_stops_instead_of_training_without_it(lab, demo_dir, runs_dir, sft_data):
+    # accelerate drops DeepSpeed under use_cpu (accelerate/state.py); a ZeRO run must not silently train as DDP.
+    proc, run = console_sft(demo_dir, runs_dir, sft_data, "--zero", "2")
+    assert proc.returncode != 0
+    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert "the accelerate config asks for DeepSpeed, but accelerate set up" in output
+    assert not [r for r in records(run) if "loss" in r]
+    assert state(run)["events"][-1]["action"] == "fail"
