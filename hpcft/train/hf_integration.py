@@ -128,8 +128,9 @@ def check_deepspeed_kept(trainer) -> None:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true" or trainer.is_deepspeed_enabled:
         return
     kind = trainer.accelerator.distributed_type
-    problem = (f"the accelerate config asks for DeepSpeed, but accelerate set up {kind} without it: accelerate enables DeepSpeed only off CPU (use_cpu). HINT: on CPU-only nodes run "
-               "hpcft's trainer with --zero, or drop --zero for your command")  # fmt: skip
+    problem = (f"the accelerate config asks for DeepSpeed, but accelerate set up {kind} without it: accelerate "
+               "enables DeepSpeed only off CPU (use_cpu). HINT: on CPU-only nodes run hpcft's trainer with --zero, "
+               "or drop --zero for your command")  # fmt: skip
     if trainer.args.process_index == 0:
         from hpcft.rundir import store
         from hpcft.rundir.layout import FATAL_FILE
