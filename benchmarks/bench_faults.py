@@ -8,7 +8,7 @@ Every fault is produced through SLURM or the kernel, none by hand-sent signals:
 - priority preemption: a job on partition ``high`` needs the nodes of the run on ``low`` (GraceTime 90,
   PreemptMode=REQUEUE): SLURM sends SIGTERM to the step and requeues the job;
 - time limit: the run's own ``--time``; SLURM sends the ``--signal`` warning, then ends the job;
-- killed rank: SIGKILL to one training process on node2 (what the kernel's OOM killer or a segfault does);
+- killed rank: SIGKILL to the training process on node2 (what the kernel's OOM killer or a segfault does);
 - crashed node: SIGKILL to every process of namespace node2 (its slurmd, slurmstepd and ranks; its sshd
   listener is spared, nothing here uses it); SLURM notices after SlurmdTimeout (60 s in the lab, about
   100 s in practice), marks the node DOWN, cancels the job DUE TO NODE FAILURE and requeues it; then the
@@ -63,8 +63,12 @@ def wait(what: str, predicate, timeout: float = 900) -> None:
         time.sleep(0.2)
 
 
+PROCS = "1"  # per node: with 2 ranks a gloo sum has one order, so a resume reproduces the losses bit for bit
+
+
 def submit(job: Path, runs: Path, name: str, steps: int, save_steps: int, *extra: str) -> tuple[Path, str]:
-    out = sh(*HPCFT, "submit", str(job), "--nodes", "2", "--runs-dir", str(runs), "-o", f"run.name={name}",
+    out = sh(*HPCFT, "submit", str(job), "--nodes", "2", "--gpus-per-node", PROCS, "--runs-dir", str(runs),
+             "-o", f"run.name={name}",
              "-o", f"train.max_steps={steps}", "-o", f"train.save_steps={save_steps}", "-o", "train.eval_steps=null",
              *extra)  # fmt: skip
     job_id = out.split(" as job ")[1].split()[0]
@@ -98,7 +102,7 @@ def preempt() -> None:
        "--wrap", "sleep 5")  # fmt: skip
 
 
-def kill_rank(run: Path, rank: int = 3) -> None:
+def kill_rank(run: Path, rank: int = 1) -> None:
     lines = [x for x in (run / "logs" / f"rank-{rank}.log").read_text().splitlines() if " pid " in x]
     subprocess.run(["kill", "-9", lines[-1].rsplit(" pid ", 1)[1]], check=True)
 
