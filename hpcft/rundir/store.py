@@ -191,8 +191,10 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def latest_checkpoint(run: Path, output: str | None = None) -> Path | None:
-    """The newest verified checkpoint of a run, or None (for status: damaged ones are skipped quietly)."""
+    """The newest complete checkpoint of a run — hpcft-verified, or a user Trainer's own — or None.
+
+    For status: damaged ones are skipped quietly.
+    """
     from hpcft.rundir import checkpoints
 
-    info = checkpoints.newest_complete(Path(output) if output else run / CHECKPOINTS_DIR, warn=False)
-    return info.path if info else None
+    return checkpoints.newest_resumable(Path(output) if output else run / CHECKPOINTS_DIR)

@@ -84,6 +84,7 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
     assert [b["start_step"] for b in begins] == [0, reached]  # resumed at the very step, no step lost
     assert max(r["step"] for r in records(run) if "loss" in r) == STEPS
     assert (run / "checkpoints" / "model.safetensors").is_file()  # TRL's final save_model into {output_dir}
+    assert json.loads(hpcft("status", str(run), "--json").stdout)["checkpoint"] == f"checkpoint-{STEPS}"
     final = state(run)
     assert final.get("failures", 0) == 0 and final["preemptions"] == 1
 
