@@ -2,8 +2,8 @@
 script's), with no edit of the user's script.
 
 ``hpcft node`` puts ``hpcft/train/site`` on the ranks' PYTHONPATH (``launch.hf_integration``, on by
-default for ``launch.command``); its ``sitecustomize`` calls ``install``, which patches ``Trainer``
-when — and only if — the program imports ``transformers.trainer``. Every Trainer then:
+default for ``launch.command``); its ``sitecustomize`` calls ``install``, which patches ``Trainer`` and
+``TrainingArguments`` when — and only if — the program imports them. Every Trainer then:
 
 - reports to the run directory like hpcft's own trainer (``metrics.jsonl``: step/total, loss,
   tokens/s), so ``hpcft status``, ``plot`` and ``logs`` follow it;
@@ -11,7 +11,9 @@ when — and only if — the program imports ``transformers.trainer``. Every Tra
   agreement as hpcft's trainer) and marks the run for requeue;
 - resumes, when ``train()`` gets no ``resume_from_checkpoint``, from the newest complete checkpoint
   this run wrote into its ``output_dir`` (after a requeue, an in-job restart or ``hpcft resume``);
-- stops at once with a clear error when its world size differs from nodes × processes per node.
+- stops at once with a clear error when its world size differs from nodes × processes per node;
+- with ``--deepspeed`` on a node without CUDA, gets DeepSpeed's process group over gloo first, as
+  hpcft's trainer does (``cpu_workarounds.init_deepspeed_gloo``).
 Plain torch.distributed programs never import the Trainer: they keep the environment and the
 PREEMPT file.
 """
@@ -28,24 +30,33 @@ from pathlib import Path
 log = logging.getLogger("hpcft.train")
 ENV = "HPCFT_HF_INTEGRATION"
 WORLD_ENV = "HPCFT_WORLD_SIZE"
-_TARGET = "transformers.trainer"
+_TARGETS = ("transformers.trainer", "transformers.training_args")
 
 
 def install() -> None:
     """Patch ``transformers.Trainer`` when it is imported (nothing else is touched or imported now)."""
     if os.environ.get(ENV) != "1" or not os.environ.get("HPCFT_RUN_DIR"):
         return
-    if _TARGET in sys.modules:
-        patch(sys.modules[_TARGET].Trainer)
-    elif not any(isinstance(f, _TrainerFinder) for f in sys.meta_path):
+    for name in _TARGETS:
+        if name in sys.modules:
+            patch_module(sys.modules[name])
+    if not any(isinstance(f, _TrainerFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _TrainerFinder())
 
 
+def patch_module(module) -> None:
+    """Patch what hpcft needs in ``transformers.trainer`` or ``transformers.training_args``."""
+    if module.__name__ == "transformers.trainer":
+        patch(module.Trainer)
+    else:
+        patch_arguments(module.TrainingArguments)
+
+
 class _TrainerFinder(importlib.abc.MetaPathFinder):
-    """Finds ``transformers.trainer`` as usual and patches its ``Trainer`` right after it executes."""
+    """Finds transformers' trainer modules as usual and patches them right after they execute."""
 
     def find_spec(self, name, path, target=None):
-        if name != _TARGET:
+        if name not in _TARGETS:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -54,7 +65,7 @@ class _TrainerFinder(importlib.abc.MetaPathFinder):
 
         def exec_and_patch(module) -> None:
             exec_module(module)
-            patch(module.Trainer)
+            patch_module(module)
 
         spec.loader.exec_module = exec_and_patch
         return spec
@@ -84,6 +95,27 @@ def patch(trainer_cls) -> None:
 
     trainer_cls.__init__, trainer_cls.train = __init__, patched_train
     trainer_cls._hpcft_patched = True
+
+
+def patch_arguments(arguments_cls) -> None:
+    """``TrainingArguments`` with DeepSpeed on a node without CUDA: DeepSpeed's process group over gloo first.
+
+    The same workaround hpcft's trainer applies (``cpu_workarounds.init_deepspeed_gloo``): without it
+    zero.Init sees a world of 1 and DeepSpeed has no CPU backend of its own here.
+    """
+    if getattr(arguments_cls, "_hpcft_patched", False):
+        return
+    post_init = arguments_cls.__post_init__
+
+    def __post_init__(self):
+        if getattr(self, "deepspeed", None):
+            from hpcft.train import cpu_workarounds
+
+            cpu_workarounds.init_deepspeed_gloo(cpu_workarounds.has_cuda())
+        post_init(self)
+
+    arguments_cls.__post_init__ = __post_init__
+    arguments_cls._hpcft_patched = True
 
 
 def run_dir() -> Path:

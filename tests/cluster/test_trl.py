@@ -135,3 +135,21 @@ def test_trl_with_deepspeed_on_cpu_nodes_stops_instead_of_training_without_it(la
     assert "the accelerate config asks for DeepSpeed, but accelerate set up" in output
     assert not [r for r in records(run) if "loss" in r]
     assert state(run)["events"][-1]["action"] == "fail"
+
+
+def test_ds_config_reaches_trls_trainer_as_deepspeed_zero3(lab, demo_dir, runs_dir, sft_data):
+    # The Trainer's own --deepspeed (not accelerate's config): hpcft's integration starts DeepSpeed's
+    # process group over gloo first on CPU nodes, as hpcft's trainer does; ZeRO-3 then partitions the model.
+    args = [a if a != str(STEPS) else "20" for a in sft_args(demo_dir, sft_data)]
+    args[args.index("--save_steps") + 1] = "10"
+    proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--zero", "3", "--wait", "--runs-dir",
+                 str(runs_dir), "--", "-m", "trl.scripts.sft", "--deepspeed", "{ds_config}", *args,
+                 check=False)  # fmt: skip
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    assert proc.returncode == 0, output[-4000:]
+    assert f"--deepspeed {run}/ds_config.json" in output  # what hpcft node started
+    assert max(r["step"] for r in records(run) if "loss" in r) == 20
+    assert next(r for r in records(run) if r.get("event") == "train_begin")["world_size"] == 4
+    shards = list((run / "checkpoints" / "checkpoint-10" / "global_step10").glob("*zero_pp_rank_*_model_states.pt"))
+    assert len(shards) == 4  # ZeRO-3: one model-state shard per rank, written by DeepSpeed's engine
