@@ -156,11 +156,13 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, **kwargs) -> None:
     Your own trainer after `--` (a .py file, -m module, or a program), run under every launcher:
       hpcft submit job.yaml --nodes 2 -- my_train.py --epochs 3
       hpcft submit job.yaml --nodes 2 --zero 3 -- train.py --deepspeed {ds_config} --output_dir {output_dir}
-      hpcft submit job.yaml --nodes 2 -- trl sft --config sft.yaml --output_dir {output_dir}
+      hpcft submit job.yaml --nodes 2 -- -m trl.scripts.sft --config sft.yaml --output_dir {output_dir}
       hpcft submit job.yaml --nodes 2 --launcher none -- llamafactory-cli train cfg.yaml
+      hpcft submit job.yaml --nodes 2 --launcher none -- trl sft --accelerate_config {accelerate_config} ...
     Placeholders, filled in on each node: {run_dir} {ds_config} {accelerate_config} {output_dir}
     {resume_checkpoint} (empty when starting fresh) {node_rank} {nnodes}; also as HPCFT_* variables.
-    `--launcher none` runs the command once per node for tools that start their own workers.
+    `--launcher none` runs the command once per node for tools that start their own workers (trl's
+    and llamafactory-cli's console commands): under torchrun they would start a launcher in every rank.
     """
     from hpcft.backends import actions as backends
 
