@@ -121,9 +121,10 @@ class LaunchContext:
     def rank_env(self) -> dict[str, str]:
         """Environment every rank gets: the rendezvous as torchrun-style and LLaMA-Factory-style names.
 
-        Also the placeholders' values as ``HPCFT_<NAME>``, and on a node without GPUs
-        ``ACCELERATE_USE_CPU=true``: accelerate and the HF Trainer then form one gloo world of every
-        rank (``accelerate launch`` with ``use_cpu`` would start a single process: its simple launcher).
+        Also the placeholders' values as ``HPCFT_<NAME>``, and for a user's command on a node without
+        GPUs and without DeepSpeed ``ACCELERATE_USE_CPU=true``: accelerate and the HF Trainer then form
+        one gloo world of every rank (``accelerate launch`` with ``use_cpu`` would start a single
+        process: its simple launcher).
         """
         env = {
             # the placeholders' values; a config the job does not have is left out
@@ -139,7 +140,10 @@ class LaunchContext:
             "FORCE_TORCHRUN": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
-        if not self.node_has_gpu:
+        zero = self.spec.train.zero > 0 or bool(self.spec.train.deepspeed_config)
+        if not self.node_has_gpu and self.spec.launch.command and not zero:
+            # Not with DeepSpeed: accelerate drops DeepSpeed when told CPU (state.py: "... and not cpu"),
+            # and a Trainer with use_cpu + --deepspeed (hpcft's own, a user's) forms its CPU world itself.
             env["ACCELERATE_USE_CPU"] = "true"
         if self.spec.launch.command and self.spec.launch.hf_integration:
             # The user's transformers.Trainer reports, checkpoints and resumes like hpcft's (hf_integration).

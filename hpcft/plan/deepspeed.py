@@ -64,13 +64,16 @@ def deepspeed_config(
         return copy.deepcopy(dict(user))
     if t.zero == 0:
         return None
+    # A user's own Trainer (launch.command) has its own batch size, precision and clipping: "auto"
+    # lets it fill them in, where hpcft's numbers would contradict its arguments and DeepSpeed refuse.
+    own = bool(spec.launch.command)
     return {
-        "train_micro_batch_size_per_gpu": t.batch_size,
-        "gradient_accumulation_steps": t.grad_accum,
+        "train_micro_batch_size_per_gpu": "auto" if own else t.batch_size,
+        "gradient_accumulation_steps": "auto" if own else t.grad_accum,
         "train_batch_size": "auto",  # x world size, which the Trainer knows
-        "gradient_clipping": t.max_grad_norm,
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": t.precision == "fp16"},
+        "gradient_clipping": "auto" if own else t.max_grad_norm,
+        "bf16": {"enabled": "auto" if own else t.precision == "bf16"},
+        "fp16": {"enabled": "auto" if own else t.precision == "fp16"},
         "zero_optimization": _zero_section(t, run_dir, numels, world_size(spec)),
         **({"optimizer": copy.deepcopy(OFFLOAD_OPTIMIZER)} if offload_devices(t) != ("none", "none") else {}),
         "steps_per_print": 1_000_000,

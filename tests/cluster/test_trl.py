@@ -127,14 +127,18 @@ def test_trl_sft_console_command_runs_its_own_accelerate_once_per_node(lab, demo
     assert json.loads(hpcft("status", str(run), "--json").stdout)["step"] == 20
 
 
-def test_trl_with_deepspeed_on_cpu_nodes_stops_instead_of_training_without_it(lab, demo_dir, runs_dir, sft_data):
-    # accelerate drops DeepSpeed under use_cpu (accelerate/state.py); a ZeRO run must not silently train as DDP.
-    proc, run = console_sft(demo_dir, runs_dir, sft_data, "--zero", "2")
-    assert proc.returncode != 0
+@pytest.mark.parametrize("zero", ["3"])
+def test_trl_sft_console_command_with_accelerate_and_deepspeed(lab, demo_dir, runs_dir, sft_data, zero):
+    # accelerate's own DeepSpeed path (the per-node config names ds_config.json) across both nodes.
+    proc, run = console_sft(demo_dir, runs_dir, sft_data, "--zero", zero)
     output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
-    assert "the accelerate config asks for DeepSpeed, but accelerate set up" in output
-    assert not [r for r in records(run) if "loss" in r]
-    assert state(run)["events"][-1]["action"] == "fail"
+    assert proc.returncode == 0, output[-4000:]
+    assert next(r for r in records(run) if r.get("event") == "train_begin")["world_size"] == 4
+    assert max(r["step"] for r in records(run) if "loss" in r) == 20
+    assert (run / "checkpoints" / "checkpoint-10" / "global_step10").is_dir()  # DeepSpeed's engine saved it
+    config = yaml.safe_load((run / "accelerate-node0.yaml").read_text())
+    assert config["distributed_type"] == "DEEPSPEED"
+    assert json.loads((run / "ds_config.json").read_text())["zero_optimization"]["stage"] == int(zero)
 
 
 def test_ds_config_reaches_trls_trainer_as_deepspeed_zero3(lab, demo_dir, runs_dir, sft_data):

@@ -232,9 +232,15 @@ def test_modules_and_programs_run_under_every_launcher(launcher, module, program
             assert argv == tail  # no launcher process between SLURM and the command
 
 
-def test_nodes_without_gpus_make_accelerate_and_the_trainer_use_one_cpu_world():
+def test_nodes_without_gpus_make_a_users_accelerate_script_use_one_cpu_world():
     for launcher in ("accelerate", "torchrun"):
-        cpu = build_launch(LaunchContext(spec_for(launcher), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False))
-        assert cpu.env["ACCELERATE_USE_CPU"] == "true"
-        gpu = build_launch(LaunchContext(spec_for(launcher), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=True))
-        assert "ACCELERATE_USE_CPU" not in gpu.env
+        ctx = LaunchContext(spec_for(launcher, command=["t.py"]), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False)
+        assert build_launch(ctx).env["ACCELERATE_USE_CPU"] == "true"
+        gpu = LaunchContext(spec_for(launcher, command=["t.py"]), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=True)
+        assert "ACCELERATE_USE_CPU" not in build_launch(gpu).env
+    # hpcft's trainer sets use_cpu itself; with DeepSpeed the flag would make accelerate drop DeepSpeed.
+    own = LaunchContext(spec_for("torchrun"), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False)
+    assert "ACCELERATE_USE_CPU" not in build_launch(own).env
+    zero = build_spec({"train": {"zero": 2}, "resources": {"nodes": 2}, "launch": {"command": ["t.py"]}})
+    ds = LaunchContext(zero, node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False)
+    assert "ACCELERATE_USE_CPU" not in build_launch(ds).env
