@@ -64,6 +64,11 @@ def check_command(command: Sequence[str], *, zero: bool, launcher: str) -> list[
     return problems
 
 
+def literal(arg: str) -> str:
+    """``arg`` with its braces escaped: it reaches the command unchanged (e.g. the doctor's ``{node}``)."""
+    return arg.replace("{", "{{").replace("}", "}}")
+
+
 def expand(args: Sequence[str], values: Mapping[str, str]) -> tuple[str, ...]:
     """The arguments with their placeholders filled in (checked by ``check_command`` at plan time)."""
     return tuple(arg.format_map(values) for arg in args)

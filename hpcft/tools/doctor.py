@@ -22,6 +22,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from hpcft.errors import ConfigError, HpcftError
+from hpcft.launchers.command import literal
 from hpcft.plan import memory, pipeline
 from hpcft.plan.plan import Plan
 from hpcft.rundir import layout, store
@@ -83,7 +84,8 @@ def plan_doctor(
 
     def probe_script(spec: JobSpec, run: str) -> JobSpec:
         args = probe_args(spec, check_nvme, shared_dirs)
-        launch = dataclasses.replace(spec.launch, command=(str(PurePath(run) / SHIM_FILE), *args))
+        # The probe's own {node} is no launch.command placeholder: it must reach the probe as written.
+        launch = dataclasses.replace(spec.launch, command=(str(PurePath(run) / SHIM_FILE), *map(literal, args)))
         return dataclasses.replace(spec, launch=launch)
 
     plan = pipeline.plan_job(req, python=python, now=now, refine=probe_script).plan

@@ -244,3 +244,11 @@ def test_nodes_without_gpus_make_a_users_accelerate_script_use_one_cpu_world():
     zero = build_spec({"train": {"zero": 2}, "resources": {"nodes": 2}, "launch": {"command": ["t.py"]}})
     ds = LaunchContext(zero, node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False)
     assert "ACCELERATE_USE_CPU" not in build_launch(ds).env
+
+
+def test_the_doctors_own_braces_reach_its_probe_unchanged(tmp_path):
+    from hpcft.tools.doctor import plan_doctor
+
+    plan = plan_doctor(None, {"resources.nodes": 2, "run.runs_dir": str(tmp_path)}, [], None, 240, python=PY,
+                       now=NOW, check_nvme=False, shared_dirs=["/shared/view-{node}"])  # fmt: skip
+    assert plan.node_preview.argv[-1] == "/shared/view-{node}"  # not a launch.command placeholder
