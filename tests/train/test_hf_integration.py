@@ -73,11 +73,19 @@ def test_a_warning_saves_at_the_next_step_and_the_rerun_resumes_there(demo_dir, 
     assert (user_run / "REQUEUE").read_text().strip() == "1"  # after-job will requeue
     assert (user_run / "out" / "checkpoint-1" / "trainer_state.json").is_file()
     (user_run / "PREEMPT").unlink()
+    (user_run / "REQUEUE").unlink()  # what after-job does when it requeues the job
     proc = run_script(user_run, demo_dir, steps=8)  # the requeued job: the script is unchanged
     assert proc.returncode == 0, proc.stderr
     assert "hpcft: resuming from" in proc.stdout and "TRAINED 8" in proc.stdout
     begins = [r for r in records(user_run) if r.get("event") == "train_begin"]
     assert [b["start_step"] for b in begins] == [0, 1]
+
+
+def test_a_rank_restarted_after_the_save_for_requeue_does_not_train_on(demo_dir, user_run):
+    (user_run / "REQUEUE").write_text("1\n")  # this job already saved and is ending for requeue
+    proc = run_script(user_run, demo_dir, steps=8)
+    assert proc.returncode == 0 and "not training again" in proc.stdout
+    assert "TRAINED" not in proc.stdout and not (user_run / "metrics.jsonl").exists()
 
 
 def test_a_wrong_world_stops_before_the_first_step(demo_dir, user_run):
