@@ -69,7 +69,7 @@ def accelerate_config(spec: JobSpec, *, num_machines: int, num_processes: int,
         "downcast_bf16": "no",
         **(rendezvous or {}),  # machine_rank, main_process_ip/port: for a tool that runs accelerate itself
     }
-    if t.zero > 0 or t.deepspeed_config:
+    if t.uses_deepspeed:
         del config["mixed_precision"]  # from ds_config.json
         config["distributed_type"] = "DEEPSPEED"
         config["deepspeed_config"] = {

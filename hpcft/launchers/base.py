@@ -94,7 +94,7 @@ class LaunchContext:
         launcher = self.spec.launch.launcher
         own = ACCELERATE_CONFIG_FILE if launcher == "accelerate" else node_accelerate_config(self.cluster.node_rank)
         config = self.spec.launch.accelerate_config or f"{self.run_dir}/{own}"
-        zero = self.spec.train.zero > 0 or bool(self.spec.train.deepspeed_config)
+        zero = self.spec.train.uses_deepspeed
         return {
             "run_dir": self.run_dir,
             "ds_config": f"{self.run_dir}/{DS_CONFIG_FILE}" if zero else "",
@@ -140,8 +140,7 @@ class LaunchContext:
             "FORCE_TORCHRUN": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
-        zero = self.spec.train.zero > 0 or bool(self.spec.train.deepspeed_config)
-        if not self.node_has_gpu and self.spec.launch.command and not zero:
+        if not self.node_has_gpu and self.spec.launch.command and not self.spec.train.uses_deepspeed:
             # Not with DeepSpeed: accelerate drops DeepSpeed when told CPU (state.py: "... and not cpu"),
             # and a Trainer with use_cpu + --deepspeed (hpcft's own, a user's) forms its CPU world itself.
             env["ACCELERATE_USE_CPU"] = "true"

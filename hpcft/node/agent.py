@@ -240,13 +240,17 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: i
     signal.signal(signal.SIGTERM, on_term)  # before the child exists: no window without the handler
     while True:
         proc = subprocess.Popen(list(argv), env=env)
-        rc = proc.wait()
-        rc = 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
+        rc = exit_status(proc.wait())
         if restarts <= 0 or not should_rerun(run, rc, bool(seen)):
             return rc
         restarts -= 1
         print(f"hpcft node {node_name(env)}: the launcher failed with {rc}; restarting every rank in this job "
               f"from the newest checkpoint ({restarts} restart(s) left)", flush=True)  # fmt: skip
+
+
+def exit_status(returncode: int) -> int:
+    """A child's exit status as a shell reports it: killed by signal N → 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def should_rerun(run: Path, rc: int, signalled: bool) -> bool:

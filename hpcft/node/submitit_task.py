@@ -7,8 +7,8 @@ this callable does the same from inside each of submitit's tasks (one per node):
 - the task with SLURM_PROCID 0 runs begin-job first and after-job when its launcher ends (a crash
   within ``run.max_failures`` is requeued with ``scontrol requeue``; submitit reruns this callable);
 - priority preemption: SLURM sends SIGTERM to the tasks it launched — these processes, not their
-  children — and submitit ignores it; here the first SIGTERM becomes ``RUN/PREEMPT`` (the ranks save
-  at their next step inside the grace time), as ``hpcft node`` does under sbatch;
+  children — and submitit ignores it; here it is passed on to ``hpcft node``, which turns it into
+  ``RUN/PREEMPT`` (the ranks save at their next step inside the grace time) as under sbatch;
 - the time-limit warning is submitit's own ``--signal=USR2@LEAD``: submitit calls ``checkpoint`` on
   the task with global rank 0, which asks the ranks to save, waits for them, records the outcome and
   hands submitit the same callable to requeue (``submitit.helpers.Checkpointable``'s contract).
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from hpcft.node.after_job import after_job
+from hpcft.node.agent import exit_status
 from hpcft.node.begin_job import STOP, begin_job
 from hpcft.rundir import store
 from hpcft.rundir.layout import FINISHED_FILE, PREEMPT_FILE
@@ -34,10 +35,9 @@ class NodeTask:
     def __init__(self, python: str | None, run: str, head_only: bool, lead: int | None) -> None:
         self.python, self.run, self.head_only, self.lead = python, run, head_only, lead
         self.proc: subprocess.Popen | None = None
-        self.terms = 0
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "proc": None, "terms": 0}  # submitit pickles it again to requeue
+        return {**self.__dict__, "proc": None}  # submitit pickles it again to requeue
 
     def __call__(self) -> int:
         run, env = Path(self.run), os.environ
@@ -63,16 +63,15 @@ class NodeTask:
     def _launch(self) -> int:
         argv = [self.python or sys.executable, "-m", "hpcft", "node", self.run]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        rc = self.proc.wait()
-        return 128 - rc if rc < 0 else rc
+        return exit_status(self.proc.wait())
 
     def _on_term(self, signum, frame) -> None:
-        self.terms += 1
-        if self.terms == 1:
-            print("hpcft: SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint", flush=True)
-            store.write_atomic(Path(self.run) / PREEMPT_FILE, "SIGTERM\n")
-        elif self.proc is not None:
+        # Passed on to `hpcft node`, which does what it does with SLURM's SIGTERM under sbatch: the first
+        # becomes RUN/PREEMPT, a second reaches the launcher (the srun launcher's rank checkpoints itself).
+        if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
+        else:
+            store.write_atomic(Path(self.run) / PREEMPT_FILE, "SIGTERM\n")  # not launched yet: stop at step 1
 
     def checkpoint(self):
         """submitit's time-limit hook (global rank 0): the ranks save, then submitit requeues the job.

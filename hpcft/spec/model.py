@@ -184,6 +184,11 @@ class TrainSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)
     moe: MoESpec = field(default_factory=MoESpec)
 
+    @property
+    def uses_deepspeed(self) -> bool:
+        """Whether the job has a DeepSpeed config: a ZeRO stage, or the user's own JSON."""
+        return self.zero > 0 or bool(self.deepspeed_config)
+
 
 @dataclass(frozen=True)
 class JobSpec:

@@ -25,8 +25,7 @@ def check_spec(spec: JobSpec) -> list[str]:
         problems.append("train.model: required (a model directory), or give your own command after `--`")
     if not launch.command and not train.data.train:
         problems.append("train.data.train: required (a jsonl file of training samples)")
-    zero = train.zero > 0 or bool(train.deepspeed_config)
-    problems += check_command(launch.command, zero=zero, launcher=launch.launcher)
+    problems += check_command(launch.command, zero=train.uses_deepspeed, launcher=launch.launcher)
     if launch.launcher == "none" and not launch.command:
         problems.append("launch.launcher: none runs your own command once per node; give one after `--` "
                         "(HINT: for hpcft's trainer choose torchrun, deepspeed or accelerate)")  # fmt: skip

@@ -125,29 +125,16 @@ def run_dir() -> Path:
 def attach(trainer) -> None:
     """Check the world and add hpcft's metrics and preemption callbacks to one Trainer."""
     from hpcft.train.metrics import make_metrics_callback
-    from hpcft.train.preemption import make_preemption_callback
+    from hpcft.train.preemption import exit_if_saved_for_requeue, make_preemption_callback
 
     check_world(trainer.args.world_size, int(os.environ.get(WORLD_ENV) or 0), trainer.args.process_index == 0)
-    stop_if_ending(run_dir())
+    exit_if_saved_for_requeue(run_dir())
     check_deepspeed_kept(trainer)
     if getattr(trainer.args, "include_num_input_tokens_seen", None) in ("no", False):
         trainer.args.include_num_input_tokens_seen = "all"  # tokens/s in metrics.jsonl (one small gather a step)
     trainer._hpcft_preempt = make_preemption_callback(run_dir())
     trainer.add_callback(make_metrics_callback(run_dir()))
     trainer.add_callback(trainer._hpcft_preempt)
-
-
-def stop_if_ending(run: Path) -> None:
-    """Leave at once when this job already checkpointed for requeue (``RUN/REQUEUE``).
-
-    A rank that dies after that save — gloo sometimes aborts a process at exit — makes torchrun restart
-    every rank; they must not train on (the requeued job continues from the checkpoint).
-    """
-    from hpcft.rundir.layout import REQUEUE_FILE
-
-    if (run / REQUEUE_FILE).exists():
-        print("hpcft: this job already checkpointed for requeue; not training again", flush=True)
-        raise SystemExit(0)
 
 
 def check_deepspeed_kept(trainer) -> None:
@@ -163,12 +150,7 @@ def check_deepspeed_kept(trainer) -> None:
     problem = (f"the accelerate config asks for DeepSpeed, but accelerate set up {kind} without it: accelerate "
                "enables DeepSpeed only off CPU (use_cpu). HINT: on CPU-only nodes run hpcft's trainer with --zero, "
                "or drop --zero for your command")  # fmt: skip
-    if trainer.args.process_index == 0:
-        from hpcft.rundir import store
-        from hpcft.rundir.layout import FATAL_FILE
-
-        store.write_atomic(run_dir() / FATAL_FILE, f"configuration error: {problem}\n")
-    raise SystemExit(f"hpcft: {problem}")
+    stop_fatal(problem, trainer.args.process_index == 0)
 
 
 def world_problem(seen: int, expected: int) -> str | None:
@@ -184,8 +166,12 @@ def world_problem(seen: int, expected: int) -> str | None:
 def check_world(seen: int, expected: int, is_first: bool) -> None:
     """Stop at once (every rank) when the world is wrong; the run is marked FATAL: a rerun repeats it."""
     problem = world_problem(seen, expected)
-    if problem is None:
-        return
+    if problem is not None:
+        stop_fatal(problem, is_first)
+
+
+def stop_fatal(problem: str, is_first: bool) -> None:
+    """Stop this rank with ``problem``; the first rank marks the run FATAL (neither restarted nor requeued)."""
     if is_first:
         from hpcft.rundir import store
         from hpcft.rundir.layout import FATAL_FILE

@@ -18,6 +18,7 @@ from hpcft.errors import HpcftError
 from hpcft.rundir import checkpoints, layout, store
 from hpcft.rundir.layout import FATAL_FILE
 from hpcft.slurm.env import node_name
+from hpcft.train.preemption import exit_if_saved_for_requeue
 
 log = logging.getLogger("hpcft.train")
 
@@ -191,9 +192,7 @@ def main(argv: list[str]) -> None:
     if (run / FATAL_FILE).exists():  # restarted in the job after an error a rerun repeats: stop at once
         print(f"hpcft: not training again: {(run / FATAL_FILE).read_text().strip()}", file=sys.stderr, flush=True)
         sys.exit(3)
-    if (run / layout.REQUEUE_FILE).exists():  # restarted after this job's save for requeue: it is ending
-        print("hpcft: this job already checkpointed for requeue; not training again", flush=True)
-        sys.exit(0)
+    exit_if_saved_for_requeue(run)
     setup_logging(run)
     if rank() == 0 and os.environ.get("HPCFT_JOB_ID", "local") != "local":
         restarted = store.record_rank_start(run, os.environ["HPCFT_JOB_ID"])

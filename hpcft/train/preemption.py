@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from hpcft.rundir import store
@@ -70,6 +71,17 @@ def _agree(local: bool) -> bool:
         flag = flag.cuda()
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def exit_if_saved_for_requeue(run: Path) -> None:
+    """Exit 0 at once when this job already checkpointed for requeue (``RUN/REQUEUE``).
+
+    A rank that dies after that save — gloo sometimes aborts a process at exit — makes torchrun restart
+    every rank; they must not train on (the requeued job continues from the checkpoint).
+    """
+    if (run / REQUEUE_FILE).exists():
+        print("hpcft: this job already checkpointed for requeue; not training again", flush=True)
+        sys.exit(0)
 
 
 def mark_requeue(run: Path, step: int) -> None:
