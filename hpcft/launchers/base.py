@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from hpcft.launchers.command import command_kind, expand, placeholders_in
 from hpcft.rundir.checkpoints import checkpoints_dir
-from hpcft.rundir.layout import ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE
+from hpcft.rundir.layout import ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE, node_accelerate_config
 
 if TYPE_CHECKING:
     from hpcft.slurm.env import ClusterEnv
@@ -151,11 +151,6 @@ class LaunchContext:
                        PYTHONPATH=f"{SITE_DIR}:{path}" if path else SITE_DIR)  # fmt: skip
         env.update(self.spec.launch.env)
         return env
-
-
-def node_accelerate_config(node_rank: int) -> str:
-    """The per-node accelerate config of launcher ``none`` (rendezvous inside: no flags can carry it)."""
-    return f"accelerate-node{node_rank}.yaml"
 
 
 # Holds the sitecustomize that installs hpcft.train.hf_integration in a user command's ranks.

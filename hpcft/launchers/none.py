@@ -9,7 +9,8 @@ nothing but the command; ``hpcft node`` still supervises it (SLURM's SIGTERM bec
 from __future__ import annotations
 
 from hpcft.launchers.accelerate import accelerate_config_text
-from hpcft.launchers.base import LaunchCommand, LaunchContext, node_accelerate_config
+from hpcft.launchers.base import LaunchCommand, LaunchContext
+from hpcft.rundir.layout import node_accelerate_config
 
 
 def build(ctx: LaunchContext) -> LaunchCommand:

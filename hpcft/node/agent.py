@@ -62,7 +62,8 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     env = with_python_bin(env, python)
     check_command(spec, env, host)
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
-    resume = checkpoints.newest_resumable(checkpoints.checkpoints_dir(spec, run))
+    # {resume_checkpoint} / HPCFT_RESUME_CHECKPOINT are for a user's command; hpcft's trainer finds its own.
+    resume = checkpoints.newest_resumable(checkpoints.checkpoints_dir(spec, run)) if spec.launch.command else None
     ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts,
                         node_has_gpu=ops.node_has_cuda(), resume_checkpoint=str(resume or ""))  # fmt: skip
     if spec.launch.launcher == "deepspeed-pdsh":

@@ -28,3 +28,8 @@ FATAL_FILE = "FATAL"  # a problem a requeue cannot fix: a node's preflight, or a
 
 # Left over by the previous job; a resumed run starts without them.
 STOP_MARKERS = (FINISHED_FILE, REQUEUE_FILE, PREEMPT_FILE, FATAL_FILE)
+
+
+def node_accelerate_config(node_rank: int) -> str:
+    """The per-node accelerate config of launcher ``none`` (rendezvous inside: no flags can carry it)."""
+    return f"accelerate-node{node_rank}.yaml"
