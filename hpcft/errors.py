@@ -45,6 +45,10 @@ class SubmissionError(HpcftError):
         super().__init__(f"`{cmd}` failed with exit code {returncode}:\n{self.stderr}", hint)
 
 
+class MaybeSubmittedError(SubmissionError):
+    """sbatch exited 0 but its output named no job id: a job may be queued, so its run directory stays."""
+
+
 class RunError(HpcftError):
     """A run directory is missing, unreadable or in a state that forbids the request."""
 

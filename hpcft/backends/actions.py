@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcft.backends import base
-from hpcft.errors import RunError
+from hpcft.errors import MaybeSubmittedError, RunError
 from hpcft.rundir import store
-from hpcft.rundir.layout import RESUME_FROM_FILE, STOP_MARKERS
+from hpcft.rundir.layout import RESUME_FROM_FILE, STATE_FILE, STOP_MARKERS
 
 if TYPE_CHECKING:
     from hpcft.plan.plan import Plan
@@ -25,6 +25,9 @@ def submit(plan: Plan) -> tuple[Path, str]:
     run = store.write_run_dir(plan)
     try:
         return run, base.get(plan.backend).load().start(plan, run)
+    except MaybeSubmittedError as e:
+        # A job may be running from this directory: removing it would pull the files from under it.
+        raise RunError(f"{e.message}\nThe run directory {run} is kept for it.", hint=e.hint) from None
     except BaseException:
         shutil.rmtree(run, ignore_errors=True)
         raise
@@ -68,15 +71,24 @@ def refuse_if_live(run: Path) -> None:
 def resume(rp: ResumePlan) -> str:
     """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id."""
     run = Path(rp.plan.run_dir)
-    for name in STOP_MARKERS:
-        (run / name).unlink(missing_ok=True)
-    pin = run / RESUME_FROM_FILE
-    if rp.explicit and rp.checkpoint:
-        store.write_atomic(pin, rp.checkpoint.path.name + "\n")
-    else:
-        pin.unlink(missing_ok=True)
-    store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
-    return resubmit(rp.plan)
+    kept = {name: (run / name).read_bytes() for name in (*STOP_MARKERS, RESUME_FROM_FILE, STATE_FILE)
+            if (run / name).is_file()}  # fmt: skip
+    try:
+        for name in STOP_MARKERS:
+            (run / name).unlink(missing_ok=True)
+        pin = run / RESUME_FROM_FILE
+        if rp.explicit and rp.checkpoint:
+            store.write_atomic(pin, rp.checkpoint.path.name + "\n")
+        else:
+            pin.unlink(missing_ok=True)
+        store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
+        return resubmit(rp.plan)
+    except BaseException:
+        # Not submitted: the run is as it was (its FINISHED/FATAL markers, failure count and pin).
+        (run / RESUME_FROM_FILE).unlink(missing_ok=True)
+        for name, data in kept.items():
+            store.write_atomic(run / name, data.decode())
+        raise
 
 
 def live_job(run: Path) -> str | None:
@@ -101,6 +113,12 @@ def cancel(run: Path) -> str:
     if not state["jobs"]:
         raise RunError(f"{run.name} has no job to cancel")
     job = state["jobs"][-1]
+    # Marked first, so an after-job woken by the cancel does not requeue; put back as it was if cancelling fails.
+    before = (run / STATE_FILE).read_text()
     store.update_state(run, lambda s: s.update(cancelled=True))
-    base.get(state["backend"]).load().cancel(job)
+    try:
+        base.get(state["backend"]).load().cancel(job)
+    except BaseException:
+        store.write_atomic(run / STATE_FILE, before)
+        raise
     return job["id"]

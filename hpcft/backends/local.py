@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcft.backends.base import Prepared
+from hpcft.errors import RunError
 from hpcft.rundir import store
 from hpcft.rundir.layout import LOGS_DIR
 from hpcft.slurm.env import ClusterEnv
@@ -49,20 +50,36 @@ def start(plan: Plan, run: Path) -> str:
 
 
 def cancel(job: dict) -> None:
-    """Stop a local job's whole process group."""
+    """Stop a local job's whole process group, once it is sure the group is still this job's runner.
+
+    The pid comes from state.json: the process may have ended and its number been reused, or the file
+    may be damaged. Only a live process on this host that leads its own session and runs this module
+    is signalled.
+    """
+    if not job_alive(job):
+        raise RunError(f"local job {job.get('id')} is not running on this host", hint="`hpcft status` shows its state")
+    pid = job["pid"]
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(job["pid"], signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
 
 
 def job_alive(job: dict) -> bool:
-    """True while the runner of a local job is running on this host."""
-    if job.get("host") != socket.gethostname() or "rc" in job:
+    """True while the runner of a local job runs on this host: its pid leads a session running this module."""
+    pid = job.get("pid")
+    if job.get("host") != socket.gethostname() or "rc" in job or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    if pid <= 1:
         return False
     try:
-        with open(f"/proc/{job['pid']}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[-1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
     except OSError:
         return False
+    # stat fields after the name: state ppid pgrp session ...; the runner was started with start_new_session.
+    state, session = fields[0], int(fields[3])
+    return state != "Z" and session == pid and b"hpcft.backends.local" in argv
 
 
 def _run(run: Path) -> int:

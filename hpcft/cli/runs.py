@@ -109,6 +109,11 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
 
     base, paths = _status_paths(ref, runs_dir)
     rows = monitor.run_statuses(paths)
+    if isinstance(ref, str) and rows[0].state == "DAMAGED":
+        from hpcft.errors import RunError
+        from hpcft.rundir.store import DAMAGED_HINT
+
+        raise RunError(rows[0].reason, hint=DAMAGED_HINT)
     if as_json:
         data = [r.to_dict() for r in rows]
         click.echo(json.dumps(data[0] if isinstance(ref, str) else data, indent=2))

@@ -29,9 +29,11 @@ def _question_options(fn):
     """One ``--flag`` per question of ``hpcft.accel_config.QUESTIONS``."""
     from hpcft.tools.accel_config import QUESTIONS
 
-    types = {"int": int, "float": float, "bool": click.BOOL, "str": str}
+    types = {"int": click.IntRange, "float": click.FloatRange, "bool": click.BOOL, "str": str}
     for q in reversed(QUESTIONS):
         kind = click.Choice(q.choices) if q.kind == "choice" else types[q.kind]
+        if q.kind in ("int", "float"):
+            kind = kind(min=q.low, max=q.high)
         fn = click.option(f"--{q.key.replace('_', '-')}", q.key, type=kind, default=None, help=q.prompt)(fn)
     return fn
 
@@ -68,6 +70,8 @@ def _write_accelerate_yaml(out: Path, config: dict, force: bool) -> None:
 
     if out.exists() and not force:
         raise HpcftError(f"{out} exists", hint="pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise HpcftError(f"--out {out}: the directory {out.parent} does not exist", hint=f"mkdir -p {out.parent}")
     out.write_text("# Written by `hpcft config`; use: hpcft submit JOB --launcher accelerate "
                    f"--accelerate-config {out}\n" + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
     click.echo(f"wrote {out} ({config['distributed_type']})")

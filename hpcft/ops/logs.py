@@ -70,6 +70,8 @@ class FileTail:
                 data = f.read()
         except FileNotFoundError:
             return ""
+        except OSError as e:  # a directory in its place, or a path through a file: damage, said plainly
+            raise RunError(f"cannot read {self.path}: {e.strerror}", hint=store.DAMAGED_HINT) from None
         # Keep a torn last line for the next read, so line-based filters see whole lines.
         cut = len(data) if final or data.endswith(b"\n") else data.rfind(b"\n") + 1
         self.offset += cut

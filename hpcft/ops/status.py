@@ -54,7 +54,7 @@ class RunStatus:
     @property
     def ended(self) -> bool:
         """True once the run's newest job can no longer run."""
-        return self.state in client.ENDED or self.state in ("LOST", "NOT_SUBMITTED")
+        return self.state in client.ENDED or self.state in ("LOST", "NOT_SUBMITTED", "DAMAGED")
 
 
 def squeue_runs(prefix: str) -> list[Path]:
@@ -64,11 +64,36 @@ def squeue_runs(prefix: str) -> list[Path]:
 
 
 def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
-    """Status rows for ``paths``, asking SLURM once for all their jobs."""
-    states = {p: store.read_state(p) for p in paths}
-    slurm_ids = [j["id"] for s in states.values() if uses_slurm(s["backend"]) for j in s["jobs"]]
+    """Status rows for ``paths``, asking SLURM once for all their jobs.
+
+    A run whose files cannot be read (damaged, or being written by a ``submit`` right now) gets a
+    ``DAMAGED`` row saying why: one such run never hides the others.
+    """
+    states: dict[Path, dict[str, Any] | HpcftError] = {}
+    for p in paths:
+        try:
+            states[p] = store.read_state(p)
+        except HpcftError as e:
+            states[p] = e
+    slurm_ids = [j["id"] for s in states.values() if isinstance(s, dict) and uses_slurm(s["backend"])
+                 for j in s["jobs"]]  # fmt: skip
     slurm = client.query_jobs(slurm_ids) if slurm_ids else {}
-    return [_row(p, states[p], slurm) for p in paths]
+    rows = []
+    for p, state in states.items():
+        try:
+            if isinstance(state, HpcftError):
+                raise state
+            rows.append(_row(p, state, slurm))
+        except HpcftError as e:
+            rows.append(damaged_row(p, e))
+    return rows
+
+
+def damaged_row(path: Path, error: HpcftError) -> RunStatus:
+    """The row of a run that cannot be read: the reason is the error's first line (its file and what is wrong)."""
+    return RunStatus(run=path.name, path=str(path), backend="?", state="DAMAGED", job_id="", job_ids=[], nodes="",
+                     elapsed="", step=None, total_steps=None, loss=None, tokens_per_s=None, checkpoint=None,
+                     finished=False, reason=error.message)  # fmt: skip
 
 
 def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -> RunStatus:

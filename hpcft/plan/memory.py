@@ -110,8 +110,11 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError([f"train.model: {path} not found (the memory planner reads it)"]) from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise ConfigError([f"train.model: cannot read {path}: {e}"]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("text_config") or {}, dict):
+        raise ConfigError([f"train.model: {path} is not a model config: expected a JSON object, got "
+                           f"{type(data).__name__} (HINT: the config.json save_pretrained writes)"])  # fmt: skip
     return dict(data.get("text_config") or data)
 
 

@@ -68,14 +68,72 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_state(run: Path) -> dict[str, Any]:
-    """``RUN/state.json`` (job ids, backend, flags)."""
+def read_text(path: Path) -> str | None:
+    """A run-directory file's text, or None when it does not exist.
+
+    Every reader of the run directory goes through here: a file that is a directory, unreadable or
+    not UTF-8 is a ``RunError`` naming it, never a traceback.
+    """
     try:
-        return json.loads((run / STATE_FILE).read_text())
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RunError(f"{run} is not an hpcft run directory (no {STATE_FILE})") from None
+        return None
+    except IsADirectoryError:
+        raise RunError(f"{path} is damaged: a directory where a file belongs", hint=DAMAGED_HINT) from None
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path} is damaged: not UTF-8 text (byte {e.start})", hint=DAMAGED_HINT) from None
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror}") from None
+
+
+DAMAGED_HINT = "restore the file from a backup, or move the run directory aside; other runs are not affected"
+
+# state.json: the fields readers rely on and their types (others are kept as they are).
+_STATE_FIELDS = {"backend": str, "jobs": list, "events": list, "failures": int, "restarts": int, "cancelled": bool,
+                 "created": str}  # fmt: skip
+_JOB_FIELDS = {"id": str, "pid": int, "rc": int, "restart": int, "rank_starts": int, "host": str}
+
+
+def read_state(run: Path) -> dict[str, Any]:
+    """``RUN/state.json`` (job ids, backend, flags), checked: a damaged file is a ``RunError`` saying what is wrong."""
+    path = run / STATE_FILE
+    text = read_text(path)
+    if text is None:
+        raise RunError(f"{run} is not an hpcft run directory (no {STATE_FILE})")
+    try:
+        state = json.loads(text)
     except json.JSONDecodeError as e:
-        raise RunError(f"{run / STATE_FILE} is damaged: {e}") from None
+        raise RunError(f"{path} is damaged: not JSON ({e})", hint=DAMAGED_HINT) from None
+    problem = _state_problem(state)
+    if problem:
+        raise RunError(f"{path} is damaged: {problem}", hint=DAMAGED_HINT)
+    return state
+
+
+def _state_problem(state: Any) -> str | None:
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    for key in ("backend", "jobs"):
+        if key not in state:
+            return f"no {key!r}"
+    wrong = _wrong_types(state, _STATE_FIELDS)
+    if wrong:
+        return wrong
+    for i, job in enumerate(state["jobs"]):
+        if not isinstance(job, dict) or "id" not in job:
+            return f"jobs[{i}]: expected an object with an 'id', got {json.dumps(job)[:60]}"
+        if wrong := _wrong_types(job, _JOB_FIELDS):
+            return f"jobs[{i}].{wrong}"
+    bad = next((e for e in state.get("events", []) if not isinstance(e, dict)), None)
+    return f"events: expected objects, got {json.dumps(bad)[:60]}" if bad is not None else None
+
+
+def _wrong_types(data: dict[str, Any], types_: dict[str, type]) -> str | None:
+    for key, want in types_.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            return f"{key}: expected {want.__name__}, got {json.dumps(value)[:60]}"
+    return None
 
 
 def write_state(run: Path, state: dict[str, Any]) -> None:
@@ -144,10 +202,10 @@ def record_rank_start(run: Path, job_id: str) -> dict[str, Any] | None:
 def load_run_spec(run: Path) -> JobSpec:
     """The resolved spec of a run."""
     path = run / SPEC_FILE
-    try:
-        return load_spec_text(path.read_text(), str(path))
-    except FileNotFoundError:
-        raise RunError(f"{run} is not an hpcft run directory (no {SPEC_FILE})") from None
+    text = read_text(path)
+    if text is None:
+        raise RunError(f"{run} is not an hpcft run directory (no {SPEC_FILE})")
+    return load_spec_text(text, str(path))
 
 
 def find_run(ref: str, runs_dir: str | os.PathLike) -> Path:
@@ -177,17 +235,40 @@ def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """Records of ``metrics.jsonl``; a torn last line (being written) is skipped."""
+    """Records of ``metrics.jsonl``, checked: a line that is not a JSON object is skipped (a torn last line
+    being written, damage), and so is a number field holding something else (``loss: "x"``)."""
     path = run / METRICS_FILE
-    out = []
     try:
-        lines = path.read_text().splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
+    except IsADirectoryError:
+        raise RunError(f"{path} is damaged: a directory where a file belongs", hint=DAMAGED_HINT) from None
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror}") from None
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                out.append(_numbers_checked(record))
     return out
+
+
+# metrics.jsonl fields that are numbers ("step" and "max_steps" whole numbers); see train/metrics.py.
+_INT_METRICS = ("step", "max_steps", "start_step", "restart", "world_size")
+_NUMBER_METRICS = ("loss", "eval_loss", "tokens_per_s", "time", "lr", "grad_norm", "epoch")
+
+
+def _numbers_checked(record: dict[str, Any]) -> dict[str, Any]:
+    def ok(key: str, value: Any) -> bool:
+        if isinstance(value, bool):
+            return key not in _INT_METRICS + _NUMBER_METRICS
+        if key in _INT_METRICS:
+            return isinstance(value, int)
+        return key not in _NUMBER_METRICS or isinstance(value, int | float)  # NaN stays: a diverged run shows it
+
+    return {k: v for k, v in record.items() if ok(k, v)}
 
 
 def latest_checkpoint(run: Path, output: str | None = None) -> Path | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hpcft.errors import SubmissionError
+from hpcft.errors import MaybeSubmittedError, SubmissionError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def parse_sbatch_parsable(text: str, argv: Sequence[str] = ("sbatch", "--parsabl
             "sbatch exited 0, so a job may be queued although hpcft has no record of it: find it with "
             "`squeue --me` and `scancel` it; hpcft needs `sbatch --parsable`, unchanged by site wrappers"
         )
-        raise SubmissionError(argv, 0, got, hint)
+        raise MaybeSubmittedError(argv, 0, got, hint)
     return job_id
 
 

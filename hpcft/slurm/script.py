@@ -12,6 +12,7 @@ in a ``ScriptContext``. Two quoting rules apply and are kept here:
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,10 +164,15 @@ def templates_dir() -> Path:
 
 def render_sbatch(ctx: ScriptContext) -> str:
     """Render ``ctx.template`` with ``StrictUndefined`` (a missing value is an error, not blank)."""
-    env = jinja2.Environment(
+    return _jinja().get_template(ctx.template).render(c=ctx)
+
+
+@functools.cache
+def _jinja() -> jinja2.Environment:
+    """One environment per process: it caches the compiled templates (and reloads a changed file)."""
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
-    return env.get_template(ctx.template).render(c=ctx)

@@ -34,7 +34,10 @@ def dump_spec(spec: JobSpec) -> str:
 
 def load_spec_text(text: str, source: str) -> JobSpec:
     """Parse a resolved spec written by ``dump_spec`` (by this or an earlier hpcft: see ``migrate``)."""
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML ({' '.join(str(e).split())})"], source) from None
     return build_spec(migrate(data) if isinstance(data, dict) else data, source=source)
 
 

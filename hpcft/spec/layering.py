@@ -10,7 +10,9 @@ Unknown keys are errors, never ignored.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import difflib
 import os
 import re
@@ -39,7 +41,7 @@ PATH_KEYS = (
 )
 
 
-class JobLoader(yaml.SafeLoader):
+class JobLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it: faster
     """PyYAML's safe loader without YAML 1.1's base-60 numbers: ``time: 12:00:00`` stays the text.
 
     PyYAML resolves ``12:00:00`` as the sexagesimal integer 43200 (YAML 1.1; YAML 1.2 dropped it), which
@@ -68,6 +70,28 @@ JobLoader.add_implicit_resolver(
 )
 
 
+def text_line(data: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _construct_mapping(loader: JobLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are unique: a key written twice is a mistake PyYAML would hide (the last wins)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        with contextlib.suppress(TypeError):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
+
+
+JobLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def load_yaml_text(text: str) -> Any:
     """YAML text → data, with ``JobLoader``."""
     return yaml.load(text, Loader=JobLoader)
@@ -77,11 +101,17 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read one YAML mapping; a missing file or bad YAML is a ``ConfigError``."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{p}: file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{p}: is a directory, not a YAML file"]) from None
     except OSError as e:
         raise ConfigError([f"{p}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        line = text_line(e.object, e.start)
+        raise ConfigError([f"{p}: line {line}: not UTF-8 text (byte {e.object[e.start]:#04x}) (HINT: save the file "
+                           "as UTF-8)"]) from None  # fmt: skip
     try:
         data = load_yaml_text(text)
     except yaml.YAMLError as e:
@@ -208,6 +238,8 @@ def check_inputs(spec: JobSpec) -> None:
                 f"train.model: {train.model} is not a model directory (no config.json) "
                 "(HINT: give a directory written by save_pretrained; `hpcft init-demo DIR` makes one)"
             )
+        elif train.model and (problem := _model_config_problem(Path(train.model) / "config.json")):
+            problems.append(f"train.model: {problem} (HINT: the config.json save_pretrained writes)")
         for key, value in (("train.data.train", train.data.train), ("train.data.eval", train.data.eval)):
             if value and not Path(value).exists():
                 problems.append(f"{key}: file not found: {value}")
@@ -216,5 +248,21 @@ def check_inputs(spec: JobSpec) -> None:
     elif "/" in command[0] and command_kind(command) == "program" and not os.access(command[0], os.X_OK):
         problems.append(f"launch.command: {command[0]} is not an executable file "
                         "(HINT: chmod +x it, or name a program on the nodes' PATH)")  # fmt: skip
+    launch = spec.launch
+    if launch.accelerate_config and not Path(launch.accelerate_config).is_file():
+        problems.append(f"launch.accelerate_config: file not found: {launch.accelerate_config} "
+                        "(HINT: `hpcft config --out FILE` writes one)")  # fmt: skip
+    if launch.python and "/" in launch.python and not os.access(launch.python, os.X_OK):
+        problems.append(f"launch.python: {launch.python} is not an executable file (HINT: a python every node "
+                        "can run, e.g. a virtual environment on the shared filesystem: /shared/venv/bin/python)")  # fmt: skip
     if problems:
         raise ConfigError(problems)
+
+
+def _model_config_problem(path: Path) -> str | None:
+    """Why ``config.json`` is not a model config (None when it is a JSON object)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        return f"cannot read {path}: {getattr(e, 'strerror', None) or e}"
+    return None if isinstance(data, dict) else f"{path} holds a JSON {type(data).__name__}, not an object"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -58,8 +59,10 @@ class RunSpec:
 class ResourceSpec:
     """What to ask SLURM for; field names are sbatch's long options in snake_case."""
 
-    nodes: int = _opt(1, min=1, help="number of nodes")
-    gpus_per_node: int = _opt(0, min=0, help="GPUs per node; on a machine without GPUs, processes per node")
+    nodes: int = _opt(1, min=1, max=100_000, help="number of nodes")
+    gpus_per_node: int = _opt(
+        0, min=0, max=1024, help="GPUs per node; on a machine without GPUs, processes per node"
+    )
     cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
     time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
     partition: str | None = None
@@ -241,11 +244,17 @@ def parse_spec(data: typing.Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
     return _build(JobSpec, data, "", problems), problems
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a spec class (``get_type_hints`` compiles each annotation: cached)."""
+    return typing.get_type_hints(cls)
+
+
 def field_paths(cls: type = JobSpec, prefix: str = "") -> list[str]:
     """Every settable dotted key, e.g. ``train.data.train`` (for help and close matches)."""
     out = []
     for f in dataclasses.fields(cls):
-        ftype = typing.get_type_hints(cls)[f.name]
+        ftype = _hints(cls)[f.name]
         if dataclasses.is_dataclass(ftype):
             out += field_paths(ftype, f"{prefix}{f.name}.")
         else:
@@ -260,7 +269,7 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     if not isinstance(data, typing.Mapping):
         problems.append(f"{where}: expected a mapping of keys, got {_show(data)}")
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:

@@ -29,6 +29,8 @@ class Question:
     default: Any = None
     choices: tuple[str, ...] = ()
     when: Callable[[A], bool] = lambda a: True
+    low: float | None = None  # int/float answers: the smallest and largest accepted
+    high: float | None = None
 
 
 def _ds(a: A) -> bool:
@@ -46,12 +48,12 @@ def _multi(a: A) -> bool:
 QUESTIONS: tuple[Question, ...] = (
     Question("distributed_type", "Which kind of distributed training?", "choice", "MULTI_GPU",
              ("MULTI_GPU", "DEEPSPEED", "FSDP", "MULTI_CPU", "NO")),
-    Question("num_machines", "How many machines (nodes)?", "int", 1),
-    Question("machine_rank", "What is the rank of this machine? (hpcft passes it per node)", "int", 0, when=_multi),
+    Question("num_machines", "How many machines (nodes)?", "int", 1, low=1),
+    Question("machine_rank", "What is the rank of this machine? (hpcft passes it per node)", "int", 0, when=_multi, low=0),
     Question("main_process_ip", "What is the IP address of the main machine? (hpcft passes it)", "str", "",
              when=_multi),
     Question("main_process_port", "What port does the main process use? (hpcft passes it)", "int", 29500,
-             when=_multi),
+             when=_multi, low=1, high=65535),
     Question("same_network", "Are all machines on the same local network?", "bool", True, when=_multi),
     Question("rdzv_backend", "Which rendezvous backend?", "choice", "static", ("static", "c10d"), when=_multi),
     Question("use_cpu", "Run on CPU only?", "bool", False),
@@ -75,9 +77,9 @@ QUESTIONS: tuple[Question, ...] = (
              ("none", "cpu", "nvme"), when=lambda a: _ds(a) and str(a.get("zero_stage")) == "3"),
     Question("offload_param_nvme_path", "NVMe path for parameters?", "str", "/local_nvme",
              when=lambda a: _ds(a) and a.get("offload_param_device") == "nvme"),
-    Question("gradient_accumulation_steps", "Gradient accumulation steps?", "int", 1,
+    Question("gradient_accumulation_steps", "Gradient accumulation steps?", "int", 1, low=1,
              when=lambda a: _ds(a) and not a.get("deepspeed_config_file")),
-    Question("gradient_clipping", "Gradient clipping value (0: none)?", "float", 1.0,
+    Question("gradient_clipping", "Gradient clipping value (0: none)?", "float", 1.0, low=0,
              when=lambda a: _ds(a) and not a.get("deepspeed_config_file")),
     Question("zero3_save_16bit_model", "Save 16-bit model weights under ZeRO-3?", "bool", True,
              when=lambda a: _ds(a) and str(a.get("zero_stage")) == "3"),
@@ -93,11 +95,11 @@ QUESTIONS: tuple[Question, ...] = (
              ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"), when=_fsdp),
     Question("fsdp_transformer_layer_cls_to_wrap", "Layer class names to wrap (empty: the model's _no_split_modules)",
              "str", "", when=lambda a: _fsdp(a) and a.get("fsdp_auto_wrap_policy") == "TRANSFORMER_BASED_WRAP"),
-    Question("fsdp_min_num_params", "Minimum parameters per wrapped unit?", "int", 100_000_000,
+    Question("fsdp_min_num_params", "Minimum parameters per wrapped unit?", "int", 100_000_000, low=1,
              when=lambda a: _fsdp(a) and a.get("fsdp_auto_wrap_policy") == "SIZE_BASED_WRAP"),
     Question("fsdp_state_dict_type", "FSDP state-dict type for checkpoints?", "choice", "SHARDED_STATE_DICT",
              ("FULL_STATE_DICT", "SHARDED_STATE_DICT"), when=_fsdp),
-    Question("num_processes", "How many processes in total (GPUs × machines)? (hpcft passes it)", "int", 1,
+    Question("num_processes", "How many processes in total (GPUs × machines)? (hpcft passes it)", "int", 1, low=1,
              when=lambda a: a.get("distributed_type") != "NO"),
     Question("gpu_ids", "Which GPU ids per machine ('all' or 0,1,…)?", "str", "all",
              when=lambda a: not a.get("use_cpu")),
@@ -202,10 +204,12 @@ def parse_answer(q: Question, raw: Any) -> Any:
         if text in ("n", "no", "false", "0"):
             return False
         raise ValueError(f"{q.key}: expected yes or no, got {raw!r}")
-    if q.kind == "int":
-        return int(raw)
-    if q.kind == "float":
-        return float(raw)
+    if q.kind in ("int", "float"):
+        value = (int if q.kind == "int" else float)(raw)
+        if (q.low is not None and value < q.low) or (q.high is not None and value > q.high):
+            bounds = f"at least {q.low}" if q.high is None else f"between {q.low} and {q.high}"
+            raise ValueError(f"{q.key}: expected a number {bounds}, got {raw!r}")
+        return value
     if q.kind == "choice" and str(raw) not in q.choices:
         raise ValueError(f"{q.key}: expected one of {', '.join(q.choices)}, got {raw!r}")
     return str(raw)
