@@ -161,10 +161,19 @@ def delete_path(data: dict[str, Any], dotted: str) -> None:
         node.pop(last, None)
 
 
-mutation = st.one_of(
-    st.tuples(st.just("set"), keys, values),
-    st.tuples(st.just("del"), keys, st.none()),
-)
+# Free-text fields a job may legitimately fill with anything printable: hostile but valid values must be
+# accepted and reach the script quoted (the header stays intact, nothing runs).
+TEXT_FIELDS = ("resources.partition", "resources.account", "resources.qos", "resources.constraint",
+               "run.name", "launch.network_interface", "train.data.cache_dir", "launch.env.FUZZ_VALUE")  # fmt: skip
+printable = hostile_text.map(lambda s: "".join(ch for ch in s if ch.isprintable()) or "x")
+valid_hostile = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(TEXT_FIELDS), printable),
+    st.tuples(st.just("set"), st.just("resources.extra_sbatch"),
+              st.lists(printable.map(lambda s: f"--comment={s}"), max_size=2)),
+)  # fmt: skip
+# Half the mutations keep the job valid (so the accepted path is fuzzed too), half may break it anywhere.
+mutation = st.one_of(valid_hostile, valid_hostile, st.tuples(st.just("set"), keys, values),
+                     st.tuples(st.just("del"), keys, st.none()))  # fmt: skip
 
 
 @st.composite
@@ -198,18 +207,22 @@ flag_args = st.lists(
 ).map(lambda pairs: [x for pair in pairs for x in pair])
 
 
-def check_job(work: Path, text: bytes, overrides: list[str], flags: list[str], command: list[str]) -> Outcome:
-    """Properties 1–3 for ``plan`` and ``submit --no-submit`` of one job file."""
+def check_job(work: Path, text: bytes, overrides: list[str], flags: list[str], command: list[str],
+              also_plan: bool = True) -> Outcome:  # fmt: skip
+    """Properties 1–3 for ``submit --no-submit`` (and ``plan``) of one job file."""
     job = work / "job.yaml"
     job.write_bytes(text)
     runs = work / "runs"
     before = snapshot(runs)
     args = ["job.yaml", "--runs-dir", str(runs), *(a for o in overrides for a in ("-o", o)), *flags]
     extra = ["--", *command] if command else []
+    # A command line cannot hold a NUL byte (argv entries are C strings); a job file can ("\0" in YAML).
+    args, extra = [a.replace("\0", "") for a in args], [a.replace("\0", "") for a in extra]
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        assert_clean(invoke(["plan", *args, *extra]))
+        if also_plan:
+            assert_clean(invoke(["plan", *args, *extra]))
         out = invoke(["submit", *args, "--no-submit", *extra])
     finally:
         os.chdir(cwd)
@@ -232,8 +245,10 @@ def check_job(work: Path, text: bytes, overrides: list[str], flags: list[str], c
 # --- damaged run directories -------------------------------------------------------------------------
 
 RUN_FILES = ("state.json", "spec.yaml", "metrics.jsonl", "FINISHED", "FATAL", "REQUEUE", "PREEMPT", "job.sbatch",
-             "checkpoints/checkpoint-2/MANIFEST", "checkpoints/checkpoint-2", "checkpoints", "logs",
-             "logs/slurm-1.out", "logs/rank-0.log", "ds_config.json")  # fmt: skip
+             "checkpoints/checkpoint-2/MANIFEST.json", "checkpoints/checkpoint-2/COMPLETE",
+             "checkpoints/checkpoint-2/trainer_state.json", "checkpoints/checkpoint-2", "checkpoints",
+             "checkpoints/checkpoint-9/trainer_state.json", "logs", "logs/slurm-4242.out", "logs/rank-0.log",
+             "ds_config.json", "RESUME_FROM")  # fmt: skip
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner, max_size=3),
@@ -261,9 +276,13 @@ def make_run(work: Path, name: str = "fuzz") -> Path:
     (run / "state.json").write_text(json.dumps(state))
     lines = [{"step": s, "loss": 2.0 - s / 10, "tokens_per_s": 100.0, "time": 1.0 + s} for s in range(1, 4)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    ckpt = run / "checkpoints" / "checkpoint-2"
-    ckpt.mkdir(parents=True)
-    (ckpt / "MANIFEST").write_text(json.dumps({"step": 2, "files": {}}))
+    staged = run / "checkpoints" / ".staging-2"
+    staged.mkdir(parents=True)
+    (staged / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    from hpcft.rundir import checkpoints
+
+    checkpoints.commit(staged, run / "checkpoints", step=2, world_size=2, zero_stage=0)
+    (run / "FINISHED").write_text("3\n")
     (run / "logs" / "slurm-4242.out").write_text("hpcft: job 4242\n")
     return run
 
@@ -328,6 +347,25 @@ OPS = (
 )  # fmt: skip
 
 
+FAKE_SLURM = {
+    "squeue": "exit 0",  # knows no job
+    "sacct": "exit 0",
+    "sbatch": "echo 'sbatch: error: Batch job submission failed: refused by the fuzzing stand-in' >&2; exit 1",
+    "scancel": "echo 'scancel: error: Kill job error on job id 4242: Invalid job id specified' >&2; exit 1",
+}
+
+
+def fake_slurm(work: Path) -> Path:
+    """A PATH directory of stand-ins for SLURM's commands (only for driving the readers, not as evidence)."""
+    bin_dir = work / "fake-slurm-bin"
+    if not bin_dir.is_dir():
+        bin_dir.mkdir(parents=True)
+        for name, body in FAKE_SLURM.items():
+            (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+            (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
 def check_damaged(template: Path, healthy: Path, work: Path, damage_list, op: list[str]) -> Outcome:
     """Property 4: one command over a runs dir holding a damaged run and a healthy one."""
     runs = work / "runs"
@@ -341,8 +379,10 @@ def check_damaged(template: Path, healthy: Path, work: Path, damage_list, op: li
         damage(run, *d)
     before = snapshot(run)
     args = [a.format(run=str(run), tmp=str(work)) for a in op]
-    # No SLURM commands on PATH: nothing can reach a real cluster or signal a real process.
-    out = invoke([*args, "--runs-dir", str(runs)], env={"PATH": "/nonexistent", "HPCFT_RUNS_DIR": str(runs)})
+    # SLURM's commands are stand-ins that know no job and refuse every submission: the fuzzing reaches every
+    # reader of the run directory, and nothing can reach a real cluster or signal a real process.
+    env = {"PATH": str(fake_slurm(work)), "HPCFT_RUNS_DIR": str(runs)}
+    out = invoke([*args, "--runs-dir", str(runs)], env=env)
     assert_clean(out)
     if out.exit_code != 0:
         assert snapshot(run) == before, f"a failed `{' '.join(op)}` changed the run's files:\n{out.output}"

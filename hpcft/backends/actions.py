@@ -6,7 +6,9 @@ writing around it and undo it when starting fails.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,14 +48,32 @@ def write_only(plan: Plan) -> Path:
 def resubmit(plan: Plan) -> str:
     """Rewrite an existing run's files (spec, script) and start a new job in it; restore them on failure."""
     run = Path(plan.run_dir)
-    old = {name: (run / name).read_text() for name in plan.files if (run / name).is_file()}
-    for name, text in plan.files.items():
-        store.write_atomic(run / name, text)
-    try:
-        return base.get(plan.backend).load().start(plan, run)
-    except BaseException:
-        for name, text in old.items():
+    with as_it_was(run, plan.files):
+        for name, text in plan.files.items():
             store.write_atomic(run / name, text)
+        return base.get(plan.backend).load().start(plan, run)
+
+
+@contextlib.contextmanager
+def as_it_was(run: Path, names: Iterable[str]) -> Iterator[None]:
+    """Put the files ``names`` of ``run`` back as they were (bytes, or absent) if the block fails.
+
+    A resume or resubmit that cannot start its job must leave the run as it found it: its markers,
+    failure count, pinned checkpoint and script. A file that cannot be written is a ``RunError``.
+    """
+    names = list(names)
+    kept = {name: (run / name).read_bytes() for name in names if (run / name).is_file()}
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            for name in names:
+                if name not in kept and (run / name).is_file():
+                    (run / name).unlink()
+            for name, data in kept.items():
+                store.write_atomic(run / name, data)
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write {e.filename or run}: {e.strerror}", hint=store.DAMAGED_HINT) from None
         raise
 
 
@@ -71,9 +91,7 @@ def refuse_if_live(run: Path) -> None:
 def resume(rp: ResumePlan) -> str:
     """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id."""
     run = Path(rp.plan.run_dir)
-    kept = {name: (run / name).read_bytes() for name in (*STOP_MARKERS, RESUME_FROM_FILE, STATE_FILE)
-            if (run / name).is_file()}  # fmt: skip
-    try:
+    with as_it_was(run, (*STOP_MARKERS, RESUME_FROM_FILE, STATE_FILE)):
         for name in STOP_MARKERS:
             (run / name).unlink(missing_ok=True)
         pin = run / RESUME_FROM_FILE
@@ -83,12 +101,6 @@ def resume(rp: ResumePlan) -> str:
             pin.unlink(missing_ok=True)
         store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
         return resubmit(rp.plan)
-    except BaseException:
-        # Not submitted: the run is as it was (its FINISHED/FATAL markers, failure count and pin).
-        (run / RESUME_FROM_FILE).unlink(missing_ok=True)
-        for name, data in kept.items():
-            store.write_atomic(run / name, data.decode())
-        raise
 
 
 def live_job(run: Path) -> str | None:
@@ -114,11 +126,7 @@ def cancel(run: Path) -> str:
         raise RunError(f"{run.name} has no job to cancel")
     job = state["jobs"][-1]
     # Marked first, so an after-job woken by the cancel does not requeue; put back as it was if cancelling fails.
-    before = (run / STATE_FILE).read_text()
-    store.update_state(run, lambda s: s.update(cancelled=True))
-    try:
+    with as_it_was(run, [STATE_FILE]):
+        store.update_state(run, lambda s: s.update(cancelled=True))
         base.get(state["backend"]).load().cancel(job)
-    except BaseException:
-        store.write_atomic(run / STATE_FILE, before)
-        raise
     return job["id"]

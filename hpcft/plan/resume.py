@@ -83,7 +83,10 @@ def _check_more_to_do(run: Path, spec) -> None:
     marker = run / FINISHED_FILE
     if not marker.exists():
         return
-    done = int(marker.read_text().strip() or 0)
+    text = (store.read_text(marker) or "").strip()
+    if not text.isdigit():
+        return  # FINISHED without a step (written by hand, or damaged): the trainer knows where it stopped
+    done = int(text)
     if 0 <= spec.train.max_steps <= done:
         raise RunError(
             f"{run.name} finished at step {done} and train.max_steps is {spec.train.max_steps}: nothing to resume",

@@ -68,8 +68,14 @@ def commit(staged: Path, final_dir: Path, *, step: int, world_size: int, zero_st
 
 
 def problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint, or None if it is."""
-    return publish.problem(path)
+    """Why ``path`` is not a complete checkpoint, or None if it is (its manifest's step is its name's)."""
+    why = publish.problem(path)
+    if why is not None:
+        return why
+    step = publish.read_manifest(path).get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step != step_of(path):
+        return f"damaged {publish.MANIFEST}: step {step!r} is not the {path.name} it is in"
+    return None
 
 
 def read_info(path: Path) -> CheckpointInfo:

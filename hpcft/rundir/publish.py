@@ -65,6 +65,8 @@ def problem(path: Path) -> str | None:
         files: dict[str, int] = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable {MANIFEST}: {e}"
+    if not isinstance(files, dict) or not all(isinstance(n, int) and not isinstance(n, bool) for n in files.values()):
+        return f"damaged {MANIFEST}: 'files' is not a mapping of file names to sizes"
     for rel, size in files.items():
         p = path / rel
         if not p.is_file():
