@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests import fuzzing as F  # noqa: E402
+from tests import fuzzing as F
 
 
 def main() -> int:
@@ -89,8 +89,10 @@ def main() -> int:
               "job_files": counts["job"], "accepted": counts["job accepted"], "run_dirs": counts["run dir"],
               "seconds": round(elapsed)}  # fmt: skip
     print(json.dumps(result))
-    print(f"| fuzz | {result['failures']} failing of {total} cases (0) | {counts['job']} job files "
-          f"({counts['job accepted']} accepted), {counts['run dir']} damaged run dirs; {elapsed / 60:.0f} min |")
+    print(
+        f"| fuzz | {result['failures']} failing of {total} cases (0) | {counts['job']} job files "
+        f"({counts['job accepted']} accepted), {counts['run dir']} damaged run dirs; {elapsed / 60:.0f} min |"
+    )
     return 1 if failures else 0
 
 

@@ -13,6 +13,7 @@ All use the hostfile ``RUN/hostfile`` (``host slots=N``; N = GPUs per node, proc
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from hpcft.launchers.base import LaunchCommand, LaunchContext, get, hostfile_text
@@ -52,17 +53,59 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     else:
         # hpcft's preflight has already checked ssh to every host (pdsh) with a clearer error.
         argv += ["--launcher", kind, "--no_ssh_check", "--force_multi"]
+    secrets = ctx.spec.launch.env_passthrough
+    entry = list(ctx.entry().launcher_args("--module", "--no_python"))
     if kind == "pdsh":
         forwarded = {k: ctx.node_env[k] for k in FORWARDED_FROM_JOB if k in ctx.node_env}
         files[DS_ENV_FILE] = deepspeed_env_text({**forwarded, **env})
+        entry = [entry[0], *(pdsh_user_arg(a) for a in entry[1:])]
+        if secrets:
+            # Secrets go by name over ssh (SendEnv; the nodes' sshd must AcceptEnv them: preflight checks):
+            # never into .deepspeed_env or pdsh's command line, which DeepSpeed's runner logs.
+            ssh_args = " ".join(f"-o SendEnv={name}" for name in secrets)
+            env["PDSH_SSH_ARGS_APPEND"] = f"{ctx.node_env.get('PDSH_SSH_ARGS_APPEND', '')} {ssh_args}".strip()
     elif kind == "openmpi":
-        argv.append(f"--launcher_args=--mca btl_tcp_if_include {ctx.network or ctx.spec.launch.network_interface}")
+        # mpirun copies each -x NAME from its own environment to every rank: names only, no values.
+        exports = "".join(f" -x {name}" for name in (*secrets, *sorted(env)))
+        interface = ctx.network or ctx.spec.launch.network_interface
+        argv.append(f"--launcher_args=--mca btl_tcp_if_include {interface}{exports}")
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    argv += ctx.entry().launcher_args("--module", "--no_python")
+    elif kind == "mvapich" and secrets:
+        argv.append(f"--launcher_args=-genvlist {','.join(secrets)}")  # MVAPICH2's mpirun (hydra): names only
+    argv += entry
     return LaunchCommand(argv=tuple(argv), env=env, files=files)
 
 
+# DeepSpeed's runner builds the pdsh command line as one shell string for the remote nodes
+# (deepspeed/launcher/multinode_runner.py, checked against 0.19.8): ``MultiNodeRunner.add_export`` strips
+# each forwarded value and wraps one holding anything but [\w@%+=:,./-] in "…" without escaping, and
+# ``PDSHRunner.parse_user_args`` wraps an argument holding a space in "…" escaping only '"' and passes
+# the others bare. The remote shell then runs $(…) and `…` and expands $VAR inside them, and drops
+# empty arguments. These two encode a value so that DeepSpeed's wrapping gives it back unchanged.
+_DQ_SPECIAL = str.maketrans({"\\": "\\\\", "$": "\\$", "`": "\\`"})
+
+
+def ds_export_value(value: str) -> str:
+    """A ``.deepspeed_env`` value that reaches the pdsh ranks as ``value`` (inside DeepSpeed's "…").
+
+    Leading and trailing blanks cannot survive DeepSpeed's ``strip()``: ``spec.rules`` refuses them.
+    """
+    if _DS_SAFE.fullmatch(value):
+        return value  # DeepSpeed passes it bare; the remote shell leaves it as it is
+    return value.translate(_DQ_SPECIAL).replace('"', '\\"')
+
+
+def pdsh_user_arg(arg: str) -> str:
+    """An argument of the user's command that reaches the pdsh ranks as ``arg``."""
+    if " " in arg:
+        return arg.translate(_DQ_SPECIAL)  # DeepSpeed wraps it in "…" and escapes '"' itself
+    return shlex.quote(arg)  # passed bare to the remote shell: quote it (no space in the quoting)
+
+
+_DS_SAFE = re.compile(r"[\w@%+=:,./-]+")
+
+
 def deepspeed_env_text(env: dict[str, str]) -> str:
-    """``.deepspeed_env`` lines; DeepSpeed's pdsh runner pastes them into ``export K=V;`` unquoted."""
-    lines = [f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items()) if k not in _NOT_FORWARDED]
+    """``.deepspeed_env`` lines, each value encoded for DeepSpeed's pdsh runner (``ds_export_value``)."""
+    lines = [f"{k}={ds_export_value(v)}\n" for k, v in sorted(env.items()) if k not in _NOT_FORWARDED]
     return "".join(lines)

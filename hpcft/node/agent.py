@@ -67,7 +67,7 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts,
                         node_has_gpu=ops.node_has_cuda(), resume_checkpoint=str(resume or ""))  # fmt: skip
     if spec.launch.launcher == "deepspeed-pdsh":
-        check_ssh(cluster.hosts, host)
+        check_ssh(cluster.hosts, host, spec.launch.env_passthrough)
     return build_launch(ctx), restarts, env
 
 
@@ -111,19 +111,35 @@ def check_launcher(spec: JobSpec, host: str) -> None:
             )
 
 
-def check_ssh(hosts: tuple[str, ...], here: str) -> None:
-    """Passwordless ssh to every host of the job works (pdsh needs it); name the ones that fail."""
+def check_ssh(hosts: tuple[str, ...], here: str, passthrough: tuple[str, ...] = ()) -> None:
+    """Passwordless ssh to every host of the job works (pdsh needs it); name the ones that fail.
+
+    With ``launch.env_passthrough``, also that each host's sshd accepts those variables (``SendEnv``
+    needs ``AcceptEnv`` there): the probe sends them as the ranks will and lists the names that arrive
+    (names only; no value travels back).
+    """
+    send = [arg for name in passthrough for arg in ("-o", f"SendEnv={name}")]
 
     def probe(host: str) -> tuple[str, int, str]:
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, "true"]
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", *send, host, "env | sed 's/=.*//'"]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as e:
             return host, -1, str(e)
+        missing = sorted(set(passthrough) - set(proc.stdout.split()))
+        if proc.returncode == 0 and missing:
+            return host, -2, f"its sshd does not accept {', '.join(missing)}"
         return host, proc.returncode, proc.stderr.strip()
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         failed = [r for r in pool.map(probe, hosts) if r[1] != 0]
+    if any(rc == -2 for _, rc, _ in failed):
+        detail = "; ".join(f"{h}: {err}" for h, rc, err in failed if rc == -2)
+        raise LaunchError(
+            f"node {here}: deepspeed-pdsh passes launch.env_passthrough to the ranks over ssh, and {detail}",
+            hint="ask the admins for `AcceptEnv NAME` in the nodes' sshd_config, or use --launcher deepspeed "
+            "(no ssh: every node inherits the job's environment)",
+        )
     if failed:
         detail = "; ".join(f"{h}: {err or f'exit {rc}'}" for h, rc, err in failed)
         raise LaunchError(

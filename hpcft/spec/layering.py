@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import difflib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -249,12 +249,16 @@ def check_inputs(spec: JobSpec) -> None:
         problems.append(f"launch.command: {command[0]} is not an executable file "
                         "(HINT: chmod +x it, or name a program on the nodes' PATH)")  # fmt: skip
     launch = spec.launch
+    for name in launch.env_passthrough:
+        if name not in os.environ:
+            problems.append(f"launch.env_passthrough: {name} is not set in this shell; the job takes its value from "
+                            f"the environment it is submitted from (HINT: export {name}=... first)")  # fmt: skip
     if launch.accelerate_config and not Path(launch.accelerate_config).is_file():
         problems.append(f"launch.accelerate_config: file not found: {launch.accelerate_config} "
                         "(HINT: `hpcft config --out FILE` writes one)")  # fmt: skip
     if launch.python and "/" in launch.python and not os.access(launch.python, os.X_OK):
-        problems.append(f"launch.python: {launch.python} is not an executable file (HINT: a python every node "
-                        "can run, e.g. a virtual environment on the shared filesystem: /shared/venv/bin/python)")  # fmt: skip
+        problems.append(f"launch.python: {launch.python} is not an executable file (HINT: a python every "
+                        "node can run, e.g. a virtual environment on the shared filesystem)")  # fmt: skip
     if problems:
         raise ConfigError(problems)
 

@@ -60,9 +60,7 @@ class ResourceSpec:
     """What to ask SLURM for; field names are sbatch's long options in snake_case."""
 
     nodes: int = _opt(1, min=1, max=100_000, help="number of nodes")
-    gpus_per_node: int = _opt(
-        0, min=0, max=1024, help="GPUs per node; on a machine without GPUs, processes per node"
-    )
+    gpus_per_node: int = _opt(0, min=0, max=1024, help="GPUs per node; on a machine without GPUs, processes per node")
     cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
     time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
     partition: str | None = None

@@ -10,11 +10,10 @@ import re
 
 from hpcft.launchers.command import check_command
 from hpcft.spec.model import JobSpec, TrainSpec, offload_devices, slurm_minutes
+from hpcft.spec.secrets import secret_problems
 
 _PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Values under these names are secrets: they must come from the environment, not the YAML.
-_SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.I)
 
 
 def check_spec(spec: JobSpec) -> list[str]:
@@ -57,18 +56,16 @@ def check_spec(spec: JobSpec) -> list[str]:
     problems += _check_signal_lead(spec)
     if not spec.run.name.strip():
         problems.append("run.name: must not be empty")
-    for name in launch.env:
+    for name, value in launch.env.items():
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env.{name}: not a valid environment variable name")
-        elif _SECRET_RE.search(name):
-            problems.append(
-                f"launch.env.{name}: looks like a secret; secrets are never written into run files "
-                f"(HINT: export {name} before submitting and list it in launch.env_passthrough)"
-            )
+        elif launch.launcher == "deepspeed-pdsh" and value != value.strip():
+            problems.append(f"launch.env.{name}: leading or trailing blanks cannot reach deepspeed-pdsh ranks "
+                            "(DeepSpeed's runner strips each value; HINT: remove them, or --launcher deepspeed)")  # fmt: skip
     for name in launch.env_passthrough:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")
-    return problems + check_recipe(train)
+    return problems + secret_problems(spec) + check_recipe(train)
 
 
 def _check_signal_lead(spec: JobSpec) -> list[str]:

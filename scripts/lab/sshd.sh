@@ -44,6 +44,8 @@ StrictModes no
 X11Forwarding no
 PrintMotd no
 MaxStartups 100:30:200
+# What a site sets for jobs that pass secrets by name (hpcft's deepspeed-pdsh: ssh -o SendEnv=NAME).
+AcceptEnv LANG LC_* HF_TOKEN WANDB_API_KEY HPCFT_TEST_*
 CFG
   done
   cat > "$S/ssh_config" <<CFG

@@ -40,7 +40,9 @@ print("TRAINED", trainer.state.global_step)
 def user_run(tmp_path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "state.json").write_text(json.dumps({"jobs": [], "created": "2000-01-01T00:00:00+00:00"}))
+    (run / "state.json").write_text(
+        json.dumps({"backend": "sbatch", "jobs": [], "created": "2000-01-01T00:00:00+00:00"})
+    )
     (tmp_path / "train.py").write_text(textwrap.dedent(SCRIPT))
     return run
 

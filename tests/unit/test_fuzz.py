@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tests import fuzzing as F
 
+
 def ci_settings(cases: int) -> settings:
     return settings(max_examples=cases, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 from datetime import datetime
 
 import pytest
@@ -11,7 +12,7 @@ from hpcft.backends.submitit import executor_parameters
 from hpcft.errors import LaunchError
 from hpcft.launchers.base import LAUNCHERS as REGISTRY
 from hpcft.launchers.base import SHAPES, LaunchContext, build_launch, hostfile_text
-from hpcft.launchers.deepspeed import deepspeed_env_text
+from hpcft.launchers.deepspeed import deepspeed_env_text, pdsh_user_arg
 from hpcft.node.agent import parse_ip_addr, subnet_of
 from hpcft.plan.plan import make_plan
 from hpcft.slurm.env import ClusterEnv, torch_rank_env
@@ -100,9 +101,42 @@ def test_hostfile_text():
     assert hostfile_text(("gpu001", "gpu002"), 8) == "gpu001 slots=8\ngpu002 slots=8\n"
 
 
-def test_deepspeed_env_quotes_values_and_skips_per_node_ones():
-    text = deepspeed_env_text({"A": "x y", "B": "$(id)", "NODE_RANK": "0", "MASTER_ADDR": "n1"})
-    assert text == "A='x y'\nB='$(id)'\n"
+HOSTILE_VALUES = ["x y", "$(touch CANARY)", "`touch CANARY`", "a;b|c&d", "'sq'", '"dq"', "\\", "a\\\"b", "$HOME", "",
+                  "%j #c", "ü", "--x=1 2", "a  b"]  # fmt: skip
+
+
+def test_deepspeed_env_values_survive_deepspeeds_own_quoting_in_a_real_shell(tmp_path):
+    """The real DeepSpeed code (add_export) wraps our .deepspeed_env values; a real sh must give them back."""
+    from types import SimpleNamespace
+
+    from deepspeed.launcher.multinode_runner import MultiNodeRunner
+
+    env = {f"V{i}": v for i, v in enumerate(HOSTILE_VALUES)}
+    text = deepspeed_env_text({**env, "NODE_RANK": "0", "MASTER_ADDR": "n1"})
+    assert "NODE_RANK" not in text and "MASTER_ADDR" not in text  # per-node values are the launcher's
+    runner = SimpleNamespace(exports={})
+    for line in text.splitlines():  # as deepspeed.launcher.runner reads the file
+        key, val = line.split("=", maxsplit=1)
+        MultiNodeRunner.add_export(runner, key, val)
+    exports = "".join(f"export {k}={v}; " for k, v in runner.exports.items())  # PDSHRunner.get_cmd
+    for shell in ("sh", "bash"):
+        script = exports + " ".join(f'printf "%s\\0" "${k}";' for k in env)
+        out = subprocess.run([shell, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+        assert out.split("\0")[:-1] == list(env.values()), shell
+    assert not list(tmp_path.iterdir()), "a command inside a value ran"
+
+
+def test_user_arguments_survive_the_pdsh_runners_own_quoting_in_a_real_shell(tmp_path):
+    from types import SimpleNamespace
+
+    from deepspeed.launcher.multinode_runner import PDSHRunner
+
+    encoded = [pdsh_user_arg(v) for v in HOSTILE_VALUES]
+    passed = PDSHRunner.parse_user_args(SimpleNamespace(args=SimpleNamespace(user_args=encoded)))
+    out = subprocess.run(["sh", "-c", "printf '%s\\0' " + " ".join(passed)], capture_output=True, text=True,
+                         cwd=tmp_path, check=True).stdout  # fmt: skip
+    assert out.split("\0")[:-1] == HOSTILE_VALUES
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -188,7 +222,7 @@ def test_pdsh_env_file_forwards_job_settings_but_never_secrets():
     env = {"TORCH_EXTENSIONS_DIR": "/cache/ext dir", "HF_TOKEN": "hf_secret", "OMP_NUM_THREADS": "1"}
     ctx = LaunchContext(spec_for("deepspeed-pdsh"), node_env(0), RUN, PY, "10.0.0.1", None, env)
     text = build_launch(ctx).files[".deepspeed_env"]
-    assert "TORCH_EXTENSIONS_DIR='/cache/ext dir'\n" in text and "OMP_NUM_THREADS=1\n" in text
+    assert "TORCH_EXTENSIONS_DIR=/cache/ext dir\n" in text and "OMP_NUM_THREADS=1\n" in text
     assert "hf_secret" not in text and "HF_TOKEN" not in text
 
 

@@ -96,7 +96,7 @@ def test_supervise_without_restarts_runs_once(tmp_path):
 
 
 def new_run(tmp_path: Path, **state) -> Path:
-    (tmp_path / "state.json").write_text(json.dumps({"jobs": [], **state}))
+    (tmp_path / "state.json").write_text(json.dumps({"backend": "sbatch", "jobs": [], **state}))
     return tmp_path
 
 
