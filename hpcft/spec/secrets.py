@@ -66,7 +66,7 @@ def secret_problems(spec: JobSpec) -> list[str]:
     for name in launch.env:
         if SECRET_NAME_RE.search(name):
             problems.append(f"launch.env.{name}: looks like a secret; secrets are never written into run "
-                            f"files (HINT: export {name} before submitting and list it in launch.env_passthrough)")  # fmt: skip
+                            f"files (HINT: export {name} before submitting, list it in launch.env_passthrough)")  # fmt: skip
     if launch.launcher in ("deepspeed-pdsh", "deepspeed-openmpi", "deepspeed-mvapich"):
         for name in launch.env_passthrough:
             if name.startswith(DEEPSPEED_EXPORTED_PREFIXES):
