@@ -60,8 +60,10 @@ def check_spec(spec: JobSpec) -> list[str]:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env.{name}: not a valid environment variable name")
         elif launch.launcher == "deepspeed-pdsh" and value != value.strip():
-            problems.append(f"launch.env.{name}: leading or trailing blanks cannot reach deepspeed-pdsh "
-                            "ranks (DeepSpeed's runner strips values; HINT: remove them, or --launcher deepspeed)")  # fmt: skip
+            problems.append(
+                f"launch.env.{name}: leading or trailing blanks cannot reach deepspeed-pdsh ranks (DeepSpeed's "
+                "runner strips values; HINT: remove them, or --launcher deepspeed)"
+            )
     for name in launch.env_passthrough:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")

@@ -65,8 +65,10 @@ def secret_problems(spec: JobSpec) -> list[str]:
                             f"job.sbatch (HINT: {_HINT})")  # fmt: skip
     for name in launch.env:
         if SECRET_NAME_RE.search(name):
-            problems.append(f"launch.env.{name}: looks like a secret; secrets are never written into run "
-                            f"files (HINT: export {name} before submitting, list it in launch.env_passthrough)")  # fmt: skip
+            problems.append(
+                f"launch.env.{name}: looks like a secret; secrets are never written into run files "
+                f"(HINT: export {name} before submitting and list it in launch.env_passthrough)"
+            )
     if launch.launcher in ("deepspeed-pdsh", "deepspeed-openmpi", "deepspeed-mvapich"):
         for name in launch.env_passthrough:
             if name.startswith(DEEPSPEED_EXPORTED_PREFIXES):
