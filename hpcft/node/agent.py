@@ -11,6 +11,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import ipaddress
 import os
@@ -27,6 +28,7 @@ from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.launchers.command import command_kind
 from hpcft.node import ds_ops as ops
+from hpcft.node.rendezvous import agree_port
 from hpcft.plan.requeue import InJobRestarts, in_job_restarts
 from hpcft.rundir import checkpoints, store
 from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE, STOP_MARKERS
@@ -55,6 +57,8 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
         restarts = InJobRestarts(None, 0, "outside SLURM")
     master_addr = resolve_master(cluster) if cluster.in_slurm else cluster.master_host
     check_launcher(spec, host)
+    if cluster.in_slurm:
+        cluster = dataclasses.replace(cluster, master_port=agree_port(run, cluster, env))
     network = None
     if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))

@@ -26,6 +26,12 @@ PREEMPT_FILE = "PREEMPT"  # the batch script's USR1 trap: "checkpoint at your ne
 RESUME_FROM_FILE = "RESUME_FROM"  # `hpcft resume --checkpoint N`: the checkpoint to continue from
 FATAL_FILE = "FATAL"  # a problem a requeue cannot fix: a node's preflight, or a configuration error in training
 
+
+def port_file(job_id: str, restart: int) -> str:
+    """Where the first node publishes the rendezvous port it found free, for the other nodes of this job run."""
+    return f".port-{job_id}.{restart}"
+
+
 # Left over by the previous job; a resumed run starts without them.
 STOP_MARKERS = (FINISHED_FILE, REQUEUE_FILE, PREEMPT_FILE, FATAL_FILE)
 

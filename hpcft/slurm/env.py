@@ -111,7 +111,7 @@ class ClusterEnv:
             hosts=("localhost",),
             node_rank=0,
             master_host="127.0.0.1",
-            master_port=int(env.get("MASTER_PORT", PORT_BASE)),
+            master_port=_port(env.get("MASTER_PORT") or str(PORT_BASE)),
         )
 
     @classmethod
@@ -143,10 +143,30 @@ def expand_hosts(nodelist: str) -> list[str]:
 def master_port(job_id: str, env: Mapping[str, str]) -> int:
     """``MASTER_PORT`` from the environment if set, else a pure function of the job id."""
     if env.get("MASTER_PORT"):
-        return int(env["MASTER_PORT"])
+        return _port(env["MASTER_PORT"])
     base_id = job_id.split("_")[0]  # array jobs: "123_4" → the array's own id
     digits = "".join(ch for ch in base_id if ch.isdigit()) or "0"
     return PORT_BASE + int(digits) % PORT_SPAN
+
+
+# Ports the master tries when the derived one is taken (two jobs whose ids agree modulo PORT_SPAN share a
+# node, or another program holds it): a bounded list every node can compute; the master publishes its pick.
+PORT_TRIES = 8
+_PORT_STRIDE = 1009  # a prime: the tries spread over the range instead of queueing behind a neighbour
+
+
+def fallback_ports(port: int) -> tuple[int, ...]:
+    """``port`` and the ``PORT_TRIES - 1`` ports after it in hpcft's range, in the order the master tries them."""
+    offset = port - PORT_BASE
+    if not 0 <= offset < PORT_SPAN:
+        return (port,)  # MASTER_PORT outside hpcft's range: the user's choice, no fallback
+    return tuple(PORT_BASE + (offset + k * _PORT_STRIDE) % PORT_SPAN for k in range(PORT_TRIES))
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise LaunchError(f"MASTER_PORT={text!r} is not a port number", hint="unset it, or give 1024-65535")
+    return int(text)
 
 
 def resolve_master(cluster: ClusterEnv) -> str:
