@@ -90,10 +90,11 @@ def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
 
 
 def damaged_row(path: Path, error: HpcftError) -> RunStatus:
-    """The row of a run that cannot be read: the reason is the error's first line (its file and what is wrong)."""
+    """The row of a run that cannot be read: the reason names the file (relative to the run) and what is wrong."""
+    reason = error.message.replace(f"{path}/", "").replace(str(path), "the run directory")
     return RunStatus(run=path.name, path=str(path), backend="?", state="DAMAGED", job_id="", job_ids=[], nodes="",
                      elapsed="", step=None, total_steps=None, loss=None, tokens_per_s=None, checkpoint=None,
-                     finished=False, reason=error.message)  # fmt: skip
+                     finished=False, reason=reason)  # fmt: skip
 
 
 def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -> RunStatus:

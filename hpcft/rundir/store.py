@@ -99,7 +99,7 @@ def read_state(run: Path) -> dict[str, Any]:
     path = run / STATE_FILE
     text = read_text(path)
     if text is None:
-        raise RunError(f"{run} is not an hpcft run directory (no {STATE_FILE})")
+        raise RunError(f"no {STATE_FILE} in {run}: not an hpcft run directory, or a submit is writing it right now")
     try:
         state = json.loads(text)
     except json.JSONDecodeError as e:

@@ -31,8 +31,9 @@ _TOKEN_VALUE_RE = re.compile(
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
     r"|\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\."  # a JWT
 )
-# `NAME=value` or `--name=value` with a secret's name and a literal value (not a $REFERENCE).
-_ASSIGNMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)\s*[=:]\s*['\"]?([^\s'\"$][^\s'\"]*)")
+# `NAME=value` or `--name=value` with a secret's name and a literal value (not a $REFERENCE); the value
+# is only looked at, not consumed, so `--comment=HF_TOKEN=x` finds both names.
+_ASSIGNMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)\s*[=:]\s*['\"]?(?=[^\s'\"$])")
 # Variables DeepSpeed's runner copies onto the pdsh/mpirun command line (runner.py EXPORT_ENVS and the
 # CUDA accelerator's NCCL), which it logs whole: a secret under such a name would land in the job output.
 DEEPSPEED_EXPORTED_PREFIXES = ("MLFLOW", "PYTHON", "MV2", "UCX", "NCCL")
@@ -43,7 +44,7 @@ def looks_like_secret(text: str) -> str | None:
     """What in ``text`` looks like a secret (a description, never the value), or None."""
     if _TOKEN_VALUE_RE.search(text):
         return "a token"
-    for name, _ in _ASSIGNMENT_RE.findall(text):
+    for name in _ASSIGNMENT_RE.findall(text):
         if SECRET_NAME_RE.search(name.replace("-", "_")):
             return f"a value for {name}"
     return None
