@@ -83,6 +83,13 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
     except HpcftError as e:
         print(f"hpcft: {e}", flush=True)
         return 3
+    missing = [name for name in spec.launch.env_passthrough if name not in env]
+    if missing:
+        # E.g. job.sbatch submitted by hand from a shell without them: the ranks would fail late, or run without.
+        print(f"hpcft: launch.env_passthrough names {', '.join(missing)}, which this job's environment does not "
+              "have: sbatch passes the environment of the shell it runs in (HINT: export them, then sbatch "
+              "again)", flush=True)  # fmt: skip
+        return 3
     cluster = ClusterEnv.from_mapping(env)
     if cluster.job_id:
         stop = record_lost(run, cluster.job_id, cluster.restart_count, spec.run.max_failures)

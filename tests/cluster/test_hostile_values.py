@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -102,3 +103,16 @@ def test_a_passthrough_variable_missing_from_the_shell_is_refused_at_submit(tmp_
     proc = hpcft("submit", str(job), "--runs-dir", str(runs_dir), "--backend", "sbatch", "--", "true", check=False)
     assert proc.returncode == 1 and "HPCFT_TEST_UNSET_TOKEN is not set" in proc.stderr, proc.stderr
     assert not list(runs_dir.glob("*"))
+
+
+def test_job_sbatch_submitted_by_hand_without_the_secret_stops_and_says_so(lab, tmp_path, runs_dir):
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"launch": {"env_passthrough": ["HPCFT_TEST_TOKEN"]}}))
+    hpcft("submit", str(job), "--runs-dir", str(runs_dir), "--backend", "sbatch", "--no-submit", "--", "true",
+          env={"HPCFT_TEST_TOKEN": "x"})  # fmt: skip
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    env = {k: v for k, v in os.environ.items() if k != "HPCFT_TEST_TOKEN"}
+    job_id = subprocess.run(["sbatch", "--parsable", "--wait", str(run / "job.sbatch")], env=env, capture_output=True,
+                            text=True, timeout=120).stdout.strip().split(";")[0]  # fmt: skip
+    output = (run / "logs" / f"slurm-{job_id}.out").read_text()
+    assert "launch.env_passthrough names HPCFT_TEST_TOKEN, which this job's environment does not have" in output
