@@ -76,7 +76,7 @@ class RouterAuxLoss:
     """Collects ``aux_loss`` from a MoE model's training forwards (a forward hook on the model)."""
 
     def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
+        self.total, self.count = None, 0  # a device tensor: adding to it queues work, reading it would sync
 
     @classmethod
     def attach(cls, model) -> RouterAuxLoss | None:
@@ -91,7 +91,8 @@ class RouterAuxLoss:
         """Record the aux loss of a training forward (evaluation forwards are skipped)."""
         aux = getattr(output, "aux_loss", None)
         if module.training and aux is not None:
-            self.total += float(aux.detach().float())
+            value = aux.detach().float().reshape(1)
+            self.total = value if self.total is None else self.total + value
             self.count += 1
 
     def take(self) -> float | None:
@@ -99,8 +100,13 @@ class RouterAuxLoss:
         import torch
         import torch.distributed as dist
 
-        sums = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
+        device = self.total.device if self.total is not None else "cpu"
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            device = "cuda"  # NCCL reduces device tensors only
+        total = self.total.double().to(device) if self.total is not None else torch.zeros(1, device=device)
+        sums = torch.cat([total.double().reshape(1), torch.tensor([float(self.count)], device=device).double()])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
-        self.total, self.count = 0.0, 0
+        self.total, self.count = None, 0
+        sums = sums.cpu()  # once per logging step, not per forward
         return round(float(sums[0] / sums[1]), 6) if sums[1] > 0 else None

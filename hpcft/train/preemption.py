@@ -6,8 +6,11 @@ time) creates it on the shared filesystem. That reaches every rank whatever
 started it — torchrun and the deepspeed launcher forward only INT/TERM/HUP/QUIT, and ranks started
 over pdsh or mpirun are no descendants of any process SLURM signals. A USR1 sent to a rank directly
 counts too. At each step end global rank 0 looks for the file (one metadata operation per step for
-the whole job, not one per rank) and the ranks all-reduce their flags (MAX), so they stop at the same step;
-then the Trainer saves, the callback records ``RUN/REQUEUE`` and the job asks SLURM to requeue it.
+the whole job, not one per rank) and every rank starts a non-blocking all-reduce (MAX) of its flag,
+whose result it reads at the next step end: the ranks stop at the same step, one step after the warning
+(the cost: one more step before the save, seconds against SLURM's minutes of lead or grace time), and
+no step waits for the collective or copies a device tensor to the host (``StepAgreement``). Then the
+Trainer saves, the callback records ``RUN/REQUEUE`` and the job asks SLURM to requeue it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def make_preemption_callback(run: Path):
         def __init__(self) -> None:
             self.signalled = False
             self.preempted = False
+            self.agreement = StepAgreement()
             signal.signal(signal.SIGUSR1, self._on_signal)
             if os.environ.get(SIGTERM_ENV) == "1":  # this rank is SLURM's task itself (srun launcher)
                 signal.signal(signal.SIGTERM, self._on_signal)
@@ -47,9 +51,9 @@ def make_preemption_callback(run: Path):
             self.signalled = True
 
         def on_step_end(self, args, state, control, **kwargs):
-            # One process reads the shared filesystem per step (global rank 0); the all-reduce that
-            # runs anyway carries its answer, and any rank's own signal, to every rank.
-            if _agree(self.signalled or (state.is_world_process_zero and flag_file.exists())):
+            # One process reads the shared filesystem per step (global rank 0); a non-blocking all-reduce
+            # carries its answer, and any rank's own signal, to every rank by the next step end.
+            if self.agreement.poll(self.signalled or (state.is_world_process_zero and flag_file.exists())):
                 self.preempted = True
                 control.should_save = True
                 control.should_training_stop = True
@@ -59,18 +63,55 @@ def make_preemption_callback(run: Path):
     return PreemptionCallback()
 
 
-def _agree(local: bool) -> bool:
-    """True on every rank if it is true on any rank (one tiny all-reduce per step)."""
-    import torch
-    import torch.distributed as dist
+class StepAgreement:
+    """Whether any rank raised its flag, known to every rank one ``poll`` later, without blocking a step.
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return local
-    flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    Each ``poll`` starts an all-reduce (MAX) of this rank's flag with ``async_op=True`` and returns the
+    result of the previous one. On GPUs (NCCL) the result is copied into pinned host memory behind the
+    collective on the same stream and a CUDA event marks it: reading it waits for that event, recorded a
+    whole step earlier, never for the work queued since (``.item()`` would wait for the entire stream).
+    Every rank polls once per step, so the collectives match across ranks.
+    """
+
+    def __init__(self) -> None:
+        self.pending: tuple | None = None
+
+    def poll(self, local: bool) -> bool:
+        """Start the agreement on ``local``; True when the previous one found any rank's flag raised."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return local
+        previous = self._result()
+        self.pending = self._start(local)
+        return previous
+
+    def _start(self, local: bool) -> tuple:
+        import torch
+        import torch.distributed as dist
+
+        on_gpu = dist.get_backend() == "nccl"
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32, device="cuda" if on_gpu else "cpu")
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        if not on_gpu:
+            return work, flag, None
+        work.wait()  # NCCL: makes the current stream wait for the collective; the host goes on
+        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return None, host, done
+
+    def _result(self) -> bool:
+        if self.pending is None:
+            return False
+        work, value, done = self.pending
+        self.pending = None
+        if done is not None:
+            done.synchronize()  # recorded a step ago: long complete
+        else:
+            work.wait()  # gloo: ran in its worker thread during the step
+        return bool(value[0])
 
 
 def exit_if_saved_for_requeue(run: Path) -> None:
