@@ -433,3 +433,22 @@ def test_bad_files_are_named(tmp_path, tok, data):
         assert message in str(err.value), name
     with pytest.raises(ConfigError, match="data file not found"):
         data.cache_key(tmp_path / "missing.jsonl", tok, data.DataOptions())
+
+
+def test_a_nodes_other_ranks_learn_the_entry_from_its_first_rank(tmp_path, tok, data):
+    """A node's local ranks > 0 neither hash the data nor look at the shared cache: they wait on node memory."""
+    path = write(tmp_path / "a.jsonl", ALPACA)
+    opts = data.DataOptions("alpaca", 64, True, False)
+    ready = data.build_dataset(path, tok, opts)
+    data.publish(ready, tmp_path / "cache" / data.cache_key(path, tok, opts))
+    name = f"test-{time.monotonic_ns()}"
+    got = {}
+    # Paths that do not exist: the local rank can only succeed through the node-local signal.
+    other = threading.Thread(target=lambda: got.setdefault("local1", data.cached_dataset(
+        tmp_path / "missing.jsonl", tok, opts, tmp_path / "no-cache", rank=3, local_rank=1, name=name, wait_s=30)))  # fmt: skip
+    other.start()
+    time.sleep(0.3)
+    got["local0"] = data.cached_dataset(path, tok, opts, tmp_path / "cache", rank=2, local_rank=0, name=name)
+    other.join(30)
+    assert got["local1"][:] == got["local0"][:] == ready[:]
+    assert data.cache.node_signal(name).read_text() == str(tmp_path / "cache" / data.cache_key(path, tok, opts))

@@ -4,18 +4,22 @@ A tokenized dataset is saved under ``<cache_dir>/<key>/`` (default ``<run.runs_d
 the key being a hash of the data's bytes, the tokenizer, the chat template, the options and
 ``DATA_PIPELINE_VERSION``. Global rank 0 builds a missing entry and publishes it with the one
 protocol of ``hpcft.rundir.publish`` (staging dir, manifest, ``COMPLETE`` marker last, rename);
-other ranks poll for the marker, then load it. No collective calls: ranks on other nodes wait
-through the filesystem.
+the first rank of every other node waits for the marker (polling the shared filesystem with backoff),
+reads the entry once into the node's page cache and tells the other ranks of its node through a
+node-local file (``/dev/shm``), which names the entry: they never touch the shared filesystem until
+they map the entry, and never hash the raw data. No collective calls: nothing is set up yet.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -89,8 +93,11 @@ def publish(ds, entry: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)  # left only if saving or sealing failed
 
 
+MAX_POLL_S = 30.0  # the backoff's ceiling: one stat per node every 30 s while rank 0 tokenizes for hours
+
+
 def wait_for_marker(entry: Path, timeout_s: float, poll_s: float) -> None:
-    """Poll the shared filesystem until ``entry``'s marker exists (built by global rank 0)."""
+    """Poll the shared filesystem until ``entry``'s marker exists (built by global rank 0), backing off."""
     deadline = time.monotonic() + timeout_s
     while not rundir_publish.is_sealed(entry):
         if time.monotonic() > deadline:
@@ -100,6 +107,45 @@ def wait_for_marker(entry: Path, timeout_s: float, poll_s: float) -> None:
                 "train.data.cache_wait_minutes",
             )
         time.sleep(poll_s)
+        poll_s = min(poll_s * 1.5, MAX_POLL_S)
+
+
+def node_signal(name: str) -> Path:
+    """The node-local file by which a node's first rank tells the others where cache entry ``name`` is.
+
+    Node-local (``/dev/shm``, else the temp dir) and named by host and parent process: the ranks of one
+    launch on one node share their launcher (torchrun's agent, the deepspeed launcher, mpirun's daemon,
+    slurmstepd), so a file of an earlier launch or of another job on the node never matches.
+    """
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"hpcft-{socket.gethostname()}-{os.getppid()}-{name}.ready"
+
+
+def warm_page_cache(entry: Path) -> None:
+    """Read every file of ``entry`` once, so the node's ranks map it from memory, not each from the shared FS."""
+    for f in sorted(p for p in entry.rglob("*") if p.is_file()):
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def tell_node(signal: Path, entry: Path) -> None:
+    """Publish ``entry`` to the node's other ranks (atomically), and remove the file when this rank exits."""
+    tmp = signal.with_name(signal.name + f".{os.getpid()}")
+    tmp.write_text(str(entry))
+    os.replace(tmp, signal)
+    atexit.register(lambda: signal.unlink(missing_ok=True))
+
+
+def wait_for_node(signal: Path, timeout_s: float) -> Path:
+    """The entry the node's first rank named in ``signal`` (polling node-local memory, not the shared FS)."""
+    deadline = time.monotonic() + timeout_s
+    while not signal.exists():
+        if time.monotonic() > deadline:
+            raise HpcftError(f"waited {timeout_s / 60:.0f} min for this node's first rank to find the data cache",
+                             hint="see the first rank's log on this node (hpcft logs RUN --node NODE)")  # fmt: skip
+        time.sleep(0.5)
+    return Path(signal.read_text())
 
 
 def cached_dataset(
@@ -109,23 +155,34 @@ def cached_dataset(
     cache_root: Path,
     *,
     rank: int = 0,
+    local_rank: int = 0,
+    name: str = "train",
     wait_s: float = 4 * 3600,
     poll_s: float = 2.0,
 ):
-    """The tokenized dataset of ``path`` from the cache; rank 0 builds a missing entry, others wait for it."""
+    """The tokenized dataset of ``path`` from the cache; rank 0 builds a missing entry, others wait for it.
+
+    ``local_rank`` 0 of each node is the node's one waiter; the node's other ranks learn the entry from it.
+    """
     import datasets
 
+    signal = node_signal(name)
+    if local_rank != 0 and rank != 0:
+        entry = wait_for_node(signal, wait_s)
+        return datasets.load_from_disk(str(entry))
     key = cache_key(path, tokenizer, opts)
     entry = Path(cache_root) / key
-    if not rundir_publish.is_sealed(entry):
-        if rank != 0:
-            log.info("data cache wait %s (global rank 0 builds it)", key)
-            wait_for_marker(entry, wait_s, poll_s)
-        else:
-            log.info("data cache miss %s: %s", key, path)
-            publish(build_dataset(path, tokenizer, opts), entry)
-            return datasets.load_from_disk(str(entry))
-    log.info("data cache hit %s: %s", key, path)
+    if rundir_publish.is_sealed(entry):
+        log.info("data cache hit %s: %s", key, path)
+    elif rank != 0:
+        log.info("data cache wait %s (global rank 0 builds it)", key)
+        wait_for_marker(entry, wait_s, poll_s)
+    else:
+        log.info("data cache miss %s: %s", key, path)
+        publish(build_dataset(path, tokenizer, opts), entry)
+    if rank != 0:
+        warm_page_cache(entry)
+    tell_node(signal, entry)
     return datasets.load_from_disk(str(entry))
 
 
@@ -144,8 +201,9 @@ def build_datasets(spec, run_dir: Path, tokenizer) -> tuple[Any, Any | None]:
     datasets.disable_progress_bars()
     t = spec.train
     opts = DataOptions(t.data.format, t.seq_len, t.data.completion_only, t.packing)
-    kwargs = {"rank": int(os.environ.get("RANK", "0")), "wait_s": t.data.cache_wait_minutes * 60.0}
+    kwargs = {"rank": int(os.environ.get("RANK", "0")), "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+              "wait_s": t.data.cache_wait_minutes * 60.0}  # fmt: skip
     root = cache_root(spec, run_dir)
-    train = cached_dataset(t.data.train, tokenizer, opts, root, **kwargs)
-    evals = cached_dataset(t.data.eval, tokenizer, opts, root, **kwargs) if t.data.eval else None
+    train = cached_dataset(t.data.train, tokenizer, opts, root, name="train", **kwargs)
+    evals = cached_dataset(t.data.eval, tokenizer, opts, root, name="eval", **kwargs) if t.data.eval else None
     return train, evals
