@@ -6,11 +6,12 @@ kills the thread and C++ calls ``std::terminate`` ("terminate called without an 
 exception", SIGABRT) — *after* a correct run, so the job fails at random (1 in ~8 runs here even
 with ``destroy_process_group()``, whose own TOCTOU window the issue describes). The workaround is
 here and only here: finish every collective (barrier), destroy the process groups, flush what we
-wrote, then leave with ``os._exit`` so no interpreter finalization runs at all.
+wrote, run the ``atexit`` handlers, then leave with ``os._exit`` so no interpreter finalization runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -32,6 +33,8 @@ def exit_cleanly(rc: int) -> None:
                 dist.barrier()
             dist.destroy_process_group()
     finally:
+        with contextlib.suppress(Exception):
+            atexit._run_exitfuncs()  # a normal exit runs them too, before the finalization we skip
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):

@@ -188,6 +188,10 @@ def main(argv: list[str]) -> None:
     from hpcft.train.dist import exit_cleanly
 
     os.environ.update(torch_rank_env(os.environ))  # ranks started by mpirun (deepspeed-openmpi/mvapich)
+    # `python -m` puts the working directory (the run directory, on the shared filesystem) first on sys.path;
+    # every importlib.metadata lookup would then stat and list it: accelerate's package checks run during
+    # training, on every rank. Nothing is imported from there.
+    sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
     run = parse_args(argv)
     if (run / FATAL_FILE).exists():  # restarted in the job after an error a rerun repeats: stop at once
         print(f"hpcft: not training again: {(run / FATAL_FILE).read_text().strip()}", file=sys.stderr, flush=True)
