@@ -4,8 +4,9 @@ An audit harness (tests/cluster/fsaudit/sitecustomize.py, on the ranks' PYTHONPA
 system event Python raises and every stat under the runs directory, with its time, in every rank. The
 steps are the ones rank 0 logged in metrics.jsonl; what falls between the third and the last logged
 step is per-step work (the first steps are warm-up: libraries import lazily there, and
-``importlib.metadata`` lists the ranks' working directory, the run directory, once). The rule (issue #17): per step, hpcft's own code touches the shared filesystem
-from at most one process per job or node — here global rank 0 — and from no other rank at all.
+``importlib.metadata`` lists the ranks' working directory, the run directory, once). The rule (issue #17):
+per step, hpcft's own code touches the shared filesystem from at most one process per job or node — here
+global rank 0 — and from no other rank at all.
 The measured figures are printed for benchmarks/RESULTS.md ("shared-FS operations per step per 1,000
 ranks", extrapolated from the lab's 4 ranks).
 """
@@ -33,7 +34,8 @@ def test_only_global_rank_0_touches_the_shared_filesystem_per_step(lab, demo_dir
     out.mkdir()
     proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--wait", "--runs-dir", str(runs_dir),
                  "-o", "train.max_steps=16", "-o", "train.save_steps=100", "-o", "train.eval_steps=100",
-                 "-o", f"launch.env={{PYTHONPATH: {AUDIT}, HPCFT_FSAUDIT_OUT: {out}}}", *flags, check=False)  # fmt: skip
+                 "-o", f"launch.env={{PYTHONPATH: {AUDIT}, HPCFT_FSAUDIT_OUT: {out}}}", *flags,
+                 check=False)  # fmt: skip
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

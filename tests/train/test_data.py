@@ -443,9 +443,13 @@ def test_a_nodes_other_ranks_learn_the_entry_from_its_first_rank(tmp_path, tok, 
     data.publish(ready, tmp_path / "cache" / data.cache_key(path, tok, opts))
     name = f"test-{time.monotonic_ns()}"
     got = {}
+
     # Paths that do not exist: the local rank can only succeed through the node-local signal.
-    other = threading.Thread(target=lambda: got.setdefault("local1", data.cached_dataset(
-        tmp_path / "missing.jsonl", tok, opts, tmp_path / "no-cache", rank=3, local_rank=1, name=name, wait_s=30)))  # fmt: skip
+    def local1() -> None:
+        got["local1"] = data.cached_dataset(tmp_path / "missing.jsonl", tok, opts, tmp_path / "no-cache", rank=3,
+                                            local_rank=1, name=name, wait_s=30)  # fmt: skip
+
+    other = threading.Thread(target=local1)
     other.start()
     time.sleep(0.3)
     got["local0"] = data.cached_dataset(path, tok, opts, tmp_path / "cache", rank=2, local_rank=0, name=name)
