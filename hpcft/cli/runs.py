@@ -146,7 +146,7 @@ def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> Non
 @click.argument("run")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the run ends (across requeues)")
-@click.option("--rank", type=int, help="this rank's log (RUN/logs/rank-N.log) instead of the job output")
+@click.option("--rank", type=int, help="this rank's log lines (from RUN/logs/node-*.log) instead of the job output")
 @click.option("--node", help="the rank-log lines of the ranks that ran on this node")
 @click.option("--job", "job_id", help="this job's output (an older job of the run) instead of the newest")
 @_handle_errors

@@ -6,10 +6,11 @@ Decides which file(s) ``hpcft logs`` shows and when following stops:
   log, ``RUN/logs/local.out``), which holds rank 0's console and every node's launcher lines;
   following switches to the newer job's file when state.json gains a job (a resume);
 - ``--job ID``: that job's output (an older job of the run, e.g. before a resume);
-- ``--rank N``: ``RUN/logs/rank-<N>.log``, appended by that rank across requeues;
-- ``--node NAME``: the lines of the rank logs written while that rank ran on NAME. Each rank log
-  segment opens with ``rank R of W on HOST: job J restart K`` (``hpcft.train.main``), so a rank that
-  moved to another node after a requeue is attributed correctly. User scripts write no rank logs.
+- ``--rank N``: that rank's lines of the node logs (``RUN/logs/node-<host>.log``, every line prefixed
+  ``<time> rank<N>``; ``rank-<N>.log`` of runs from before node logs), across requeues;
+- ``--node NAME``: the rank-log lines written while each rank ran on NAME. Each rank's segment opens
+  with ``rank R of W on HOST: job J restart K`` (``hpcft.train.main``), so a rank that moved to another
+  node after a requeue is attributed correctly. User scripts write no rank logs.
 
 Following polls the files every ``interval`` seconds but asks the scheduler whether the run has
 ended at most every ``SCHED_INTERVAL`` seconds.
@@ -28,6 +29,7 @@ from hpcft.rundir import layout, store
 
 SCHED_INTERVAL = 5.0
 RANK_HEADER = re.compile(r"\brank (\d+) of \d+ on (\S+?): job (\S+)")
+LINE_RANK = re.compile(r"^\S+ \S+ rank(\d+) ")  # a node log line: "<date> <time> rank<N> ..."
 
 
 def job_output(run: Path, state: dict[str, Any], job_id: str | None = None) -> Path:
@@ -42,13 +44,6 @@ def job_output(run: Path, state: dict[str, Any], job_id: str | None = None) -> P
     if state["backend"] == "submitit":
         return run / "submitit" / f"{job}_0_log.out"
     return logs / f"slurm-{job}.out"
-
-
-def log_file(run: Path, rank: int | None) -> Path:
-    """The file to show: a rank's log, or the newest job's output."""
-    if rank is not None:
-        return run / layout.LOGS_DIR / f"rank-{rank}.log"
-    return job_output(run, store.read_state(run))
 
 
 class FileTail:
@@ -78,28 +73,67 @@ class FileTail:
         return data[:cut].decode(errors="replace")
 
 
+class RankLines:
+    """New rank-log lines, from every node log (and every legacy per-rank file), as ``(rank, line)``."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.tails: dict[Path, FileTail] = {}
+
+    def read(self, final: bool = False) -> list[tuple[int, str]]:
+        """Lines written since the previous call, file by file (node logs, then legacy rank files by rank)."""
+        logs = self.run / layout.LOGS_DIR
+        out = []
+        for path in [*sorted(logs.glob("node-*.log")), *sorted(logs.glob("rank-*.log"), key=_rank_number)]:
+            tail = self.tails.setdefault(path, FileTail(path))
+            legacy = None if path.name.startswith("node-") else _rank_number(path)
+            for line in tail.read(final).splitlines(keepends=True):
+                match = LINE_RANK.match(line)
+                rank = legacy if legacy is not None else int(match.group(1)) if match else None
+                if rank is not None:
+                    out.append((rank, line))
+        return out
+
+
+def _rank_number(path: Path) -> int:
+    digits = path.stem.removeprefix("rank-")
+    return int(digits) if digits.isdigit() else 1 << 30
+
+
+class RankFilter:
+    """One rank's lines (``hpcft logs --rank N``)."""
+
+    def __init__(self, run: Path, rank: int) -> None:
+        self.lines, self.rank = RankLines(run), rank
+
+    def read(self, final: bool = False) -> str:
+        """New lines of this rank."""
+        return "".join(line for rank, line in self.lines.read(final) if rank == self.rank)
+
+    def empty_note(self) -> str:
+        """Why nothing was shown."""
+        return f"(no log lines of rank {self.rank} yet; rank logs are written by the hpcft trainer)\n"
+
+
 class NodeFilter:
-    """The lines of every rank log written while that rank ran on ``node`` (optionally one job)."""
+    """The rank-log lines of every rank while it ran on ``node`` (optionally one job), prefixed ``[rank-N]``."""
 
     def __init__(self, run: Path, node: str, job: str | None = None) -> None:
-        self.run, self.node, self.job = run, node, job
-        self.tails: dict[Path, FileTail] = {}
-        self.where: dict[Path, tuple[str, str] | None] = {}  # file → (host, job) of its current segment
+        self.lines, self.node, self.job = RankLines(run), node, job
+        self.where: dict[int, tuple[str, str]] = {}  # rank → (host, job) of its current segment
         self.hosts: set[str] = set()
 
     def read(self, final: bool = False) -> str:
-        """New matching lines of all rank logs, each prefixed ``[rank-N]``."""
+        """New matching lines."""
         out = []
-        for path in sorted((self.run / layout.LOGS_DIR).glob("rank-*.log"), key=_rank_number):
-            tail = self.tails.setdefault(path, FileTail(path))
-            for line in tail.read(final).splitlines(keepends=True):
-                header = RANK_HEADER.search(line)
-                if header:
-                    self.where[path] = (header.group(2), header.group(3))
-                    self.hosts.add(header.group(2))
-                here = self.where.get(path)
-                if here and here[0] == self.node and (self.job is None or here[1] == self.job):
-                    out.append(f"[{path.stem}] {line}")
+        for rank, line in self.lines.read(final):
+            header = RANK_HEADER.search(line)
+            if header:
+                self.where[rank] = (header.group(2), header.group(3))
+                self.hosts.add(header.group(2))
+            here = self.where.get(rank)
+            if here and here[0] == self.node and (self.job is None or here[1] == self.job):
+                out.append(f"[rank-{rank}] {line}")
         return "".join(out)
 
     def empty_note(self) -> str:
@@ -108,21 +142,14 @@ class NodeFilter:
         return f"(no rank log lines from node {self.node}; ranks ran on: {seen})\n"
 
 
-def _rank_number(path: Path) -> int:
-    digits = path.stem.removeprefix("rank-")
-    return int(digits) if digits.isdigit() else 1 << 30
-
-
 class LogTail:
-    """A rank log, or a job's output; without a fixed job, the newest job's output at every read."""
+    """A job's output; without a fixed job, the newest job's output at every read."""
 
-    def __init__(self, run: Path, rank: int | None, job: str | None) -> None:
-        self.run, self.rank, self.job = run, rank, job
+    def __init__(self, run: Path, job: str | None) -> None:
+        self.run, self.job = run, job
         self.tail = FileTail(self._choose())
 
     def _choose(self) -> Path:
-        if self.rank is not None:
-            return log_file(self.run, self.rank)
         return job_output(self.run, store.read_state(self.run), self.job)
 
     def read(self, final: bool = False) -> str:
@@ -153,7 +180,11 @@ def stream(
     """Yield the chosen log's text; with ``follow``, keep yielding new text until the run has ended."""
     if rank is not None and node is not None:
         raise RunError("--rank and --node exclude each other", hint="a rank log, or all ranks of one node")
-    source: LogTail | NodeFilter = NodeFilter(run, node, job) if node is not None else LogTail(run, rank, job)
+    source: LogTail | NodeFilter | RankFilter
+    if node is not None:
+        source = NodeFilter(run, node, job)
+    else:
+        source = RankFilter(run, rank) if rank is not None else LogTail(run, job)
     ended = _EndWatch(run, job, sched_interval)
     shown = False
     while True:
@@ -194,3 +225,8 @@ class _EndWatch:
         gone = self.unknown_since is not None and time.monotonic() - self.unknown_since >= monitor.UNKNOWN_GRACE_S
         self.answer = bool(older) or st.ended or gone
         return self.answer
+
+
+def rank_text(run: Path, rank: int) -> str:
+    """Everything rank ``rank`` logged so far (all node logs; the legacy per-rank file)."""
+    return RankFilter(run, rank).read(final=True)

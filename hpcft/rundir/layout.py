@@ -27,6 +27,18 @@ RESUME_FROM_FILE = "RESUME_FROM"  # `hpcft resume --checkpoint N`: the checkpoin
 FATAL_FILE = "FATAL"  # a problem a requeue cannot fix: a node's preflight, or a configuration error in training
 
 
+def node_log(host: str) -> str:
+    """The log file the ranks on ``host`` append to, each line prefixed ``rank<N>`` (``LOGS_DIR``).
+
+    One file per node, not per rank: 4,096 ranks creating and appending 4,096 files in one directory
+    load a shared filesystem's metadata server; ``hpcft logs --rank N`` picks a rank's lines out.
+    """
+    return f"node-{host}.log"
+
+
+LEGACY_RANK_LOG = "rank-{rank}.log"  # one file per rank: runs of hpcft before node logs
+
+
 def port_file(job_id: str, restart: int) -> str:
     """Where the first node publishes the rendezvous port it found free, for the other nodes of this job run."""
     return f".port-{job_id}.{restart}"

@@ -28,14 +28,23 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+class EveryLinePrefixed(logging.Formatter):
+    """A record's every line starts ``<time> rank<N>``: the ranks of a node share one file (a traceback too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, *rest = super().format(record).split("\n")
+        head = f"{self.formatTime(record)} rank{rank()} |"
+        return "\n".join([first, *(f"{head} {line}" for line in rest)])
+
+
 def setup_logging(run: Path) -> None:
-    """Every rank appends to its own log file; rank 0 also writes to the console."""
+    """The ranks of a node append to that node's log file (``layout.node_log``); rank 0 also to the console."""
     import transformers
 
     logs = run / layout.LOGS_DIR
     logs.mkdir(exist_ok=True)
-    handler = logging.FileHandler(logs / f"rank-{rank()}.log")
-    handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank()} %(name)s %(levelname)s %(message)s"))
+    handler = logging.FileHandler(logs / layout.node_log(node_name(os.environ)))  # appends (O_APPEND)
+    handler.setFormatter(EveryLinePrefixed(f"%(asctime)s rank{rank()} %(name)s %(levelname)s %(message)s"))
     for name in ("hpcft", "transformers"):
         lg = logging.getLogger(name)
         lg.addHandler(handler)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcft.ops.logs import rank_text
 from tests.conftest import hpcft, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -110,7 +111,7 @@ def test_a_warning_signal_checkpoints_requeues_and_resumes_exactly(reference, de
 
 def kill_rank(run: Path, rank: int) -> None:
     """SIGKILL one rank of the run's current workers (the pid its newest log line names)."""
-    starts = [line for line in (run / "logs" / f"rank-{rank}.log").read_text().splitlines() if " pid " in line]
+    starts = [line for line in rank_text(run, rank).splitlines() if " pid " in line]
     os.kill(int(starts[-1].rsplit(" pid ", 1)[1]), signal.SIGKILL)
 
 
@@ -162,7 +163,7 @@ def test_c_damaged_newest_checkpoint_is_skipped_on_resume(reference, tmp_path):
     os.truncate(weights, weights.stat().st_size // 2)
     out = hpcft("resume", str(run), "-o", f"train.max_steps={STEPS + 20}", "--wait").stdout
     assert f"from checkpoint-{STEPS - 20}" in out  # the submit side already skips the damaged one
-    rank0 = (run / "logs" / "rank-0.log").read_text()
+    rank0 = rank_text(run, 0)
     assert f"skipping checkpoint {newest}: file model.safetensors has" in rank0
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[-1]["start_step"] == STEPS - 20

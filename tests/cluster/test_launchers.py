@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcft.ops.logs import rank_text
 from tests.conftest import hpcft
 
 pytestmark = pytest.mark.cluster
@@ -59,7 +60,7 @@ def test_launcher_runs_two_nodes_world_four(case, reference, demo_dir, runs_dir)
     assert begin["job_id"] == st["job_id"]  # ranks know their SLURM job, even when started over ssh
     hosts = {}
     for rank in range(4):
-        first = (run / "logs" / f"rank-{rank}.log").read_text().splitlines()[0]
+        first = rank_text(run, rank).splitlines()[0]
         assert f"rank {rank} of 4 on " in first
         hosts[rank] = first.split(" on ")[1].split(":")[0]
     assert set(hosts.values()) == {"node1", "node2"}, hosts  # both nodes really took part

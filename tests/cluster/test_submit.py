@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpcft.ops.logs import rank_text
 from tests.conftest import hpcft
 
 pytestmark = pytest.mark.cluster
@@ -48,7 +49,10 @@ def test_two_node_demo_trains_in_one_rendezvous(lab, demo_dir, runs_dir):
     assert begin[0]["world_size"] == 4 and begin[0]["job_id"] == st["job_id"]
     out = (run / "logs" / f"slurm-{st['job_id']}.out").read_text()
     assert "hpcft node node1:" in out and "hpcft node node2:" in out  # one agent per node
-    assert sorted(p.name for p in (run / "logs").glob("rank-*.log")) == [f"rank-{i}.log" for i in range(4)]
+    # one log per node, not per rank; each rank's lines are in its node's file
+    assert sorted(p.name for p in (run / "logs").glob("node-*.log")) == ["node-node1.log", "node-node2.log"]
+    assert all(f"rank {i} of 4 on node" in rank_text(run, i) for i in range(4))
+    assert "rank 3 of 4 on" in hpcft("logs", run.name, "--rank", "3", "--runs-dir", str(runs_dir)).stdout
     logs = hpcft("logs", run.name, "--runs-dir", str(runs_dir)).stdout
     assert "finished at step 20" in logs
 

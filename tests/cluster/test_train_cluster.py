@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcft.ops.logs import rank_text
 from tests.cluster.test_launchers import losses, run_demo
 from tests.train.test_zero import ds_ops, optimizer_partition_numel
 
@@ -31,7 +32,7 @@ def test_zero3_on_two_nodes(ddp_reference, demo_dir, runs_dir, launcher):
     st, run = run_demo(demo_dir, runs_dir, "--launcher", launcher, "--zero", "3", *SHORT)
     begin = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x)
     assert begin["world_size"] == 4 and st["step"] == 10
-    hosts = {(run / "logs" / f"rank-{r}.log").read_text().split(" on ", 1)[1].split(":")[0] for r in range(4)}
+    hosts = {rank_text(run, r).split(" on ", 1)[1].split(":")[0] for r in range(4)}
     assert hosts == {"node1", "node2"}
     assert json.loads((run / "ds_config.json").read_text())["zero_optimization"]["stage"] == 3
     parts = [optimizer_partition_numel(run / "checkpoints" / "checkpoint-10", r) for r in range(4)]

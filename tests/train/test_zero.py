@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcft.ops.logs import rank_text
 from tests.conftest import hpcft
 
 pytestmark = pytest.mark.train
@@ -56,7 +57,7 @@ def losses(run: Path) -> list[float]:
 
 
 def rank_log(run: Path, rank: int = 0) -> str:
-    return (run / "logs" / f"rank-{rank}.log").read_text()
+    return rank_text(run, rank)
 
 
 def optimizer_partition_numel(checkpoint: Path, rank: int) -> int:

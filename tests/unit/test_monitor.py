@@ -95,6 +95,31 @@ def test_node_filter_follows_ranks_that_moved_between_nodes(tmp_path):
     assert none.read() == "" and "ranks ran on: node1, node2" in none.empty_note()
 
 
+def test_node_logs_give_each_rank_its_lines_and_each_node_its_ranks(tmp_path):
+    """Ranks of a node share logs/node-HOST.log; every line (a traceback's too) starts with its rank."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / "node-node1.log").write_text(
+        "2026-01-01 10:00:00,1 rank0 hpcft.train INFO rank 0 of 4 on node1: job 7 restart 0\n"
+        "2026-01-01 10:00:00,2 rank1 hpcft.train INFO rank 1 of 4 on node1: job 7 restart 0\n"
+        "2026-01-01 10:00:01,0 rank1 hpcft.train ERROR uncaught exception\n"
+        "2026-01-01 10:00:01,0 rank1 | Traceback (most recent call last):\n"
+        "2026-01-01 10:00:01,0 rank1 | ValueError: boom\n"
+        "2026-01-01 10:00:02,0 rank0 hpcft.train INFO step 1\n"
+    )
+    (log_dir / "node-node2.log").write_text(
+        "2026-01-01 10:00:00,3 rank2 hpcft.train INFO rank 2 of 4 on node2: job 7 restart 0\n"
+    )
+    assert logs.rank_text(tmp_path, 1).splitlines()[1:] == [
+        "2026-01-01 10:00:01,0 rank1 hpcft.train ERROR uncaught exception",
+        "2026-01-01 10:00:01,0 rank1 | Traceback (most recent call last):",
+        "2026-01-01 10:00:01,0 rank1 | ValueError: boom",
+    ]
+    assert "step 1" in logs.rank_text(tmp_path, 0) and "step 1" not in logs.rank_text(tmp_path, 1)
+    node2 = logs.NodeFilter(tmp_path, "node2").read()
+    assert node2.startswith("[rank-2] ") and "rank 0 of" not in node2
+
+
 def test_job_output_names_the_job_file(tmp_path):
     state = {"backend": "sbatch", "jobs": [{"id": "7"}, {"id": "9"}]}
     assert logs.job_output(tmp_path, state).name == "slurm-9.out"

@@ -103,7 +103,7 @@ def wait_for_marker(entry: Path, timeout_s: float, poll_s: float) -> None:
         if time.monotonic() > deadline:
             raise HpcftError(
                 f"waited {timeout_s / 60:.0f} min for the data cache {entry}, which global rank 0 builds",
-                hint="see rank 0's log (RUN/logs/rank-0.log); for a very large dataset raise "
+                hint="see rank 0's lines (hpcft logs RUN --rank 0); for a very large dataset raise "
                 "train.data.cache_wait_minutes",
             )
         time.sleep(poll_s)
