@@ -168,3 +168,14 @@ def test_modules_and_functions_stay_small():
                 if length > 60:
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert too_long == []
+
+
+def test_per_step_callbacks_never_copy_a_device_tensor_to_the_host():
+    """What runs at every step end (preemption agreement, metrics, the HF integration) must not stall the
+    accelerator's stream: no ``.item()`` there (#17). The MoE aux loss is copied to the host once per
+    logging step, in ``RouterAuxLoss.take``, not per step."""
+    per_step = ("train/preemption.py", "train/metrics.py", "train/hf_integration.py")
+    for rel in per_step:
+        tree = ast.parse((PKG / rel).read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+        assert not [c.lineno for c in calls if c.func.attr == "item"], f"{rel} calls .item()"
