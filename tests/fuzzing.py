@@ -201,9 +201,13 @@ def job_texts(draw) -> bytes:
 
 override = st.tuples(keys, hostile_text | st.integers().map(str)).map(lambda kv: f"{kv[0]}={kv[1]}") | hostile_text
 FLAGS = ("--nodes", "--gpus-per-node", "--zero", "--gpu-mem", "--offload", "--launcher", "--backend", "--time",
-         "--partition", "--profile", "--accelerate-config")  # fmt: skip
+         "--partition", "--profile", "--accelerate-config", "--gpu-mem")  # fmt: skip
 flag_args = st.lists(
-    st.tuples(st.sampled_from(FLAGS), hostile_text | st.integers(-5, 10**12).map(str)), max_size=3
+    st.tuples(
+        st.sampled_from(FLAGS),
+        hostile_text | st.integers(-5, 10**12).map(str) | st.sampled_from(["nan", "inf", "-inf", "1e400", "0", "80"]),
+    ),
+    max_size=3,
 ).map(lambda pairs: [x for pair in pairs for x in pair])
 
 

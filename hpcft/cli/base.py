@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import sys
@@ -13,6 +14,19 @@ from hpcft import __version__
 from hpcft.errors import HpcftError
 
 RUNS_DIR_HELP = "directory holding runs [default: $HPCFT_RUNS_DIR or ./hpcft-runs]"
+
+
+class Number(click.FloatRange):
+    """A float option in a range that is also finite: Click's FloatRange lets ``nan`` through (every
+    comparison with NaN is false) and ``inf``, which end in a traceback further down."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _handle_errors(fn):

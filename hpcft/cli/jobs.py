@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, _console, _handle_errors, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, main
 from hpcft.errors import HpcftError
 from hpcft.spec import BACKENDS, LAUNCHERS
 
@@ -32,7 +32,7 @@ def job_options(fn):
             callback=_zero_value,
             help="DeepSpeed ZeRO stage (train.zero); auto = the fastest that fits (memory planner, needs --gpu-mem)",
         ),
-        click.option("--gpu-mem", type=click.FloatRange(min=0, min_open=True), help="GiB per GPU, for the planner"),
+        click.option("--gpu-mem", type=Number(min=0, min_open=True), help="GiB per GPU, for the planner"),
         click.option("--offload", type=click.Choice(["none", "cpu", "nvme"]), help="ZeRO offload (train.offload)"),
         click.option("--launcher", type=click.Choice(LAUNCHERS), help="how each node starts its processes"),
         click.option("--backend", type=click.Choice(BACKENDS), help="how the job reaches the nodes"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, _console, _handle_errors, _runs_dir, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, _runs_dir, main
 from hpcft.cli.jobs import _wait
 
 
@@ -72,7 +72,7 @@ def list_cmd(runs_dir: str | None) -> None:
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--watch", is_flag=True, help="refresh in place until every shown run has ended (Ctrl-C stops)")
-@click.option("--interval", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
+@click.option("--interval", type=Number(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
 @click.option("--from-squeue", is_flag=True, help="every run of yours SLURM knows (job comments), any runs dir")
 @_handle_errors
 def status(

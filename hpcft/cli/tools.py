@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, _console, _handle_errors, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, main
 from hpcft.errors import HpcftError
 
 
@@ -29,7 +29,7 @@ def _question_options(fn):
     """One ``--flag`` per question of ``hpcft.accel_config.QUESTIONS``."""
     from hpcft.tools.accel_config import QUESTIONS
 
-    types = {"int": click.IntRange, "float": click.FloatRange, "bool": click.BOOL, "str": str}
+    types = {"int": click.IntRange, "float": Number, "bool": click.BOOL, "str": str}
     for q in reversed(QUESTIONS):
         kind = click.Choice(q.choices) if q.kind == "choice" else types[q.kind]
         if q.kind in ("int", "float"):
@@ -86,7 +86,9 @@ def _write_accelerate_yaml(out: Path, config: dict, force: bool) -> None:
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
 @click.option("--profile", type=click.Path(dir_okay=False), help="cluster profile YAML (below the job file)")
 @click.option("--check-nvme", is_flag=True, help="also check the NVMe offload path (builds async_io: minutes)")
-@click.option("--timeout", type=float, default=600, show_default=True, help="seconds before the probe is cancelled")
+@click.option(
+    "--timeout", type=Number(min=1), default=600, show_default=True, help="seconds before the probe is cancelled"
+)
 @click.option("--shared-dir", multiple=True, help="another directory all nodes must share ({node} = node name)")
 @click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="set any key of the job file")
 @_handle_errors

@@ -91,6 +91,16 @@ def test_config_refuses_negative_machines_and_a_missing_directory(tmp_path):
     refused(out, "does not exist", "HINT: mkdir -p")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_numbers_that_are_not_finite_are_usage_errors(work, value):
+    """Found by benchmarks/fuzz.py: Click's FloatRange lets nan through (`--gpu-mem nan` was a traceback)."""
+    (work / "job.yaml").write_text(yaml.safe_dump(F.base_job()))
+    for args in (["plan", str(work / "job.yaml"), "--gpu-mem", value], ["status", "--watch", "--interval", value]):
+        out = F.invoke(args)
+        F.assert_clean(out)
+        assert out.exit_code == 2 and "Invalid value for" in out.output, out.output
+
+
 def test_unreadable_sbatch_output_says_a_job_may_be_queued():
     with pytest.raises(MaybeSubmittedError, match="a job may be queued"):
         parse_sbatch_parsable("Submitted batch job (site wrapper)\n")
