@@ -286,3 +286,20 @@ def test_the_doctors_own_braces_reach_its_probe_unchanged(tmp_path):
     plan = plan_doctor(None, {"resources.nodes": 2, "run.runs_dir": str(tmp_path)}, [], None, 240, python=PY,
                        now=NOW, check_nvme=False, shared_dirs=["/shared/view-{node}"])  # fmt: skip
     assert plan.node_preview.argv[-1] == "/shared/view-{node}"  # not a launch.command placeholder
+
+
+@pytest.mark.parametrize(
+    ("launcher", "where"),
+    [("deepspeed-openmpi", "argv"), ("deepspeed-mvapich", "argv"), ("deepspeed-pdsh", "env")],
+)
+def test_head_node_launchers_pass_secrets_by_name_only(launcher, where):
+    """mpirun -x NAME, hydra -genvlist NAME, ssh -o SendEnv=NAME: the value is never in argv, env or files."""
+    node = {"HF_TOKEN": "hf_the_value", "PDSH_SSH_ARGS_APPEND": "-p 2222"}
+    ctx = LaunchContext(spec_for(launcher, env_passthrough=["HF_TOKEN"]), node_env(0), RUN, PY, "10.0.0.1",
+                        "10.0.0.0/24", node)  # fmt: skip
+    cmd = build_launch(ctx)
+    text = " ".join(cmd.argv) + repr(cmd.env) + "".join(cmd.files.values())
+    assert "hf_the_value" not in text
+    expected = {"deepspeed-openmpi": "-x HF_TOKEN", "deepspeed-mvapich": "-genvlist HF_TOKEN",
+                "deepspeed-pdsh": "-p 2222 -o SendEnv=HF_TOKEN"}[launcher]  # fmt: skip
+    assert expected in (" ".join(cmd.argv) if where == "argv" else cmd.env["PDSH_SSH_ARGS_APPEND"])
