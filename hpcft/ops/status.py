@@ -81,10 +81,8 @@ def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
     rows = []
     for p, state in states.items():
         try:
-            if isinstance(state, HpcftError):
-                raise state
-            rows.append(_row(p, state, slurm))
-        except HpcftError as e:
+            rows.append(damaged_row(p, state) if isinstance(state, HpcftError) else _row(p, state, slurm))
+        except HpcftError as e:  # a file _row reads (metrics, spec) is damaged
             rows.append(damaged_row(p, e))
     return rows
 

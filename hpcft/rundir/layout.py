@@ -36,9 +36,6 @@ def node_log(host: str) -> str:
     return f"node-{host}.log"
 
 
-LEGACY_RANK_LOG = "rank-{rank}.log"  # one file per rank: runs of hpcft before node logs
-
-
 def port_file(job_id: str, restart: int) -> str:
     """Where the first node publishes the rendezvous port it found free, for the other nodes of this job run."""
     return f".port-{job_id}.{restart}"

@@ -68,14 +68,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_text(path: Path) -> str | None:
+def read_text(path: Path, errors: str = "strict") -> str | None:
     """A run-directory file's text, or None when it does not exist.
 
     Every reader of the run directory goes through here: a file that is a directory, unreadable or
-    not UTF-8 is a ``RunError`` naming it, never a traceback.
+    (with ``errors="strict"``) not UTF-8 is a ``RunError`` naming it, never a traceback.
     """
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8", errors=errors)
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -237,17 +237,9 @@ def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     """Records of ``metrics.jsonl``, checked: a line that is not a JSON object is skipped (a torn last line
     being written, damage), and so is a number field holding something else (``loss: "x"``)."""
-    path = run / METRICS_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except IsADirectoryError:
-        raise RunError(f"{path} is damaged: a directory where a file belongs", hint=DAMAGED_HINT) from None
-    except OSError as e:
-        raise RunError(f"cannot read {path}: {e.strerror}") from None
+    text = read_text(run / METRICS_FILE, errors="replace")
     out = []
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in (text or "").splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             if isinstance(record, dict):
