@@ -100,7 +100,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
     job = jobs[-1] if jobs else None
     sched, nodes, elapsed, where = _scheduler_view(job, state, slurm)
     oom = _oom(state, job)
-    metrics = store.read_metrics(path)
+    metrics = store.read_progress(path)  # events + the log's tail: a refresh costs the same at any length
     progress = summarize_metrics(metrics)
     ckpt = _checkpoint(path)
     running = sched == "RUNNING"
@@ -149,11 +149,7 @@ def _oom(state: dict[str, Any], job: dict[str, Any] | None) -> str | None:
 
 def _checkpoint(path: Path) -> str | None:
     """Name of the newest complete checkpoint (in ``train.output`` when the spec sets one)."""
-    try:
-        output = store.load_run_spec(path).train.output
-    except HpcftError:
-        output = None
-    ckpt = store.latest_checkpoint(path, output)
+    ckpt = store.latest_checkpoint(path, store.run_output(path))
     return ckpt.name if ckpt else None
 
 
@@ -170,7 +166,7 @@ def _local_state(job: dict[str, Any], state: dict[str, Any]) -> str:
 def summarize_metrics(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Newest step, total steps, loss, eval loss and tokens/s from ``metrics.jsonl`` records."""
     steps = [m for m in metrics if "step" in m and "loss" in m]
-    evals = [m for m in metrics if "eval_loss" in m]
+    evals = [m.get("eval_loss", m.get("last_eval_loss")) for m in metrics if {"eval_loss", "last_eval_loss"} & m.keys()]
     begin = next((m for m in reversed(metrics) if m.get("event") == "train_begin"), {})
     last = steps[-1] if steps else {}
     return {
@@ -178,7 +174,7 @@ def summarize_metrics(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "total_steps": begin.get("max_steps"),
         "loss": last.get("loss"),
         "tokens_per_s": last.get("tokens_per_s"),
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_loss": evals[-1] if evals else None,
     }
 
 

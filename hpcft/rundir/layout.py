@@ -16,6 +16,9 @@ NOTES_FILE = "NOTES.txt"  # what the plan pointed out
 DS_CONFIG_FILE = "ds_config.json"  # the DeepSpeed config the ranks read
 ACCELERATE_CONFIG_FILE = "accelerate.yaml"  # accelerate launcher's config, written on each node
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step (rank 0)
+# metrics.jsonl's train_begin records (one per (re)start), also appended here: ``status`` reads this small
+# file and the tail of metrics.jsonl, so a refresh costs the same at step 100 and step 10**6.
+METRICS_EVENTS_FILE = "metrics-events.jsonl"
 LOGS_DIR = "logs"  # slurm-%j.out and rank logs
 CHECKPOINTS_DIR = "checkpoints"  # checkpoint-N/, unless train.output names another directory
 MODEL_DIR = "model"  # the final model (trainer.save_model)

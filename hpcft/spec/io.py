@@ -32,10 +32,18 @@ def dump_spec(spec: JobSpec) -> str:
     return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader where PyYAML has it
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text (a spec.yaml) as data; ``yaml.YAMLError`` when it is not YAML."""
+    return yaml.load(text, Loader=_LOADER)
+
+
 def load_spec_text(text: str, source: str) -> JobSpec:
     """Parse a resolved spec written by ``dump_spec`` (by this or an earlier hpcft: see ``migrate``)."""
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML ({' '.join(str(e).split())})"], source) from None
     return build_spec(migrate(data) if isinstance(data, dict) else data, source=source)

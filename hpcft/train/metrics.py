@@ -3,7 +3,10 @@
 Mixture-of-experts models also log ``aux_loss``: the router load-balancing loss (unweighted) of the
 training forwards since the previous record, averaged over them and over all ranks.
 
-One JSON object per line, appended; ``hpcft status`` and ``hpcft plot`` read it.
+One JSON object per line, appended; ``hpcft plot`` reads it. ``hpcft status`` reads only the log's tail and
+``metrics-events.jsonl`` (the train_begin records, one per (re)start, also appended there), so a refresh
+costs the same at step 100 and step 10**6, with no extra file operation per step; for that, step records
+also carry the newest ``last_eval_loss``.
 """
 
 from __future__ import annotations
@@ -21,17 +24,16 @@ def make_metrics_callback(run: Path):
     """A TrainerCallback appending step, loss, tokens/s and elapsed time to metrics.jsonl (rank 0)."""
     from transformers import TrainerCallback
 
-    path = run / layout.METRICS_FILE
-
     def append(record: dict) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(run, record)
 
     class MetricsCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.aux = RouterAuxLoss.attach(kwargs.get("model"))
             self.t0 = self.t_last = time.time()
             self.tokens_last = state.num_input_tokens_seen
+            evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]  # restored on resume
+            self.last_eval = evals[-1] if evals else None
             if state.is_world_process_zero:
                 append(
                     {
@@ -61,15 +63,29 @@ def make_metrics_callback(run: Path):
                 )
                 if aux is not None:
                     record["aux_loss"] = aux
+                if self.last_eval is not None:  # status finds it in the log's tail, however long ago it was
+                    record["last_eval_loss"] = self.last_eval
                 self.t_last, self.tokens_last = now, tokens
             elif "eval_loss" in logs:
                 loss = logs["eval_loss"]
                 record.update(eval_loss=loss, perplexity=math.exp(loss) if loss < 700 else None)  # exp overflows
+                self.last_eval = loss
             else:
                 return
             append(record)
 
     return MetricsCallback()
+
+
+def append_record(run: Path, record: dict) -> None:
+    """One line of metrics.jsonl; a train_begin (once a (re)start) also goes to metrics-events.jsonl, with
+    the offset its log line ends at (``log_end``), which places it in the log (``rundir.store.read_progress``)."""
+    with open(run / layout.METRICS_FILE, "ab") as f:
+        f.write((json.dumps(record) + "\n").encode())
+        end = f.tell()
+    if "event" in record:
+        with open(run / layout.METRICS_EVENTS_FILE, "ab") as f:
+            f.write((json.dumps({**record, "log_end": end}) + "\n").encode())
 
 
 class RouterAuxLoss:

@@ -35,6 +35,21 @@ def test_local_backend_trains_and_checkpoints(demo_dir, runs_dir):
     begins = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x]
     assert begins[-1]["start_step"] == 10 and not (run / "RESUME_FROM").exists()
 
+    # The events file holds exactly the log's train_begin lines, each with the offset its line ends at in the log;
+    # step records after an eval carry it (status reads only the log's tail).
+    log = (run / "metrics.jsonl").read_bytes()
+    ends, pos, last_eval = {}, 0, None
+    for line in log.splitlines(keepends=True):
+        pos += len(line)
+        record = json.loads(line)
+        if "train_begin" in record.values():
+            ends[pos] = record
+        if "loss" in record:
+            assert record.get("last_eval_loss") == last_eval, record
+        last_eval = record.get("eval_loss", last_eval)
+    events = [json.loads(x) for x in (run / "metrics-events.jsonl").read_text().splitlines()]
+    assert len(events) == len(ends) == 2 and all(ends[e.pop("log_end")] == e for e in events)
+
 
 def test_completion_only_labels_on_a_concrete_sample(demo_dir):
     from transformers import AutoTokenizer

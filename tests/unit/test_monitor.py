@@ -185,3 +185,61 @@ def test_waiting_ends_when_slurm_no_longer_knows_the_job(tmp_path):
     t0 = time.monotonic()
     final = monitor.wait_for(run, interval=0.05, unknown_grace_s=0.3)
     assert final.state == "UNKNOWN" and time.monotonic() - t0 < 30
+
+
+def _write_like_rank0(run, records):
+    """Appends ``records`` as hpcft.train.metrics does (train_begin also to metrics-events.jsonl with its log end).
+
+    Returns each record with the byte offsets its log line begins and ends at.
+    """
+    placed, pos = [], 0
+    with open(run / "metrics.jsonl", "ab") as log, open(run / "metrics-events.jsonl", "ab") as events:
+        for r in records:
+            line = (json.dumps(r) + "\n").encode()
+            log.write(line)
+            placed.append((r, pos, pos + len(line)))
+            pos += len(line)
+            if "event" in r:
+                events.write((json.dumps({**r, "log_end": pos}) + "\n").encode())
+    return placed
+
+
+@pytest.mark.parametrize("tail", [1, 40, 97, 333, 1000, 10**6])
+def test_progress_reads_the_events_and_the_logs_tail_only(tmp_path, monkeypatch, tail):
+    from hpcft.rundir import store
+
+    monkeypatch.setattr(store, "METRICS_TAIL_BYTES", tail)
+    placed = _write_like_rank0(tmp_path, METRICS)
+    size = placed[-1][2]
+    tail_start = next((b for _, b, _ in placed if b >= size - tail), size)  # the first whole line in the tail
+    expected = [r for r, b, _ in placed if "event" in r or b >= tail_start]
+    assert store.read_progress(tmp_path) == expected
+    if tail == 10**6:
+        assert expected == METRICS  # a tail as long as the log: everything
+
+
+def test_status_of_a_long_run_matches_reading_it_whole(tmp_path):
+    from hpcft.rundir import store
+
+    records = [METRICS[0], *[{"step": s, "loss": 9.0 / s, "tokens_per_s": 1.0 * s, "time": 1.0 * s} for s in
+               range(1, 30001)]]  # fmt: skip
+    records.insert(501, {"step": 500, "eval_loss": 1.5, "time": 500.5})
+    for r in records[502:]:
+        r["last_eval_loss"] = 1.5  # as rank 0 writes it after an eval
+    records.insert(1000, {"event": "train_begin", "max_steps": 40000, "start_step": 999, "job_id": "7", "restart": 1,
+                          "time": 999.5})  # fmt: skip
+    _write_like_rank0(tmp_path, records)
+    whole, progress = store.read_metrics(tmp_path), store.read_progress(tmp_path)
+    assert len(progress) < 1000 < 30000 < len(whole)
+    assert monitor.summarize_metrics(progress) == monitor.summarize_metrics(whole)
+    assert monitor.summarize_metrics(progress)["eval_loss"] == 1.5
+    assert monitor.estimate_eta(progress, 40000) == monitor.estimate_eta(whole, 40000) == pytest.approx(10000.0)
+    state = {"jobs": [{"id": "7"}]}
+    assert monitor.count_restarts(state, progress) == monitor.count_restarts(state, whole) == 1
+
+
+def test_progress_of_a_run_without_events_file_reads_the_log(tmp_path):
+    from hpcft.rundir import store
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in METRICS))
+    assert store.read_progress(tmp_path) == METRICS
