@@ -19,12 +19,13 @@ def _zero_value(ctx, param, value):
     return value if value in (None, "auto") else int(value)
 
 
-def job_options(fn):
-    """The curated flags shared by ``plan`` and ``submit`` (everything else: ``-o key=value``)."""
+def job_options(fn, nodes: bool = True):
+    """The curated flags shared by ``plan``, ``submit`` and ``bench scale`` (everything else: ``-o key=value``);
+    ``bench scale`` has a ``--nodes`` of its own."""
     options = [
         click.argument("job_file", type=click.Path(dir_okay=False)),
         click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARGS]...]"),
-        click.option("--nodes", type=int, help="number of nodes (resources.nodes)"),
+        *([click.option("--nodes", type=int, help="number of nodes (resources.nodes)")] if nodes else []),
         click.option("--gpus-per-node", type=int, help="GPUs per node; processes per node on CPU-only machines"),
         click.option(
             "--zero",
@@ -184,9 +185,8 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, **kwargs) -> None:
         sys.exit(_wait(run))
 
 
-def _wait(run: Path) -> int:
-    from hpcft.ops import status as monitor
-
+def _progress_printer():
+    """A ``wait_for`` callback printing state, step and loss to stderr when they change."""
     last = [None]
 
     def show(st) -> None:
@@ -197,7 +197,13 @@ def _wait(run: Path) -> int:
             click.echo(f"  [{time.strftime('%H:%M:%S')}] {line}", err=True)
             last[0] = line
 
-    final = monitor.wait_for(run, show)
+    return show
+
+
+def _wait(run: Path) -> int:
+    from hpcft.ops import status as monitor
+
+    final = monitor.wait_for(run, _progress_printer())
     ok = final.state == "COMPLETED"
     click.secho(f"{run.name}: {final.state}", fg="green" if ok else "red")
     if final.state == "UNKNOWN":

@@ -311,7 +311,7 @@ def read_progress(run: Path) -> list[dict[str, Any]]:
 
 
 # metrics.jsonl fields that are numbers ("step" and "max_steps" whole numbers); see train/metrics.py.
-_INT_METRICS = ("step", "max_steps", "start_step", "restart", "world_size")
+_INT_METRICS = ("step", "max_steps", "start_step", "restart", "world_size", "machines")
 _NUMBER_METRICS = ("loss", "eval_loss", "last_eval_loss", "tokens_per_s", "time", "lr", "grad_norm", "epoch")
 
 

@@ -34,6 +34,7 @@ def make_metrics_callback(run: Path):
             self.tokens_last = state.num_input_tokens_seen
             evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]  # restored on resume
             self.last_eval = evals[-1] if evals else None
+            machines = count_machines()  # every rank: one collective at the start
             if state.is_world_process_zero:
                 append(
                     {
@@ -41,6 +42,7 @@ def make_metrics_callback(run: Path):
                         "max_steps": state.max_steps,
                         "start_step": state.global_step,
                         "world_size": args.world_size,
+                        "machines": machines,
                         "job_id": os.environ.get("HPCFT_JOB_ID", "local"),
                         "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")),
                         "time": time.time(),
@@ -75,6 +77,25 @@ def make_metrics_callback(run: Path):
             append(record)
 
     return MetricsCallback()
+
+
+def count_machines() -> int:
+    """How many machines the ranks run on (distinct kernel boot ids; a collective: every rank calls it).
+
+    Nodes that are containers or network namespaces of one machine share its boot id: ``hpcft bench
+    scale`` says so, since their figures then measure the tool, not the hardware.
+    """
+    import torch.distributed as dist
+
+    try:
+        mine = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        mine = os.uname().nodename
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return len(set(everyone))
 
 
 def append_record(run: Path, record: dict) -> None:
