@@ -17,7 +17,12 @@ from hpcft.cli.jobs import _wait
 @main.command()
 @click.argument("run")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
-@click.option("--nodes", type=int, help="nodes for the new job (same world size: exact continuation)")
+@click.option(
+    "--nodes",
+    type=int,
+    help="nodes for the new job (another count: the global batch is kept, ZeRO "
+    "shards converted to DeepSpeed's universal checkpoint)",
+)
 @click.option("--checkpoint", type=int, metavar="STEP", help="continue from checkpoint-STEP (default: newest complete)")
 @click.option(
     "-o", "overrides", multiple=True, metavar="KEY=VALUE", help="change any key, e.g. -o train.max_steps=2000"
@@ -34,6 +39,8 @@ def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | 
     backends.refuse_if_live(path)
     rp = resume_mod.plan_resume(path, overrides=overrides, flags={"resources.nodes": nodes},
                                 checkpoint=checkpoint, python=sys.executable, now=datetime.now())  # fmt: skip
+    for note in rp.notes:
+        click.secho(note, fg="cyan", err=True)
     job_id = backends.resume(rp)
     start = f"{rp.checkpoint.path.name}" if rp.checkpoint else "its own checkpoints (user script)"
     click.echo(f"resumed {path.name} as job {job_id} from {start}")

@@ -1,12 +1,13 @@
 """``hpcft resume RUN``: a new job that continues a run from its newest complete checkpoint.
 
 Decides the resumed spec (the run's spec with ``-o`` overrides and flags on top), the checkpoint,
-and refuses what would lose work silently: no complete checkpoint (a restart from step 0), a
-world size that ZeRO shards cannot be loaded into, or a finished run without more steps to train.
+and refuses what would lose work silently: no complete checkpoint (a restart from step 0), or a finished
+run without more steps to train. On another world size it keeps the global batch (``_keep_global_batch``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from hpcft.plan.pipeline import Request, plan_job
 from hpcft.plan.plan import Plan
 from hpcft.rundir import checkpoints, store
 from hpcft.rundir.layout import FINISHED_FILE, SPEC_FILE
-from hpcft.spec import JobSpec, spec_to_dict
+from hpcft.spec import JobSpec, offload_devices, spec_to_dict
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ResumePlan:
     plan: Plan
     checkpoint: checkpoints.CheckpointInfo | None
     explicit: bool
+    notes: tuple[str, ...] = ()
 
 
 def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str, Any] | None = None,
@@ -37,18 +39,19 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
     req = Request(overrides=tuple(overrides), flags=dict(flags or {}), base=spec_to_dict(old),
                   base_source=str(run / SPEC_FILE), check_inputs=False)  # fmt: skip
     found: list[checkpoints.CheckpointInfo] = []
+    notes: list[str] = []
 
     def refine(spec: JobSpec, run_dir: str) -> JobSpec:
         if not spec.launch.command:  # hpcft's trainer; a user's own trainer finds its checkpoints itself
             found.append(_checkpoint(str(checkpoints.checkpoints_dir(spec, run)), checkpoint))
-            _check_world(spec, found[0])
             _check_more_to_do(run, spec)
+            spec = _keep_global_batch(old, spec, found[0], overrides, notes)
         return spec
 
     state = store.read_state(run)
     planned = plan_job(req, python=python, now=now, run_dir=str(run), save_seconds=state.get("last_save_seconds"),
                        refine=refine)  # fmt: skip
-    return ResumePlan(planned.plan, found[0] if found else None, checkpoint is not None)
+    return ResumePlan(planned.plan, found[0] if found else None, checkpoint is not None, tuple(notes))
 
 
 def _checkpoint(base: str, step: int | None) -> checkpoints.CheckpointInfo:
@@ -68,15 +71,40 @@ def _checkpoint(base: str, step: int | None) -> checkpoints.CheckpointInfo:
     return info
 
 
-def _check_world(spec, info: checkpoints.CheckpointInfo) -> None:
+def _keep_global_batch(old: JobSpec, spec: JobSpec, info: checkpoints.CheckpointInfo, overrides: Iterable[str],
+                       notes: list[str]) -> JobSpec:  # fmt: skip
+    """On another world size, ``train.batch_size``/``grad_accum`` set so that the global batch stays what the
+    checkpoint was trained with: the same samples make each step, and the Trainer skips exactly the consumed ones.
+
+    ZeRO shards of another world size go through DeepSpeed's universal checkpoint on the ranks
+    (``hpcft.train.ds_universal``); NVMe offload is refused there, not converted.
+    """
     world = spec.resources.nodes * (spec.resources.gpus_per_node or 1)
-    if spec.train.zero > 0 and info.world_size not in (None, world):
-        raise RunError(
-            f"{info.path.name} holds ZeRO-{spec.train.zero} shards of {info.world_size} ranks; the resumed job "
-            f"would have {world}. hpcft does not convert ZeRO shards between world sizes",
-            hint=f"resume with {info.world_size} ranks (--nodes), or `hpcft export RUN --out DIR` "
-            "and start a new run from DIR",
-        )
+    if info.world_size in (None, world):
+        return spec
+    if spec.train.zero > 0 and "nvme" in offload_devices(spec.train):
+        raise RunError(f"{info.path.name} holds ZeRO-{spec.train.zero} shards of {info.world_size} ranks with NVMe "
+                       f"offload; hpcft converts them to {world} ranks without NVMe offload only",
+                       hint=f"resume with {info.world_size} ranks, or `hpcft export RUN --out DIR`")  # fmt: skip
+    batch = old.train.batch_size * old.train.grad_accum * info.world_size
+    if any(o.split("=", 1)[0].strip() in ("train.grad_accum", "train.batch_size") for o in overrides):
+        notes.append(f"{info.world_size} → {world} ranks with the batch you set: the global batch is now "
+                     f"{spec.train.batch_size * spec.train.grad_accum * world} (was {batch}), so the data order "
+                     "differs from here on")  # fmt: skip
+        return spec
+    if batch % world:
+        raise RunError(f"{info.path.name} was trained with a global batch of {batch} ({info.world_size} ranks), "
+                       f"which {world} ranks cannot share evenly",
+                       hint="pick --nodes so that they can, or set -o train.batch_size / -o train.grad_accum "
+                       "(the data order then differs)")  # fmt: skip
+    per_rank = batch // world  # micro-batch × accumulation: the micro-batch as large as it was, at most
+    micro = max(d for d in range(1, min(spec.train.batch_size, per_rank) + 1) if per_rank % d == 0)
+    new = {"batch_size": micro, "grad_accum": per_rank // micro}
+    changed = [f"train.{k} {getattr(spec.train, k)} → {v}" for k, v in new.items() if getattr(spec.train, k) != v]
+    notes.append(f"{info.world_size} → {world} ranks: {', '.join(changed) or 'the same batch'} keeps the global "
+                 f"batch at {batch}" + (f"; ZeRO-{spec.train.zero} shards are converted to DeepSpeed's universal "
+                 "checkpoint on the first node" if spec.train.zero else ""))  # fmt: skip
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **new))
 
 
 def _check_more_to_do(run: Path, spec) -> None:

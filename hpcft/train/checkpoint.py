@@ -16,7 +16,7 @@ from hpcft.errors import HpcftError
 from hpcft.rundir import checkpoints, store
 from hpcft.rundir.checkpoints import checkpoints_dir
 from hpcft.rundir.layout import FINISHED_FILE, MODEL_DIR, RESUME_FROM_FILE
-from hpcft.spec import JobSpec
+from hpcft.spec import JobSpec, offload_devices
 
 log = logging.getLogger("hpcft.train")
 
@@ -88,15 +88,37 @@ def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> s
         info = checkpoints.newest_complete(final)
     if info is None:
         return None
-    if info.world_size not in (None, world_size) and spec.train.zero > 0:
+    if resized(spec, info, world_size) and "nvme" in offload_devices(spec.train):
         raise HpcftError(
-            f"{info.path.name} was saved by {info.world_size} ranks under ZeRO-{spec.train.zero}; this job has "
-            f"{world_size}. ZeRO shards partition the optimizer by rank, so they cannot be loaded as they are",
-            hint=f"resume with the same world size (e.g. `hpcft resume RUN --nodes` with {info.world_size} ranks), "
-            "or `hpcft export RUN` and start a new run from the exported model",
+            f"{info.path.name} was saved by {info.world_size} ranks with NVMe offload; this job has {world_size}. "
+            "hpcft converts ZeRO checkpoints between world sizes without NVMe offload only",
+            hint=f"resume with {info.world_size} ranks, or `hpcft export RUN` and start a new run from the model",
         )
     log.info("resuming from %s (step %d)", info.path, info.step)
     return str(info.path)
+
+
+def resized(spec: JobSpec, info: checkpoints.CheckpointInfo, world_size: int) -> bool:
+    """True when ``info`` holds ZeRO shards of another number of ranks than this job's."""
+    return spec.train.zero > 0 and info.world_size not in (None, world_size)
+
+
+def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
+    """The Trainer's arguments for resuming from ``resume``: as they are, or — when its ZeRO shards are of
+    another world size — for DeepSpeed's universal checkpoint, converted first (``train.ds_universal``)."""
+    if not resume or not resized(spec, checkpoints.read_info(Path(resume)), args.world_size):
+        return args
+    from hpcft.train import ds_universal
+    from hpcft.train.args import training_arguments
+
+    info = checkpoints.read_info(Path(resume))
+    log.info("%s holds ZeRO-%d shards of %d ranks; this job has %d: resuming through a universal checkpoint",
+             Path(resume).name, spec.train.zero, info.world_size, args.world_size)  # fmt: skip
+    ds_universal.to_universal(Path(resume), args.process_index == 0, _barrier)
+    if spec.train.zero == 3:
+        ds_universal.patch_zero3_universal_load()
+    ds_config = {**ds_config, "checkpoint": {**(ds_config.get("checkpoint") or {}), "load_universal": True}}
+    return training_arguments(spec, args.output_dir, ds_config)
 
 
 def finish(trainer, run: Path) -> None:

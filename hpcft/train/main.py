@@ -85,6 +85,7 @@ def train(run: Path) -> None:
     ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
     args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)
     resume = checkpoint.resume_point(spec, run, args.world_size, args.process_index == 0)
+    args = checkpoint.universal_if_resized(spec, resume, args, ds_config)  # ZeRO shards of another world size
     if checkpoint.reached_max_steps(spec, resume):
         checkpoint.finish_from(run, resume, args.process_index == 0)  # a run resumed at its end: no step more
         return

@@ -1,0 +1,67 @@
+"""``hpcft resume --nodes M`` on another world size: the global batch the checkpoint was trained with is kept."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import pytest
+
+from hpcft.errors import RunError
+from hpcft.plan.resume import plan_resume
+from tests import fuzzing as F
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run of 1 node × 2 ranks, train.batch_size 1 (global batch 2), with a checkpoint of 2 ranks."""
+    F.make_workdir(tmp_path)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return F.make_run(tmp_path, name="resize")
+    finally:
+        os.chdir(cwd)
+
+
+def plan(run, *overrides, nodes=None):
+    rp = plan_resume(run, overrides=("train.max_steps=8", *overrides), flags={"resources.nodes": nodes},
+                     python="python3", now=datetime(2026, 12, 1))  # fmt: skip
+    return rp.plan.spec.train, rp.notes
+
+
+def test_fewer_ranks_accumulate_more(run):
+    train, notes = plan(run, "train.batch_size=4", "resources.gpus_per_node=1")
+    assert (train.batch_size, train.grad_accum) == (4, 1)  # the batch the user set is taken as it is
+    assert "global batch is now 4 (was 2)" in notes[0]
+
+
+def test_batch_kept_across_sizes(run):
+    train, notes = plan(run, "resources.gpus_per_node=1")  # 2 ranks × 1 → 1 rank: accumulate 2
+    assert (train.batch_size, train.grad_accum) == (1, 2)
+    assert notes == ("2 → 1 ranks: train.grad_accum 1 → 2 keeps the global batch at 2",)
+    train, notes = plan(run)  # the same world size: nothing changes, nothing said
+    assert (train.batch_size, train.grad_accum, notes) == (1, 1, ())
+
+
+def test_a_batch_the_new_ranks_cannot_share_is_refused(run):
+    with pytest.raises(RunError, match=r"global batch of 2 \(2 ranks\), which 4 ranks cannot share evenly"):
+        plan(run, nodes=2)
+
+
+def test_more_ranks_take_smaller_micro_batches(tmp_path, monkeypatch):
+    from hpcft.plan.resume import _keep_global_batch
+    from hpcft.rundir.checkpoints import CheckpointInfo
+    from hpcft.spec.io import build_spec
+
+    data = F.base_job()
+    F.make_workdir(tmp_path)
+    data["train"].update(batch_size=4, grad_accum=3, zero=3)
+    monkeypatch.chdir(tmp_path)
+    old = build_spec(data)
+    data["resources"]["nodes"] = 4  # 2 → 8 ranks; the global batch 4 × 3 × 2 = 24 is 3 per rank
+    notes: list[str] = []
+    new = _keep_global_batch(old, build_spec(data), CheckpointInfo(tmp_path, 10, 2, 3), (), notes)
+    assert (new.train.batch_size, new.train.grad_accum) == (3, 1)
+    assert "train.batch_size 4 → 3, train.grad_accum 3 → 1 keeps the global batch at 24" in notes[0]
+    assert "universal checkpoint" in notes[0]
