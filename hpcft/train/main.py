@@ -113,11 +113,19 @@ def train(run: Path) -> None:
         patch_if_nvme(trainer)  # DeepSpeed's NVMe-offload load is inexact without it (see that module)
     trainer.train(resume_from_checkpoint=resume)
     log.info("peak host memory of this rank: %d MiB (VmHWM)", peak_rss_bytes() // 2**20)
+    _log_gpu_memory()
     if preempt.preempted:
         if trainer.is_world_process_zero():
             preemption.mark_requeue(run, trainer.state.global_step)
         return
     checkpoint.finish(trainer, run)
+
+
+def _log_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        log.info("peak GPU memory of this rank: %d MiB allocated", torch.cuda.max_memory_allocated() // 2**20)
 
 
 def peak_rss_bytes() -> int:
