@@ -27,7 +27,7 @@ def test_gpu_check_cpu_smoke(ds_ops, tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     rows = {r["case"]: r for r in report["rows"]}
     assert set(rows) == {"sft", "zero3-nvme", "lora", "qlora", "fsdp", "plain"}
-    assert {c: r["status"] for c, r in rows.items() if c in ("qlora", "fsdp")} == {"qlora": "skipped", "fsdp": "skipped"}
+    assert rows["qlora"]["status"] == rows["fsdp"]["status"] == "skipped"  # CUDA only
     for case in ("sft", "zero3-nvme", "lora", "plain"):
         assert rows[case]["status"] == "ok" and rows[case]["tokens_per_s"] > 0 and rows[case]["step_s"] > 0, rows[case]
     assert rows["zero3-nvme"]["detail"].split()[0] != "0", rows["zero3-nvme"]  # DeepSpeed really swapped to disk
