@@ -33,9 +33,14 @@ ONE_MACHINE_NOTE = ("every node of {sizes} ran on one machine (the same kernel b
 
 def bench_overrides(steps: int, name: str, nodes: int) -> tuple[str, ...]:
     """The ``-o`` overrides that make a job a benchmark point: ``steps`` steps, a step record each, no
-    checkpoint during the run, and a name that says its size."""
-    return (f"train.max_steps={steps}", "train.logging_steps=1", f"train.save_steps={steps + 1}",
-            f"run.name={name}-scale-{nodes}n")  # fmt: skip
+    evaluation, checkpoint or final model, and a name that says its size."""
+    return (
+        f"train.max_steps={steps}",
+        "train.logging_steps=1",
+        "train.save=false",
+        "train.eval_steps=null",
+        f"run.name={name}-scale-{nodes}n",
+    )
 
 
 @dataclass(frozen=True)

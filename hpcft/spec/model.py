@@ -160,6 +160,7 @@ class TrainSpec:
     seq_len: int = _opt(512, min=8)
     packing: bool = _opt(False, help="pack samples into rows of seq_len tokens; attention stays inside each sample")
     save_steps: int = _opt(100, min=1)
+    save: bool = _opt(True, help="false: no checkpoint and no final model (benchmarks: hpcft bench scale)")
     save_total_limit: int | None = _opt(None, min=1)
     eval_steps: int | None = _opt(None, min=1)
     logging_steps: int = _opt(1, min=1)

@@ -51,7 +51,7 @@ def training_arguments(spec: JobSpec, output_dir: str, ds_config: dict[str, Any]
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        save_strategy="steps",
+        save_strategy="steps" if t.save else "no",  # "steps" also saves at the last step
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if (t.eval_steps and t.data.eval) else "no",

@@ -122,8 +122,10 @@ def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
 
 
 def finish(trainer, run: Path) -> None:
-    """Save the final model to ``RUN/model`` and mark the run ``FINISHED`` (rank 0 writes the marker)."""
-    trainer.save_model(str(run / MODEL_DIR))
+    """Save the final model to ``RUN/model`` (unless ``train.save`` is off) and mark the run ``FINISHED``
+    (rank 0 writes the marker)."""
+    if store.load_run_spec(run).train.save:
+        trainer.save_model(str(run / MODEL_DIR))
     if trainer.is_world_process_zero():
         store.write_atomic(run / FINISHED_FILE, f"{trainer.state.global_step}\n")
         log.info("finished at step %d", trainer.state.global_step)
