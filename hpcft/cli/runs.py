@@ -129,6 +129,30 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
         click.echo(f"no runs under {base}")
         return
     _console().print(monitor.status_table(rows))
+    if isinstance(ref, str):
+        for link in rows[0].trackers:
+            click.echo(f"  curves: {link}")
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@_handle_errors
+def sync(run: str, runs_dir: str | None) -> None:
+    """Upload RUN's offline W&B segments (train.report_to: [wandb]) from a machine with internet.
+
+    Compute nodes write W&B offline into RUN/wandb; every segment (one per start) belongs to one W&B run,
+    so the uploaded curve continues across requeues and resumes. Needs `wandb` here and a login
+    (WANDB_API_KEY or `wandb login`). TensorBoard files (RUN/tb) and an MLflow file store (RUN/mlruns)
+    need no upload: point `tensorboard --logdir` / `mlflow ui` at them.
+    """
+    from hpcft.ops import sync as sync_mod
+    from hpcft.rundir import store
+
+    path = store.find_run(run, _runs_dir(runs_dir))
+    segments = sync_mod.offline_segments(path)
+    click.echo(f"uploading {len(segments)} offline W&B segment(s) of {path.name}")
+    sys.exit(sync_mod.upload(segments))
 
 
 def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:

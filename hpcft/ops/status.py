@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from hpcft.backends.base import uses_slurm
 from hpcft.errors import HpcftError
 from hpcft.rundir import layout, store
 from hpcft.slurm import client
+from hpcft.spec import trackers
 
 ETA_WINDOW = 20  # step records used for the current speed
 
@@ -46,6 +47,7 @@ class RunStatus:
     eval_loss: float | None = None
     eta_s: float | None = None
     restarts: int = 0
+    trackers: list[str] = field(default_factory=list)  # where the curves are (train.report_to)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -102,7 +104,8 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
     oom = _oom(state, job)
     metrics = store.read_progress(path)  # events + the log's tail: a refresh costs the same at any length
     progress = summarize_metrics(metrics)
-    ckpt = _checkpoint(path)
+    train = store.raw_train_spec(path)
+    ckpt = _checkpoint(path, train)
     running = sched == "RUNNING"
     return RunStatus(
         run=path.name,
@@ -124,7 +127,16 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         eval_loss=progress["eval_loss"],
         eta_s=estimate_eta(metrics, progress["total_steps"]) if running else None,
         restarts=count_restarts(state, metrics),
+        trackers=_trackers(path, train),
     )
+
+
+def _trackers(path: Path, train: dict[str, Any]) -> list[str]:
+    names = train.get("report_to")
+    uri = train.get("mlflow_uri")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return []
+    return trackers.tracker_links(names, path, mlflow_uri=uri if isinstance(uri, str) else None)
 
 
 def _scheduler_view(
@@ -147,9 +159,9 @@ def _oom(state: dict[str, Any], job: dict[str, Any] | None) -> str | None:
     return events[-1]["oom"] if events else None
 
 
-def _checkpoint(path: Path) -> str | None:
+def _checkpoint(path: Path, train: dict[str, Any]) -> str | None:
     """Name of the newest complete checkpoint (in ``train.output`` when the spec sets one)."""
-    ckpt = store.latest_checkpoint(path, store.run_output(path))
+    ckpt = store.latest_checkpoint(path, store.run_output(path, train))
     return ckpt.name if ckpt else None
 
 

@@ -185,6 +185,9 @@ class TrainSpec:
     log_on_each_node: bool = _opt(False, help="log_level for local rank 0 of every node, not only global rank 0")
     lora: LoraSpec = field(default_factory=LoraSpec)
     moe: MoESpec = field(default_factory=MoESpec)
+    report_to: tuple[str, ...] = _opt((), help="experiment trackers: tensorboard, wandb, mlflow (see spec.trackers)")
+    wandb_project: str | None = _opt(None, help="W&B project (default: run.name); offline unless WANDB_MODE is set")
+    mlflow_uri: str | None = _opt(None, help="MLflow tracking URI (default: a file store RUN/mlruns)")
 
     @property
     def uses_deepspeed(self) -> bool:

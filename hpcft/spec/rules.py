@@ -11,6 +11,7 @@ import re
 from hpcft.launchers.command import check_command
 from hpcft.spec.model import JobSpec, TrainSpec, offload_devices, slurm_minutes
 from hpcft.spec.secrets import secret_problems
+from hpcft.spec.trackers import TRACKERS
 
 _PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -25,6 +26,8 @@ def check_spec(spec: JobSpec) -> list[str]:
     if not launch.command and not train.data.train:
         problems.append("train.data.train: required (a jsonl file of training samples)")
     problems += check_command(launch.command, zero=train.uses_deepspeed, launcher=launch.launcher)
+    problems += [f"train.report_to: {name!r} is not one of {', '.join(TRACKERS)}" for name in train.report_to
+                 if name not in TRACKERS]  # fmt: skip
     if launch.launcher == "none" and not launch.command:
         problems.append("launch.launcher: none runs your own command once per node; give one after `--` "
                         "(HINT: for hpcft's trainer choose torchrun, deepspeed or accelerate)")  # fmt: skip

@@ -60,7 +60,7 @@ def training_arguments(spec: JobSpec, output_dir: str, ds_config: dict[str, Any]
         seed=t.seed,
         ddp_find_unused_parameters=False,
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
+        report_to=list(t.report_to) or "none",  # the trackers' variables: hpcft.train.tracking
         disable_tqdm=True,
         dataloader_num_workers=0,
         deepspeed=ds_config,

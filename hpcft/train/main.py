@@ -77,11 +77,12 @@ def train(run: Path) -> None:
     """Run the recipe of ``RUN/spec.yaml`` to the end."""
     from transformers import Trainer
 
-    from hpcft.train import checkpoint, data, model, preemption
+    from hpcft.train import checkpoint, data, model, preemption, tracking
     from hpcft.train.args import deepspeed_setup, training_arguments
     from hpcft.train.metrics import make_metrics_callback
 
     spec = store.load_run_spec(run)
+    tracking.setup_env(spec, run)  # before the Trainer: its tracker integrations read the variables
     ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
     args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)
     resume = checkpoint.resume_point(spec, run, args.world_size, args.process_index == 0)
@@ -98,7 +99,7 @@ def train(run: Path) -> None:
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         data_collator=data.make_collator(tokenizer, spec.train.packing),
-        callbacks=[make_metrics_callback(run)],
+        callbacks=[c for c in (make_metrics_callback(run), tracking.make_tracker_callback(spec, run)) if c],
     )
     world = trainer.args.world_size
     log.info("distributed: %s over %d ranks (deepspeed %s, fsdp %s)", trainer.accelerator.distributed_type,
