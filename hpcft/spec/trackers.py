@@ -7,7 +7,8 @@ Compute nodes often have no internet, so nothing here needs it:
 - **wandb**: offline by default (``WANDB_MODE=offline`` unless the job's environment sets it), files in
   ``RUN/wandb``; ``hpcft sync RUN`` uploads them from a login node. The W&B run id is the run
   directory's name with ``WANDB_RESUME=allow``, so every requeue and resume continues one run.
-- **mlflow**: a file store ``RUN/mlruns`` unless ``train.mlflow_uri`` names a tracking server; the run id
+- **mlflow**: a file store ``RUN/mlruns`` (no database to run; MLflow 3 wants ``MLFLOW_ALLOW_FILE_STORE``
+  for it) unless ``train.mlflow_uri`` names a tracking server or database; the run id
   the first start creates is kept in ``RUN/.mlflow-run-id`` and given back as ``MLFLOW_RUN_ID`` later.
 
 Variables the user set in the job's environment win over these defaults.
@@ -43,6 +44,8 @@ def tracker_env(report_to: Sequence[str], run: Path, name: str, *, wandb_project
     if "mlflow" in report_to:
         env.update(MLFLOW_TRACKING_URI=mlflow_uri or (run / MLFLOW_DIR).as_uri(), MLFLOW_EXPERIMENT_NAME=name,
                    MLFLOW_RUN_NAME=run.name)  # fmt: skip
+        if not mlflow_uri:  # MLflow 3 refuses its file store unless asked (it is "in maintenance mode")
+            env["MLFLOW_ALLOW_FILE_STORE"] = "true"
         if mlflow_run_id:
             env["MLFLOW_RUN_ID"] = mlflow_run_id
     return env

@@ -1,5 +1,6 @@
 """Trackers (train.report_to) through the HF Trainer's own integrations, no service: TensorBoard event files read
-back with TensorBoard's reader, W&B offline files parsed back; one curve across a resume; `hpcft sync`."""
+back with TensorBoard's reader, W&B offline files parsed back, MLflow's file store read with its client; one
+curve across a resume; `hpcft sync`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.conftest import hpcft
 pytestmark = pytest.mark.train
 
 
-def test_tensorboard_and_wandb_offline_continue_one_curve_across_a_resume(demo_dir, runs_dir, tmp_path):
+def test_tensorboard_wandb_and_mlflow_continue_one_curve_across_a_resume(demo_dir, runs_dir, tmp_path):
     hpcft(
         "submit",
         str(demo_dir / "job.yaml"),
@@ -25,7 +26,7 @@ def test_tensorboard_and_wandb_offline_continue_one_curve_across_a_resume(demo_d
         "--runs-dir",
         str(runs_dir),
         "-o",
-        "train.report_to=[tensorboard, wandb]",
+        "train.report_to=[tensorboard, wandb, mlflow]",
         "-o",
         "train.max_steps=10",
         "-o",
@@ -55,11 +56,22 @@ def test_tensorboard_and_wandb_offline_continue_one_curve_across_a_resume(demo_d
     assert [r["train/global_step"] for r in rows] == list(range(1, 21))
     assert [r["train/loss"] for r in rows] == pytest.approx([logged[s] for s in range(1, 21)], rel=1e-6)
 
+    # MLflow, read with its own client: one run (its id kept in the run directory) holds all 20 steps.
+    from mlflow.tracking import MlflowClient
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "demo"]
+    (ml_run,) = client.search_runs([experiment.experiment_id])
+    assert ml_run.info.run_id == (run / ".mlflow-run-id").read_text().strip()
+    history = sorted(client.get_metric_history(ml_run.info.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, 21))
+    assert [m.value for m in history] == pytest.approx([logged[s] for s in range(1, 21)], rel=1e-6)
+
     st = json.loads(hpcft("status", run.name, "--runs-dir", str(runs_dir), "--json").stdout)
-    assert st["trackers"] == [
-        f"tensorboard --logdir {run / 'tb'}",
-        f"wandb run {run.name}: 2 offline segment(s), upload with `hpcft sync {run.name}`",
-    ]
+    assert st["trackers"] == [f"tensorboard --logdir {run / 'tb'}",
+                              f"wandb run {run.name}: 2 offline segment(s), upload with `hpcft sync {run.name}`",
+                              f"mlflow ui --backend-store-uri {(run / 'mlruns').as_uri()}"]  # fmt: skip
 
     # `hpcft sync` hands both segments to W&B's own `wandb sync` (a stand-in on PATH records what it got:
     # the real upload needs the service).
