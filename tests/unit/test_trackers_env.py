@@ -1,0 +1,39 @@
+"""What the HF tracker integrations are told (hpcft.spec.trackers), and that the job's own variables win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpcft.spec import trackers
+
+RUN = Path("/shared/runs/sft-20261201-101500")
+
+
+def test_defaults_are_offline_and_in_the_run_directory():
+    env = trackers.tracker_env(["tensorboard", "wandb", "mlflow"], RUN, "sft")
+    assert env == {
+        "TENSORBOARD_LOGGING_DIR": "/shared/runs/sft-20261201-101500/tb",
+        "WANDB_MODE": "offline", "WANDB_DIR": str(RUN), "WANDB_PROJECT": "sft",
+        "WANDB_RUN_ID": "sft-20261201-101500", "WANDB_RESUME": "allow", "WANDB_NAME": RUN.name,
+        "MLFLOW_TRACKING_URI": "file:///shared/runs/sft-20261201-101500/mlruns", "MLFLOW_EXPERIMENT_NAME": "sft",
+        "MLFLOW_RUN_NAME": RUN.name, "MLFLOW_ALLOW_FILE_STORE": "true",
+    }  # fmt: skip
+    assert trackers.tracker_env([], RUN, "sft") == {}
+
+
+def test_a_tracking_server_and_a_kept_mlflow_run():
+    env = trackers.tracker_env(["mlflow"], RUN, "sft", mlflow_uri="http://mlflow:5000", mlflow_run_id="abc123")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_RUN_ID"] == "abc123"
+    assert "MLFLOW_ALLOW_FILE_STORE" not in env
+
+
+def test_the_jobs_own_variables_win_and_empty_counts_as_unset():
+    environ = {"WANDB_MODE": "online", "WANDB_PROJECT": ""}
+    added = trackers.apply(trackers.tracker_env(["wandb"], RUN, "sft"), environ)
+    assert environ["WANDB_MODE"] == "online" and "WANDB_MODE" not in added
+    assert environ["WANDB_PROJECT"] == "sft"
+
+
+def test_wandb_run_ids_use_only_the_characters_wandb_accepts():
+    assert trackers.wandb_run_id(Path("/r/my.run+x-20261201")) == "my-run-x-20261201"
+    assert len(trackers.wandb_run_id(Path("/r/" + "a" * 100))) == 64
