@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 def submit(plan: Plan) -> tuple[Path, str]:
     """Write a new run directory and start the job; if starting fails, the directory is removed."""
     run = store.write_run_dir(plan)
+    return run, start_in(plan, run)
+
+
+def start_in(plan: Plan, run: Path) -> str:
+    """Start the job of the just written ``run``; if starting fails, the directory is removed."""
     try:
-        return run, base.get(plan.backend).load().start(plan, run)
+        return base.get(plan.backend).load().start(plan, run)
     except MaybeSubmittedError as e:
         # A job may be running from this directory: removing it would pull the files from under it.
         raise RunError(f"{e.message}\nThe run directory {run} is kept for it.", hint=e.hint) from None

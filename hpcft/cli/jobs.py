@@ -143,8 +143,16 @@ def _print_plan(p) -> None:
 @click.option("--dry-run", is_flag=True, help="print the plan and stop (same as `hpcft plan`)")
 @click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
 @click.option("--no-submit", is_flag=True, help="write the run directory and job.sbatch; you sbatch it yourself")
+@click.option(
+    "--prepare",
+    "prepare_data",
+    is_flag=True,
+    help="tokenize the data in a CPU job first; training starts after it succeeded (afterok)",
+)
+@click.option("--prepare-partition", metavar="PARTITION", help="--prepare: the CPU job's partition")
 @_handle_errors
-def submit(dry_run: bool, wait: bool, no_submit: bool, **kwargs) -> None:
+def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepare_partition: str | None,
+           **kwargs) -> None:  # fmt: skip
     """Submit a fine-tuning job described by JOB_FILE.
 
     \b
@@ -177,7 +185,14 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, **kwargs) -> None:
         click.echo(f"  sbatch {run / 'job.sbatch'}")
         click.echo(f"  then:  hpcft status {run.name}   |   hpcft logs {run.name} -f")
         return
-    run, job_id = backends.submit(p)
+    if prepare_data:
+        from hpcft.backends import prepare
+        from hpcft.plan.prepare import PrepareOptions
+
+        run, prep, job_id = prepare.submit_with_training(p, PrepareOptions(partition=prepare_partition))
+        click.echo(f"submitted data preparation of {run.name} as job {prep}; training waits for it (afterok)")
+    else:
+        run, job_id = backends.submit(p)
     click.echo(f"submitted {run.name} as job {job_id} ({p.backend})")
     click.echo(f"  run dir: {run}")
     click.echo(f"  watch:   hpcft status {run.name}   |   hpcft logs {run.name} -f")
@@ -210,6 +225,32 @@ def _wait(run: Path) -> int:
         click.echo(f"  neither squeue nor sacct knows job {final.job_id} any more: no accounting on this cluster? "
                    f"The run's files tell the rest: hpcft logs {run.name}", err=True)  # fmt: skip
     return 0 if ok else 1
+
+
+@main.command("prepare")
+@job_options
+@click.option("--cpus", type=click.IntRange(min=1), default=8, show_default=True, help="CPUs of the prepare job")
+@click.option("--prepare-time", "prep_time", default="2:00:00", show_default=True, help="its time limit")
+@click.option("--mem", help="its memory, sbatch format (e.g. 32G)")
+@_handle_errors
+def prepare_cmd(cpus: int, prep_time: str, mem: str | None, **kwargs) -> None:
+    """Tokenize and pack JOB_FILE's data into the shared cache in a CPU job of its own.
+
+    
+    A later `hpcft submit JOB_FILE` finds the cache ready and its ranks skip the step, instead of
+    tokenizing inside the GPU job while every other rank waits. --partition picks the CPU partition:
+      hpcft prepare job.yaml --partition cpu --cpus 32
+      hpcft submit job.yaml --nodes 8 --prepare --prepare-partition cpu   # the same, then training (afterok)
+    """
+    from hpcft.backends import prepare
+    from hpcft.plan.prepare import PrepareOptions
+
+    if kwargs.get("backend") is None:
+        kwargs["backend"] = "sbatch"
+    p = _load_plan(**kwargs)
+    where, job_id = prepare.submit_alone(p, PrepareOptions(partition=p.spec.resources.partition, cpus=cpus,
+                                                           time=prep_time, mem=mem))  # fmt: skip
+    click.echo(f"submitted data preparation as job {job_id}; log: {where / 'logs' / f'prepare-{job_id}.out'}")
 
 
 @main.command(hidden=True)
