@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hpcft.backends.base import Prepared
 from hpcft.launchers.base import shape_of
+from hpcft.plan import container
 from hpcft.rundir import store
 from hpcft.rundir.layout import LOGS_DIR, SCRIPT_FILE
 from hpcft.slurm import client, script
@@ -47,6 +48,9 @@ def render_script(
     """The batch script for ``spec``, in the shape of its launcher (see ``hpcft.launchers.base.SHAPES``)."""
     shape = shape_of(spec.launch.launcher)
     tasks = 1 if shape == "per_node" else (spec.resources.gpus_per_node or 1)
+    srun_options: tuple[str, ...] = ()
+    if container.uses_container(spec):  # the srun task runs hpcft node inside the image
+        srun_options, node_argv = container.wrap(spec, run)
     flags = script.format_sbatch_options(
         spec.resources,
         job_name=spec.run.name,
@@ -67,8 +71,9 @@ def render_script(
         tasks_per_node=tasks,
         description=DESCRIPTIONS[shape],
         requeue=spec.run.requeue,
-        after_argv=[node_argv[0], "-m", "hpcft", "after-job", run],
-        begin_argv=[node_argv[0], "-m", "hpcft", "begin-job", run],
+        after_argv=[spec.launch.python, "-m", "hpcft", "after-job", run],
+        begin_argv=[spec.launch.python, "-m", "hpcft", "begin-job", run],
+        srun_options=srun_options,
     )
     return script.render_sbatch(ctx)
 

@@ -62,7 +62,7 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     network = None
     if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
-    python = spec.launch.python or sys.executable
+    python = node_python(spec)
     env = with_python_bin(env, python)
     check_command(spec, env, host)
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
@@ -198,7 +198,7 @@ def with_ops(run: Path, spec: JobSpec, env: dict[str, str]) -> dict[str, str]:
     if cluster.node_rank == 0 and cluster.local_id == 0:
         print(f"hpcft node {node_name(env)}: building DeepSpeed ops {', '.join(todo)} into {directory} "
               "(once per DeepSpeed/torch version; prebuild with `hpcft ops build`)", flush=True)  # fmt: skip
-        ops.build(directory, todo, spec.launch.python or sys.executable)
+        ops.build(directory, todo, node_python(spec))
     else:
         print(f"hpcft node {node_name(env)}: waiting for the first node to build {', '.join(todo)}", flush=True)
         ops.wait_for(directory, todo)
@@ -282,3 +282,8 @@ def should_rerun(run: Path, rc: int, signalled: bool) -> bool:
     FATAL: the same error again; FINISHED: nothing left; PREEMPT/REQUEUE: the job is ending anyway.
     """
     return rc != 0 and not signalled and not any((run / marker).exists() for marker in STOP_MARKERS)
+
+
+def node_python(spec: JobSpec) -> str:
+    """The ranks' python: ``launch.python``; in a container the image's, which runs this agent."""
+    return sys.executable if spec.launch.container.runtime != "none" else (spec.launch.python or sys.executable)

@@ -87,7 +87,8 @@ def make_plan(
     prepared = backends.get(spec.launch.backend).load().prepare(spec, run, node_argv, lead)
     files.update(prepared.files)
     cluster = prepared.preview_cluster
-    ctx = LaunchContext(spec, cluster, run, spec.launch.python, cluster.master_host)
+    inside = spec.launch.container.python if spec.launch.container.runtime != "none" else spec.launch.python
+    ctx = LaunchContext(spec, cluster, run, inside, cluster.master_host)
     rdzv = {
         "nodes": str(spec.resources.nodes),
         "processes per node": str(ctx.procs_per_node),

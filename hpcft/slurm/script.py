@@ -41,6 +41,7 @@ class ScriptContext:
     sbatch_lines: tuple[str, ...]
     setup: tuple[str, ...]
     node_cmd: str
+    srun_opts: str  # extra srun options (pyxis' --container-*), shell-quoted, each with a leading space
     nodes: int
     tasks_per_node: int
     description: str
@@ -134,6 +135,7 @@ def make_context(
     requeue: bool,
     after_argv: Sequence[str],
     begin_argv: Sequence[str],
+    srun_options: Sequence[str] = (),
 ) -> ScriptContext:
     """Build the context for ``template`` from unformatted values."""
     return ScriptContext(
@@ -145,6 +147,7 @@ def make_context(
         sbatch_lines=sbatch_lines(flags),
         setup=tuple(setup),
         node_cmd=shell_join(node_argv),
+        srun_opts="".join(" " + shlex.quote(o) for o in srun_options),
         nodes=nodes,
         tasks_per_node=tasks_per_node,
         description="\n".join(f"# {line}" for line in description.splitlines()),

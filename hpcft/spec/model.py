@@ -73,6 +73,18 @@ class ResourceSpec:
 
 
 @dataclass(frozen=True)
+class ContainerSpec:
+    """Run every node's processes in a container image (``hpcft.plan.container``)."""
+
+    runtime: Literal["none", "apptainer", "pyxis"] = _opt(
+        "none", help="apptainer: `apptainer exec --nv IMAGE …`; pyxis: srun --container-image (enroot)"
+    )
+    image: str | None = _opt(None, help="apptainer: a .sif file or docker:// URI; pyxis: e.g. nvcr.io#nvidia/pytorch")
+    mounts: tuple[str, ...] = _opt((), help="SRC[:DST] absolute paths to mount besides the runs directory")
+    python: str = _opt("python3", help="python inside the image (hpcft must be installed there)")
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """How the job reaches the nodes and starts its processes."""
 
@@ -95,6 +107,7 @@ class LaunchSpec:
         help="your own trainer instead of hpcft's: a .py file, -m module or a program, with its arguments (placeholders"
         " {run_dir} {ds_config} {accelerate_config} {output_dir} {resume_checkpoint} {node_rank} {nnodes})",
     )
+    container: ContainerSpec = field(default_factory=ContainerSpec)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from hpcft.launchers.base import shape_of
 from hpcft.launchers.command import check_command
 from hpcft.spec.model import JobSpec, TrainSpec, offload_devices, slurm_minutes
 from hpcft.spec.secrets import secret_problems
@@ -28,6 +29,7 @@ def check_spec(spec: JobSpec) -> list[str]:
     problems += check_command(launch.command, zero=train.uses_deepspeed, launcher=launch.launcher)
     problems += [f"train.report_to: {name!r} is not one of {', '.join(TRACKERS)}" for name in train.report_to
                  if name not in TRACKERS]  # fmt: skip
+    problems += _container_problems(spec, head_node=shape_of(launch.launcher) == "head_node")
     if launch.launcher == "none" and not launch.command:
         problems.append("launch.launcher: none runs your own command once per node; give one after `--` "
                         "(HINT: for hpcft's trainer choose torchrun, deepspeed or accelerate)")  # fmt: skip
@@ -144,4 +146,28 @@ def check_zero(train: TrainSpec) -> list[str]:
             "train.offload.nvme_path: required with NVMe offload (HINT: a directory on each node's local NVMe disk, "
             "e.g. -o train.offload.nvme_path=/local/nvme; not the shared filesystem)"
         )
+    return problems
+
+
+def _container_problems(spec: JobSpec, head_node: bool) -> list[str]:
+    """What is wrong with ``launch.container`` (empty when fine)."""
+    c = spec.launch.container
+    if c.runtime == "none":
+        return []
+    problems = []
+    if not c.image:
+        problems.append(f"launch.container.image: required with runtime {c.runtime}")
+    elif c.runtime == "pyxis" and "," in c.image:
+        problems.append(f"launch.container.image: may not contain ',' under pyxis, got {c.image!r}")
+    for m in c.mounts:
+        parts = m.split(":")
+        if "," in m or not 1 <= len(parts) <= 3 or not all(p.startswith("/") for p in parts[:2]):
+            problems.append(f"launch.container.mounts: {m!r} is not SRC[:DST[:OPTIONS]] with absolute paths "
+                            "and no ','")  # fmt: skip
+    if head_node:
+        problems.append(f"launch.container: the {spec.launch.launcher} launcher starts the other nodes' processes "
+                        "over ssh, outside the container (HINT: torchrun, deepspeed, accelerate or srun)")  # fmt: skip
+    if spec.launch.backend not in ("sbatch", "auto"):
+        problems.append(f"launch.container: runs through srun in the batch script; backend {spec.launch.backend} "
+                        "has none (HINT: --backend sbatch)")  # fmt: skip
     return problems

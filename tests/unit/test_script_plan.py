@@ -48,6 +48,27 @@ CASES = {
         launch={"setup": ["module load cuda/12.4", "source /opt/env.sh"]},
     ),
     "hostile_names.sbatch": dict(run={"name": HOSTILE, "runs_dir": f"/shared/{HOSTILE}"}, resources={"nodes": 2}),
+    "container_apptainer.sbatch": dict(
+        resources={"nodes": 2, "gpus_per_node": 8},
+        launch={
+            "container": {
+                "runtime": "apptainer",
+                "image": "/images/train 1.sif",
+                "mounts": ["/data", "/scratch:/mnt/scratch"],
+            }
+        },
+    ),
+    "container_pyxis.sbatch": dict(
+        resources={"nodes": 2, "gpus_per_node": 8},
+        launch={
+            "launcher": "srun",
+            "container": {
+                "runtime": "pyxis",
+                "image": "nvcr.io#nvidia/pytorch:24.05-py3",
+                "mounts": ["/data:/data:ro"],
+            },
+        },
+    ),
 }
 
 
