@@ -127,9 +127,9 @@ def live_job(run: Path) -> str | None:
 def cancel(run: Path) -> str:
     """Cancel the newest job of a run and mark the run cancelled; return the job id."""
     state = store.read_state(run)
-    if not state["jobs"]:
+    job = store.newest_job(state)
+    if job is None:
         raise RunError(f"{run.name} has no job to cancel")
-    job = state["jobs"][-1]
     # Marked first, so an after-job woken by the cancel does not requeue; put back as it was if cancelling fails.
     with as_it_was(run, [STATE_FILE]):
         store.update_state(run, lambda s: s.update(cancelled=True))

@@ -129,6 +129,8 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
         click.echo(f"no runs under {base}")
         return
     _console().print(monitor.status_table(rows))
+    for line in monitor.sweep_summaries(rows):
+        click.echo(line)
     if isinstance(ref, str):
         for link in rows[0].trackers:
             click.echo(f"  curves: {link}")

@@ -18,6 +18,7 @@ from hpcft.plan.requeue import Decision, decide
 from hpcft.rundir import store
 from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE
 from hpcft.slurm import client
+from hpcft.slurm.env import slurm_job_id
 
 
 def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
@@ -28,7 +29,7 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     spec = store.load_run_spec(run)
     state = store.read_state(run)
     fatal = run / FATAL_FILE
-    job_id = os.environ.get("SLURM_JOB_ID", "")
+    job_id = slurm_job_id(os.environ)
     oom = out_of_memory(job_id, os.environ) if rc != 0 and job_id else None
     saved = (run / REQUEUE_FILE).exists()
     preempted = saved and (run / PREEMPT_FILE).is_file() and (run / PREEMPT_FILE).read_text().strip() == "SIGTERM"

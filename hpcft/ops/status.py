@@ -48,6 +48,8 @@ class RunStatus:
     eta_s: float | None = None
     restarts: int = 0
     trackers: list[str] = field(default_factory=list)  # where the curves are (train.report_to)
+    sweep: str = ""  # the sweep (job array) this run is a point of
+    sweep_values: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -78,7 +80,7 @@ def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
         except HpcftError as e:
             states[p] = e
     slurm_ids = [j["id"] for s in states.values() if isinstance(s, dict) and uses_slurm(s["backend"])
-                 for j in s["jobs"]]  # fmt: skip
+                 for j in (s["jobs"] or [store.newest_job(s)]) if j]  # fmt: skip
     slurm = client.query_jobs(slurm_ids) if slurm_ids else {}
     rows = []
     for p, state in states.items():
@@ -99,7 +101,7 @@ def damaged_row(path: Path, error: HpcftError) -> RunStatus:
 
 def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -> RunStatus:
     jobs = state["jobs"]
-    job = jobs[-1] if jobs else None
+    job = store.newest_job(state)
     sched, nodes, elapsed, where = _scheduler_view(job, state, slurm)
     oom = _oom(state, job)
     metrics = store.read_progress(path)  # events + the log's tail: a refresh costs the same at any length
@@ -113,7 +115,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         backend=state["backend"],
         state="OUT_OF_MEMORY" if oom and sched in client.ENDED else sched,
         job_id=job["id"] if job else "",
-        job_ids=[j["id"] for j in jobs],
+        job_ids=[j["id"] for j in jobs] or ([job["id"]] if job else []),
         nodes=nodes,
         elapsed=elapsed,
         step=progress["step"],
@@ -128,6 +130,8 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         eta_s=estimate_eta(metrics, progress["total_steps"]) if running else None,
         restarts=count_restarts(state, metrics),
         trackers=_trackers(path, train),
+        sweep=state.get("sweep") if isinstance(state.get("sweep"), str) else "",
+        sweep_values=state.get("sweep_values") if isinstance(state.get("sweep_values"), dict) else {},
     )
 
 
@@ -276,6 +280,22 @@ def status_table(rows: Sequence[RunStatus]):
             str(r.restarts),
         )
     return table
+
+
+def sweep_summaries(rows: Sequence[RunStatus]) -> list[str]:
+    """One line per sweep among ``rows``: how many points ended, and the best point by eval loss."""
+    lines = []
+    for name in sorted({r.sweep for r in rows if r.sweep}):
+        points = [r for r in rows if r.sweep == name]
+        done = sum(r.ended for r in points)
+        scored = [r for r in points if r.eval_loss is not None]
+        best = min(scored, key=lambda r: r.eval_loss) if scored else None
+        line = f"sweep {name}: {len(points)} points, {done} ended"
+        if best is not None:
+            values = ", ".join(f"{k}={v}" for k, v in best.sweep_values.items())
+            line += f"; best eval loss {best.eval_loss:.4f}: {best.run} ({values})"
+        lines.append(line)
+    return lines
 
 
 # How long neither squeue nor sacct may know a job before waiting gives up on it (a cluster without

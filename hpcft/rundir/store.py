@@ -339,3 +339,10 @@ def latest_checkpoint(run: Path, output: str | None = None) -> Path | None:
     from hpcft.rundir import checkpoints
 
     return checkpoints.newest_resumable(Path(output) if output else run / CHECKPOINTS_DIR)
+
+
+def newest_job(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest job of a run: the last one recorded, or a sweep point's array task before it started."""
+    if state.get("jobs"):
+        return state["jobs"][-1]
+    return {"id": state["array_task"]} if isinstance(state.get("array_task"), str) else None

@@ -77,7 +77,7 @@ class ClusterEnv:
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> ClusterEnv:
         """Read the allocation from SLURM's variables; a single local node outside SLURM."""
-        job_id = env.get(SLURM_VARS["job_id"], "")
+        job_id = slurm_job_id(env)
         if not job_id:
             return cls.local(env)
         nodelist = env.get(SLURM_VARS["nodelist"], "")
@@ -144,9 +144,19 @@ def master_port(job_id: str, env: Mapping[str, str]) -> int:
     """``MASTER_PORT`` from the environment if set, else a pure function of the job id."""
     if env.get("MASTER_PORT"):
         return _port(env["MASTER_PORT"])
-    base_id = job_id.split("_")[0]  # array jobs: "123_4" → the array's own id
-    digits = "".join(ch for ch in base_id if ch.isdigit()) or "0"
-    return PORT_BASE + int(digits) % PORT_SPAN
+    array, _, task = job_id.partition("_")  # array tasks "123_4": 123 + 4, so that tasks differ
+    number = int("".join(ch for ch in array if ch.isdigit()) or "0") + int("".join(ch for ch in task if ch.isdigit())
+                                                                       or "0")  # fmt: skip
+    return PORT_BASE + number % PORT_SPAN
+
+
+def slurm_job_id(env: Mapping[str, str]) -> str:
+    """The job's id as squeue and sacct name it: ``ARRAY_TASK`` for a job array's task (``SLURM_JOB_ID`` is
+    then a number sacct shows under the array's name), else ``SLURM_JOB_ID``; "" outside SLURM."""
+    array, task = env.get("SLURM_ARRAY_JOB_ID", ""), env.get("SLURM_ARRAY_TASK_ID", "")
+    if array and task:
+        return f"{array}_{task}"
+    return env.get(SLURM_VARS["job_id"], "")
 
 
 # Ports the master tries when the derived one is taken (two jobs whose ids agree modulo PORT_SPAN share a

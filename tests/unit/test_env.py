@@ -61,7 +61,7 @@ def test_port_is_a_function_of_the_job_id_in_range():
     assert master_port("123", {}) != master_port("124", {})
     for job in ("1", "9999", "10000", "987654321", "77_3"):
         assert PORT_BASE <= master_port(job, {}) < PORT_BASE + 10000
-    assert master_port("77_3", {}) == master_port("77", {})  # array tasks share the array's port rule
+    assert master_port("77_3", {}) == master_port("80", {})  # array tasks: array id + task id, so they differ
 
 
 def test_master_port_env_overrides():
