@@ -51,14 +51,16 @@ def render_script(
     srun_options: tuple[str, ...] = ()
     if container.uses_container(spec):  # the srun task runs hpcft node inside the image
         srun_options, node_argv = container.wrap(spec, run)
+    chain = spec.run.restart == "chain"
     flags = script.format_sbatch_options(
         spec.resources,
-        job_name=spec.run.name,
+        job_name=PurePath(run).name if chain else spec.run.name,  # chain: --dependency=singleton goes by name
         chdir=run,
         output=script.filename_pattern(run) + f"/{LOGS_DIR}/slurm-%j.out",
         tasks_per_node=tasks,
         signal_lead=signal_lead,
         comment=f"{client.RUN_COMMENT}{run}",  # squeue %k: which run a job belongs to (hpcft status --from-squeue)
+        chain=chain,
     )
     ctx = script.make_context(
         f"{shape}.sbatch.j2",

@@ -16,7 +16,7 @@ from pathlib import Path
 from hpcft.errors import HpcftError
 from hpcft.plan.requeue import Decision, decide
 from hpcft.rundir import store
-from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE
+from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE, SCRIPT_FILE
 from hpcft.slurm import client
 from hpcft.slurm.env import slurm_job_id
 
@@ -56,10 +56,14 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     if saved:
         event["kind"] = "preemption" if preempted else "time limit"
 
+    chain = d.action == "requeue" and requeue_job and spec.run.restart == "chain"
+    if chain:
+        event["next_job"] = chain_next(run, job_id)  # before the record: a failed sbatch fails this step loudly
+
     def record(s: dict) -> None:
         s.setdefault("events", []).append(event)
         if d.action == "requeue":
-            s["restarts"] = int(s.get("restarts", 0)) + 1
+            s["restarts"] = int(s.get("restarts", 0)) + (0 if chain else 1)  # a chained job counts as a later job
             if saved:
                 s["preemptions"] = int(s.get("preemptions", 0)) + 1
             elif rc != 0:
@@ -70,9 +74,22 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     print(f"hpcft: {d.action}: {d.reason}", flush=True)
     if d.action == "requeue":
         (run / REQUEUE_FILE).unlink(missing_ok=True)
-        if requeue_job:
+        if requeue_job and not chain:
             requeue(job_id, preempted)
     return d
+
+
+def chain_next(run: Path, job_id: str) -> str:
+    """``run.restart: chain``: submit the run's next job, to start once this one has ended; its id.
+
+    ``afterany`` on this job and ``singleton`` (the job name is the run directory's): never two jobs
+    of the run at once. The new job resumes from the newest complete checkpoint like a requeued one.
+    """
+    argv = ("sbatch", "--parsable", f"--dependency=afterany:{job_id},singleton", str(run / SCRIPT_FILE))
+    next_id = client.submit(argv)
+    store.record_job(run, next_id)
+    print(f"hpcft: chain: the run continues in job {next_id} once job {job_id} has ended", flush=True)
+    return next_id
 
 
 def requeue(job_id: str, preempted: bool) -> None:

@@ -75,6 +75,7 @@ def format_sbatch_options(
     tasks_per_node: int = 1,
     signal_lead: int | None = None,
     comment: str | None = None,
+    chain: bool = False,
 ) -> list[str]:
     """The one sbatch-flag formatter: resources → sorted ``--long-option=value`` strings.
 
@@ -103,7 +104,7 @@ def format_sbatch_options(
     if res.exclusive:
         flags.append("--exclusive")
     if signal_lead:
-        flags.append("--requeue")
+        flags.append("--no-requeue" if chain else "--requeue")  # chain: the run continues in a new job instead
     return sorted(flags) + list(res.extra_sbatch)
 
 

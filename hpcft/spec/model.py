@@ -41,6 +41,9 @@ class RunSpec:
     name: str = _opt("job", help="run name; the run directory is RUNS_DIR/NAME-TIMESTAMP")
     runs_dir: str = _opt("hpcft-runs", help="directory on the shared filesystem holding runs")
     requeue: bool = _opt(True, help="sbatch: checkpoint and requeue at the time limit / on preemption")
+    restart: Literal["requeue", "chain"] = _opt(
+        "requeue", help="how the run continues: requeue the job, or (sites without requeue) chain a new dependent job"
+    )
     signal_lead: int | None = _opt(
         None, min=30, help="seconds before the time limit to ask for a checkpoint (default: from measured saves)"
     )
