@@ -3,6 +3,7 @@
 import shlex
 import subprocess
 from datetime import datetime
+from pathlib import PurePath
 
 import pytest
 
@@ -155,3 +156,10 @@ def test_the_warning_lead_fits_inside_the_time_limit(tmp_path):
     assert "#SBATCH --signal=B:USR1@30" in plan.files["job.sbatch"]
     with pytest.raises(ConfigError, match=r"run\.signal_lead: a 180 s warning for a time limit of 1"):
         build_spec({**base, "run": {"signal_lead": 180}})
+
+
+def test_chain_jobs_are_not_requeueable_and_named_by_their_run():
+    plan = make_plan(spec_of(run={"restart": "chain"}, resources={"nodes": 2}), python=PY, now=NOW)
+    script = plan.files["job.sbatch"]
+    assert "#SBATCH --no-requeue" in script and "#SBATCH --requeue" not in script
+    assert f"#SBATCH --job-name={PurePath(plan.run_dir).name}" in script  # singleton goes by the job name
