@@ -59,7 +59,7 @@ def training_arguments(spec: JobSpec, output_dir: str, ds_config: dict[str, Any]
         logging_steps=t.logging_steps,
         seed=t.seed,
         ddp_find_unused_parameters=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="no",  # its count is an all-gather + .item() per micro-batch: metrics count
         report_to=list(t.report_to) or "none",  # the trackers' variables: hpcft.train.tracking
         disable_tqdm=True,
         dataloader_num_workers=0,

@@ -92,14 +92,15 @@ def train(run: Path) -> None:
         return
     tokenizer = model.load_tokenizer(spec)
     train_ds, eval_ds = data.build_datasets(spec, run, tokenizer)
+    collator = data.make_collator(tokenizer, spec.train.packing)
     trainer = Trainer(
         model=model.load_model(spec, args),  # after args: with ZeRO-3 they turn on zero.Init
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=data.make_collator(tokenizer, spec.train.packing),
-        callbacks=[c for c in (make_metrics_callback(run), tracking.make_tracker_callback(spec, run)) if c],
+        data_collator=collator,
+        callbacks=[c for c in (make_metrics_callback(run, collator), tracking.make_tracker_callback(spec, run)) if c],
     )
     world = trainer.args.world_size
     log.info("distributed: %s over %d ranks (deepspeed %s, fsdp %s)", trainer.accelerator.distributed_type,

@@ -20,8 +20,14 @@ from pathlib import Path
 from hpcft.rundir import layout
 
 
-def make_metrics_callback(run: Path):
-    """A TrainerCallback appending step, loss, tokens/s and elapsed time to metrics.jsonl (rank 0)."""
+def make_metrics_callback(run: Path, counter=None):
+    """A TrainerCallback appending step, loss, tokens/s and elapsed time to metrics.jsonl (rank 0).
+
+    ``counter``: hpcft's collator, which counts each batch's real tokens on the CPU; tokens/s is then rank
+    0's training tokens × the world size (exact for packed rows; for unpacked rows an estimate within the
+    spread of sample lengths), with no collective and no host-device synchronisation. Without one (a
+    user's trainer), the Trainer's own ``num_input_tokens_seen`` (a gather per micro-batch) is used.
+    """
     from transformers import TrainerCallback
 
     def append(record: dict) -> None:
@@ -31,23 +37,19 @@ def make_metrics_callback(run: Path):
         def on_train_begin(self, args, state, control, **kwargs):
             self.aux = RouterAuxLoss.attach(kwargs.get("model"))
             self.t0 = self.t_last = time.time()
-            self.tokens_last = state.num_input_tokens_seen
+            self.tokens = TrainTokens(counter)
+            self.tokens_last = self.tokens.seen(args, state)
             evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]  # restored on resume
             self.last_eval = evals[-1] if evals else None
             machines = count_machines()  # every rank: one collective at the start
             if state.is_world_process_zero:
-                append(
-                    {
-                        "event": "train_begin",
-                        "max_steps": state.max_steps,
-                        "start_step": state.global_step,
-                        "world_size": args.world_size,
-                        "machines": machines,
-                        "job_id": os.environ.get("HPCFT_JOB_ID", "local"),
-                        "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")),
-                        "time": time.time(),
-                    }
-                )
+                append(begin_record(args, state, machines))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.tokens.step_ended()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.tokens.evaluated()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             aux = self.aux.take() if self.aux is not None and logs and "loss" in logs else None  # every rank
@@ -56,7 +58,7 @@ def make_metrics_callback(run: Path):
             now = time.time()
             record = {"step": state.global_step, "time": now, "elapsed": round(now - self.t0, 3)}
             if "loss" in logs:
-                tokens = state.num_input_tokens_seen
+                tokens = self.tokens.seen(args, state)
                 dt = now - self.t_last
                 record.update(
                     loss=logs["loss"],
@@ -77,6 +79,41 @@ def make_metrics_callback(run: Path):
             append(record)
 
     return MetricsCallback()
+
+
+def begin_record(args, state, machines: int) -> dict:
+    """The ``train_begin`` record of a (re)start."""
+    return {"event": "train_begin", "max_steps": state.max_steps, "start_step": state.global_step,
+            "world_size": args.world_size, "machines": machines, "job_id": os.environ.get("HPCFT_JOB_ID", "local"),
+            "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")), "time": time.time()}  # fmt: skip
+
+
+class TrainTokens:
+    """Training tokens of all ranks so far, from the collator's CPU count of rank 0's batches × the world size.
+
+    Batches built between the end of a step and the next step are evaluation batches when an evaluation
+    ran (``evaluated``): they are left out. Without a counter, the Trainer's ``num_input_tokens_seen``.
+    """
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+        self.mark = counter.tokens if counter is not None else 0
+        self.total = 0
+
+    def step_ended(self) -> None:
+        """Count the batches of the step that just ended."""
+        if self.counter is not None:
+            self.total += self.counter.tokens - self.mark
+            self.mark = self.counter.tokens
+
+    def evaluated(self) -> None:
+        """Skip the batches an evaluation just built."""
+        if self.counter is not None:
+            self.mark = self.counter.tokens
+
+    def seen(self, args, state) -> int:
+        """Tokens of every rank so far in this (re)start."""
+        return state.num_input_tokens_seen if self.counter is None else self.total * args.world_size
 
 
 def count_machines() -> int:

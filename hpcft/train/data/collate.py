@@ -22,10 +22,12 @@ class SFTCollator:
     def __init__(self, pad_id: int, packing: bool) -> None:
         self.pad_id = pad_id
         self.packing = packing
+        self.tokens = 0  # real (not padding) tokens of every batch built here, counted on the CPU
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        self.tokens += sum(len(f["input_ids"]) for f in features)
         width = max(len(f["input_ids"]) for f in features)
         batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "extra": []}
         for f in features:
