@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcft.errors import RunError
+from hpcft.errors import MaybeSubmittedError, RunError
 from hpcft.plan import sweep as plan_sweep
 from hpcft.rundir import store
 from hpcft.rundir.layout import SCRIPT_FILE
@@ -35,9 +35,14 @@ def submit(plans: Sequence[Plan], points: Sequence[dict[str, str]], sweep_dir: P
         info = {"name": name, "points": [{"run": str(r), "values": v} for r, v in zip(written, points, strict=False)]}
         store.write_atomic(sweep_dir / plan_sweep.INFO_FILE, json.dumps(info, indent=2) + "\n")
         array = client.submit(("sbatch", "--parsable", str(sweep_dir / plan_sweep.SCRIPT_FILE)))
-    except BaseException:
+    except MaybeSubmittedError as e:  # an array may be queued: its runs' files must stay
+        raise RunError(f"{e.message}\nThe sweep's run directories and {sweep_dir} are kept for it.",
+                       hint=e.hint) from None  # fmt: skip
+    except BaseException as e:
         for path in written:
             shutil.rmtree(path, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write the sweep under {sweep_dir.parent}: {e.strerror or e}") from None
         raise
     runs = written[:-1]
     for i, (run, values) in enumerate(zip(runs, points, strict=True)):

@@ -55,3 +55,21 @@ def test_array_script_keeps_the_shared_options_and_runs_the_points_script():
                      "#SBATCH --signal=B:USR1@180"]  # fmt: skip
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
     assert 'exec bash "$RUN/job.sbatch" >> "$RUN/logs/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out"' in text
+
+
+def test_a_refused_sweep_leaves_no_run_behind(tmp_path, monkeypatch):
+    """sbatch refuses the array (a stand-in that refuses every submission): no point's directory stays."""
+    import os
+
+    import yaml
+
+    from tests import fuzzing as F
+    from tests.conftest import hpcft
+
+    F.make_workdir(tmp_path)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(F.base_job()))
+    env = {"PATH": f"{F.fake_slurm(tmp_path)}:{os.environ['PATH']}"}
+    out = hpcft("sweep", "job.yaml", "--backend", "sbatch", "-o", "train.lr=1e-5,2e-5", "--runs-dir",
+                str(tmp_path / "runs"), env=env, cwd=tmp_path, check=False)  # fmt: skip
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
