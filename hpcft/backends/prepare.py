@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,10 @@ def _check(plan: Plan) -> None:
                        hint="drop --prepare, or run your preprocessing as a job of its own")  # fmt: skip
 
 
+def _argv(plan: Plan, where: Path, opts: plan_prepare.PrepareOptions) -> tuple[str, ...]:
+    return plan_prepare.prepare_argv(str(where), plan.spec.run.name, str(plan.spec.launch.python), opts)
+
+
 def submit_alone(plan: Plan, opts: plan_prepare.PrepareOptions) -> tuple[Path, str]:
     """The prepare job for ``plan``'s data, with its spec and log in ``RUNS_DIR/.prepare/``; (that dir, job id)."""
     _check(plan)
@@ -41,9 +44,7 @@ def submit_alone(plan: Plan, opts: plan_prepare.PrepareOptions) -> tuple[Path, s
         raise RunError(f"cannot create {where}: {e.strerror}", hint="wait a second and try again") from None
     try:
         store.write_atomic(where / SPEC_FILE, plan.files[SPEC_FILE])
-        argv = plan_prepare.prepare_argv(str(where), plan.spec.run.name, plan.spec.launch.python or sys.executable,
-                                         opts)  # fmt: skip
-        return where, client.submit(argv)
+        return where, client.submit(_argv(plan, where, opts))
     except BaseException:
         shutil.rmtree(where, ignore_errors=True)
         raise
@@ -54,9 +55,7 @@ def submit_with_training(plan: Plan, opts: plan_prepare.PrepareOptions) -> tuple
     _check(plan)
     run = store.write_run_dir(plan)
     try:
-        argv = plan_prepare.prepare_argv(str(run), plan.spec.run.name, plan.spec.launch.python or sys.executable,
-                                         opts)  # fmt: skip
-        prep = client.submit(argv)
+        prep = client.submit(_argv(plan, run, opts))
     except BaseException:
         shutil.rmtree(run, ignore_errors=True)
         raise

@@ -49,7 +49,7 @@ def render_script(
     shape = shape_of(spec.launch.launcher)
     tasks = 1 if shape == "per_node" else (spec.resources.gpus_per_node or 1)
     srun_options: tuple[str, ...] = ()
-    if container.uses_container(spec):  # the srun task runs hpcft node inside the image
+    if spec.launch.container.enabled:  # the srun task runs hpcft node inside the image
         srun_options, node_argv = container.wrap(spec, run)
     chain = spec.run.restart == "chain"
     flags = script.format_sbatch_options(

@@ -286,4 +286,4 @@ def should_rerun(run: Path, rc: int, signalled: bool) -> bool:
 
 def node_python(spec: JobSpec) -> str:
     """The ranks' python: ``launch.python``; in a container the image's, which runs this agent."""
-    return sys.executable if spec.launch.container.runtime != "none" else (spec.launch.python or sys.executable)
+    return sys.executable if spec.launch.container.enabled else (spec.launch.python or sys.executable)

@@ -165,7 +165,7 @@ def _oom(state: dict[str, Any], job: dict[str, Any] | None) -> str | None:
 
 def _checkpoint(path: Path, train: dict[str, Any]) -> str | None:
     """Name of the newest complete checkpoint (in ``train.output`` when the spec sets one)."""
-    ckpt = store.latest_checkpoint(path, store.run_output(path, train))
+    ckpt = store.latest_checkpoint(path, store.run_output(train))
     return ckpt.name if ckpt else None
 
 

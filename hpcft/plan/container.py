@@ -18,13 +18,6 @@ from pathlib import PurePath
 
 from hpcft.spec import JobSpec
 
-RUNTIMES = ("apptainer", "pyxis")
-
-
-def uses_container(spec: JobSpec) -> bool:
-    """True when the job runs in a container image."""
-    return spec.launch.container.runtime != "none"
-
 
 def mounts(spec: JobSpec, run: str) -> list[str]:
     """Mounts as SRC:DST: the runs directory at its own path first, then ``launch.container.mounts``."""

@@ -87,7 +87,7 @@ def make_plan(
     prepared = backends.get(spec.launch.backend).load().prepare(spec, run, node_argv, lead)
     files.update(prepared.files)
     cluster = prepared.preview_cluster
-    inside = spec.launch.container.python if spec.launch.container.runtime != "none" else spec.launch.python
+    inside = spec.launch.container.python if spec.launch.container.enabled else spec.launch.python
     ctx = LaunchContext(spec, cluster, run, inside, cluster.master_host)
     rdzv = {
         "nodes": str(spec.resources.nodes),

@@ -244,9 +244,9 @@ def raw_train_spec(run: Path) -> dict[str, Any]:
     return train if isinstance(train, dict) else {}
 
 
-def run_output(run: Path, train: dict[str, Any] | None = None) -> str | None:
-    """``train.output`` of a run, or None (unset, or a spec that cannot be read)."""
-    output = (raw_train_spec(run) if train is None else train).get("output")
+def run_output(train: dict[str, Any]) -> str | None:
+    """``train.output`` of a run's ``raw_train_spec``, or None (unset, or a spec that cannot be read)."""
+    output = train.get("output")
     return output if isinstance(output, str) and output else None
 
 

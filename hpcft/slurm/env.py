@@ -145,9 +145,11 @@ def master_port(job_id: str, env: Mapping[str, str]) -> int:
     if env.get("MASTER_PORT"):
         return _port(env["MASTER_PORT"])
     array, _, task = job_id.partition("_")  # array tasks "123_4": 123 + 4, so that tasks differ
-    number = int("".join(ch for ch in array if ch.isdigit()) or "0") + int("".join(ch for ch in task if ch.isdigit())
-                                                                       or "0")  # fmt: skip
-    return PORT_BASE + number % PORT_SPAN
+    return PORT_BASE + (_number(array) + _number(task)) % PORT_SPAN
+
+
+def _number(text: str) -> int:
+    return int("".join(ch for ch in text if ch.isdigit()) or "0")
 
 
 def slurm_job_id(env: Mapping[str, str]) -> str:

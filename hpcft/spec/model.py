@@ -86,6 +86,11 @@ class ContainerSpec:
     mounts: tuple[str, ...] = _opt((), help="SRC[:DST] absolute paths to mount besides the runs directory")
     python: str = _opt("python3", help="python inside the image (hpcft must be installed there)")
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the job's nodes run in a container image."""
+        return self.runtime != "none"
+
 
 @dataclass(frozen=True)
 class LaunchSpec:

@@ -152,7 +152,7 @@ def check_zero(train: TrainSpec) -> list[str]:
 def _container_problems(spec: JobSpec, head_node: bool) -> list[str]:
     """What is wrong with ``launch.container`` (empty when fine)."""
     c = spec.launch.container
-    if c.runtime == "none":
+    if not c.enabled:
         return []
     problems = []
     if not c.image:

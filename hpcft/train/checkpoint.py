@@ -106,12 +106,12 @@ def resized(spec: JobSpec, info: checkpoints.CheckpointInfo, world_size: int) ->
 def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
     """The Trainer's arguments for resuming from ``resume``: as they are, or — when its ZeRO shards are of
     another world size — for DeepSpeed's universal checkpoint, converted first (``train.ds_universal``)."""
-    if not resume or not resized(spec, checkpoints.read_info(Path(resume)), args.world_size):
+    info = checkpoints.read_info(Path(resume)) if resume else None
+    if info is None or not resized(spec, info, args.world_size):
         return args
     from hpcft.train import ds_universal
     from hpcft.train.args import training_arguments
 
-    info = checkpoints.read_info(Path(resume))
     log.info("%s holds ZeRO-%d shards of %d ranks; this job has %d: resuming through a universal checkpoint",
              Path(resume).name, spec.train.zero, info.world_size, args.world_size)  # fmt: skip
     ds_universal.to_universal(Path(resume), args.process_index == 0, _barrier)
@@ -121,10 +121,10 @@ def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
     return training_arguments(spec, args.output_dir, ds_config)
 
 
-def finish(trainer, run: Path) -> None:
+def finish(trainer, spec: JobSpec, run: Path) -> None:
     """Save the final model to ``RUN/model`` (unless ``train.save`` is off) and mark the run ``FINISHED``
     (rank 0 writes the marker)."""
-    if store.load_run_spec(run).train.save:
+    if spec.train.save:
         trainer.save_model(str(run / MODEL_DIR))
     if trainer.is_world_process_zero():
         store.write_atomic(run / FINISHED_FILE, f"{trainer.state.global_step}\n")

@@ -120,7 +120,7 @@ def train(run: Path) -> None:
         if trainer.is_world_process_zero():
             preemption.mark_requeue(run, trainer.state.global_step)
         return
-    checkpoint.finish(trainer, run)
+    checkpoint.finish(trainer, spec, run)
 
 
 def _log_gpu_memory() -> None:
