@@ -61,6 +61,7 @@ def render_script(
         signal_lead=signal_lead,
         comment=f"{client.RUN_COMMENT}{run}",  # squeue %k: which run a job belongs to (hpcft status --from-squeue)
         chain=chain,
+        no_kill=spec.shrinks,
     )
     ctx = script.make_context(
         f"{shape}.sbatch.j2",

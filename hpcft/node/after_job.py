@@ -9,16 +9,17 @@ asks ``plan.requeue.decide``, records the outcome in state.json and, to requeue,
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.plan.requeue import Decision, decide
+from hpcft.plan.requeue import Decision, after_node_loss, decide
 from hpcft.rundir import store
 from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE, SCRIPT_FILE
 from hpcft.slurm import client
-from hpcft.slurm.env import slurm_job_id
+from hpcft.slurm.env import allocation_left, expand_hosts, slurm_job_id
 
 
 def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
@@ -48,13 +49,11 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
         max_preemptions=spec.run.max_preemptions,
     )
 
-    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    event = {"job": job_id, "restart": restart, "rc": rc, "action": d.action, "reason": d.reason,
-             "time": store.now_iso()}  # fmt: skip
-    if oom:
-        event["oom"] = oom
-    if saved:
-        event["kind"] = "preemption" if preempted else "time limit"
+    lossy = d.action == "requeue" and rc != 0 and not saved and spec.shrinks and requeue_job  # a node lost?
+    d, left = node_loss(d, job_id, spec) if lossy else (d, [])
+
+    event = _event(job_id, rc, d, oom=oom, kind=("preemption" if preempted else "time limit") if saved else None,
+                   left=left)  # fmt: skip
 
     chain = d.action == "requeue" and requeue_job and spec.run.restart == "chain"
     if chain:
@@ -66,8 +65,8 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
             s["restarts"] = int(s.get("restarts", 0)) + (0 if chain else 1)  # a chained job counts as a later job
             if saved:
                 s["preemptions"] = int(s.get("preemptions", 0)) + 1
-            elif rc != 0:
-                s["failures"] = int(s.get("failures", 0)) + 1
+        if d.action in ("requeue", "shrink") and not saved and rc != 0:
+            s["failures"] = int(s.get("failures", 0)) + 1
 
     store.update_state(run, record)
     fatal.unlink(missing_ok=True)
@@ -76,7 +75,57 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
         (run / REQUEUE_FILE).unlink(missing_ok=True)
         if requeue_job and not chain:
             requeue(job_id, preempted)
+    if d.action == "shrink":
+        continue_on(run, left)
     return d
+
+
+def _event(job_id: str, rc: int, d: Decision, *, oom: str | None, kind: str | None, left: list[str]) -> dict:
+    """The state.json record of this job segment's end."""
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    event = {"job": job_id, "restart": restart, "rc": rc, "action": d.action, "reason": d.reason,
+             "time": store.now_iso()}  # fmt: skip
+    if oom:
+        event["oom"] = oom
+    if kind:
+        event["kind"] = kind
+    if d.action == "shrink":
+        event.update(kind="node loss", nodes_left=",".join(left))  # the run goes on in this job: no restart
+    return event
+
+
+def continue_on(run: Path, hosts: list[str]) -> None:
+    """Run this batch script again, on the nodes ``hosts`` the job holds now (its begin-job replans for them)."""
+    sys.stdout.flush()
+    os.execvpe("bash", ["bash", str(run / SCRIPT_FILE)], allocation_left(os.environ, hosts))
+
+
+SHRINK_POLL_S = 10
+
+
+def node_loss(d: Decision, job_id: str, spec) -> tuple[Decision, list[str]]:
+    """A crashed job that may shrink (``--no-kill``): the nodes it lost, waiting up to ``run.shrink_after`` for them
+    to come back; the decision (``after_node_loss``) and the nodes the job still holds."""
+    now = client.job_nodelist(job_id)
+    if not now:
+        return d, []
+    left = expand_hosts(now)
+    lost = [h for h in expand_hosts(os.environ.get("SLURM_JOB_NODELIST", "")) if h not in left]
+    if not lost:
+        return d, left
+    limit = int(spec.run.shrink_after or 0)
+    print(f"hpcft: job {job_id} lost {', '.join(lost)} ({len(left)} node(s) left); waiting up to {limit} s for "
+          f"{'it' if len(lost) == 1 else 'them'} to come back (run.shrink_after)", flush=True)  # fmt: skip
+    start = time.monotonic()
+    while True:
+        states = client.node_states(lost)
+        back = bool(states) and all(states.get(h) in client.USABLE_NODE_STATES for h in lost)
+        waited = int(time.monotonic() - start)
+        if back or waited >= limit:
+            break
+        time.sleep(min(SHRINK_POLL_S, limit - waited))
+    min_nodes = spec.resources.min_nodes or spec.resources.nodes
+    return after_node_loss(d, lost, back, len(left), min_nodes=min_nodes, waited=waited), left
 
 
 def chain_next(run: Path, job_id: str) -> str:

@@ -9,13 +9,15 @@ that is FINISHED ends the job at once (exit ``STOP``) with how to continue it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hpcft.errors import HpcftError
 from hpcft.rundir import store
-from hpcft.rundir.layout import FINISHED_FILE
+from hpcft.rundir.layout import FINISHED_FILE, SCRIPT_FILE
 from hpcft.slurm.env import ClusterEnv
 
 STOP = 10  # the batch script ends with exit 0 on this code: nothing to do
@@ -76,6 +78,23 @@ def record_lost(run: Path, job_id: str, restart: int, max_failures: int) -> str 
     return verdict[0] if verdict else None
 
 
+def follow_allocation(run: Path, nodes: int) -> None:
+    """Rewrite spec.yaml and the ranks' configs for the ``nodes`` SLURM gave this job, the global batch kept
+    (``plan.resume.plan_resize``); the batch script stays as it is. Where they cannot follow, says why."""
+    from hpcft.plan.resume import plan_resize
+
+    try:
+        rp = plan_resize(run, nodes, python=sys.executable, now=datetime.now())
+        for name, text in rp.plan.files.items():
+            if name != SCRIPT_FILE:
+                store.write_atomic(run / name, text)
+    except HpcftError as e:
+        print(f"hpcft: spec.yaml stays as it is ({e.message})", flush=True)
+        return
+    for note in rp.notes:
+        print(f"hpcft: spec.yaml now says {nodes} node(s): {note}", flush=True)
+
+
 def begin_job(run: Path, env: Mapping[str, str]) -> int:
     """Record the job and check the run; 0 to go on, ``STOP`` when the run is already finished."""
     try:
@@ -100,6 +119,8 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
             return 1
     for note in allocation_notes(spec.resources.nodes, spec.resources.gpus_per_node, cluster):
         print(f"hpcft: the allocation differs from spec.yaml, the allocation wins: {note}", flush=True)
+    if cluster.job_id and cluster.num_nodes != spec.resources.nodes:
+        follow_allocation(run, cluster.num_nodes)
     finished = run / FINISHED_FILE
     if finished.exists():
         step = finished.read_text().strip() or "?"

@@ -25,7 +25,7 @@ DEFAULT_LEAD = 180  # seconds, until a save has been measured
 class Decision:
     """What to do with a batch job whose launcher has ended."""
 
-    action: str  # "done" | "requeue" | "fail"
+    action: str  # "done" | "requeue" | "fail" | "shrink" (continue on the nodes left, ``after_node_loss``)
     reason: str
     exit_code: int
 
@@ -58,6 +58,24 @@ def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool,
             return Decision("requeue", f"launcher failed with {rc}; requeue {failures + 1} of {max_failures}", rc)
         return Decision("fail", f"launcher failed with {rc}; failure budget {failures}/{max_failures} spent", rc)
     return Decision("done", "the launcher ended without error", 0)
+
+
+def after_node_loss(d: Decision, lost: list[str], back: bool, left: int, *, min_nodes: int, waited: int) -> Decision:
+    """A crash requeue ``d`` of a job that lost the nodes ``lost``: continue on the ``left`` nodes, or requeue; pure.
+
+    ``back``: the lost nodes came back within ``run.shrink_after`` (``waited`` seconds). Then, or with fewer
+    than ``resources.min_nodes`` left, the job is requeued at its full size; else it continues on the nodes
+    it still holds (``"shrink"``), from the newest checkpoint, with the global batch kept.
+    """
+    names = ", ".join(lost)
+    if back:
+        return Decision(d.action, f"{d.reason}; {names} came back within {waited} s: requeued at full size",
+                        d.exit_code)  # fmt: skip
+    if left < min_nodes:
+        return Decision(d.action, f"{d.reason}; {names} lost and {left} node(s) left, fewer than "
+                        f"resources.min_nodes ({min_nodes}): requeued at full size", d.exit_code)  # fmt: skip
+    return Decision("shrink", f"{names} lost (the launcher exited with {d.exit_code}) and not back after {waited} s "
+                    f"(run.shrink_after): continuing on the {left} node(s) left", d.exit_code)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,39 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
         if not spec.launch.command:  # hpcft's trainer; a user's own trainer finds its checkpoints itself
             found.append(_checkpoint(str(checkpoints.checkpoints_dir(spec, run)), checkpoint))
             _check_more_to_do(run, spec)
-            spec = _keep_global_batch(old, spec, found[0], overrides, notes)
+            info = found[0]
+            spec = _keep_global_batch(old, spec, info.world_size, info.path.name, overrides, notes)
         return spec
 
     state = store.read_state(run)
     planned = plan_job(req, python=python, now=now, run_dir=str(run), save_seconds=state.get("last_save_seconds"),
                        refine=refine)  # fmt: skip
     return ResumePlan(planned.plan, found[0] if found else None, checkpoint is not None, tuple(notes))
+
+
+def plan_resize(run: Path, nodes: int, *, python: str, now: datetime) -> ResumePlan:
+    """The run's plan for a job SLURM gave ``nodes`` nodes that spec.yaml does not have: the global batch kept.
+
+    ``hpcft begin-job`` asks it when the allocation differs from spec.yaml: after a node loss the job
+    continues on fewer nodes (``run.shrink_after``), its requeue gets all of them again, or a person
+    edited the ``#SBATCH`` lines. The global batch is spec.yaml's.
+    """
+    old = store.load_run_spec(run)
+    req = Request(flags={"resources.nodes": nodes}, base=spec_to_dict(old), base_source=str(run / SPEC_FILE),
+                  check_inputs=False)  # fmt: skip
+    notes: list[str] = []
+
+    def refine(spec: JobSpec, run_dir: str) -> JobSpec:
+        if spec.launch.command:
+            return spec  # a user's own trainer sizes its batch itself
+        info = checkpoints.newest_complete(checkpoints.checkpoints_dir(spec, run))
+        return _keep_global_batch(old, spec, info.world_size if info else None, info.path.name if info else SPEC_FILE,
+                                  (), notes)  # fmt: skip
+
+    state = store.read_state(run)
+    planned = plan_job(req, python=python, now=now, run_dir=str(run), save_seconds=state.get("last_save_seconds"),
+                       refine=refine)  # fmt: skip
+    return ResumePlan(planned.plan, None, False, tuple(notes))
 
 
 def _checkpoint(base: str, step: int | None) -> checkpoints.CheckpointInfo:
@@ -71,29 +97,31 @@ def _checkpoint(base: str, step: int | None) -> checkpoints.CheckpointInfo:
     return info
 
 
-def _keep_global_batch(old: JobSpec, spec: JobSpec, info: checkpoints.CheckpointInfo, overrides: Iterable[str],
+def _keep_global_batch(old: JobSpec, spec: JobSpec, saved_by: int | None, source: str, overrides: Iterable[str],
                        notes: list[str]) -> JobSpec:  # fmt: skip
-    """On another world size, ``train.batch_size``/``grad_accum`` set so that the global batch stays what the
-    checkpoint was trained with: the same samples make each step, and the Trainer skips exactly the consumed ones.
+    """On another world size, ``train.batch_size``/``grad_accum`` set so that the global batch stays spec.yaml's
+    (the one the checkpoints were trained with): the same samples make each step, and the Trainer skips exactly
+    the consumed ones. ``saved_by``: the world size of the checkpoint ``source`` the job continues from.
 
     ZeRO shards of another world size go through DeepSpeed's universal checkpoint on the ranks
     (``hpcft.train.ds_universal``); NVMe offload is refused there, not converted.
     """
     world = spec.resources.nodes * (spec.resources.gpus_per_node or 1)
-    if info.world_size in (None, world):
-        return spec
-    if spec.train.zero > 0 and "nvme" in offload_devices(spec.train):
-        raise RunError(f"{info.path.name} holds ZeRO-{spec.train.zero} shards of {info.world_size} ranks with NVMe "
+    trained = old.resources.nodes * (old.resources.gpus_per_node or 1)
+    if saved_by not in (None, world) and spec.train.zero > 0 and "nvme" in offload_devices(spec.train):
+        raise RunError(f"{source} holds ZeRO-{spec.train.zero} shards of {saved_by} ranks with NVMe "
                        f"offload; hpcft converts them to {world} ranks without NVMe offload only",
-                       hint=f"resume with {info.world_size} ranks, or `hpcft export RUN --out DIR`")  # fmt: skip
-    batch = old.train.batch_size * old.train.grad_accum * info.world_size
+                       hint=f"resume with {saved_by} ranks, or `hpcft export RUN --out DIR`")  # fmt: skip
+    if trained == world:
+        return spec
+    batch = old.train.batch_size * old.train.grad_accum * trained
     if any(o.split("=", 1)[0].strip() in ("train.grad_accum", "train.batch_size") for o in overrides):
-        notes.append(f"{info.world_size} → {world} ranks with the batch you set: the global batch is now "
+        notes.append(f"{trained} → {world} ranks with the batch you set: the global batch is now "
                      f"{spec.train.batch_size * spec.train.grad_accum * world} (was {batch}), so the data order "
                      "differs from here on")  # fmt: skip
         return spec
     if batch % world:
-        raise RunError(f"{info.path.name} was trained with a global batch of {batch} ({info.world_size} ranks), "
+        raise RunError(f"{old.run.name} trains with a global batch of {batch} ({trained} ranks), "
                        f"which {world} ranks cannot share evenly",
                        hint="pick --nodes so that they can, or set -o train.batch_size / -o train.grad_accum "
                        "(the data order then differs)")  # fmt: skip
@@ -101,9 +129,10 @@ def _keep_global_batch(old: JobSpec, spec: JobSpec, info: checkpoints.Checkpoint
     micro = max(d for d in range(1, min(spec.train.batch_size, per_rank) + 1) if per_rank % d == 0)
     new = {"batch_size": micro, "grad_accum": per_rank // micro}
     changed = [f"train.{k} {getattr(spec.train, k)} → {v}" for k, v in new.items() if getattr(spec.train, k) != v]
-    notes.append(f"{info.world_size} → {world} ranks: {', '.join(changed) or 'the same batch'} keeps the global "
+    converted = spec.train.zero and saved_by not in (None, world)
+    notes.append(f"{trained} → {world} ranks: {', '.join(changed) or 'the same batch'} keeps the global "
                  f"batch at {batch}" + (f"; ZeRO-{spec.train.zero} shards are converted to DeepSpeed's universal "
-                 "checkpoint on the first node" if spec.train.zero else ""))  # fmt: skip
+                 "checkpoint on the first node" if converted else ""))  # fmt: skip
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **new))
 
 

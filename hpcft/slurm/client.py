@@ -227,3 +227,35 @@ def cancel(job_id: str, *, runner: Runner | None = None) -> None:
 def requeue(job_id: str, *, runner: Runner | None = None) -> None:
     """``scontrol requeue JOBID`` (the job must have been submitted with ``--requeue``)."""
     run(["scontrol", "requeue", job_id], runner=runner)
+
+
+def job_nodelist(job_id: str, *, runner: Runner | None = None) -> str | None:
+    """The nodes job ``job_id`` holds now (``squeue -h -j J -o %N``: a failed node leaves a ``--no-kill``
+    job), or None when squeue cannot say."""
+    if not _JOB_ID.fullmatch(job_id):
+        return None
+    try:
+        proc = (runner or run_process)(["squeue", "-h", "-j", job_id, "-o", "%N"], 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    lines = proc.stdout.split()
+    return lines[0] if proc.returncode == 0 and len(lines) == 1 else None
+
+
+NODE_FORMAT = "%N|%T"
+# sinfo %T: the node's state; a trailing "*" means its slurmd does not respond. Usable: a job can run there.
+USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing", "planned"})
+
+
+def parse_node_states(text: str) -> dict[str, str]:
+    """``sinfo -h -N -n NODES -o NODE_FORMAT`` → node → state (a node listed once per partition)."""
+    return {node: state for node, state in _split(text, 2, "sinfo")}
+
+
+def node_states(nodes: Sequence[str], *, runner: Runner | None = None) -> dict[str, str]:
+    """The SLURM state of each of ``nodes`` ({} when sinfo cannot say)."""
+    try:
+        proc = (runner or run_process)(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", NODE_FORMAT], 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return {}
+    return parse_node_states(proc.stdout) if proc.returncode == 0 else {}

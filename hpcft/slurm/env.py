@@ -9,6 +9,7 @@ Resolving the master's address (a network lookup) is ``resolve_master``, kept ap
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -234,3 +235,27 @@ def _int_or_none(value: str | None) -> int | None:
         return int(value) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def allocation_left(env: Mapping[str, str], hosts: list[str]) -> dict[str, str]:
+    """The batch environment of a job that now holds only ``hosts`` of its nodes; pure.
+
+    A ``--no-kill`` job keeps running when a node fails, but its batch shell's variables still name
+    the nodes it started with: srun reads ``SLURM_NNODES``/``SLURM_NTASKS`` as its own -N/-n, and the
+    node side expands ``SLURM_JOB_NODELIST``. Per-node counts (``1(x2)``) are kept per node.
+    """
+    out = dict(env)
+    nodelist = hostlist.collect_hostlist(hosts)
+    for name in ("SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        out[name] = nodelist
+    for name in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        out[name] = str(len(hosts))
+    per_node = _int_or_none(env.get("SLURM_NTASKS_PER_NODE"))
+    for name in ("SLURM_NTASKS", "SLURM_NPROCS"):
+        if name in env and per_node:
+            out[name] = str(per_node * len(hosts))
+    for name in ("SLURM_TASKS_PER_NODE", "SLURM_JOB_CPUS_PER_NODE"):
+        same = re.fullmatch(r"(\d+)(\(x\d+\))?", env.get(name, ""))  # "8(x2)"; mixed ones ("8,4(x2)") stay
+        if same:
+            out[name] = f"{same[1]}(x{len(hosts)})" if len(hosts) > 1 else same[1]
+    return out

@@ -76,6 +76,7 @@ def format_sbatch_options(
     signal_lead: int | None = None,
     comment: str | None = None,
     chain: bool = False,
+    no_kill: bool = False,
 ) -> list[str]:
     """The one sbatch-flag formatter: resources → sorted ``--long-option=value`` strings.
 
@@ -103,6 +104,8 @@ def format_sbatch_options(
     flags = [f"--{k}={v}" for k, v in sorted(opts.items())]
     if res.exclusive:
         flags.append("--exclusive")
+    if no_kill:  # a failed node leaves the job, which keeps the others (run.shrink_after)
+        flags.append("--no-kill")
     if signal_lead:
         flags.append("--no-requeue" if chain else "--requeue")  # chain: the run continues in a new job instead
     return sorted(flags) + list(res.extra_sbatch)

@@ -56,6 +56,12 @@ class RunSpec:
     max_preemptions: int | None = _opt(
         None, min=0, help="requeues after preemptions and time limits (checkpointed: no failure); default unlimited"
     )
+    shrink_after: int | None = _opt(
+        None,
+        min=0,
+        help="seconds a job waits for a lost node to come back before it continues on the nodes it has left "
+        "(at least resources.min_nodes); default off",
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class ResourceSpec:
     """What to ask SLURM for; field names are sbatch's long options in snake_case."""
 
     nodes: int = _opt(1, min=1, max=100_000, help="number of nodes")
+    min_nodes: int | None = _opt(
+        None, min=1, help="after a node loss, the job may continue on this many nodes (run.shrink_after); default off"
+    )
     gpus_per_node: int = _opt(0, min=0, max=1024, help="GPUs per node; on a machine without GPUs, processes per node")
     cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
     time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
@@ -224,6 +233,13 @@ class JobSpec:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     launch: LaunchSpec = field(default_factory=LaunchSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+
+    @property
+    def shrinks(self) -> bool:
+        """Whether a job that loses a node may continue on fewer (``resources.min_nodes``, ``run.shrink_after``)."""
+        return self.run.shrink_after is not None and (self.resources.min_nodes or self.resources.nodes) < (
+            self.resources.nodes
+        )
 
 
 def spec_to_dict(spec: Any) -> Any:

@@ -58,7 +58,7 @@ def check_spec(spec: JobSpec) -> list[str]:
                     f"got {value!r} (DeepSpeed's PDSHRunner pastes `cd <dir>` unquoted into the remote shell; "
                     "HINT: rename it, or use --launcher deepspeed, which needs no ssh)"
                 )
-    problems += _check_signal_lead(spec)
+    problems += _check_signal_lead(spec) + _check_shrink(spec)
     if not spec.run.name.strip():
         problems.append("run.name: must not be empty")
     for name, value in launch.env.items():
@@ -85,6 +85,25 @@ def _check_signal_lead(spec: JobSpec) -> list[str]:
         "starts, and every segment would checkpoint after a few steps and requeue (HINT: a lead under half the "
         "time limit, or a longer --time)"
     ]
+
+
+def _check_shrink(spec: JobSpec) -> list[str]:
+    """``resources.min_nodes`` and ``run.shrink_after`` go together, under SLURM's batch scripts."""
+    low, after, nodes = spec.resources.min_nodes, spec.run.shrink_after, spec.resources.nodes
+    if low is None and after is None:
+        return []
+    if low is not None and low > nodes:
+        return [f"resources.min_nodes: {low} is more than resources.nodes ({nodes}) (HINT: at most {nodes})"]
+    hint = f"HINT: e.g. -o resources.min_nodes={max(1, nodes - 1)} -o run.shrink_after=600"
+    if low is None or after is None:
+        given, missing = ("resources.min_nodes", "run.shrink_after") if after is None else (
+            "run.shrink_after", "resources.min_nodes")  # fmt: skip
+        return [f"{given}: has no effect without {missing}: after a node loss a job continues on fewer nodes "
+                f"when both are set ({hint})"]  # fmt: skip
+    if spec.launch.backend in ("local", "submitit"):
+        return [f"run.shrink_after: needs the sbatch backend (its batch script continues on the nodes left); "
+                f"launch.backend is {spec.launch.backend} (HINT: --backend sbatch)"]  # fmt: skip
+    return []
 
 
 def check_recipe(train: TrainSpec) -> list[str]:

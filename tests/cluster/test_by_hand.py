@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster.test_launchers import losses
 from tests.conftest import hpcft, wait_until
@@ -74,6 +75,7 @@ def test_hand_edited_sbatch_lines_are_honoured_and_said(lab, demo_dir, tmp_path)
     run, argv = generate(demo_dir, tmp_path / "runs", *SHORT)
     script = run / "job.sbatch"
     text = script.read_text()
+    planned = yaml.safe_load((run / "spec.yaml").read_text())
     assert "#SBATCH --time=00:30:00" in text and "#SBATCH --nodes=2" in text
     script.write_text(text.replace("#SBATCH --time=00:30:00", "#SBATCH --time=7").replace(
         "#SBATCH --nodes=2", "#SBATCH --nodes=1"))  # fmt: skip
@@ -86,6 +88,12 @@ def test_hand_edited_sbatch_lines_are_honoured_and_said(lab, demo_dir, tmp_path)
     assert "the allocation differs from spec.yaml, the allocation wins: nodes: 1 allocated, spec.yaml says 2" in out
     begin = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x)
     assert begin["world_size"] == 2  # 1 node × 2 processes: the allocation, not the spec's 2 nodes
+    # spec.yaml follows the allocation and keeps the global batch (2 nodes × 2 processes planned):
+    now = yaml.safe_load((run / "spec.yaml").read_text())
+    global_batch = planned["train"]["batch_size"] * planned["train"]["grad_accum"] * 4
+    assert now["resources"]["nodes"] == 1
+    assert now["train"]["batch_size"] * now["train"]["grad_accum"] * 2 == global_batch
+    assert "spec.yaml now says 1 node(s): 4 → 2 ranks" in out and f"global batch at {global_batch}" in out
 
 
 def test_status_from_squeue_and_cancel_know_a_hand_submitted_job(lab, demo_dir, tmp_path):

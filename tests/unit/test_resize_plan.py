@@ -51,7 +51,6 @@ def test_a_batch_the_new_ranks_cannot_share_is_refused(run):
 
 def test_more_ranks_take_smaller_micro_batches(tmp_path, monkeypatch):
     from hpcft.plan.resume import _keep_global_batch
-    from hpcft.rundir.checkpoints import CheckpointInfo
     from hpcft.spec.io import build_spec
 
     data = F.base_job()
@@ -61,7 +60,7 @@ def test_more_ranks_take_smaller_micro_batches(tmp_path, monkeypatch):
     old = build_spec(data)
     data["resources"]["nodes"] = 4  # 2 → 8 ranks; the global batch 4 × 3 × 2 = 24 is 3 per rank
     notes: list[str] = []
-    new = _keep_global_batch(old, build_spec(data), CheckpointInfo(tmp_path, 10, 2, 3), (), notes)
+    new = _keep_global_batch(old, build_spec(data), 2, "checkpoint-10", (), notes)
     assert (new.train.batch_size, new.train.grad_accum) == (3, 1)
     assert "train.batch_size 4 → 3, train.grad_accum 3 → 1 keeps the global batch at 24" in notes[0]
     assert "universal checkpoint" in notes[0]

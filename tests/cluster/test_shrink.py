@@ -1,0 +1,114 @@
+"""Cluster tier: a node dies under a running job, and the run continues on the node it has left.
+
+The event is a real node failure: every process of lab node2 (its slurmd, the job's step daemon and
+ranks, its sshd) is killed, as when a machine loses power; SLURM declares it DOWN after SlurmdTimeout
+(60 s on the lab). With ``resources.min_nodes=1`` and ``run.shrink_after`` the job was submitted with
+``--no-kill``, so SLURM keeps it on node1; its after-job waits ``shrink_after`` for node2 and, with node2
+still down, runs the batch script again on node1. begin-job rewrites spec.yaml for 1 node with the
+global batch kept; the rank converts the 2-rank ZeRO-2 checkpoint to DeepSpeed's universal format and
+the run finishes from its last checkpoint, in the same job. Node2 is brought back afterwards.
+
+Expectation: the losses of an uninterrupted 2-node run (tolerance as in test_resize: the same samples per
+step, summed by all-reduce or by accumulation), and SLURM's own record of one job on node[1-2].
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, hpcft, wait_until
+from tests.train.test_zero import ds_ops
+
+pytestmark = pytest.mark.cluster
+__all__ = ["ds_ops"]
+
+ARGS = ["--nodes", "2", "--gpus-per-node", "1", "--zero", "2", "-o", "train.lr_scheduler=constant",
+        "-o", "train.eval_steps=null", "-o", "train.save_steps=10", "-o", "train.max_steps=30"]  # fmt: skip
+
+
+def crash_node(name: str) -> None:
+    """Kill every process of a lab node (a network + UTS namespace): slurmd, step daemons, ranks, sshd."""
+    pids = subprocess.run(["ip", "netns", "pids", f"sl{name.replace('node', 'ns')}"], capture_output=True,
+                          text=True, check=True).stdout.split()  # fmt: skip
+    assert pids, f"no processes in {name}'s namespace"
+    subprocess.run(["kill", "-9", *pids], check=False)
+
+
+def restore_node(name: str) -> None:
+    """Start the node's slurmd again (and the lab's sshd); wait until SLURM has it back (ReturnToService=2)."""
+    ns = f"/run/netns/sl{name.replace('node', 'ns')}"
+    subprocess.run(["nsenter", f"--net={ns}", "unshare", "--uts", "sh", "-c", f"hostname {name} && exec slurmd -N "
+                    f"{name}"], check=True)  # fmt: skip
+    subprocess.run(["bash", str(REPO / "scripts" / "lab" / "sshd.sh"), "up"], check=True, capture_output=True)
+    wait_until(f"{name} back", lambda: node_state(name) in ("idle", "mixed", "allocated"), timeout=120)
+
+
+def node_state(name: str) -> str:
+    out = subprocess.run(["sinfo", "-h", "-N", "-n", name, "-o", "%T"], capture_output=True, text=True).stdout
+    return (out.split() or ["?"])[0]
+
+
+def ended(run: Path) -> dict | None:
+    status = json.loads(hpcft("status", str(run), "--json").stdout)
+    return status if status["state"] not in ("PENDING", "RUNNING", "COMPLETING") else None
+
+
+def complete(run: Path, step: int) -> bool:
+    return (run / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Step → loss; a step trained again after the resume (lost with the node) counts as its last record."""
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def submit(demo_dir: Path, runs: Path, *extra: str) -> Path:
+    hpcft("submit", str(demo_dir / "job.yaml"), *ARGS, *extra, "--runs-dir", str(runs), timeout=120)
+    (run,) = [p.parent for p in runs.glob("*/spec.yaml")]
+    return run
+
+
+def test_a_run_that_loses_a_node_continues_on_the_nodes_left(lab, ds_ops, demo_dir, tmp_path):
+    reference = submit(demo_dir, tmp_path / "ref")
+    wait_until("the reference run", lambda: (reference / "FINISHED").exists(), timeout=600)
+    run = submit(demo_dir, tmp_path / "runs", "-o", "resources.min_nodes=1", "-o", "run.shrink_after=20")
+    job = json.loads((run / "state.json").read_text())["jobs"][0]["id"]
+    assert "#SBATCH --no-kill" in (run / "job.sbatch").read_text()
+    wait_until("checkpoint-10", lambda: complete(run, 10), timeout=600)
+    assert not (run / "FINISHED").exists(), "the run ended before the node could fail"
+    crashed = time.monotonic()
+    crash_node("node2")
+    try:
+        status = wait_until("the run to end on node1", lambda: ended(run), timeout=600, interval=2)
+    finally:
+        restore_node("node2")
+    assert time.monotonic() - crashed > 60  # SLURM's SlurmdTimeout passed before anything moved
+
+    out = hpcft("logs", str(run)).stdout
+    assert "lost node2 (1 node(s) left); waiting up to 20 s" in out, out
+    assert "shrink: node2 lost (the launcher exited with 137) and not back after 20 s" in out, out
+    assert "spec.yaml now says 1 node(s): 2 → 1 ranks: train.grad_accum 1 → 2 keeps the global batch" in out, out
+    state = json.loads((run / "state.json").read_text())
+    (event,) = [e for e in state["events"] if e.get("kind") == "node loss"]
+    assert (event["job"], event["action"], event["nodes_left"]) == (job, "shrink", "node1")
+    assert [j["id"] for j in state["jobs"]] == [job] and state["failures"] == 1
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    assert (spec["resources"]["nodes"], spec["train"]["grad_accum"]) == (1, 2)
+    assert (status["state"], status["nodelist"], status["restarts"]) == ("COMPLETED", "node1", 0), status
+
+    begins = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x]
+    assert [(b["world_size"], b["start_step"]) for b in begins] == [(2, 0), (1, 10)]
+    assert (run / "checkpoints" / "checkpoint-10" / "latest_universal").is_file()
+    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State,NodeList"], capture_output=True,
+                           text=True).stdout.split()  # fmt: skip
+    assert sacct == [f"{job}|RESIZING|node[1-2]", f"{job}|COMPLETED|node1"], sacct  # SLURM's own record of it
+    got, want = losses(run), losses(reference)
+    assert sorted(got) == sorted(want) == list(range(1, 31))
+    assert [got[s] for s in want] == pytest.approx(list(want.values()), abs=1e-5)
