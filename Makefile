@@ -29,4 +29,4 @@ unit: setup
 	.venv/bin/pytest -q tests/unit
 
 test: setup cluster lint ops
-	.venv/bin/pytest -v --timeout=900 tests
+	.venv/bin/pytest -v --timeout=900 --durations=30 tests

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
 from hpcft.errors import HpcftError
@@ -50,7 +51,7 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     )
 
     lossy = d.action == "requeue" and rc != 0 and not saved and spec.shrinks and requeue_job  # a node lost?
-    d, left = node_loss(d, job_id, spec) if lossy else (d, [])
+    d, left = node_loss(d, job_id, spec, run) if lossy else (d, [])
 
     event = _event(job_id, rc, d, oom=oom, kind=("preemption" if preempted else "time limit") if saved else None,
                    left=left)  # fmt: skip
@@ -103,7 +104,7 @@ def continue_on(run: Path, hosts: list[str]) -> None:
 SHRINK_POLL_S = 10
 
 
-def node_loss(d: Decision, job_id: str, spec) -> tuple[Decision, list[str]]:
+def node_loss(d: Decision, job_id: str, spec, run: Path) -> tuple[Decision, list[str]]:
     """A crashed job that may shrink (``--no-kill``): the nodes it lost, waiting up to ``run.shrink_after`` for them
     to come back; the decision (``after_node_loss``) and the nodes the job still holds."""
     now = client.job_nodelist(job_id)
@@ -125,7 +126,19 @@ def node_loss(d: Decision, job_id: str, spec) -> tuple[Decision, list[str]]:
             break
         time.sleep(min(SHRINK_POLL_S, limit - waited))
     min_nodes = spec.resources.min_nodes or spec.resources.nodes
-    return after_node_loss(d, lost, back, len(left), min_nodes=min_nodes, waited=waited), left
+    unfit = None if back else fits(run, len(left))
+    return after_node_loss(d, lost, back, len(left), min_nodes=min_nodes, waited=waited, unfit=unfit), left
+
+
+def fits(run: Path, nodes: int) -> str | None:
+    """Why the run cannot be planned for ``nodes`` nodes (``plan.resume.plan_resize``), or None."""
+    from hpcft.plan.resume import plan_resize
+
+    try:
+        plan_resize(run, nodes, python=sys.executable, now=datetime.now())
+    except HpcftError as e:
+        return e.message
+    return None
 
 
 def chain_next(run: Path, job_id: str) -> str:

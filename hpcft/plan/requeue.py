@@ -60,12 +60,14 @@ def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool,
     return Decision("done", "the launcher ended without error", 0)
 
 
-def after_node_loss(d: Decision, lost: list[str], back: bool, left: int, *, min_nodes: int, waited: int) -> Decision:
+def after_node_loss(d: Decision, lost: list[str], back: bool, left: int, *, min_nodes: int, waited: int,
+                    unfit: str | None = None) -> Decision:  # fmt: skip
     """A crash requeue ``d`` of a job that lost the nodes ``lost``: continue on the ``left`` nodes, or requeue; pure.
 
     ``back``: the lost nodes came back within ``run.shrink_after`` (``waited`` seconds). Then, or with fewer
     than ``resources.min_nodes`` left, the job is requeued at its full size; else it continues on the nodes
-    it still holds (``"shrink"``), from the newest checkpoint, with the global batch kept.
+    it still holds (``"shrink"``), from the newest checkpoint, with the global batch kept; ``unfit`` says why
+    the run cannot continue on them (their ranks cannot share the global batch evenly).
     """
     names = ", ".join(lost)
     if back:
@@ -74,6 +76,9 @@ def after_node_loss(d: Decision, lost: list[str], back: bool, left: int, *, min_
     if left < min_nodes:
         return Decision(d.action, f"{d.reason}; {names} lost and {left} node(s) left, fewer than "
                         f"resources.min_nodes ({min_nodes}): requeued at full size", d.exit_code)  # fmt: skip
+    if unfit:
+        return Decision(d.action, f"{d.reason}; {names} lost, and the run cannot continue on the {left} node(s) "
+                        f"left: {unfit}; requeued at full size", d.exit_code)  # fmt: skip
     return Decision("shrink", f"{names} lost (the launcher exited with {d.exit_code}) and not back after {waited} s "
                     f"(run.shrink_after): continuing on the {left} node(s) left", d.exit_code)  # fmt: skip
 

@@ -72,6 +72,9 @@ def test_after_a_node_loss():
     assert back.action == "requeue" and back.reason.endswith("node2 came back within 40 s: requeued at full size")
     few = after_node_loss(CRASH, ["node2", "node3"], back=False, left=1, min_nodes=2, waited=600)
     assert few.action == "requeue" and "1 node(s) left, fewer than resources.min_nodes (2)" in few.reason
+    why = "demo trains with a global batch of 512 (32 ranks), which 24 ranks cannot share evenly"
+    unfit = after_node_loss(CRASH, ["node2"], back=False, left=3, min_nodes=2, waited=600, unfit=why)
+    assert unfit.action == "requeue" and unfit.reason.endswith(f"left: {why}; requeued at full size")
 
 
 def test_the_batch_environment_of_the_nodes_left():
