@@ -3,7 +3,9 @@
 Reads the run's markers and, after a failure, whether SLURM ended a step of this job as
 OUT_OF_MEMORY (its cgroup's OOM killer: a rerun would die the same way, so it is never requeued);
 asks ``plan.requeue.decide``, records the outcome in state.json and, to requeue, calls
-``scontrol requeue`` last (it ends the batch script itself).
+``scontrol requeue`` last (it ends the batch script itself). A job that may shrink (``--no-kill``,
+``run.shrink_after``) and lost a node waits for it, then may run its batch script again on the nodes
+it has left instead (``node_loss``, ``plan.requeue.after_node_loss``).
 """
 
 from __future__ import annotations
