@@ -7,7 +7,6 @@ answers recorded on the lab during that drill, and the plan that follows the all
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -21,10 +20,12 @@ from hpcft.slurm import client
 from hpcft.slurm.env import allocation_left
 from hpcft.spec import build_spec
 from tests import fuzzing as F
+from tests.unit.test_resize_plan import run
 from tests.unit.test_script_plan import PY, spec_of
 from tests.unit.test_slurm_client import recorded
 
 NOW = datetime(2026, 12, 1)
+__all__ = ["run"]  # the fixture: a run of 1 node × 2 ranks, batch_size 1, with a checkpoint of 2 ranks
 
 
 def test_no_kill_only_where_the_job_may_shrink():
@@ -102,18 +103,6 @@ def test_node_states_recorded_during_the_drill():
 def test_a_shrunk_job_is_one_job_in_sacct_and_its_last_record_wins():
     (job,) = client.parse_sacct(recorded("sacct_shrunk.txt")).values()
     assert (job.job_id, job.state, job.nodes, job.reason_or_nodelist) == ("886", "COMPLETED", "1", "node1")
-
-
-@pytest.fixture
-def run(tmp_path):
-    """A run of 1 node × 2 ranks, batch_size 1 (global batch 2), with a checkpoint of 2 ranks."""
-    F.make_workdir(tmp_path)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        return F.make_run(tmp_path, name="shrink")
-    finally:
-        os.chdir(cwd)
 
 
 def spec_yaml(run: Path, **changes) -> None:
