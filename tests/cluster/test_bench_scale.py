@@ -28,7 +28,10 @@ def test_bench_scale_prints_and_saves_the_table(lab, demo_dir, runs_dir, tmp_pat
     speedup = points[1]["tokens_per_s"] / points[0]["tokens_per_s"]
     assert points[1]["speedup"] == pytest.approx(speedup, abs=1e-3)
     assert points[1]["efficiency"] == pytest.approx(speedup / 2, abs=1e-3)
+    exposed = max(0.0, points[1]["step_s"] - points[0]["step_s"])  # the same micro-batches per rank at both sizes
+    assert points[1]["exposed_comm_s"] == pytest.approx(exposed, abs=1e-4) and points[0]["exposed_comm_s"] == 0
     # The lab's nodes are namespaces of one machine: the output says the figures are not the hardware's.
     assert "ran on one machine" in out.stdout and report["notes"] and "2 nodes" in report["notes"][0]
     assert "speed-up" in out.stdout and "efficiency" in out.stdout and "torchtitan" in out.stdout
+    assert "exposed comm" in out.stdout
     assert (tmp_path / "report" / "scale.png").read_bytes()[:4] == b"\x89PNG"

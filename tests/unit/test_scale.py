@@ -24,13 +24,16 @@ def test_point_skips_warmup_and_takes_medians():
 
 def test_rows_relate_every_size_to_the_smallest():
     one = scale.scale_point("a", 1, records(8, 1, [1000.0] * 6, 1.0), warmup=1)
-    two = scale.scale_point("b", 2, records(16, 2, [1900.0] * 6, 1.0), warmup=1)
-    four = scale.scale_point("c", 4, records(32, 4, [3000.0] * 6, 1.0), warmup=1)
+    two = scale.scale_point("b", 2, records(16, 2, [1900.0] * 6, 1.25), warmup=1)
+    four = scale.scale_point("c", 4, records(32, 4, [3000.0] * 6, 2.0), warmup=1)
     rows = scale.scale_rows([four, one, two])
     assert [r["nodes"] for r in rows] == [1, 2, 4]
     assert [r["speedup"] for r in rows] == [1.0, 1.9, 3.0]
     assert [r["efficiency"] for r in rows] == [1.0, 0.95, 0.75]
     assert [r["per_gpu_tokens_per_s"] for r in rows] == [125.0, 118.8, 93.8]
+    # Same work per rank at every size: 1.0 s of a step is compute; the rest waited on the others.
+    assert [(r["exposed_comm_s"], r["exposed_comm_share"]) for r in rows] == [(0.0, 0.0), (0.25, 0.2), (1.0, 0.5)]
+    assert {r["compared_with"] for r in rows} == {"a"}
     assert scale.one_machine_sizes([one, two, four]) == []
     lab = scale.scale_point("d", 2, records(4, 1, [5.0] * 4, 1.0), warmup=0)
     assert scale.one_machine_sizes([one, lab]) == [2]
