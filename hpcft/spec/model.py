@@ -237,9 +237,8 @@ class JobSpec:
     @property
     def shrinks(self) -> bool:
         """Whether a job that loses a node may continue on fewer (``resources.min_nodes``, ``run.shrink_after``)."""
-        return self.run.shrink_after is not None and (self.resources.min_nodes or self.resources.nodes) < (
-            self.resources.nodes
-        )
+        low = self.resources.min_nodes or self.resources.nodes
+        return self.run.shrink_after is not None and low < self.resources.nodes
 
 
 def spec_to_dict(spec: Any) -> Any:

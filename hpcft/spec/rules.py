@@ -129,6 +129,10 @@ def spec_notes(spec: JobSpec) -> list[str]:
         )
     if not spec.launch.command and spec.train.precision == "fp16":
         notes.append("train.precision fp16 needs CUDA GPUs; on CPU-only nodes the trainer refuses it (use bf16).")
+    if spec.shrinks:
+        notes.append(f"after a node loss the job waits {spec.run.shrink_after} s for the node, then continues on the "
+                     f"{spec.resources.min_nodes}+ nodes left (--no-kill); where the first node is lost, SLURM ends "
+                     "the job and requeues it at full size")  # fmt: skip
     return notes
 
 
