@@ -49,10 +49,8 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
             spec = _keep_global_batch(old, spec, info.world_size, info.path.name, overrides, notes)
         return spec
 
-    state = store.read_state(run)
-    planned = plan_job(req, python=python, now=now, run_dir=str(run), save_seconds=state.get("last_save_seconds"),
-                       refine=refine)  # fmt: skip
-    return ResumePlan(planned.plan, found[0] if found else None, checkpoint is not None, tuple(notes))
+    plan = _replan(run, req, refine, python=python, now=now)
+    return ResumePlan(plan, found[0] if found else None, checkpoint is not None, tuple(notes))
 
 
 def plan_resize(run: Path, nodes: int, *, python: str, now: datetime) -> ResumePlan:
@@ -74,10 +72,13 @@ def plan_resize(run: Path, nodes: int, *, python: str, now: datetime) -> ResumeP
         return _keep_global_batch(old, spec, info.world_size if info else None, info.path.name if info else SPEC_FILE,
                                   (), notes)  # fmt: skip
 
-    state = store.read_state(run)
-    planned = plan_job(req, python=python, now=now, run_dir=str(run), save_seconds=state.get("last_save_seconds"),
-                       refine=refine)  # fmt: skip
-    return ResumePlan(planned.plan, None, False, tuple(notes))
+    return ResumePlan(_replan(run, req, refine, python=python, now=now), None, False, tuple(notes))
+
+
+def _replan(run: Path, req: Request, refine, *, python: str, now: datetime) -> Plan:
+    """The plan of ``req`` in the existing ``run``, its warning lead sized by the run's measured saves."""
+    save_seconds = store.read_state(run).get("last_save_seconds")
+    return plan_job(req, python=python, now=now, run_dir=str(run), save_seconds=save_seconds, refine=refine).plan
 
 
 def _checkpoint(base: str, step: int | None) -> checkpoints.CheckpointInfo:
