@@ -2,11 +2,13 @@
 
 Tiers: unit (pure, fast) · golden (rendered files) · cluster (real SLURM lab) · train (tiny models).
 A cluster or train test whose prerequisites are missing is skipped on a developer machine but
-FAILS when CI=true: CI must never pass by skipping the tiers that matter.
+FAILS when CI=true: CI must never pass by skipping the tiers that matter (the same for a declared
+dependency a test imports: ``import_or_require``). ``--update-golden`` is refused under CI=true.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -18,10 +20,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+UPDATE_GOLDEN_IN_CI = "--update-golden is refused under CI=true: golden files are reviewed expectations"
 
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/ from the current output")
+
+
+def pytest_configure(config):
+    # A golden test run with --update-golden passes by writing its own expectation: never in CI.
+    if IN_CI and config.getoption("--update-golden"):
+        raise pytest.UsageError(UPDATE_GOLDEN_IN_CI)
 
 
 def require(ok: bool, why: str) -> None:
@@ -31,6 +40,18 @@ def require(ok: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {why}: this tier must run in CI", pytrace=False)
     pytest.skip(why)
+
+
+def import_or_require(name: str):
+    """Import module ``name`` (a declared dependency, e.g. matplotlib of the [plot] extra) and return it.
+
+    Where it cannot be imported: skipped on a developer machine, FAILED when CI=true (``require``).
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        require(False, f"{name} cannot be imported ({e}); install the extra that declares it")
+        raise  # not reached: require skips or fails
 
 
 def hpcft(
@@ -54,6 +75,8 @@ def hpcft(
 def check_golden(request, name: str, text: str) -> None:
     path = GOLDEN / name
     if request.config.getoption("--update-golden"):
+        if IN_CI:
+            pytest.fail(UPDATE_GOLDEN_IN_CI, pytrace=False)
         path.write_text(text)
     assert path.exists(), f"missing golden file {path}; run pytest --update-golden and review the diff"
     assert text == path.read_text(), f"{name} changed; review with pytest --update-golden + git diff"

@@ -14,7 +14,7 @@ import pytest
 
 from hpcft.ops import plot
 from hpcft.rundir import store as runs
-from tests.conftest import hpcft, wait_until
+from tests.conftest import hpcft, import_or_require, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -87,7 +87,7 @@ def test_status_logs_follow_and_plot_of_a_live_run(lab, demo_dir, runs_dir, tmp_
 
     png = tmp_path / "plot.png"
     assert f"wrote {png}" in hpcft("plot", run.name, "--out", str(png), "--runs-dir", str(runs_dir)).stdout
-    matplotlib_image = pytest.importorskip("matplotlib.image")
+    matplotlib_image = import_or_require("matplotlib.image")  # the [plot] extra: required under CI=true
     assert matplotlib_image.imread(png).shape[2] in (3, 4)  # decodes as an RGB(A) image
     series = plot.extract_series(runs.read_metrics(run))
     assert [s for s, _ in series.train_loss] == list(range(1, 41))

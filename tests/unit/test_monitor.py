@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from hpcft.ops import logs, plot
 from hpcft.ops import status as monitor
+from hpcft.slurm import client
 from hpcft.tools import doctor, doctor_fs
+from tests.conftest import import_or_require
+from tests.unit.test_slurm_client import recorded
 
 # What hpcft.train.metrics writes: a first job, requeued once (restart 1) from checkpoint 10, then a resume job.
 METRICS = [
@@ -59,9 +63,11 @@ def test_plot_series_keep_the_newest_value_per_step_and_mark_restarts():
 
 
 def test_plot_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
+    image = import_or_require("matplotlib.image")  # the [plot] extra: required under CI=true
     out = plot.write_plot(plot.extract_series(METRICS), tmp_path / "m.png", "run")
+    assert out == tmp_path / "m.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.imread(out).shape == (600, 900, 4)  # a 9 x 6 inch figure at 100 dpi, RGBA
 
 
 def test_file_tail_holds_torn_lines_and_survives_truncation(tmp_path):
@@ -147,7 +153,7 @@ def test_doctor_with_report_adds_a_failure_when_the_job_failed():
     report = {"checks": [{"check": "all-reduce", "node": "all", "status": "pass", "detail": "ok", "hint": ""}]}
     assert not doctor.failed(doctor.summarize(report, {}, [], "COMPLETED", ""))
     assert doctor.failed(doctor.summarize(report, {}, [], "FAILED", ""))
-    assert json.dumps(report)  # the report is plain JSON, as the probe writes it
+    assert json.loads(json.dumps(report)) == report  # the report is plain JSON, as the probe writes it
 
 
 def test_shared_dir_problems_list_the_first_failure_first(tmp_path):
@@ -172,19 +178,41 @@ def test_mount_of_picks_the_longest_mount_point():
     assert not doctor_fs.is_network_fs("xfs")
 
 
-def test_waiting_ends_when_slurm_no_longer_knows_the_job(tmp_path):
+@pytest.mark.parametrize(
+    "sacct",
+    [
+        (0, "", ""),  # accounting that knows no such job: no lines, exit 0
+        (1, "", "Slurm accounting storage is disabled\n"),  # hand-written: a cluster without accounting
+    ],
+)
+def test_waiting_ends_when_slurm_no_longer_knows_the_job(tmp_path, monkeypatch, sacct):
     # A job neither squeue nor sacct knows (a cluster without accounting, once it left squeue) is an end.
+    # No real SLURM: every command hpcft.slurm.client runs gets recorded (squeue) or fixed (sacct) output.
     import time
 
     from hpcft.spec import build_spec, dump_spec
 
+    answers = {"squeue": (1, recorded("squeue_unknown.txt"), recorded("squeue_unknown.stderr.txt")), "sacct": sacct}
+    calls = []
+
+    def fake_run_process(argv, timeout):
+        calls.append(list(argv))
+        assert argv[0] in answers, f"unexpected SLURM command in a unit test: {argv}"
+        return subprocess.CompletedProcess(list(argv), *answers[argv[0]])
+
+    monkeypatch.setattr(client, "run_process", fake_run_process)
     run = tmp_path / "run"
     run.mkdir()
     (run / "spec.yaml").write_text(dump_spec(build_spec({"launch": {"command": ["t.py"]}})))
     (run / "state.json").write_text(json.dumps({"backend": "sbatch", "jobs": [{"id": "999999"}]}))
     t0 = time.monotonic()
     final = monitor.wait_for(run, interval=0.05, unknown_grace_s=0.3)
-    assert final.state == "UNKNOWN" and time.monotonic() - t0 < 30
+    assert final.state == "UNKNOWN" and 0.3 <= time.monotonic() - t0 < 30  # after the grace, not at once
+    assert calls[:2] == [
+        ["squeue", "-h", "-j", "999999", "-o", "%i|%T|%M|%D|%R"],
+        ["sacct", "-X", "-n", "-P", "-j", "999999", "-o", "JobID,State,Elapsed,NNodes,NodeList,ExitCode"],
+    ]
+    assert len(calls) >= 4 and calls == calls[:2] * (len(calls) // 2)  # polled again until the grace ran out
 
 
 def _write_like_rank0(run, records):

@@ -6,7 +6,7 @@ import pytest
 
 from hpcft.errors import RunError
 from hpcft.ops import scale
-from tests.conftest import hpcft
+from tests.conftest import hpcft, import_or_require
 
 
 def records(world: int, machines: int, rates: list[float], step_s: float) -> list[dict]:
@@ -51,8 +51,10 @@ def test_report_files(tmp_path):
                              scale.scale_point("b", 2, records(4, 1, [6.0] * 4, 1.0), 0)])  # fmt: skip
     written = scale.write_report(rows, ["a note"], tmp_path / "out")
     assert written[0].name == "scale.json" and '"speedup": 1.5' in written[0].read_text()
-    if len(written) > 1:
-        assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = import_or_require("matplotlib.image")  # the [plot] extra: the PNG is required under CI=true
+    assert written == [tmp_path / "out" / "scale.json", tmp_path / "out" / "scale.png"]
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.imread(written[1]).shape == (400, 1000, 4)  # a 10 x 4 inch figure at 100 dpi, RGBA
 
 
 @pytest.mark.parametrize(

@@ -40,25 +40,31 @@ def test_no_kill_only_where_the_job_may_shrink():
     assert "--no-kill" not in script(resources={"min_nodes": 4}, run={"shrink_after": 600})  # cannot shrink
 
 
+PAIR_HINT = "(HINT: e.g. -o resources.min_nodes=1 -o run.shrink_after=600)"
+
+
 @pytest.mark.parametrize(
-    "resources, run, launch, says",
+    "resources, run, launch, says, advice",
     [
-        ({"nodes": 2, "min_nodes": 1}, {}, {}, "resources.min_nodes: has no effect without run.shrink_after"),
-        ({"nodes": 2}, {"shrink_after": 60}, {}, "run.shrink_after: has no effect without resources.min_nodes"),
+        ({"nodes": 2, "min_nodes": 1}, {}, {}, "resources.min_nodes: has no effect without run.shrink_after",
+         PAIR_HINT),
+        ({"nodes": 2}, {"shrink_after": 60}, {}, "run.shrink_after: has no effect without resources.min_nodes",
+         PAIR_HINT),
         ({"nodes": 2, "min_nodes": 3}, {"shrink_after": 60}, {}, "resources.min_nodes: 3 is more than "
-         "resources.nodes (2)"),
+         "resources.nodes (2)", "(HINT: at most 2)"),
         ({"nodes": 2, "min_nodes": 1}, {"shrink_after": 60}, {"backend": "submitit"}, "run.shrink_after: needs the "
-         "sbatch backend"),
-        ({"nodes": 2, "min_nodes": 1}, {"shrink_after": -1}, {}, "run.shrink_after"),
+         "sbatch backend", "launch.backend is submitit (HINT: --backend sbatch)"),
+        ({"nodes": 2, "min_nodes": 1}, {"shrink_after": -1}, {}, "run.shrink_after: must be at least 0", "got -1"),
     ],
 )  # fmt: skip
-def test_bad_shrink_settings_are_clear_errors(resources, run, launch, says):
+def test_bad_shrink_settings_are_clear_errors(resources, run, launch, says, advice):
     data = {"train": {"model": "/m", "data": {"train": "/d.jsonl"}}, "resources": resources, "run": run,
             "launch": {"backend": "sbatch", **launch}}  # fmt: skip
     with pytest.raises(ConfigError) as e:
         build_spec(data)
-    assert says in str(e.value)
-    assert "HINT" in str(e.value) or "got" in str(e.value) or "at least" in str(e.value)
+    message = str(e.value)
+    # What is wrong, and what to set instead (a hint) or what was given.
+    assert "1 problem in the job description" in message and says in message and advice in message
 
 
 CRASH = Decision("requeue", "launcher failed with 137; requeue 1 of 2", 137)
