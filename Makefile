@@ -4,8 +4,9 @@
 .PHONY: demo test setup cluster lint unit ops
 
 # DeepSpeed JIT-compiles its C++ ops on first use (minutes on 2 cores): keep them in one persistent
-# cache, shared by the test run and the jobs it submits (SLURM jobs inherit the environment).
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/hpcft/torch_extensions
+# cache, shared by every run of the test command and the jobs it submits (SLURM jobs inherit the
+# environment), keyed below this root by DeepSpeed/torch/Python version and CPU like any runs directory's.
+export HPCFT_OPS_CACHE ?= $(HOME)/.cache/hpcft/torch_extensions
 
 setup:
 	bash scripts/setup --system

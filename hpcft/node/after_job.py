@@ -169,13 +169,23 @@ def requeue(job_id: str, preempted: bool) -> None:
 OOM_HINT = "HINT: raise resources.mem, run fewer processes per node, or offload; `hpcft plan` shows the memory planner"
 
 
+NO_STEP_S = 3  # sacct lists a step from its start; after the job's launcher ended, none by then means none
+
+
 def out_of_memory(job_id: str, env: Mapping[str, str], wait_s: float = 15) -> str | None:
-    """What SLURM says ran out of memory in this job, or None; waits for sacct to record the ended steps."""
-    deadline = time.monotonic() + wait_s
+    """What SLURM says ran out of memory in this job, or None; waits for sacct to record the ended steps.
+
+    A head-node launcher (pdsh) runs no step of its own: with no step listed after ``NO_STEP_S`` there is
+    nothing to wait for.
+    """
+    start = time.monotonic()
     while True:
         launched = [s for s in client.query_steps(job_id) if not s.step.endswith((".batch", ".extern"))]
         oom = [s for s in launched if s.state == "OUT_OF_MEMORY"]
-        if oom or (launched and all(s.state in client.ENDED for s in launched)) or time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        if oom or (launched and all(s.state in client.ENDED for s in launched)) or waited > wait_s:
+            break
+        if not launched and waited > NO_STEP_S:
             break
         time.sleep(1)
     if not oom:

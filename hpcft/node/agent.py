@@ -63,7 +63,7 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     if spec.launch.launcher == "deepspeed-openmpi" and not spec.launch.network_interface:
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = node_python(spec)
-    env = with_python_bin(env, python)
+    env = ops.with_python_bin(env, python)
     check_command(spec, env, host)
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
     # {resume_checkpoint} / HPCFT_RESUME_CHECKPOINT are for a user's command; hpcft's trainer finds its own.
@@ -73,14 +73,6 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     if spec.launch.launcher == "deepspeed-pdsh":
         check_ssh(cluster.hosts, host, spec.launch.env_passthrough)
     return build_launch(ctx), restarts, env
-
-
-def with_python_bin(env: Mapping[str, str], python: str) -> dict[str, str]:
-    """``env`` with the job's python's bin directory first on PATH: console commands of its environment
-    (``trl``, ``llamafactory-cli``, ``accelerate``) are found as they are after activating it."""
-    bin_dir = os.path.dirname(python)
-    path = env.get("PATH", "")
-    return dict(env) if not bin_dir or bin_dir in path.split(":") else {**env, "PATH": f"{bin_dir}:{path}"}
 
 
 def check_command(spec: JobSpec, env: Mapping[str, str], host: str) -> None:

@@ -3,9 +3,15 @@
 DeepSpeed compiles its ops (``shm_comm`` on CPU, ``async_io`` for NVMe, ``cpu_adam``) the first time a
 rank uses them: minutes on the critical path of every fresh start, every rank of every node waiting on
 torch's build lock. hpcft keeps them in ``RUNS_DIR/.cache/torch_extensions/<key>`` on the shared
-filesystem, the key naming the DeepSpeed, torch and Python versions, the machine and a hash of the CPU's
-feature flags (DeepSpeed compiles with ``-march=native``: a build from a newer CPU may not run on an
-older one). ``$TORCH_EXTENSIONS_DIR`` set by the user wins. ``hpcft ops build`` fills the cache ahead
+filesystem (or under ``$HPCFT_OPS_CACHE``, a cache root shared by every runs directory), the key naming the
+DeepSpeed, torch and Python versions, the machine and a hash of the CPU's feature flags (DeepSpeed compiles
+with ``-march=native``: a build from a newer CPU may not run on an older one). ``$TORCH_EXTENSIONS_DIR`` set
+by the user wins, as it is.
+
+One toolchain: torch's JIT builder runs ``ninja`` from PATH every time a rank loads an op, and a ninja
+of another version discards the build log it finds ("build log version is too old") and compiles again.
+The ranks run with the job's python's bin directory first on PATH (``with_python_bin``, where pip's
+``ninja`` lives), so every build here runs with that PATH too. ``hpcft ops build`` fills the cache ahead
 (e.g. on a login node of the same CPU type); otherwise the first job's first node builds what is
 missing, once, under a lock, while the other nodes wait for it — the ranks never compile.
 No torch here: versions come from package metadata.
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from hpcft.spec import JobSpec
 
 ENV = "TORCH_EXTENSIONS_DIR"
+ROOT_ENV = "HPCFT_OPS_CACHE"  # a cache root for every runs directory; the versioned key goes below it
 WAIT_S = 1800  # how long other nodes wait for the building node (a cold async_io build takes ~3 min on 2 cores)
 
 
@@ -60,10 +67,21 @@ def cpu_flags_hash() -> str:
 
 
 def ops_dir(runs_dir: str | os.PathLike, env: Mapping[str, str]) -> Path:
-    """Where this node's ranks find the ops: ``$TORCH_EXTENSIONS_DIR``, else the shared versioned cache."""
+    """Where this node's ranks find the ops: ``$TORCH_EXTENSIONS_DIR``, else the versioned cache under
+    ``$HPCFT_OPS_CACHE`` or the runs directory's ``.cache/torch_extensions``."""
     if env.get(ENV):
         return Path(env[ENV])
-    return Path(runs_dir).resolve() / ".cache" / "torch_extensions" / cache_key(env)
+    root = Path(env[ROOT_ENV]) if env.get(ROOT_ENV) else Path(runs_dir) / ".cache" / "torch_extensions"
+    return root.resolve() / cache_key(env)
+
+
+def with_python_bin(env: Mapping[str, str], python: str) -> dict[str, str]:
+    """``env`` with the job's python's bin directory first on PATH, as the ranks run: console commands of
+    its environment (``trl``, ``llamafactory-cli``, ``accelerate``) are found as they are after activating
+    it, and the ops are built and loaded by the same ``ninja`` (see the module docstring)."""
+    bin_dir = os.path.dirname(python)
+    path = env.get("PATH", "")
+    return dict(env) if not bin_dir or bin_dir in path.split(":") else {**env, "PATH": f"{bin_dir}:{path}"}
 
 
 def missing(directory: Path, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -92,7 +110,8 @@ def build(directory: Path, names: tuple[str, ...], python: str = sys.executable)
         if not todo:
             return
         argv = [python, "-m", "hpcft.train.ds_ops", "build", str(directory), *todo]
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        env = with_python_bin(os.environ, python)  # the ranks' ninja (module docstring)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise LaunchError(
                 f"building DeepSpeed ops {', '.join(todo)} into {directory} failed (exit {proc.returncode}): "

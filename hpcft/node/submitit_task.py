@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hpcft.node.after_job import after_job
@@ -86,11 +87,31 @@ class NodeTask:
         store.write_atomic(run / PREEMPT_FILE, "USR2\n")
         rc = 0
         if self.proc is not None:
-            try:
-                rc = self.proc.wait(timeout=max((self.lead or 90) - 10, 10))
-            except subprocess.TimeoutExpired:
+            rc = wait_child(self.proc, max((self.lead or 90) - 10, 10))
+            if rc is None:
                 rc = 124  # no checkpoint in time: the requeued run continues from the newest complete one
         decision = after_job(run, rc, requeue_job=False)  # records the outcome; submitit requeues itself
         if decision.action != "requeue":
             sys.exit(decision.exit_code)
         return submitit.helpers.DelayedSubmission(NodeTask(self.python, self.run, self.head_only, self.lead))
+
+
+def wait_child(proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.2) -> int | None:
+    """``proc``'s exit status once it ends within ``timeout_s``, else None; safe inside a signal handler.
+
+    submitit calls ``checkpoint`` from its signal handler, which interrupts ``_launch``'s ``proc.wait()``
+    while that holds the Popen's internal lock: ``proc.wait(timeout=…)`` there can never take the lock and
+    times out however early the child ended. ``os.waitpid`` needs no lock.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already (by the interrupted wait)
+            return None if proc.returncode is None else exit_status(proc.returncode)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return exit_status(proc.returncode)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)

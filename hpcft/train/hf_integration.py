@@ -37,6 +37,9 @@ def install() -> None:
     """Patch ``transformers.Trainer`` when it is imported (nothing else is touched or imported now)."""
     if os.environ.get(ENV) != "1" or not os.environ.get("HPCFT_RUN_DIR"):
         return
+    from hpcft.train.ds_ops import use_job_toolchain
+
+    use_job_toolchain()  # DeepSpeed's ops load with the ninja that built them
     for name in _TARGETS:
         if name in sys.modules:
             patch_module(sys.modules[name])

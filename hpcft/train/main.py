@@ -206,8 +206,10 @@ def main(argv: list[str]) -> None:
     """Train, then leave through ``dist.exit_cleanly`` (the gloo exit-abort workaround)."""
     from hpcft.slurm.env import torch_rank_env
     from hpcft.train.dist import exit_cleanly
+    from hpcft.train.ds_ops import use_job_toolchain
 
     os.environ.update(torch_rank_env(os.environ))  # ranks started by mpirun (deepspeed-openmpi/mvapich)
+    use_job_toolchain()  # DeepSpeed's ops load with the ninja that built them
     # `python -m` puts the working directory (the run directory, on the shared filesystem) first on sys.path;
     # every importlib.metadata lookup would then stat and list it: accelerate's package checks run during
     # training, on every rank. Nothing is imported from there.

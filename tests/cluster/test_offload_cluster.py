@@ -67,7 +67,7 @@ def test_plan_refuses_an_offload_job_that_cannot_fit_the_node(demo512):
 
 def test_first_job_builds_the_ops_once_on_one_node_and_later_jobs_reuse_them(lab, demo_dir, tmp_path):
     runs = tmp_path / "runs"
-    env = {"TORCH_EXTENSIONS_DIR": ""}  # unset for the jobs: they use the runs directory's shared cache
+    env = {"TORCH_EXTENSIONS_DIR": "", "HPCFT_OPS_CACHE": ""}  # unset: the jobs use the runs directory's cache
     args = ["--zero", "3", "-o", "train.max_steps=2", "-o", "train.save_steps=100", "-o", "train.eval_steps=null"]
     first = _submit(demo_dir, runs / "a", env, args)
     out = _job_output(first)

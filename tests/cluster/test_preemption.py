@@ -76,7 +76,7 @@ def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, run
     assert "slurm_signal_delay_s: 60" in (run / "submitit.yaml").read_text()
     event = wait_until("the time-limit event", lambda: next(
         (e for e in _state(run).get("events", []) if e.get("kind") == "time limit"), None), timeout=180)  # fmt: skip
-    assert event["action"] == "requeue"
+    assert event["action"] == "requeue" and event["rc"] == 0  # the ranks saved and ended; 124: a timeout
     saved = max(r["step"] for r in _steps(run) if "loss" in r)
     assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # saved at the warning, not at the limit
     wait_until("PENDING on BeginTime", lambda: _squeue(job).startswith("PENDING") and "BeginTime" in _squeue(job),
@@ -90,6 +90,6 @@ def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, run
     # run.max_preemptions=1 is spent at the second warning: that run ends "done", nothing requeues it again.
     wait_until("the second warning's decision", lambda: len(_state(run).get("events", [])) >= 2, timeout=180)
     second = _state(run)["events"][1]
-    assert second["action"] == "done" and "max_preemptions 1/1 spent" in second["reason"]
+    assert second["action"] == "done" and "max_preemptions 1/1 spent" in second["reason"] and second["rc"] == 0
     wait_until("the job to end", lambda: _squeue(job) == "", timeout=120)
     assert _state(run).get("failures", 0) == 0

@@ -29,7 +29,7 @@ SHORT = ["-o", "train.max_steps=10", "-o", "train.save_steps=10", "-o", "train.e
 @pytest.fixture(scope="session")
 def ds_ops(train_stack) -> None:
     """DeepSpeed's JIT ops built once, serially, in the persistent cache the jobs use (make test does it first)."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXT_DIR))
+    os.environ.setdefault("HPCFT_OPS_CACHE", str(EXT_DIR))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, "-m", "hpcft", "ops", "build"]
     subprocess.run(cmd, check=True, timeout=900, capture_output=True)
