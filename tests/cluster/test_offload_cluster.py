@@ -10,12 +10,14 @@ RSS (VmHWM) stays under 1.5× the planner's figure; the resumed losses equal the
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from hpcft.node.ds_ops import ops_dir
 from hpcft.ops.logs import rank_text
 from tests.cluster.test_launchers import losses, run_demo
 from tests.conftest import hpcft
@@ -30,6 +32,8 @@ PEAK = re.compile(r"peak host memory of this rank: (\d+) MiB")
 def test_headline_nvme_offload_on_two_nodes_swaps_fits_and_resumes_exactly(lab, ds_ops, demo512, tmp_path):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
+    built = _built_files(ops_dir(tmp_path / "full", os.environ))
+    assert {p.name for p in built} >= {"async_io.so", "deepspeed_shm_comm.so"}  # make ops / the ds_ops fixture
     args = ["--zero", "3", "--offload", "nvme", "-o", f"train.offload.nvme_path={nvme}", "-o", "train.max_steps=12",
             "-o", "train.save_steps=6", "-o", "train.eval_steps=null"]  # fmt: skip
     st, full = run_demo(demo512, tmp_path / "full", *args)
@@ -42,6 +46,7 @@ def test_headline_nvme_offload_on_two_nodes_swaps_fits_and_resumes_exactly(lab, 
         assert {p.parent.name for p in files} == {"rank0", "rank1", "rank2", "rank3"}, kind
         assert all(p.stat().st_size > 0 for p in files)
     assert "building DeepSpeed ops" not in _job_output(full)  # built before the job (make ops), never at its start
+    assert _built_files(ops_dir(tmp_path / "full", os.environ)) == built  # and no rank compiled them again
     peaks = [int(PEAK.search(rank_text(full, r)).group(1)) for r in range(4)]
     planned = _planned_mib(full, demo512 / "model")
     assert len(peaks) == 4 and max(peaks) <= 1.5 * planned and min(peaks) >= planned / 1.5, (peaks, planned)
@@ -75,8 +80,10 @@ def test_first_job_builds_the_ops_once_on_one_node_and_later_jobs_reuse_them(lab
     cache = runs / "a" / ".cache" / "torch_extensions"
     (key,) = [p.name for p in cache.iterdir()]
     assert (cache / key / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file()
+    built = _built_files(cache / key)
     second = _submit(demo_dir, runs / "a", env, args)
     assert "building DeepSpeed ops" not in _job_output(second) and "waiting" not in _job_output(second)
+    assert _built_files(cache / key) == built  # the ranks loaded the ops without compiling anything
 
 
 def _submit(demo: Path, runs: Path, env: dict, args: list[str]) -> Path:
@@ -86,6 +93,11 @@ def _submit(demo: Path, runs: Path, env: dict, args: list[str]) -> Path:
     (spec,) = set(runs.glob("*/spec.yaml")) - before
     assert proc.returncode == 0, (proc.stdout, proc.stderr, _job_output(spec.parent))
     return spec.parent
+
+
+def _built_files(directory: Path) -> dict[Path, int]:
+    """The compiled files of the op cache (objects and libraries) with their modification times."""
+    return {p: p.stat().st_mtime_ns for p in directory.rglob("*") if p.suffix in (".o", ".so")}
 
 
 def _job_output(run: Path) -> str:
