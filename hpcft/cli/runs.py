@@ -134,6 +134,9 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
     if isinstance(ref, str):
         for link in rows[0].trackers:
             click.echo(f"  curves: {link}")
+        line = monitor.startup_line(rows[0].startup)
+        if line:
+            click.echo(f"  {line}")
 
 
 @main.command()

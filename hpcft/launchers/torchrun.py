@@ -6,9 +6,15 @@ from hpcft.launchers.base import LaunchCommand, LaunchContext
 
 
 def build(ctx: LaunchContext) -> LaunchCommand:
-    """``python -m torch.distributed.run`` for this node (``--standalone`` outside SLURM)."""
+    """``python -m torch.distributed.run`` for this node (``--standalone`` outside SLURM).
+
+    hpcft's own trainer runs under ``hpcft.train.warm`` instead (``launch.warm_start``): the same agent
+    and options, with ranks forked from one warm interpreter per node rather than started cold.
+    """
     cluster, launch = ctx.cluster, ctx.spec.launch
-    argv = [ctx.python, "-m", "torch.distributed.run", f"--nproc-per-node={ctx.procs_per_node}"]
+    warm = launch.warm_start and ctx.entry().target == WARM_TRAINER
+    runner = ["-u", "-m", "hpcft.train.warm"] if warm else ["-m", "torch.distributed.run"]
+    argv = [ctx.python, *runner, f"--nproc-per-node={ctx.procs_per_node}"]
     if not cluster.in_slurm:
         argv.append("--standalone")
     elif launch.rdzv == "static":
@@ -34,6 +40,8 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     argv += ctx.entry().launcher_args("-m", "--no-python")
     return LaunchCommand(argv=tuple(argv), env={**ctx.rank_env(), **RESTART_WORKAROUND})
 
+
+WARM_TRAINER = "hpcft.train.main"  # hpcft.train.warm starts only this module warm
 
 # torchrun's agents share their rendezvous TCPStore with the workers and keep each restart's keys
 # apart by TORCHELASTIC_RESTART_COUNT, which every agent counts for itself: after a crash on one node

@@ -50,6 +50,7 @@ class RunStatus:
     trackers: list[str] = field(default_factory=list)  # where the curves are (train.report_to)
     sweep: str = ""  # the sweep (job array) this run is a point of
     sweep_values: dict[str, str] = field(default_factory=dict)
+    startup: dict[str, Any] = field(default_factory=dict)  # rank 0's start-up profile of the newest (re)start
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -132,7 +133,18 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         trackers=_trackers(path, train),
         sweep=state.get("sweep") if isinstance(state.get("sweep"), str) else "",
         sweep_values=state.get("sweep_values") if isinstance(state.get("sweep_values"), dict) else {},
+        startup=progress["startup"],
     )
+
+
+def startup_line(profile: dict[str, Any]) -> str | None:
+    """``start-up (warm rank 0, seconds from its process start): imports 0.4, …`` of a profile, or None."""
+    meta = ("warm", "parent", "process_start")
+    stages = [(k, v) for k, v in profile.items() if k not in meta and isinstance(v, int | float)]
+    if not stages:
+        return None
+    steps = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in stages)
+    return f"start-up ({'warm' if profile.get('warm') else 'cold'} rank 0, seconds from its process start): {steps}"
 
 
 def _trackers(path: Path, train: dict[str, Any]) -> list[str]:
@@ -191,6 +203,7 @@ def summarize_metrics(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "loss": last.get("loss"),
         "tokens_per_s": last.get("tokens_per_s"),
         "eval_loss": evals[-1] if evals else None,
+        "startup": begin.get("startup") if isinstance(begin.get("startup"), dict) else {},
     }
 
 

@@ -119,6 +119,9 @@ class LaunchSpec:
     hf_integration: bool = _opt(
         True, help="your command's transformers.Trainer reports progress, checkpoints on warnings and resumes"
     )
+    warm_start: bool = _opt(
+        True, help="torchrun with hpcft's trainer: import the stack once per node and fork every rank from it"
+    )
     command: tuple[str, ...] = _opt(
         (),
         help="your own trainer instead of hpcft's: a .py file, -m module or a program, with its arguments (placeholders"

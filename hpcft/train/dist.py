@@ -25,6 +25,13 @@ def exit_cleanly(rc: int) -> None:
         rc: exit status. On success (0) all ranks meet at a barrier first, so no rank tears down
             while a peer still talks to it; after a failure there is no barrier (peers may be gone).
     """
+    end_distributed(rc)
+    os._exit(rc)
+
+
+def end_distributed(rc: int) -> None:
+    """``exit_cleanly`` but for the exit: the barrier (on success), the process groups, atexit, flushed
+    streams. A warm rank (``hpcft.train.warm``) returns after it; its fork ends with ``os._exit``."""
     try:
         import torch.distributed as dist
 
@@ -39,4 +46,3 @@ def exit_cleanly(rc: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-        os._exit(rc)

@@ -77,14 +77,16 @@ def train(run: Path) -> None:
     """Run the recipe of ``RUN/spec.yaml`` to the end."""
     from transformers import Trainer
 
-    from hpcft.train import checkpoint, data, model, preemption, tracking
+    from hpcft.train import checkpoint, data, model, preemption, startup, tracking
     from hpcft.train.args import deepspeed_setup, training_arguments
     from hpcft.train.metrics import make_metrics_callback
 
+    startup.mark("imports")
     spec = store.load_run_spec(run)
     tracking.setup_env(spec, run)  # before the Trainer: its tracker integrations read the variables
     ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
     args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)
+    startup.mark("process_group")
     resume = checkpoint.resume_point(spec, run, args.world_size, args.process_index == 0)
     args = checkpoint.universal_if_resized(spec, resume, args, ds_config)  # ZeRO shards of another world size
     if checkpoint.reached_max_steps(spec, resume):
@@ -93,6 +95,7 @@ def train(run: Path) -> None:
     tokenizer = model.load_tokenizer(spec)
     train_ds, eval_ds = data.build_datasets(spec, run, tokenizer)
     collator = data.make_collator(tokenizer, spec.train.packing)
+    startup.mark("data")
     trainer = Trainer(
         model=model.load_model(spec, args),  # after args: with ZeRO-3 they turn on zero.Init
         args=args,
@@ -102,6 +105,7 @@ def train(run: Path) -> None:
         data_collator=collator,
         callbacks=[c for c in (make_metrics_callback(run, collator), tracking.make_tracker_callback(spec, run)) if c],
     )
+    startup.mark("model")
     world = trainer.args.world_size
     log.info("distributed: %s over %d ranks (deepspeed %s, fsdp %s)", trainer.accelerator.distributed_type,
              world, trainer.is_deepspeed_enabled, trainer.is_fsdp_enabled)  # fmt: skip
@@ -204,8 +208,14 @@ def parse_args(argv: list[str]) -> Path:
 
 def main(argv: list[str]) -> None:
     """Train, then leave through ``dist.exit_cleanly`` (the gloo exit-abort workaround)."""
-    from hpcft.slurm.env import torch_rank_env
     from hpcft.train.dist import exit_cleanly
+
+    exit_cleanly(run_rank(argv))
+
+
+def run_rank(argv: list[str]) -> int:
+    """One rank's whole life up to its exit status; torch.distributed is left for the caller to end."""
+    from hpcft.slurm.env import torch_rank_env
     from hpcft.train.ds_ops import use_job_toolchain
 
     os.environ.update(torch_rank_env(os.environ))  # ranks started by mpirun (deepspeed-openmpi/mvapich)
@@ -217,7 +227,7 @@ def main(argv: list[str]) -> None:
     run = parse_args(argv)
     if (run / FATAL_FILE).exists():  # restarted in the job after an error a rerun repeats: stop at once
         print(f"hpcft: not training again: {(run / FATAL_FILE).read_text().strip()}", file=sys.stderr, flush=True)
-        sys.exit(3)
+        return 3
     exit_if_saved_for_requeue(run)
     setup_logging(run)
     if rank() == 0 and os.environ.get("HPCFT_JOB_ID", "local") != "local":
@@ -237,8 +247,8 @@ def main(argv: list[str]) -> None:
             log.exception("training failed on rank %d", rank())
             if isinstance(e, HpcftError) and rank() == 0:  # a configuration problem: a requeue cannot fix it
                 store.write_atomic(run / FATAL_FILE, f"configuration error: {e.message}\n")
-        exit_cleanly(1)
-    exit_cleanly(0)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

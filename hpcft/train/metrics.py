@@ -82,10 +82,17 @@ def make_metrics_callback(run: Path, counter=None):
 
 
 def begin_record(args, state, machines: int) -> dict:
-    """The ``train_begin`` record of a (re)start."""
+    """The ``train_begin`` record of a (re)start, with rank 0's start-up profile (``train.startup``)."""
+    from hpcft.train import startup
+
+    startup.mark("train_begin")
     return {"event": "train_begin", "max_steps": state.max_steps, "start_step": state.global_step,
             "world_size": args.world_size, "machines": machines, "job_id": os.environ.get("HPCFT_JOB_ID", "local"),
-            "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")), "time": time.time()}  # fmt: skip
+            "restart": int(os.environ.get("HPCFT_RESTART_COUNT", "0")), "time": time.time(),
+            "startup": startup.profile(warm=os.environ.get(WARM_ENV) == "1")}  # fmt: skip
+
+
+WARM_ENV = "HPCFT_WARM_RANK"  # "1" in a rank hpcft.train.warm forked with the stack already imported
 
 
 class TrainTokens:

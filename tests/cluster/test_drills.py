@@ -131,6 +131,9 @@ def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(referenc
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert [b["restart"] for b in begins] == [0, 0]  # the same SLURM run of the job: no requeue
     assert begins[1]["start_step"] >= 39  # step 40's own save may be the one the kill interrupted
+    # Rank 0's node restarted its ranks as forks of the same warm server: no import at the restart.
+    assert [b["startup"]["warm"] for b in begins] == [True, True]
+    assert begins[0]["startup"]["parent"] == begins[1]["startup"]["parent"]
     assert restart_s < 90, f"in-job restart took {restart_s:.0f} s"  # nobody hung in the dead rank's barrier
     assert st["step"] == STEPS
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)

@@ -1,0 +1,44 @@
+"""A rank's start-up profile: seconds from its process start to each stage before its first step.
+
+Recorded by rank 0 in its ``train_begin`` record (``startup``) and shown by ``hpcft status RUN``, so the
+cost of a (re)start is measured, not guessed: ``imports`` (torch, transformers… ready), ``process_group``
+(the distributed setup: TrainingArguments), ``data`` (tokenized datasets), ``model`` (loaded, wrapped in
+the Trainer) and ``train_begin`` (the Trainer's loop starts, resuming included). A warm rank
+(``hpcft.train.warm``) starts at its fork with the stack imported. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+STAGES = ("imports", "process_group", "data", "model", "train_begin")
+_marks: dict[str, float] = {}
+
+
+def mark(stage: str) -> None:
+    """Note that this rank reached ``stage`` (the first time counts)."""
+    _marks.setdefault(stage, time.time())
+
+
+def process_start() -> float | None:
+    """This process's start as a UNIX time (/proc: its start in clock ticks after boot + the boot time)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def profile(warm: bool) -> dict:
+    """``{"warm": …, "parent": pid, "process_start": t0, stage: seconds since t0, …}`` for the stages reached."""
+    start = process_start()
+    out: dict = {"warm": warm, "parent": os.getppid()}  # warm ranks: the server they were forked from
+    if start is None:
+        return out
+    out["process_start"] = round(start, 2)
+    out.update({stage: round(_marks[stage] - start, 2) for stage in STAGES if stage in _marks})
+    return out
