@@ -20,8 +20,9 @@ pytestmark = pytest.mark.train
 
 
 def _run(demo: Path, runs: Path, warm: bool) -> Path:
-    hpcft("submit", str(demo / "job.yaml"), "--backend", "local", "--wait", "--runs-dir", str(runs), "-o",
-          f"launch.warm_start={str(warm).lower()}", "-o", "train.max_steps=10", "-o", "train.eval_steps=null")  # fmt: skip
+    short = ["-o", "train.max_steps=10", "-o", "train.eval_steps=null"]
+    hpcft("submit", str(demo / "job.yaml"), "--backend", "local", "--wait", "--runs-dir", str(runs), *short,
+          "-o", f"launch.warm_start={str(warm).lower()}")  # fmt: skip
     (run,) = [p.parent for p in runs.glob("*/spec.yaml")]
     return run
 

@@ -45,8 +45,8 @@ def test_the_prebuild_runs_with_the_jobs_python_bin_first_on_path(tmp_path, monk
     # `hpcft ops build` run as .venv/bin/hpcft from a shell without the venv on PATH (as `make ops` does).
     bin_dir = _env_bin(tmp_path, "ninja")
     python = bin_dir / "python"  # stands in for the interpreter: records the PATH it got, "builds" the op
-    python.write_text('#!/bin/sh\nmkdir -p "$4/deepspeed_shm_comm"\ntouch "$4/deepspeed_shm_comm/deepspeed_shm_comm.so"\n'
-                      'echo "$PATH" > "$4/path"\n')  # fmt: skip
+    op = '"$4/deepspeed_shm_comm"'
+    python.write_text(f'#!/bin/sh\nmkdir -p {op}\ntouch {op}/deepspeed_shm_comm.so\necho "$PATH" > "$4/path"\n')
     python.chmod(0o755)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     cache = tmp_path / "cache"
