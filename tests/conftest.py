@@ -33,6 +33,44 @@ def pytest_configure(config):
         raise pytest.UsageError(UPDATE_GOLDEN_IN_CI)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Two lanes for ``make test`` (``pytest -n 2 --dist loadgroup``): every test that uses the SLURM lab in
+    one lane, in order — the drills need its two nodes and partitions to themselves — and the unit and
+    train tests beside it, a module at a time (their module fixtures are built once). The lab lane runs
+    first: it is the longest."""
+
+    def on_lab(item) -> bool:
+        return item.get_closest_marker("cluster") is not None or "lab" in getattr(item, "fixturenames", ())
+
+    items.sort(key=lambda item: not on_lab(item))  # stable: each lane keeps its own order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("lab" if on_lab(item) else item.module.__name__))
+
+
+_TIERS: dict[str, dict] = {}  # tier → tests, seconds of test time, first start, last stop
+
+
+def pytest_runtest_logreport(report):
+    """Account every test's phases to its tier (tests/<tier>/...): ``make test`` prints time by tier."""
+    parts = report.nodeid.split("/")
+    tier = _TIERS.setdefault(parts[1] if len(parts) > 2 else "other", {"tests": 0, "s": 0.0, "t0": None, "t1": None})
+    tier["s"] += report.duration
+    tier["tests"] += report.when == "call"
+    start, stop = getattr(report, "start", None), getattr(report, "stop", None)
+    if start is not None and stop is not None:
+        tier["t0"] = start if tier["t0"] is None else min(tier["t0"], start)
+        tier["t1"] = stop if tier["t1"] is None else max(tier["t1"], stop)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TIERS:
+        return
+    terminalreporter.write_sep("=", "time by tier (tiers run side by side under -n)")
+    for name, tier in sorted(_TIERS.items()):
+        span = f", wall {(tier['t1'] - tier['t0']) / 60:.1f} min" if tier["t0"] is not None else ""
+        terminalreporter.write_line(f"{name}: {tier['tests']} tests, {tier['s'] / 60:.1f} min of test time{span}")
+
+
 def require(ok: bool, why: str) -> None:
     """Skip locally, fail in CI, when a tier's prerequisite is missing."""
     if ok:
