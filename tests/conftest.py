@@ -131,6 +131,30 @@ def wait_until(what: str, predicate, timeout: float = 180, interval: float = 0.3
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def squeue_state(job: str) -> str:
+    """``STATE REASON`` of a job (or array task) as squeue reports it ('' once squeue forgot it)."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def nodes_completing() -> list[str]:
+    """The lab's nodes SLURM still tears a job down on (state COMPLETING)."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if "comp" in line.split()[-1]]
+
+
+def release_requeued(job: str, timeout: float = 180) -> None:
+    """Wait for the requeued job to pend on SLURM's requeue hold and for its old run to be torn down on every
+    node, then lift the hold (``scontrol update StartTime=now``).
+
+    Lifting it while slurmd still tears down the previous run gets the new one killed ("Job credential
+    revoked") — the race the 120 s BeginTime hold prevents; the nodes leave COMPLETING when it is over.
+    """
+    wait_until(f"job {job} to be requeued", lambda: squeue_state(job) == "PENDING BeginTime", timeout=timeout)
+    wait_until("the old run's teardown", lambda: not nodes_completing(), timeout=120, interval=0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+
 @pytest.fixture(scope="session")
 def lab() -> None:
     """The local SLURM cluster must be up with its 2 nodes (make test brings it up)."""

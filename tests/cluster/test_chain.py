@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cluster
 
 def test_preempted_chain_job_continues_in_a_dependent_job(lab, demo_dir, runs_dir):
     out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
-                str(runs_dir), "-o", "run.restart=chain", "-o", "train.max_steps=300", "-o", "train.save_steps=100000",
+                str(runs_dir), "-o", "run.restart=chain", "-o", "train.max_steps=100", "-o", "train.save_steps=100000",
                 "-o", "train.eval_steps=null").stdout  # fmt: skip
     first = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
@@ -25,7 +25,7 @@ def test_preempted_chain_job_continues_in_a_dependent_job(lab, demo_dir, runs_di
     assert "#SBATCH --no-requeue" in script and f"#SBATCH --job-name={run.name}" in script
     wait_until("step 20", lambda: any(r.get("step", 0) >= 20 and "loss" in r for r in _steps(run)), timeout=300)
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
-                                "-o", "/dev/null", "--wrap", "sleep 10"], capture_output=True, text=True,
+                                "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
     try:
         event = wait_until("the chained job", lambda: next((e for e in _state(run).get("events", [])
@@ -45,5 +45,5 @@ def test_preempted_chain_job_continues_in_a_dependent_job(lab, demo_dir, runs_di
     begins = [r for r in _steps(run) if r.get("event") == "train_begin"]
     assert [(b["job_id"], b["start_step"]) for b in begins] == [(first, 0), (second, saved)]  # no step lost
     st = json.loads(hpcft("status", str(run), "--json").stdout)
-    assert st["job_ids"] == [first, second] and st["restarts"] == 1 and st["step"] == 300
+    assert st["job_ids"] == [first, second] and st["restarts"] == 1 and st["step"] == 100
     assert _state(run)["preemptions"] == 1 and not _state(run).get("failures")

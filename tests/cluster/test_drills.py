@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hpcft.ops.logs import rank_text
-from tests.conftest import hpcft, wait_until
+from tests.conftest import hpcft, nodes_completing, release_requeued, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -44,23 +44,6 @@ def submit(demo_dir: Path, runs_dir: Path, *extra: str) -> tuple[Path, str]:
     job = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     return run, job
-
-
-def squeue_state(job: str) -> str:
-    """``STATE REASON`` of a job as squeue reports it ('' once squeue forgot it)."""
-    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
-    return out.strip()
-
-
-def release_requeued(job: str) -> None:
-    """Wait for the requeued job to pend on SLURM's requeue hold, then lift the hold.
-
-    Lifting it at once can restart the job while slurmd still tears down its previous run; SLURM then
-    kills the new one ("Job credential revoked") — the very race the 120 s BeginTime hold prevents.
-    """
-    wait_until(f"job {job} to be requeued", lambda: squeue_state(job) == "PENDING BeginTime", timeout=120)
-    time.sleep(3)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
 def wait_finished(run: Path, timeout: float = 300) -> dict:
@@ -201,7 +184,7 @@ def test_e_resume_after_the_job_ended(reference, demo_dir, runs_dir):
     wait_until("checkpoint-20", lambda: (run / "checkpoints" / "checkpoint-20" / "COMPLETE").exists())
     hpcft("cancel", str(run))
     wait_until("the cancel", lambda: status(run)["state"] == "CANCELLED", timeout=60)
-    time.sleep(2)
+    wait_until("the cancelled job's teardown", lambda: not nodes_completing(), timeout=120, interval=0.2)
     out = hpcft("resume", str(run), "--wait").stdout
     assert "resumed" in out
     st = status(run)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import hpcft, wait_until
+from tests.conftest import hpcft, release_requeued, squeue_state, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -29,32 +28,24 @@ def _state(run: Path) -> dict:
     return json.loads((run / "state.json").read_text())
 
 
-def _squeue(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
-
-
 @pytest.mark.parametrize("backend", ["sbatch", "submitit"])
 def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_dir, backend):
     # submitit: SLURM's SIGTERM reaches submitit's task (which ignores it), not hpcft node: NodeTask takes it.
     out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
-                str(runs_dir), "--backend", backend, "-o", "train.max_steps=400", "-o", "train.save_steps=100000",
+                str(runs_dir), "--backend", backend, "-o", "train.max_steps=100", "-o", "train.save_steps=100000",
                 "-o", "train.eval_steps=null").stdout  # fmt: skip
     job = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     wait_until("step 20", lambda: any(r.get("step", 0) >= 20 and "loss" in r for r in _steps(run)), timeout=300)
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
-                                "-o", "/dev/null", "--wrap", "sleep 10"], capture_output=True, text=True,
+                                "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
     event = wait_until("the preemption in state.json", lambda: next(
         (e for e in _state(run).get("events", []) if e.get("kind") == "preemption"), None), timeout=120)  # fmt: skip
     assert event["action"] == "requeue" and event["reason"] == "checkpointed after SLURM's SIGTERM (preemption)"
     saved = max(r["step"] for r in _steps(run) if "loss" in r)
     assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # the save happened inside the grace time
-    # SLURM holds a requeued job 120 s (BeginTime); lift it once the old run is torn down (PREEMPTION.md).
-    wait_until("PENDING on BeginTime", lambda: _squeue(job).startswith("PENDING") and "BeginTime" in _squeue(job),
-               timeout=180)  # fmt: skip
-    time.sleep(3)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    release_requeued(job)  # SLURM holds a requeued job 120 s (BeginTime); lifted once the old run is torn down
     wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
                timeout=600)  # fmt: skip
     begins = [r for r in _steps(run) if r.get("event") == "train_begin" or "start_step" in r]
@@ -79,10 +70,7 @@ def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, run
     assert event["action"] == "requeue" and event["rc"] == 0  # the ranks saved and ended; 124: a timeout
     saved = max(r["step"] for r in _steps(run) if "loss" in r)
     assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # saved at the warning, not at the limit
-    wait_until("PENDING on BeginTime", lambda: _squeue(job).startswith("PENDING") and "BeginTime" in _squeue(job),
-               timeout=180)  # fmt: skip
-    time.sleep(3)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    release_requeued(job)
     wait_until("the resumed run", lambda: sum(1 for r in _steps(run) if r.get("event") == "train_begin") == 2,
                timeout=180)  # fmt: skip
     begins = [r for r in _steps(run) if r.get("event") == "train_begin"]
@@ -91,5 +79,5 @@ def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, run
     wait_until("the second warning's decision", lambda: len(_state(run).get("events", [])) >= 2, timeout=180)
     second = _state(run)["events"][1]
     assert second["action"] == "done" and "max_preemptions 1/1 spent" in second["reason"] and second["rc"] == 0
-    wait_until("the job to end", lambda: _squeue(job) == "", timeout=120)
+    wait_until("the job to end", lambda: squeue_state(job) == "", timeout=120)
     assert _state(run).get("failures", 0) == 0

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
-from tests.cluster.test_preemption import _squeue, _state, _steps
-from tests.conftest import hpcft, wait_until
+from tests.cluster.test_preemption import _state, _steps
+from tests.conftest import hpcft, release_requeued, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -50,7 +49,7 @@ def test_grid_runs_as_one_array_at_most_n_at_once(lab, demo_dir, runs_dir):
 
 def test_a_preempted_point_requeues_and_resumes_on_its_own(lab, demo_dir, runs_dir):
     out = hpcft("sweep", str(demo_dir / "job.yaml"), "--partition", "low", "-o", "train.lr=1e-3,3e-4",
-                "-o", "train.max_steps=300", "-o", "train.save_steps=100000", "-o", "train.eval_steps=null",
+                "-o", "train.max_steps=100", "-o", "train.save_steps=100000", "-o", "train.eval_steps=null",
                 "--runs-dir", str(runs_dir)).stdout  # fmt: skip
     array = out.split(" as job array ")[1].split()[0]
     runs = sorted(p.parent for p in runs_dir.glob("*/spec.yaml"))
@@ -59,7 +58,7 @@ def test_a_preempted_point_requeues_and_resumes_on_its_own(lab, demo_dir, runs_d
                    timeout=300)  # fmt: skip
     node = _state(runs[0])["jobs"][-1]["nodes"]
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "1", "-w", node, "--gres=gpu:2",
-                                "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 10"], capture_output=True, text=True,
+                                "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
     try:
         event = wait_until("the preemption of point 0", lambda: next((e for e in _state(runs[0]).get("events", [])
@@ -68,9 +67,7 @@ def test_a_preempted_point_requeues_and_resumes_on_its_own(lab, demo_dir, runs_d
         assert event["action"] == "requeue" and event["job"] == f"{array}_0"
         saved = max(r["step"] for r in _steps(runs[0]) if "loss" in r)
         task = f"{array}_0"
-        wait_until("PENDING on BeginTime", lambda: "BeginTime" in _squeue(task), timeout=180)
-        time.sleep(3)
-        subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
+        release_requeued(task)
         for run in runs:
             wait_until("COMPLETED", lambda run=run: json.loads(hpcft("status", str(run), "--json").stdout)["state"]
                        == "COMPLETED", timeout=600)  # fmt: skip

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import hpcft, wait_until
+from tests.conftest import hpcft, release_requeued, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -52,10 +51,6 @@ def records(run: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def squeue(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
-
-
 def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir, runs_dir, sft_data):
     out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
                 str(runs_dir), "--", "-m", "trl.scripts.sft", *sft_args(demo_dir, sft_data)).stdout  # fmt: skip
@@ -65,7 +60,7 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
     st = json.loads(hpcft("status", str(run), "--json").stdout)
     assert st["step"] >= 30 and st["total_steps"] == STEPS and st["loss"] is not None  # status follows TRL
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
-                                "-o", "/dev/null", "--wrap", "sleep 5"], capture_output=True, text=True,
+                                "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
     try:
         event = wait_until("the preemption", lambda: next(
@@ -73,9 +68,7 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
         assert event["action"] == "requeue"
         reached = max(r["step"] for r in records(run) if "loss" in r)
         assert (run / "checkpoints" / f"checkpoint-{reached}" / "trainer_state.json").is_file()  # TRL saved it
-        wait_until("PENDING on BeginTime", lambda: squeue(job) == "PENDING BeginTime", timeout=180)
-        time.sleep(3)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        release_requeued(job)
         wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
                    timeout=600)  # fmt: skip
     finally:
