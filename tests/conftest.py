@@ -185,6 +185,23 @@ def demo_dir(tmp_path_factory, train_stack) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def demo512(train_stack, tmp_path_factory) -> Path:
+    """The 8.3M-parameter demo, built once per session: per-rank partitions above DeepSpeed's 1 MiB AIO minimum."""
+    d = tmp_path_factory.mktemp("demo512") / "demo"
+    hpcft("init-demo", str(d), "--hidden-size", "512")
+    return d
+
+
+@pytest.fixture(scope="session")
+def ds_ops(train_stack) -> None:
+    """DeepSpeed's JIT ops built once, serially, in the persistent cache the jobs use (make test does it first)."""
+    os.environ.setdefault("HPCFT_OPS_CACHE", str(Path.home() / ".cache" / "hpcft" / "torch_extensions"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "hpcft", "ops", "build"]
+    subprocess.run(cmd, check=True, timeout=900, capture_output=True)
+
+
 @pytest.fixture
 def runs_dir(tmp_path) -> Path:
     """A fresh runs directory (on /tmp, which every lab node sees)."""

@@ -21,10 +21,8 @@ from hpcft.node.ds_ops import ops_dir
 from hpcft.ops.logs import rank_text
 from tests.cluster.test_launchers import losses, run_demo
 from tests.conftest import hpcft
-from tests.train.test_zero import demo512, ds_ops
 
 pytestmark = pytest.mark.cluster
-__all__ = ["demo512", "ds_ops"]
 
 PEAK = re.compile(r"peak host memory of this rank: (\d+) MiB")
 

@@ -17,10 +17,8 @@ import pytest
 
 from tests.cluster.test_launchers import losses
 from tests.conftest import hpcft
-from tests.train.test_zero import ds_ops
 
 pytestmark = pytest.mark.cluster
-__all__ = ["ds_ops"]
 
 SAME = ["--gpus-per-node", "1", "-o", "train.lr_scheduler=constant", "-o", "train.eval_steps=null",
         "-o", "train.save_steps=10"]  # fmt: skip

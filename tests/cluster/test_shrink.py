@@ -23,10 +23,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, hpcft, wait_until
-from tests.train.test_zero import ds_ops
 
 pytestmark = pytest.mark.cluster
-__all__ = ["ds_ops"]
 
 ARGS = ["--nodes", "2", "--gpus-per-node", "1", "--zero", "2", "-o", "train.lr_scheduler=constant",
         "-o", "train.eval_steps=null", "-o", "train.save_steps=10", "-o", "train.max_steps=30"]  # fmt: skip

@@ -13,10 +13,9 @@ import pytest
 
 from hpcft.ops.logs import rank_text
 from tests.cluster.test_launchers import losses, run_demo
-from tests.train.test_zero import ds_ops, optimizer_partition_numel
+from tests.train.test_zero import optimizer_partition_numel
 
 pytestmark = pytest.mark.cluster
-__all__ = ["ds_ops"]  # DeepSpeed's ops built once before the jobs start (they inherit TORCH_EXTENSIONS_DIR)
 
 SHORT = ["-o", "train.max_steps=10", "-o", "train.save_steps=10", "-o", "train.eval_steps=null"]
 

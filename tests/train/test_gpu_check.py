@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.test_zero import ds_ops
-
 pytestmark = pytest.mark.train
-__all__ = ["ds_ops"]
 
 ROOT = Path(__file__).resolve().parents[2]
 

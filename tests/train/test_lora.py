@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from hpcft.errors import ConfigError
-from tests.train.test_zero import SHORT, ds_ops, losses, rank_log, submit
-
-__all__ = ["ds_ops"]  # the session fixture that builds DeepSpeed's ops first
+from tests.train.test_zero import SHORT, losses, rank_log, submit
 
 pytestmark = pytest.mark.train
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.test_zero import SHORT, ds_ops, losses, rank_log, records, submit
-
-__all__ = ["ds_ops"]  # the session fixture that builds DeepSpeed's ops first
+from tests.train.test_zero import SHORT, losses, rank_log, records, submit
 
 pytestmark = pytest.mark.train
 

@@ -12,12 +12,12 @@ import shutil
 import pytest
 
 from tests.conftest import hpcft
-from tests.train.test_zero import demo512, ds_ops, losses, submit  # noqa: F401 - fixtures
+from tests.train.test_zero import losses, submit
 
 pytestmark = pytest.mark.train
 
 
-def test_zero3_nvme_resume_equals_the_uninterrupted_run(ds_ops, demo512, tmp_path):  # noqa: F811
+def test_zero3_nvme_resume_equals_the_uninterrupted_run(ds_ops, demo512, tmp_path):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
     args = ["--zero", "3", "--offload", "nvme", "-o", f"train.offload.nvme_path={nvme}",

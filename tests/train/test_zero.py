@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +21,7 @@ from tests.conftest import hpcft
 
 pytestmark = pytest.mark.train
 
-EXT_DIR = Path.home() / ".cache" / "hpcft" / "torch_extensions"
 SHORT = ["-o", "train.max_steps=10", "-o", "train.save_steps=10", "-o", "train.eval_steps=null"]
-
-
-@pytest.fixture(scope="session")
-def ds_ops(train_stack) -> None:
-    """DeepSpeed's JIT ops built once, serially, in the persistent cache the jobs use (make test does it first)."""
-    os.environ.setdefault("HPCFT_OPS_CACHE", str(EXT_DIR))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, "-m", "hpcft", "ops", "build"]
-    subprocess.run(cmd, check=True, timeout=900, capture_output=True)
 
 
 def submit(job: Path, runs_dir: Path, *args: str, name: str = "job") -> Path:
@@ -116,14 +105,6 @@ def test_zero3_cpu_offload_matches_zero3(ddp_z2_z3, demo_dir, tmp_path):
     assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
     assert "zero_force_ds_cpu_optimizer: false" in rank_log(run)  # the CPU workaround, logged
     assert losses(run) == pytest.approx(losses(ddp_z2_z3[3]), rel=1e-4)
-
-
-@pytest.fixture(scope="module")
-def demo512(train_stack, tmp_path_factory) -> Path:
-    """The 8.3M-parameter demo: per-rank partitions above DeepSpeed's 1 MiB AIO minimum."""
-    d = tmp_path_factory.mktemp("demo512") / "demo"
-    hpcft("init-demo", str(d), "--hidden-size", "512")
-    return d
 
 
 def test_zero3_nvme_offload_really_swaps_to_disk(ds_ops, demo512, tmp_path):
