@@ -81,3 +81,33 @@ def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, run
     assert second["action"] == "done" and "max_preemptions 1/1 spent" in second["reason"] and second["rc"] == 0
     wait_until("the job to end", lambda: squeue_state(job) == "", timeout=120)
     assert _state(run).get("failures", 0) == 0
+
+
+def test_sbatch_time_limit_warning_fired_by_slurm_checkpoints_and_requeues(lab, demo_dir, runs_dir):
+    """The batch script's own ``#SBATCH --signal=B:USR1@60`` under a real 2-minute limit: SLURM fires it (up
+    to a minute early), the ranks save, after-job requeues, and the run resumes at the saved step."""
+    endless = ["-o", "train.max_steps=100000", "-o", "train.save_steps=100000", "-o", "train.eval_steps=null"]
+    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--time", "2", "--runs-dir", str(runs_dir),
+                *endless).stdout  # fmt: skip
+    job = out.split(" as job ")[1].split()[0]
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    assert "#SBATCH --signal=B:USR1@60\n" in (run / "job.sbatch").read_text()
+    try:
+        event = wait_until(
+            "the time-limit event",
+            lambda: next((e for e in _state(run).get("events", []) if e.get("kind") == "time limit"), None),
+            timeout=180,
+        )
+        assert (event["action"], event["rc"], event["job"]) == ("requeue", 0, job), event
+        assert event["reason"] == "checkpointed after the warning signal"
+        saved = max(r["step"] for r in _steps(run) if "loss" in r)
+        assert (run / "checkpoints" / f"checkpoint-{saved}" / "COMPLETE").is_file()
+        assert "hpcft: warning signal: asking the ranks to checkpoint" in hpcft("logs", str(run)).stdout
+        release_requeued(job)
+        wait_until("the resumed run", lambda: sum(1 for r in _steps(run) if r.get("event") == "train_begin") == 2,
+                   timeout=180)  # fmt: skip
+    finally:
+        hpcft("cancel", str(run), check=False)  # the second segment would only run to its own warning
+    begins = [r for r in _steps(run) if r.get("event") == "train_begin"]
+    assert [b["start_step"] for b in begins] == [0, saved] and [b["restart"] for b in begins] == [0, 1]
+    assert _state(run).get("failures", 0) == 0 and _state(run)["preemptions"] == 1
