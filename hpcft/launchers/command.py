@@ -39,9 +39,42 @@ def placeholders_in(arg: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(arg) if name is not None]
 
 
+# Commands that start ranks themselves. Under a launcher that starts ranks, every rank would start a world of
+# its own and the rendezvous collapses ("Failed to recv, got 0 bytes") after the whole failure budget.
+SELF_LAUNCHING_PROGRAMS = {"torchrun": "", "deepspeed": "", "accelerate": "launch", "llamafactory-cli": "train"}
+SELF_LAUNCHING_MODULES = ("torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch",
+                          "deepspeed.launcher.runner")  # fmt: skip
+TRL_NOT_LAUNCHING = ("env", "vllm-serve")  # every other `trl` subcommand runs `accelerate launch` itself
+
+
+def launches_itself(command: Sequence[str]) -> str | None:
+    """How ``command`` starts its own ranks (``trl sft`` → ``trl sft``), or None for a plain program.
+
+    llamafactory-cli starts torchrun when FORCE_TORCHRUN is set, which every hpcft rank environment sets.
+    """
+    kind = command_kind(command)
+    if kind == "module":
+        return f"-m {command[1]}" if len(command) > 1 and command[1] in SELF_LAUNCHING_MODULES else None
+    if kind != "program":
+        return None
+    name, sub = command[0].rsplit("/", 1)[-1], (command[1] if len(command) > 1 else "")
+    if name == "trl":
+        return f"trl {sub}" if sub and sub not in TRL_NOT_LAUNCHING else None
+    if name in SELF_LAUNCHING_PROGRAMS and SELF_LAUNCHING_PROGRAMS[name] in ("", sub):
+        return f"{name} {sub}".strip() if SELF_LAUNCHING_PROGRAMS[name] else name
+    return None
+
+
 def check_command(command: Sequence[str], *, zero: bool, launcher: str) -> list[str]:
-    """Problems of ``launch.command``: a bare ``-m``, a bad module name, unknown or unusable placeholders."""
+    """Problems of ``launch.command``: a bare ``-m``, a bad module name, unknown or unusable placeholders, a
+    command that starts its own ranks under a launcher that starts ranks too."""
     problems = []
+    tool = launches_itself(command)
+    if tool and launcher != "none":
+        problems.append(f"launch.command: `{tool}` starts its own processes, and launcher {launcher} would run it in "
+                        f"every rank, each starting a world of its own (HINT: --launcher none runs it once per node "
+                        f"with the rendezvous in its environment: hpcft submit JOB --launcher none -- "
+                        f"{' '.join(command)})")  # fmt: skip
     if command and command[0] == "-m" and (len(command) < 2 or not _MODULE_RE.match(command[1])):
         got = repr(command[1]) if len(command) > 1 else "nothing"
         problems.append(f"launch.command: -m needs a module name such as pkg.train, got {got}")

@@ -53,6 +53,21 @@ def refused(out: F.Outcome, *needles: str) -> None:
         ({"launch": {"setup": ["export HF_TOKEN=hf_" + "a" * 34]}}, ["launch.setup[0]: holds what looks like a token"]),
         ({"resources": {"extra_sbatch": ["--comment=WANDB_API_KEY=abc123"]}}, ["extra_sbatch[0]: holds what looks"]),
         ({"launch": {"env": {"HF_TOKEN": "x"}}}, ["launch.env.HF_TOKEN: looks like a secret"]),
+        # A command that starts its own ranks, under a launcher that starts ranks (issue #25, item 14).
+        (
+            {"launch": {"command": ["trl", "sft", "--output_dir", "{output_dir}"]}},
+            [
+                "launch.command: `trl sft` starts its own processes, and launcher torchrun would run it in every rank",
+                "HINT: --launcher none",
+                "-- trl sft --output_dir {output_dir}",
+            ],
+        ),
+        (
+            {"launch": {"launcher": "deepspeed", "command": ["llamafactory-cli", "train", "cfg.yaml"]}},
+            ["`llamafactory-cli train` starts its own processes, and launcher deepspeed"],
+        ),
+        ({"launch": {"command": ["-m", "torch.distributed.run", "t.py"]}}, ["`-m torch.distributed.run` starts"]),
+        ({"launch": {"command": ["/opt/env/bin/accelerate", "launch", "t.py"]}}, ["`accelerate launch` starts"]),
     ],
 )
 def test_bad_jobs_are_refused_with_the_field_and_nothing_is_written(work, change, needles):
@@ -63,6 +78,23 @@ def test_bad_jobs_are_refused_with_the_field_and_nothing_is_written(work, change
     assert not list((work / "runs").iterdir())
     if "hf_" in json.dumps(change):
         assert "hf_aaaa" not in submit_no_submit(work, job).output  # the error never repeats a secret
+
+
+@pytest.mark.parametrize(
+    "command", [["trl", "sft", "--x", "1"], ["llamafactory-cli", "train", "c.yaml"], ["torchrun", "t.py"]]
+)
+def test_a_self_launching_tool_is_accepted_with_launcher_none(work, command):
+    job = F.base_job()
+    job["launch"] = {**job.get("launch", {}), "launcher": "none", "command": command}
+    out = submit_no_submit(work, job)
+    assert out.exit_code == 0, out.output
+
+
+@pytest.mark.parametrize("command", [["trl", "env"], ["accelerate", "config"], ["-m", "trl.scripts.sft"], ["my.py"]])
+def test_commands_that_do_not_launch_ranks_run_under_torchrun(work, command):
+    job = F.base_job()
+    job["launch"] = {**job.get("launch", {}), "command": command}
+    assert "starts its own processes" not in submit_no_submit(work, job).output
 
 
 def test_tokenizers_parallelism_is_no_secret(work):
