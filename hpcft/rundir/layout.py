@@ -21,7 +21,8 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step (rank 0)
 METRICS_EVENTS_FILE = "metrics-events.jsonl"
 LOGS_DIR = "logs"  # slurm-%j.out and rank logs
 CHECKPOINTS_DIR = "checkpoints"  # checkpoint-N/, unless train.output names another directory
-MODEL_DIR = "model"  # the final model (trainer.save_model)
+MODEL_DIR = "model"  # the final model (trainer.save_model), published like a checkpoint (rundir.publish)
+MODEL_STAGING = ".model.staging"  # where the final model is written before it is published as MODEL_DIR
 
 FINISHED_FILE = "FINISHED"  # the run reached its last step (rank 0, after the final save)
 REQUEUE_FILE = "REQUEUE"  # the ranks checkpointed after the warning signal; the job asks to be requeued

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import checkpoints, store
+from hpcft.rundir import checkpoints, publish, store
 from hpcft.rundir.checkpoints import checkpoints_dir
-from hpcft.rundir.layout import FINISHED_FILE, MODEL_DIR, RESUME_FROM_FILE
+from hpcft.rundir.layout import FINISHED_FILE, MODEL_DIR, MODEL_STAGING, RESUME_FROM_FILE
 from hpcft.spec import JobSpec, offload_devices
 
 log = logging.getLogger("hpcft.train")
@@ -122,13 +122,32 @@ def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
 
 
 def finish(trainer, spec: JobSpec, run: Path) -> None:
-    """Save the final model to ``RUN/model`` (unless ``train.save`` is off) and mark the run ``FINISHED``
-    (rank 0 writes the marker)."""
+    """Save the final model (unless ``train.save`` is off) and mark the run ``FINISHED`` (rank 0).
+
+    The model is written into ``RUN/.model.staging`` and published as ``RUN/model`` like a checkpoint
+    (manifest, marker, rename: ``publish_model``); FINISHED comes after. A save cut short (a time limit, a
+    dead node) leaves no ``RUN/model`` that looks whole: the next start exports it again (``finish_from``).
+    """
+    rank0 = trainer.is_world_process_zero()
     if spec.train.save:
-        trainer.save_model(str(run / MODEL_DIR))
-    if trainer.is_world_process_zero():
+        staged = run / MODEL_STAGING
+        if rank0:
+            shutil.rmtree(staged, ignore_errors=True)  # an interrupted final save of an earlier segment
+        _barrier()
+        trainer.save_model(str(staged))  # every rank: ZeRO-3 gathers the weights
+        _barrier()
+        if rank0:
+            publish_model(staged, run, trainer.state.global_step)
+    if rank0:
         store.write_atomic(run / FINISHED_FILE, f"{trainer.state.global_step}\n")
         log.info("finished at step %d", trainer.state.global_step)
+
+
+def publish_model(staged: Path, run: Path, step: int) -> None:
+    """Publish ``staged`` as the run's final model ``RUN/model`` (replacing an older or partial one)."""
+    from hpcft import __version__
+
+    publish.publish(staged, run / MODEL_DIR, {"step": step, "hpcft_version": __version__}, replace=True)
 
 
 def reached_max_steps(spec: JobSpec, resume: str | None) -> bool:
@@ -146,11 +165,14 @@ def finish_from(run: Path, resume: str, is_rank0: bool) -> None:
     step = checkpoints.step_of(Path(resume))
     if is_rank0:
         log.info("%s is at train.max_steps: nothing to train; the final model comes from it", Path(resume).name)
-        final = run / MODEL_DIR
-        if not (final / "config.json").is_file() and not (final / "adapter_config.json").is_file():
+        why = publish.problem(run / MODEL_DIR)
+        if why is not None:  # no final model, or one whose save was cut short
             from hpcft.train.export import export
 
-            shutil.rmtree(final, ignore_errors=True)
-            export(run, final, step=step)
+            log.info("exporting the final model from %s (%s/: %s)", Path(resume).name, MODEL_DIR, why)
+            staged = run / MODEL_STAGING
+            shutil.rmtree(staged, ignore_errors=True)
+            export(run, staged, step=step)
+            publish_model(staged, run, step if step is not None else 0)
         store.write_atomic(run / FINISHED_FILE, f"{step}\n")
     _barrier()
