@@ -122,6 +122,31 @@ def newest_resumable(base: Path) -> Path | None:
     return max(found, key=lambda p: step_of(p) or 0) if found else None
 
 
+ABANDONED = ".abandoned-after-"  # + the pinned step: the checkpoints past it that a resume left behind
+
+
+def set_aside_after(base: Path, step: int) -> list[Path]:
+    """Move every ``checkpoint-M`` with M > ``step`` into ``base/.abandoned-after-STEP/``; the moved paths.
+
+    ``hpcft resume --checkpoint STEP`` starts a new branch at STEP. The old branch's newer checkpoints must
+    stop being candidates at once — else rotation keeps them over the new branch's and the next requeue
+    resumes from the old branch's newest — but they are the user's: kept, out of the way.
+    """
+    newer = [p for p in candidates(base) if (step_of(p) or 0) > step]
+    if not newer:
+        return []
+    aside = base / f"{ABANDONED}{step}"
+    aside.mkdir(exist_ok=True)
+    moved = []
+    for path in newer:
+        target = aside / path.name
+        if target.exists():  # set aside before, by an earlier pin at the same step
+            shutil.rmtree(target)
+        path.rename(target)
+        moved.append(target)
+    return moved
+
+
 def rotate(base: Path, keep: int | None) -> list[Path]:
     """Delete all but the newest ``keep`` verified checkpoints.
 

@@ -84,6 +84,12 @@ def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> s
         if why:
             raise HpcftError(f"cannot resume from {final / chosen}: {why}", hint="pick another --checkpoint")
         info = checkpoints.read_info(final / chosen)
+        if is_rank0:  # a new branch starts here: the old one's newer checkpoints are no candidates any more
+            moved = checkpoints.set_aside_after(final, info.step)
+            if moved:
+                log.info("resuming from the pinned %s: moved the newer %s to %s", chosen,
+                         ", ".join(p.name for p in moved), moved[0].parent)  # fmt: skip
+        _barrier()
     else:
         info = checkpoints.newest_complete(final)
     if info is None:

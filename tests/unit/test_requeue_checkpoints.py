@@ -115,3 +115,28 @@ def test_preflight_failures_are_never_requeued():
     d = decide(3, **BASE, fatal="preflight failed on node2: launcher deepspeed-mvapich needs MVAPICH2-GDR")
     assert d.action == "fail" and "preflight failed on node2" in d.reason and d.exit_code == 3
     assert "not requeued" in d.reason
+
+
+def test_resume_from_a_pinned_checkpoint_keeps_the_new_branch(tmp_path):
+    # `hpcft resume RUN --checkpoint 20` after a run reached 50, with save_total_limit=2: the new branch's
+    # first commit (30) must survive rotation and be where the next requeue resumes (issue #25, item 2).
+    from hpcft.spec import build_spec
+    from hpcft.train.checkpoint import resume_point
+
+    run = tmp_path / "run"
+    spec = build_spec({"train": {"model": "m", "data": {"train": "t.jsonl"}, "output": str(tmp_path / "ck")}})
+    base = tmp_path / "ck"
+    base.mkdir()
+    for step in (10, 20, 30, 40, 50):
+        checkpoints.commit(make_staged(tmp_path, step), base, step=step, world_size=1, zero_stage=0)
+    run.mkdir()
+    (run / "RESUME_FROM").write_text("checkpoint-20\n")
+    assert resume_point(spec, run, 1, True) == str(base / "checkpoint-20")
+    new = checkpoints.commit(make_staged(tmp_path, 30), base, step=30, world_size=1, zero_stage=0)
+    (run / "RESUME_FROM").unlink()  # what the commit callback does once a newer checkpoint exists
+    checkpoints.rotate(base, keep=2)
+    assert sorted(p.name for p in checkpoints.candidates(base)) == ["checkpoint-20", "checkpoint-30"]
+    assert checkpoints.newest_complete(base).path == new  # the next requeue continues the new branch
+    aside = base / ".abandoned-after-20"
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-30", "checkpoint-40", "checkpoint-50"]
+    assert all(checkpoints.problem(p) is None for p in aside.iterdir())  # the old branch is kept whole
