@@ -109,7 +109,8 @@ def resume(rp: ResumePlan) -> str:
 
 
 def live_job(run: Path) -> str | None:
-    """The id of the run's newest job while it is queued or running (SLURM, or the local process), else None."""
+    """The id of the run's newest job while it is queued or running (SLURM, or the local process), else None;
+    ``RunError`` when SLURM gives no answer."""
     from hpcft.backends import local
     from hpcft.slurm import client
 
@@ -119,7 +120,7 @@ def live_job(run: Path) -> str | None:
     job = state["jobs"][-1]
     if not base.uses_slurm(state["backend"]):
         return job["id"] if local.job_alive(job) else None
-    js = client.query_jobs([job["id"]]).get(job["id"])
+    js = client.queued_job(job["id"])  # raises when SLURM does not answer: never taken for "not live"
     # COMPLETING: ended, SLURM is only tearing it down (e.g. just after `hpcft cancel`); the next job queues behind it.
     return job["id"] if js is not None and not js.ended and js.state != "COMPLETING" else None
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hpcft.errors import MaybeSubmittedError, SubmissionError
+from hpcft.errors import MaybeSubmittedError, RunError, SubmissionError
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,29 @@ def query_jobs(job_ids: Sequence[str], *, runner: Runner | None = None) -> dict[
         return live
     done = _query(["sacct", "-X", "-n", "-P", "-j", ",".join(missing), "-o", SACCT_FIELDS], parse_sacct, runner)
     return {**live, **done}
+
+
+UNKNOWN_JOB = "Invalid job id specified"  # squeue's stderr (exit 1) for an id it does not know: an answer
+
+
+def queued_job(job_id: str, *, runner: Runner | None = None) -> JobState | None:
+    """The job as squeue lists it now, or None when squeue answered that it does not know it.
+
+    Raises ``RunError`` when squeue gave no answer (the controller down or busy, a timeout): "not known"
+    and "no answer" are different facts, and a caller deciding whether a run is live must not mix them.
+    """
+    argv = ["squeue", "-h", "-j", job_id, "-o", SQUEUE_FORMAT]
+    try:
+        proc = (runner or run_process)(argv, 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as e:
+        raise RunError(f"squeue did not answer about job {job_id}: {e}", hint=NO_ANSWER_HINT) from e
+    if proc.returncode != 0 and UNKNOWN_JOB not in proc.stderr:
+        why = proc.stderr.strip() or f"exit {proc.returncode}"
+        raise RunError(f"squeue did not answer about job {job_id}: {why}", hint=NO_ANSWER_HINT)
+    return parse_squeue(proc.stdout).get(job_id)
+
+
+NO_ANSWER_HINT = "try again once SLURM answers (`squeue --me`); nothing was changed"
 
 
 def _query(argv: list[str], parse: Callable[[str], dict[str, JobState]], runner: Runner | None) -> dict[str, JobState]:

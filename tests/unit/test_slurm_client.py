@@ -307,3 +307,42 @@ def test_parse_sacct_steps_names_the_step_slurm_ended_out_of_memory():
         client.StepState("28.batch", "COMPLETED", "1240K", "node1"),
         client.StepState("28.0", "OUT_OF_MEMORY", "2984K", "node1"),
     ]
+
+
+# --- is a job live? "not known" is an answer, "no answer" is not ------------------------------------
+
+# squeue's words when slurmctld is down (hand-written from SLURM 22.05's message, not recorded: stopping the
+# lab's controller would disturb every other test).
+CONTROLLER_DOWN = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+
+
+def test_a_job_squeue_lists_is_returned_and_one_it_does_not_know_is_none():
+    fake = FakeRunner(squeue=(0, recorded("squeue_mixed.txt"), ""))
+    assert client.queued_job("9", runner=fake).state in ("RUNNING", "PENDING")
+    fake = FakeRunner(squeue=(1, recorded("squeue_unknown.txt"), recorded("squeue_unknown.stderr.txt")))
+    assert client.queued_job("999999", runner=fake) is None
+    assert fake.calls == [["squeue", "-h", "-j", "999999", "-o", client.SQUEUE_FORMAT]]
+
+
+@pytest.mark.parametrize("answer", [(1, "", CONTROLLER_DOWN), subprocess.TimeoutExpired, FileNotFoundError])
+def test_no_answer_from_squeue_is_an_error_not_an_ended_job(answer):
+    with pytest.raises(client.RunError) as e:
+        client.queued_job("9", runner=FakeRunner(squeue=answer))
+    assert "squeue did not answer about job 9" in e.value.message and "nothing was changed" in str(e.value.hint)
+
+
+def test_resume_refuses_when_slurm_does_not_answer_and_changes_nothing(tmp_path, monkeypatch):
+    # hpcft resume on a run whose job may still run: no answer must never start a second job (issue #25, 9).
+    from hpcft.backends import actions
+    from hpcft.rundir import store
+
+    run = tmp_path / "run"
+    run.mkdir()
+    store.write_atomic(run / "state.json", '{"backend": "sbatch", "jobs": [{"id": "9"}]}')
+    before = (run / "state.json").read_text()
+    monkeypatch.setattr(client, "run_process", FakeRunner(squeue=(1, "", CONTROLLER_DOWN)))
+    with pytest.raises(client.RunError, match="squeue did not answer about job 9"):
+        actions.refuse_if_live(run)
+    assert (run / "state.json").read_text() == before
+    monkeypatch.setattr(client, "run_process", FakeRunner(squeue=(1, "", recorded("squeue_unknown.stderr.txt"))))
+    actions.refuse_if_live(run)  # SLURM answered that it does not know the job: not live
