@@ -60,7 +60,13 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
 
     chain = d.action == "requeue" and requeue_job and spec.run.restart == "chain"
     if chain:
-        event["next_job"] = chain_next(run, job_id)  # before the record: a failed sbatch fails this step loudly
+        try:
+            event["next_job"] = chain_next(run, job_id)
+        except HpcftError as e:  # SLURM refused it every time: the run stops here, with why
+            chain = False
+            d = Decision("fail", f"chain: the next job could not be submitted ({e.message}); the checkpoints are "
+                         f"kept: `hpcft resume {run.name}` continues", 1)  # fmt: skip
+            event.update(action=d.action, reason=d.reason)
 
     def record(s: dict) -> None:
         s.setdefault("events", []).append(event)
@@ -143,14 +149,34 @@ def fits(run: Path, nodes: int) -> str | None:
     return None
 
 
+CHAIN_TRIES = 4
+CHAIN_RETRY_S = 15  # a busy controller ("Socket timed out") usually answers again within seconds
+
+
 def chain_next(run: Path, job_id: str) -> str:
     """``run.restart: chain``: submit the run's next job, to start once this one has ended; its id.
 
     ``afterany`` on this job and ``singleton`` (the job name is the run directory's): never two jobs
     of the run at once. The new job resumes from the newest complete checkpoint like a requeued one.
+    A failed sbatch is tried again (``CHAIN_TRIES``), but first the run's jobs in squeue (``--comment=hpcft:RUN``)
+    are asked: an sbatch that timed out may have submitted, and a retry must never submit twice.
     """
     argv = ("sbatch", "--parsable", f"--dependency=afterany:{job_id},singleton", str(run / SCRIPT_FILE))
-    next_id = client.submit(argv)
+    hint = f"the run directory and its checkpoints are kept: `hpcft resume {run.name}` continues the run"
+    for attempt in range(1, CHAIN_TRIES + 1):
+        try:
+            next_id = client.submit(argv, hint=hint)
+            break
+        except HpcftError as e:
+            error = e
+        submitted = [j for j, rd in client.user_jobs(client.RUN_COMMENT).items() if rd == str(run) and j != job_id]
+        if submitted:
+            next_id = submitted[0]
+            break
+        print(f"hpcft: chain: sbatch failed (try {attempt} of {CHAIN_TRIES}): {error.message}", flush=True)
+        if attempt == CHAIN_TRIES:
+            raise error
+        time.sleep(CHAIN_RETRY_S)
     store.record_job(run, next_id)
     print(f"hpcft: chain: the run continues in job {next_id} once job {job_id} has ended", flush=True)
     return next_id

@@ -105,9 +105,11 @@ def parse_sbatch_parsable(text: str, argv: Sequence[str] = ("sbatch", "--parsabl
     return job_id
 
 
-def submit(argv: Sequence[str], *, runner: Runner | None = None) -> str:
-    """Run ``sbatch --parsable …`` and return the job id."""
-    hint = "nothing was submitted and the run directory was removed; `hpcft plan` shows the script"
+SUBMIT_HINT = "nothing was submitted and the run directory was removed; `hpcft plan` shows the script"
+
+
+def submit(argv: Sequence[str], *, runner: Runner | None = None, hint: str = SUBMIT_HINT) -> str:
+    """Run ``sbatch --parsable …`` and return the job id (``hint``: what the caller's failure leaves behind)."""
     return parse_sbatch_parsable(run(argv, hint=hint, runner=runner), argv)
 
 

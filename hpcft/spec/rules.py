@@ -6,6 +6,7 @@ dotted key, what was got and a HINT. ``spec_notes`` lists what a plan should poi
 
 from __future__ import annotations
 
+import functools
 import re
 
 from hpcft.launchers.base import shape_of
@@ -16,6 +17,24 @@ from hpcft.spec.trackers import TRACKERS
 
 _PDSH_SAFE_RE = re.compile(r"^[A-Za-z0-9_./+@%=:,-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The fields that name files or directories; a relative one is made absolute against its job file's folder.
+PATH_KEYS = (
+    "run.runs_dir",
+    "train.model",
+    "train.tokenizer",
+    "train.output",
+    "train.data.train",
+    "train.data.eval",
+    "launch.accelerate_config",
+    "train.data.cache_dir",
+    "train.deepspeed_config",
+)
+# Linux's limits (linux/limits.h): PATH_MAX 4096 bytes with the closing NUL, NAME_MAX 255 bytes between two
+# slashes. Every system call given a longer path fails with ENAMETOOLONG, on any filesystem.
+PATH_MAX_BYTES = 4095
+NAME_MAX_BYTES = 255
+_PATH_HINT = "HINT: a shorter path, e.g. a symbolic link to the directory"
 
 
 def check_spec(spec: JobSpec) -> list[str]:
@@ -50,6 +69,11 @@ def check_spec(spec: JobSpec) -> list[str]:
             "task inside an srun step, and mpirun inside a step sees only that step's one task per node and "
             "cannot place the ranks (HINT: use --backend sbatch, or --launcher deepspeed / deepspeed-pdsh)"
         )
+    if launch.backend in ("submitit", "local") and spec.run.restart == "chain":
+        problems.append(
+            f"run.restart: chain submits the run's job.sbatch again after each preemption or time limit, and the "
+            f"{launch.backend} backend writes none (HINT: --backend sbatch, or run.restart: requeue)"
+        )
     if launch.launcher == "deepspeed-pdsh":
         for key, value in (("run.name", spec.run.name), ("run.runs_dir", spec.run.runs_dir)):
             if not _PDSH_SAFE_RE.match(value):
@@ -72,7 +96,32 @@ def check_spec(spec: JobSpec) -> list[str]:
     for name in launch.env_passthrough:
         if not _ENV_NAME_RE.match(name):
             problems.append(f"launch.env_passthrough: {name!r} is not a valid environment variable name")
-    return problems + secret_problems(spec) + check_recipe(train)
+    return problems + _path_length_problems(spec) + secret_problems(spec) + check_recipe(train)
+
+
+def path_length_problem(path: str) -> str | None:
+    """Why no system call can take ``path`` (longer than Linux's PATH_MAX or NAME_MAX), or None."""
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > PATH_MAX_BYTES:
+        return f"path too long ({len(path)} characters; a path holds at most {PATH_MAX_BYTES} bytes) ({_PATH_HINT})"
+    name = max(path.split("/"), key=lambda part: len(part.encode("utf-8", "surrogatepass")))
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        return (f"a name in the path is too long ({len(name)} characters between two slashes, at most "
+                f"{NAME_MAX_BYTES} bytes: {name[:24]}…) ({_PATH_HINT})")  # fmt: skip
+    return None
+
+
+def _path_length_problems(spec: JobSpec) -> list[str]:
+    """Paths no system call can take, named by their field (checked before any file is looked at)."""
+    paths = [(key, functools.reduce(getattr, key.split("."), spec)) for key in PATH_KEYS]
+    paths += [("launch.python", spec.launch.python), ("train.offload.nvme_path", spec.train.offload.nvme_path)]
+    paths += [("launch.command", spec.launch.command[0])] if spec.launch.command else []
+    problems = []
+    for key, value in paths:
+        problem = path_length_problem(value) if isinstance(value, str) else None
+        if problem:
+            problems.append(f"{key}: {problem}")
+    return problems
 
 
 def _check_signal_lead(spec: JobSpec) -> list[str]:

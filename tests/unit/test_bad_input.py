@@ -68,6 +68,14 @@ def refused(out: F.Outcome, *needles: str) -> None:
         ),
         ({"launch": {"command": ["-m", "torch.distributed.run", "t.py"]}}, ["`-m torch.distributed.run` starts"]),
         ({"launch": {"command": ["/opt/env/bin/accelerate", "launch", "t.py"]}}, ["`accelerate launch` starts"]),
+        (
+            {"launch": {"backend": "submitit"}, "run": {"restart": "chain"}},
+            [
+                "run.restart: chain submits the run's job.sbatch again",
+                "submitit backend writes none",
+                "HINT: --backend sbatch",
+            ],
+        ),
     ],
 )
 def test_bad_jobs_are_refused_with_the_field_and_nothing_is_written(work, change, needles):
