@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from hpcft.launchers.command import command_kind, expand, placeholders_in
+from hpcft.launchers.command import command_kind, placeholders_in
 from hpcft.rundir.checkpoints import checkpoints_dir
 from hpcft.rundir.layout import ACCELERATE_CONFIG_FILE, DS_CONFIG_FILE, node_accelerate_config
 
@@ -110,13 +110,14 @@ class LaunchContext:
         return {name for arg in self.spec.launch.command[1:] for name in placeholders_in(arg)}
 
     def entry(self) -> Entry:
-        """What every rank runs: the user's command (placeholders filled in), or the hpcft trainer."""
+        """What every rank runs: the user's command through ``hpcft.node.rank_exec``, or the hpcft trainer."""
         command = self.spec.launch.command
         kind = command_kind(command)
         if kind == "hpcft":
             return Entry("module", "hpcft.train.main", (self.run_dir,))
-        args = expand(command[1:], self.placeholders())
-        return Entry("module", args[0], args[1:]) if kind == "module" else Entry(kind, command[0], args)
+        target, args = (command[1], command[2:]) if kind == "module" else (command[0], command[1:])
+        # Each rank fills the placeholders in at each (re)start, {resume_checkpoint} read then (rank_exec).
+        return Entry("module", RANK_EXEC, (kind, target, *args))
 
     def rank_env(self) -> dict[str, str]:
         """Environment every rank gets: the rendezvous as torchrun-style and LLaMA-Factory-style names.
@@ -152,6 +153,8 @@ class LaunchContext:
         env.update(self.spec.launch.env)
         return env
 
+
+RANK_EXEC = "hpcft.node.rank_exec"  # starts a user's command in a rank (placeholders, resume point, start count)
 
 # Holds the sitecustomize that installs hpcft.train.hf_integration in a user command's ranks.
 SITE_DIR = str(Path(__file__).resolve().parent.parent / "train" / "site")

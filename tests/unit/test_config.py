@@ -191,7 +191,7 @@ def test_launcher_none_needs_a_command(tmp_path):
 def test_commands_of_every_kind_pass_and_only_files_are_checked(tmp_path):
     script = tmp_path / "train.py"
     script.write_text("print(1)\n")
-    for command in (["-m", "pkg.train", "--lr", "1"], ["trl", "sft", "--output_dir", "{output_dir}"], [str(script)]):
+    for command in (["-m", "pkg.train", "--lr", "1"], ["my-trainer", "--output_dir", "{output_dir}"], [str(script)]):
         check_inputs(load_job(write(tmp_path, {}), flags={"launch.command": command}))
     with pytest.raises(ConfigError, match=r"launch.command: file not found"):
         check_inputs(load_job(write(tmp_path, {}), flags={"launch.command": [str(tmp_path / "nope.py")]}))

@@ -12,6 +12,7 @@ from hpcft.errors import LaunchError
 from hpcft.launchers.base import LAUNCHERS as REGISTRY
 from hpcft.launchers.base import SHAPES, LaunchContext, build_launch, hostfile_text
 from hpcft.launchers.deepspeed import deepspeed_env_text, pdsh_user_arg
+from hpcft.node import rank_exec
 from hpcft.node.agent import parse_ip_addr, subnet_of
 from hpcft.plan.plan import make_plan
 from hpcft.slurm.env import ClusterEnv, torch_rank_env
@@ -230,40 +231,73 @@ COMMAND = ["train.py", "--deepspeed", "{ds_config}", "--output_dir", "{output_di
            "{resume_checkpoint}", "--node", "{node_rank}/{nnodes}", "--json", "{{}}"]  # fmt: skip
 
 
-def test_a_user_command_gets_its_placeholders_on_the_node(request):
+def test_a_user_command_gets_its_placeholders_in_each_rank_at_each_start(tmp_path):
     spec = build_spec({"train": {"zero": 3}, "resources": {"nodes": 2, "gpus_per_node": 2},
                        "launch": {"backend": "sbatch", "command": COMMAND}})  # fmt: skip
-    ctx = LaunchContext(spec, node_env(1), RUN, PY, "10.200.0.11", resume_checkpoint=f"{RUN}/checkpoints/checkpoint-40")
-    cmd = build_launch(ctx)
-    assert cmd.argv[-11:] == ("train.py", "--deepspeed", f"{RUN}/ds_config.json", "--output_dir", f"{RUN}/checkpoints",
-                              "--resume_from_checkpoint", f"{RUN}/checkpoints/checkpoint-40", "--node", "1/2",
-                              "--json", "{}")  # fmt: skip
+    cmd = build_launch(LaunchContext(spec, node_env(1), RUN, PY, "10.200.0.11"))
+    # The node passes the command as written; each rank fills it in when it starts (hpcft.node.rank_exec).
+    assert cmd.argv[-(len(COMMAND) + 3) :] == ("-m", "hpcft.node.rank_exec", "script", *COMMAND)
     assert cmd.env["HPCFT_DS_CONFIG"] == f"{RUN}/ds_config.json" and cmd.env["HPCFT_NODE_RANK"] == "1"
-    assert cmd.env["HPCFT_RESUME_CHECKPOINT"] == f"{RUN}/checkpoints/checkpoint-40"
-    fresh = build_launch(LaunchContext(spec, node_env(0), RUN, PY, "10.200.0.11"))
-    assert (
-        fresh.argv[fresh.argv.index("--resume_from_checkpoint") + 1] == ""
-        and fresh.env["HPCFT_RESUME_CHECKPOINT"] == ""
-    )
+    ckpt = f"{RUN}/checkpoints/checkpoint-40"
+    argv = rank_exec.rank_argv("script", "train.py", COMMAND[1:], cmd.env, PY, resume=ckpt)
+    assert argv == [PY, "-u", "train.py", "--deepspeed", f"{RUN}/ds_config.json", "--output_dir", f"{RUN}/checkpoints",
+                    "--resume_from_checkpoint", ckpt, "--node", "1/2", "--json", "{}"]  # fmt: skip
+    # A fresh start: the flag goes with its empty value (an HF script would fail on ''), issue #25 item 1.
+    fresh = rank_exec.rank_argv("script", "train.py", [*COMMAND[1:], "--also={resume_checkpoint}"], cmd.env, PY, "")
+    assert fresh == [PY, "-u", "train.py", "--deepspeed", f"{RUN}/ds_config.json", "--output_dir", f"{RUN}/checkpoints",
+                     "--node", "1/2", "--json", "{}"]  # fmt: skip
+
+
+def test_each_start_reads_the_newest_checkpoint_then(tmp_path):
+    from hpcft.rundir import checkpoints
+
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    env = {"HPCFT_OUTPUT_DIR": str(out)}
+    assert rank_exec.resume_now(env) == ""  # the job's first start
+    for step in (10, 20):  # what the crashed ranks saved before torchrun restarted them
+        staged = tmp_path / f"staged-{step}"
+        staged.mkdir()
+        (staged / "model.safetensors").write_bytes(b"x")
+        checkpoints.commit(staged, out, step=step, world_size=4, zero_stage=0)
+    assert rank_exec.resume_now(env) == str(out / "checkpoint-20")
 
 
 @pytest.mark.parametrize(
-    ("launcher", "module", "program"),
+    ("env", "first"),
     [
-        ("torchrun", ("-m", "pkg.train", "--x"), ("--no-python", "trl", "sft")),
-        ("deepspeed", ("--module", "pkg.train", "--x"), ("--no_python", "trl", "sft")),
-        ("accelerate", ("--module", "pkg.train", "--x"), ("--no_python", "trl", "sft")),
-        ("srun", (PY, "-u", "-m", "pkg.train", "--x"), ("trl", "sft")),
-        ("none", (PY, "-u", "-m", "pkg.train", "--x"), ("trl", "sft")),
+        ({"RANK": "0"}, True),
+        ({"RANK": "3"}, False),
+        ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4"}, True),
+        ({"NODE_RANK": "0"}, True),
+        ({"NODE_RANK": "1"}, False),
     ],
 )
-def test_modules_and_programs_run_under_every_launcher(launcher, module, program):
-    for command, tail in ((["-m", "pkg.train", "--x"], module), (["trl", "sft"], program)):
+def test_the_first_rank_records_the_start(env, first):
+    assert rank_exec.first_rank(env) is first
+
+
+@pytest.mark.parametrize(
+    ("launcher", "before"),
+    [
+        ("torchrun", ("-m",)),
+        ("deepspeed", ("--module",)),
+        ("accelerate", ("--module",)),
+        ("srun", (PY, "-u", "-m")),
+        ("none", (PY, "-u", "-m")),
+    ],
+)
+def test_modules_and_programs_run_under_every_launcher(launcher, before):
+    for command, kind in ((["-m", "pkg.train", "--x"], "module"), (["my-trainer", "sft"], "program")):
         ctx = LaunchContext(spec_for(launcher, command=command), node_env(0), RUN, PY, "10.0.0.1")
         argv = build_launch(ctx).argv
+        target, args = (command[1], command[2:]) if kind == "module" else (command[0], command[1:])
+        tail = (*before, "hpcft.node.rank_exec", kind, target, *args)
         assert argv[-len(tail) :] == tail, argv
         if launcher in ("srun", "none"):
             assert argv == tail  # no launcher process between SLURM and the command
+        ran = rank_exec.rank_argv(kind, target, args, {}, PY, "")
+        assert ran == ([PY, "-u", "-m", "pkg.train", "--x"] if kind == "module" else ["my-trainer", "sft"])
 
 
 def test_nodes_without_gpus_make_a_users_accelerate_script_use_one_cpu_world():
@@ -285,7 +319,10 @@ def test_the_doctors_own_braces_reach_its_probe_unchanged(tmp_path):
 
     plan = plan_doctor(None, {"resources.nodes": 2, "run.runs_dir": str(tmp_path)}, [], None, 240, python=PY,
                        now=NOW, check_nvme=False, shared_dirs=["/shared/view-{node}"])  # fmt: skip
-    assert plan.node_preview.argv[-1] == "/shared/view-{node}"  # not a launch.command placeholder
+    argv = plan.node_preview.argv
+    at = argv.index("hpcft.node.rank_exec")
+    ran = rank_exec.rank_argv(argv[at + 1], argv[at + 2], argv[at + 3 :], {}, PY, "")
+    assert ran[-1] == "/shared/view-{node}"  # not a launch.command placeholder
 
 
 @pytest.mark.parametrize(
