@@ -60,13 +60,7 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
 
     chain = d.action == "requeue" and requeue_job and spec.run.restart == "chain"
     if chain:
-        try:
-            event["next_job"] = chain_next(run, job_id)
-        except HpcftError as e:  # SLURM refused it every time: the run stops here, with why
-            chain = False
-            d = Decision("fail", f"chain: the next job could not be submitted ({e.message}); the checkpoints are "
-                         f"kept: `hpcft resume {run.name}` continues", 1)  # fmt: skip
-            event.update(action=d.action, reason=d.reason)
+        d, chain = chain_or_fail(run, job_id, d, event)
 
     def record(s: dict) -> None:
         s.setdefault("events", []).append(event)
@@ -147,6 +141,19 @@ def fits(run: Path, nodes: int) -> str | None:
     except HpcftError as e:
         return e.message
     return None
+
+
+def chain_or_fail(run: Path, job_id: str, d: Decision, event: dict) -> tuple[Decision, bool]:
+    """Chain the run's next job into ``event``; (the decision, whether it was chained). When SLURM refused
+    every try the run stops here, saying why and that its checkpoints are kept."""
+    try:
+        event["next_job"] = chain_next(run, job_id)
+        return d, True
+    except HpcftError as e:
+        d = Decision("fail", f"chain: the next job could not be submitted ({e.message}); the checkpoints are "
+                     f"kept: `hpcft resume {run.name}` continues", 1)  # fmt: skip
+        event.update(action=d.action, reason=d.reason)
+        return d, False
 
 
 CHAIN_TRIES = 4
