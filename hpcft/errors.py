@@ -53,5 +53,9 @@ class RunError(HpcftError):
     """A run directory is missing, unreadable or in a state that forbids the request."""
 
 
+class UnreadableError(RunError):
+    """A run's file or directory this user may not read (another user's run in a shared runs directory)."""
+
+
 class LaunchError(HpcftError):
     """A node cannot start its workers (rendezvous, preflight, launcher missing)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -116,11 +115,9 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
 
     base, paths = _status_paths(ref, runs_dir)
     rows = monitor.run_statuses(paths)
-    if isinstance(ref, str) and rows[0].state == "DAMAGED":
-        from hpcft.errors import RunError
-        from hpcft.rundir.store import DAMAGED_HINT
-
-        raise RunError(rows[0].reason, hint=DAMAGED_HINT)
+    error = monitor.row_error(rows[0]) if isinstance(ref, str) else None
+    if error:
+        raise error
     if as_json:
         data = [r.to_dict() for r in rows]
         click.echo(json.dumps(data[0] if isinstance(ref, str) else data, indent=2))
@@ -161,19 +158,22 @@ def sync(run: str, runs_dir: str | None) -> None:
 
 
 def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:
+    """Refresh the table until every shown run is over, by the rule `--wait` and `logs -f` end by too."""
     from rich.live import Live
 
     from hpcft.ops import status as monitor
 
+    base, _ = _status_paths(ref, runs_dir)
+
+    def show(rows: list[monitor.RunStatus]) -> None:
+        error = monitor.row_error(rows[0]) if isinstance(ref, str) else None
+        if error:
+            raise error
+        live.update(monitor.status_table(rows) if rows else f"no runs under {base}", refresh=True)
+
     with Live(console=_console(), auto_refresh=False) as live:
         try:
-            while True:
-                base, paths = _status_paths(ref, runs_dir)
-                rows = monitor.run_statuses(paths)  # one squeue (+ sacct) call for all runs
-                live.update(monitor.status_table(rows) if rows else f"no runs under {base}", refresh=True)
-                if all(r.ended for r in rows):
-                    return
-                time.sleep(interval)
+            monitor.watch(lambda: _status_paths(ref, runs_dir)[1], show, interval)  # one squeue (+ sacct) a poll
         except KeyboardInterrupt:
             return
 

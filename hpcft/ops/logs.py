@@ -207,7 +207,7 @@ class _EndWatch:
     def __init__(self, run: Path, job: str | None, every: float) -> None:
         self.run, self.job, self.every = run, job, every
         self.last, self.answer = float("-inf"), False
-        self.unknown_since: float | None = None
+        self.rule: Any = None  # status.EndRule, made at the first ask (status is imported late)
 
     def __call__(self) -> bool:
         if self.answer or time.monotonic() - self.last < self.every:
@@ -217,13 +217,9 @@ class _EndWatch:
         self.last = time.monotonic()
         state = store.read_state(self.run)
         older = self.job is not None and state["jobs"] and state["jobs"][-1]["id"] != self.job
-        st = monitor.run_statuses([self.run])[0]
-        if st.state == "UNKNOWN":  # neither squeue nor sacct knows the job: give it a while, then stop
-            self.unknown_since = self.unknown_since or time.monotonic()
-        else:
-            self.unknown_since = None
-        gone = self.unknown_since is not None and time.monotonic() - self.unknown_since >= monitor.UNKNOWN_GRACE_S
-        self.answer = bool(older) or st.ended or gone
+        self.rule = self.rule or monitor.EndRule()  # the rule `status --watch` and `--wait` end by
+        over = self.rule.over(monitor.run_statuses([self.run])[0])
+        self.answer = bool(older) or over
         return self.answer
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from hpcft.backends import local
 from hpcft.backends.base import uses_slurm
-from hpcft.errors import HpcftError
+from hpcft.errors import HpcftError, RunError, UnreadableError
 from hpcft.rundir import layout, store
 from hpcft.slurm import client
 from hpcft.spec import trackers
@@ -59,7 +59,7 @@ class RunStatus:
     @property
     def ended(self) -> bool:
         """True once the run's newest job can no longer run."""
-        return self.state in client.ENDED or self.state in ("LOST", "NOT_SUBMITTED", "DAMAGED")
+        return self.state in client.ENDED or self.state in ("LOST", "NOT_SUBMITTED", "DAMAGED", "UNREADABLE")
 
 
 def squeue_runs(prefix: str) -> list[Path]:
@@ -72,7 +72,8 @@ def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
     """Status rows for ``paths``, asking SLURM once for all their jobs.
 
     A run whose files cannot be read (damaged, or being written by a ``submit`` right now) gets a
-    ``DAMAGED`` row saying why: one such run never hides the others.
+    ``DAMAGED`` row saying why, one this user may not read (another user's, in a shared runs directory)
+    an ``UNREADABLE`` row: one such run never hides the others.
     """
     states: dict[Path, dict[str, Any] | HpcftError] = {}
     for p in paths:
@@ -89,15 +90,37 @@ def run_statuses(paths: Sequence[Path]) -> list[RunStatus]:
             rows.append(damaged_row(p, state) if isinstance(state, HpcftError) else _row(p, state, slurm))
         except HpcftError as e:  # a file _row reads (metrics, spec) is damaged
             rows.append(damaged_row(p, e))
+        except OSError as e:  # a directory _row looks into (checkpoints, logs) cannot be listed
+            rows.append(damaged_row(p, _read_error(e)))
     return rows
 
 
+def _read_error(e: OSError) -> RunError:
+    where = e.filename or "a file of the run"
+    if isinstance(e, PermissionError):
+        return UnreadableError(f"permission denied: {where}", hint=store.PERMISSION_HINT)
+    return RunError(f"cannot read {where}: {e.strerror}")
+
+
 def damaged_row(path: Path, error: HpcftError) -> RunStatus:
-    """The row of a run that cannot be read: the reason names the file (relative to the run) and what is wrong."""
+    """The row of a run that cannot be read: the reason names the file (relative to the run) and what is wrong.
+
+    Its state is ``UNREADABLE`` when this user may not read the file, ``DAMAGED`` otherwise.
+    """
     reason = error.message.replace(f"{path}/", "").replace(str(path), "the run directory")
-    return RunStatus(run=path.name, path=str(path), backend="?", state="DAMAGED", job_id="", job_ids=[], nodes="",
+    state = "UNREADABLE" if isinstance(error, UnreadableError) else "DAMAGED"
+    return RunStatus(run=path.name, path=str(path), backend="?", state=state, job_id="", job_ids=[], nodes="",
                      elapsed="", step=None, total_steps=None, loss=None, tokens_per_s=None, checkpoint=None,
                      finished=False, reason=reason)  # fmt: skip
+
+
+def row_error(row: RunStatus) -> RunError | None:
+    """The error ``hpcft status RUN`` gives for its one run when it cannot show it (damaged, unreadable), or None."""
+    if row.state == "UNREADABLE":
+        return UnreadableError(f"{row.run}: {row.reason}", hint=store.PERMISSION_HINT)
+    if row.state == "DAMAGED":
+        return RunError(row.reason, hint=store.DAMAGED_HINT)
+    return None
 
 
 def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -> RunStatus:
@@ -312,24 +335,45 @@ def sweep_summaries(rows: Sequence[RunStatus]) -> list[str]:
 
 
 # How long neither squeue nor sacct may know a job before waiting gives up on it (a cluster without
-# accounting forgets a job once it leaves squeue): UNKNOWN is then the end.
+# accounting forgets a job once it leaves squeue): UNKNOWN is then the end. Read when a wait starts.
 UNKNOWN_GRACE_S = 60.0
 
 
-def wait_for(path: Path, on_poll: Callable[[RunStatus], None] | None = None, interval: float = 2.0,
-             unknown_grace_s: float = UNKNOWN_GRACE_S) -> RunStatus:  # fmt: skip
-    """Poll until the run's newest job has ended (or SLURM has not known it for a while); its final status."""
-    unknown_since = None
+class EndRule:
+    """The one rule every wait (``--wait``, ``status --watch``, ``logs -f``) ends by: a run is over once its newest
+    job has ended, or once SLURM has not known that job for ``grace_s`` seconds in a row."""
+
+    def __init__(self, grace_s: float | None = None) -> None:
+        self.grace_s = UNKNOWN_GRACE_S if grace_s is None else grace_s
+        self.unknown_since: dict[str, float] = {}  # run path -> when it was first seen UNKNOWN
+
+    def over(self, status: RunStatus) -> bool:
+        """Whether ``status`` (this poll's row of a run) ends the wait for that run."""
+        if status.state != "UNKNOWN":
+            self.unknown_since.pop(status.path, None)
+            return status.ended
+        since = self.unknown_since.setdefault(status.path, time.monotonic())
+        return time.monotonic() - since >= self.grace_s
+
+
+def watch(find: Callable[[], Sequence[Path]], on_poll: Callable[[list[RunStatus]], None] | None = None,
+          interval: float = 2.0, unknown_grace_s: float | None = None) -> list[RunStatus]:  # fmt: skip
+    """Poll the runs ``find`` names (asked again each time: new runs show up) until each is over (``EndRule``).
+
+    SLURM is asked once per poll for all of them; returns the last poll's rows.
+    """
+    rule = EndRule(unknown_grace_s)
     while True:
-        status = run_statuses([path])[0]
+        rows = run_statuses(find())
         if on_poll:
-            on_poll(status)
-        if status.ended:
-            return status
-        if status.state == "UNKNOWN":
-            unknown_since = unknown_since or time.monotonic()
-            if time.monotonic() - unknown_since >= unknown_grace_s:
-                return status
-        else:
-            unknown_since = None
+            on_poll(rows)
+        if all([rule.over(r) for r in rows]):  # a list: every row's UNKNOWN clock is updated
+            return rows
         time.sleep(interval)
+
+
+def wait_for(path: Path, on_poll: Callable[[RunStatus], None] | None = None, interval: float = 2.0,
+             unknown_grace_s: float | None = None) -> RunStatus:  # fmt: skip
+    """Poll until the run's newest job has ended (or SLURM has not known it for a while); its final status."""
+    show = (lambda rows: on_poll(rows[0])) if on_poll else None
+    return watch(lambda: [path], show, interval, unknown_grace_s)[0]

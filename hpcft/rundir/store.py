@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hpcft.errors import RunError
+from hpcft.errors import RunError, UnreadableError
 from hpcft.rundir.layout import CHECKPOINTS_DIR, LOGS_DIR, METRICS_EVENTS_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE
 from hpcft.spec.io import load_spec_text, load_yaml
 
@@ -107,11 +107,16 @@ def _read(path: Path, read: Callable[[], Any]) -> Any:
         raise RunError(f"{path} is damaged: a directory where a file belongs", hint=DAMAGED_HINT) from None
     except UnicodeDecodeError as e:
         raise RunError(f"{path} is damaged: not UTF-8 text (byte {e.start})", hint=DAMAGED_HINT) from None
+    except PermissionError:
+        raise UnreadableError(f"permission denied: {path}", hint=PERMISSION_HINT) from None
     except OSError as e:
         raise RunError(f"cannot read {path}: {e.strerror}") from None
 
 
 DAMAGED_HINT = "restore the file from a backup, or move the run directory aside; other runs are not affected"
+# A runs directory a team shares holds runs of other users, whose modes may keep them closed to you.
+PERMISSION_HINT = ("ask the run's owner to let you read it (`chmod -R g+rX` on the run directory, for a group you "
+                   "share), or check the permissions with `ls -ld`")  # fmt: skip
 
 # state.json: the fields readers rely on and their types (others are kept as they are).
 _STATE_FIELDS = {"backend": str, "jobs": list, "events": list, "failures": int, "restarts": int, "cancelled": bool,
@@ -253,10 +258,10 @@ def run_output(train: dict[str, Any]) -> str | None:
 def find_run(ref: str, runs_dir: str | os.PathLike) -> Path:
     """A run by path, by name under ``runs_dir``, or by a unique prefix of its name."""
     direct = Path(ref)
-    if (direct / SPEC_FILE).is_file():
+    if _is_run(direct):
         return direct.resolve()
     base = Path(runs_dir)
-    if (base / ref / SPEC_FILE).is_file():
+    if _is_run(base / ref):
         return (base / ref).resolve()
     matches = [p for p in list_runs(base) if p.name.startswith(ref)]
     if len(matches) == 1:
@@ -270,10 +275,35 @@ def find_run(ref: str, runs_dir: str | os.PathLike) -> Path:
 def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
     """Run directories under ``runs_dir``, oldest first."""
     base = Path(runs_dir)
-    if not base.is_dir():
-        return []
-    runs = [p.resolve() for p in base.iterdir() if (p / SPEC_FILE).is_file()]
-    return sorted(runs, key=lambda p: (p / SPEC_FILE).stat().st_mtime)
+    try:
+        entries = list(base.iterdir()) if base.is_dir() else []
+    except PermissionError:
+        raise UnreadableError(f"permission denied: {base}", hint="check the permissions of the runs directory "
+                              "(`ls -ld`), or give another one with --runs-dir") from None  # fmt: skip
+    return sorted((p.resolve() for p in entries if _is_run(p)), key=_created)
+
+
+def _is_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory (holds spec.yaml), or a directory closed to this user that may be one.
+
+    Another user's run in a shared runs directory is listed (and shown UNREADABLE), never a traceback.
+    """
+    try:
+        return (path / SPEC_FILE).is_file()
+    except PermissionError:
+        with contextlib.suppress(OSError):
+            return path.is_dir()
+        return False
+    except OSError:  # e.g. a name too long: no run there
+        return False
+
+
+def _created(run: Path) -> float:
+    """When a run was written (its spec.yaml's mtime; the directory's when spec.yaml cannot be looked at)."""
+    for path in (run / SPEC_FILE, run):
+        with contextlib.suppress(OSError):
+            return path.stat().st_mtime
+    return 0.0
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

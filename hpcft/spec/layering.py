@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import errno
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +27,7 @@ from hpcft.errors import ConfigError
 from hpcft.launchers.command import command_kind
 from hpcft.spec.io import build_spec
 from hpcft.spec.model import JobSpec, field_paths
-
-# Keys holding paths, resolved relative to the YAML file that sets them.
-PATH_KEYS = (
-    "run.runs_dir",
-    "train.model",
-    "train.tokenizer",
-    "train.output",
-    "train.data.train",
-    "train.data.eval",
-    "launch.accelerate_config",
-    "train.data.cache_dir",
-    "train.deepspeed_config",
-)
+from hpcft.spec.rules import PATH_KEYS, path_length_problem  # PATH_KEYS: resolved relative to their YAML file
 
 
 class JobLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it: faster
@@ -228,39 +217,62 @@ def load_job(
 
 
 def check_inputs(spec: JobSpec) -> None:
-    """Check that the files the job reads exist (at submit time, on the shared filesystem)."""
-    problems = []
-    train = spec.train
-    command = spec.launch.command
-    if not command:
-        if train.model and not (Path(train.model) / "config.json").is_file():
-            problems.append(
-                f"train.model: {train.model} is not a model directory (no config.json) "
-                "(HINT: give a directory written by save_pretrained; `hpcft init-demo DIR` makes one)"
-            )
-        elif train.model and (problem := _model_config_problem(Path(train.model) / "config.json")):
-            problems.append(f"train.model: {problem} (HINT: the config.json save_pretrained writes)")
-        for key, value in (("train.data.train", train.data.train), ("train.data.eval", train.data.eval)):
-            if value and not Path(value).exists():
-                problems.append(f"{key}: file not found: {value}")
-    elif command_kind(command) == "script" and not Path(command[0]).is_file():
-        problems.append(f"launch.command: file not found: {command[0]}")
-    elif "/" in command[0] and command_kind(command) == "program" and not os.access(command[0], os.X_OK):
-        problems.append(f"launch.command: {command[0]} is not an executable file "
-                        "(HINT: chmod +x it, or name a program on the nodes' PATH)")  # fmt: skip
+    """Check that the files the job reads exist (at submit time, on the shared filesystem); every problem at once.
+
+    A path the system cannot even look at (too long, a loop of symbolic links, a failing filesystem) is the
+    field's problem, never an ``OSError``.
+    """
+    problems = _trainer_inputs(spec) if not spec.launch.command else _command_inputs(spec.launch.command)
     launch = spec.launch
     for name in launch.env_passthrough:
         if name not in os.environ:
             problems.append(f"launch.env_passthrough: {name} is not set in this shell; the job takes its value from "
                             f"the environment it is submitted from (HINT: export {name}=... first)")  # fmt: skip
-    if launch.accelerate_config and not Path(launch.accelerate_config).is_file():
-        problems.append(f"launch.accelerate_config: file not found: {launch.accelerate_config} "
-                        "(HINT: `hpcft config --out FILE` writes one)")  # fmt: skip
+    if launch.accelerate_config:
+        missing = f"file not found: {launch.accelerate_config} (HINT: `hpcft config --out FILE` writes one)"
+        problems += _look("launch.accelerate_config", launch.accelerate_config, Path.is_file, missing)
     if launch.python and "/" in launch.python and not os.access(launch.python, os.X_OK):
         problems.append(f"launch.python: {launch.python} is not an executable file (HINT: a python every "
                         "node can run, e.g. a virtual environment on the shared filesystem)")  # fmt: skip
     if problems:
         raise ConfigError(problems)
+
+
+def _trainer_inputs(spec: JobSpec) -> list[str]:
+    """hpcft's trainer: the model directory and the data files."""
+    train, problems = spec.train, []
+    if train.model:
+        config = Path(train.model) / "config.json"
+        problems += _look("train.model", str(config), Path.is_file, f"{train.model} is not a model directory (no "
+                          "config.json) (HINT: give a directory written by save_pretrained; `hpcft init-demo DIR` "
+                          "makes one)")  # fmt: skip
+        if not problems and (problem := _model_config_problem(config)):
+            problems.append(f"train.model: {problem} (HINT: the config.json save_pretrained writes)")
+    for key, value in (("train.data.train", train.data.train), ("train.data.eval", train.data.eval)):
+        if value:
+            problems += _look(key, value, Path.exists, f"file not found: {value}")
+    return problems
+
+
+def _command_inputs(command: tuple[str, ...]) -> list[str]:
+    """A user's own command: its script, or the program it names by path."""
+    if command_kind(command) == "script":
+        return _look("launch.command", command[0], Path.is_file, f"file not found: {command[0]}")
+    if "/" in command[0] and command_kind(command) == "program" and not os.access(command[0], os.X_OK):
+        return [f"launch.command: {command[0]} is not an executable file "
+                "(HINT: chmod +x it, or name a program on the nodes' PATH)"]  # fmt: skip
+    return []
+
+
+def _look(key: str, path: str, test: Callable[[Path], bool], missing: str) -> list[str]:
+    """``[]`` when ``test(path)`` holds, else the field's problem: ``missing``, or why the system cannot look."""
+    try:
+        if test(Path(path)):
+            return []
+    except OSError as e:
+        why = path_length_problem(path) if e.errno == errno.ENAMETOOLONG else None
+        return [f"{key}: {why or f'cannot look at {path}: {e.strerror}'}"]
+    return [f"{key}: {missing}"]
 
 
 def _model_config_problem(path: Path) -> str | None:

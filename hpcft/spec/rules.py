@@ -121,6 +121,10 @@ def _path_length_problems(spec: JobSpec) -> list[str]:
         problem = path_length_problem(value) if isinstance(value, str) else None
         if problem:
             problems.append(f"{key}: {problem}")
+    run_dir = f"{spec.run.name.replace('/', '_')}-YYYYmmdd-HHMMSS".encode("utf-8", "surrogatepass")
+    if len(run_dir) > NAME_MAX_BYTES:
+        problems.append(f"run.name: too long for the run directory's name NAME-YYYYmmdd-HHMMSS ({len(run_dir)} bytes, "
+                        f"at most {NAME_MAX_BYTES}) (HINT: a shorter run.name)")  # fmt: skip
     return problems
 
 

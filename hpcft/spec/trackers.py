@@ -6,7 +6,8 @@ Compute nodes often have no internet, so nothing here needs it:
 - **tensorboard**: event files in ``RUN/tb`` (``TENSORBOARD_LOGGING_DIR``).
 - **wandb**: offline by default (``WANDB_MODE=offline`` unless the job's environment sets it), files in
   ``RUN/wandb``; ``hpcft sync RUN`` uploads them from a login node. The W&B run id is the run
-  directory's name with ``WANDB_RESUME=allow``, so every requeue and resume continues one run.
+  directory's name with ``WANDB_RESUME=allow``, so every requeue and resume continues one run; a name
+  over W&B's 64 characters is cut and ends in a hash of the whole name (``wandb_run_id``).
 - **mlflow**: a file store ``RUN/mlruns`` (no database to run; MLflow 3 wants ``MLFLOW_ALLOW_FILE_STORE``
   for it) unless ``train.mlflow_uri`` names a tracking server or database; the run id
   the first start creates is kept in ``RUN/.mlflow-run-id`` and given back as ``MLFLOW_RUN_ID`` later.
@@ -16,6 +17,7 @@ Variables the user set in the job's environment win over these defaults.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,9 +29,22 @@ MLFLOW_DIR = "mlruns"
 MLFLOW_RUN_ID_FILE = ".mlflow-run-id"
 
 
+WANDB_ID_MAX = 64  # W&B refuses longer run ids
+
+
 def wandb_run_id(run: Path) -> str:
-    """A W&B run id of the run directory's name (letters, digits, ``_`` and ``-``; at most 64)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", run.name)[:64]
+    """A W&B run id of the run directory's name (letters, digits, ``_`` and ``-``; at most 64).
+
+    A name that fits stays itself (runs keep the id they started with). A longer one is cut to 55 characters
+    plus ``-`` and 8 hex digits of the whole name's SHA-256: cut alone, two runs of one long sweep point
+    differ only in the timestamp cut off, and would merge into one W&B run. The name, not the path: a
+    run directory's name is unique in its runs directory, and the same wherever it is mounted.
+    """
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", run.name)
+    if len(name) <= WANDB_ID_MAX:
+        return name
+    digest = hashlib.sha256(run.name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{name[: WANDB_ID_MAX - len(digest) - 1]}-{digest}"
 
 
 def tracker_env(report_to: Sequence[str], run: Path, name: str, *, wandb_project: str | None = None,

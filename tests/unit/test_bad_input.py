@@ -248,3 +248,67 @@ def test_an_override_with_a_time_stays_a_time(work):
     assert load_job(job, overrides=["resources.time=12:00:00"]).resources.time == "12:00:00"
     with pytest.raises(ConfigError):
         load_job(job, overrides=["resources.time=soon"])
+
+
+# Issue #25, item 18: a path no system call can take ended `plan` in `OSError: [Errno 36] File name too long`.
+LONG_PATH = "/" + "x" * 4999  # 5,000 characters: over Linux's PATH_MAX (4,096 bytes with the NUL)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["train.model", "train.data.train", "train.data.eval", "train.output", "train.tokenizer", "train.data.cache_dir",
+     "train.deepspeed_config", "train.offload.nvme_path", "launch.accelerate_config", "launch.python",
+     "launch.command"],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["plan", "submit"])
+def test_a_path_too_long_for_the_system_is_the_fields_problem(work, key, command):
+    job = F.base_job()
+    F.set_path(job, key, [LONG_PATH + ".py"] if key == "launch.command" else LONG_PATH)
+    if command == "submit":
+        out = submit_no_submit(work, job)
+    else:
+        (work / "job.yaml").write_text(yaml.safe_dump(job))
+        out = F.invoke(["plan", str(work / "job.yaml"), "--runs-dir", str(work / "runs")])
+    length = 5003 if key == "launch.command" else 5000
+    refused(out, f"{key}: path too long ({length} characters; a path holds at most 4095 bytes)")
+    assert LONG_PATH not in out.output  # named by its field and length, not repeated
+    assert not list((work / "runs").iterdir())
+
+
+def test_a_name_too_long_and_a_run_name_too_long_are_refused_with_the_others(work):
+    job = F.base_job()
+    F.set_path(job, "train.model", "/tmp/" + "m" * 300)
+    F.set_path(job, "train.output", LONG_PATH)
+    F.set_path(job, "run.name", "n" * 250)
+    F.set_path(job, "train.lora.load_in_4bit", True)  # a rule of the recipe, reported with them
+    out = submit_no_submit(work, job)
+    refused(
+        out,
+        "4 problems in the job description",
+        "train.model: a name in the path is too long (300 characters between two slashes, at most 255 bytes",
+        "train.output: path too long (5000 characters",
+        "run.name: too long for the run directory's name NAME-YYYYmmdd-HHMMSS (266 bytes, at most 255)",
+        "train.lora.load_in_4bit: QLoRA trains LoRA adapters",
+    )
+    assert not list((work / "runs").iterdir())
+
+
+def test_a_path_the_system_cannot_look_at_is_the_fields_problem(work, monkeypatch):
+    """A failing shared filesystem (EIO on stat): the field's problem, with the other inputs still checked."""
+    import errno
+
+    model, real_stat = str(work / "model"), os.stat
+
+    def failing_stat(path, *args, **kwargs):
+        if os.fspath(path).startswith(model):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", failing_stat)
+    job = F.base_job()
+    job["train"]["data"]["eval"] = "data/missing.jsonl"
+    out = submit_no_submit(work, job)
+    refused(out, "2 problems in the job description",
+            f"train.model: cannot look at {work}/model/config.json: Input/output error",
+            f"train.data.eval: file not found: {work}/data/missing.jsonl")  # fmt: skip
+    assert not list((work / "runs").iterdir())

@@ -215,6 +215,37 @@ def test_waiting_ends_when_slurm_no_longer_knows_the_job(tmp_path, monkeypatch, 
     assert len(calls) >= 4 and calls == calls[:2] * (len(calls) // 2)  # polled again until the grace ran out
 
 
+@pytest.mark.parametrize("scope", ["one run", "the runs directory"])
+def test_status_watch_ends_by_the_same_rule_as_waiting(tmp_path, monkeypatch, scope):
+    # `hpcft status RUN --watch` on a job neither squeue nor sacct knows ends after the grace, as `--wait` and
+    # `logs -f` do; before, it refreshed forever. The grace is shortened here; the interval is --interval's least.
+    from hpcft.spec import build_spec, dump_spec
+    from tests import fuzzing as F
+
+    answers = {"squeue": (1, recorded("squeue_unknown.txt"), recorded("squeue_unknown.stderr.txt")),
+               "sacct": (0, "", "")}  # fmt: skip
+    calls = []
+
+    def fake_run_process(argv, timeout):
+        assert argv[0] in answers, f"unexpected SLURM command in a unit test: {argv}"
+        calls.append(argv[0])
+        assert len(calls) <= 20, "--watch still refreshing long after the grace"
+        return subprocess.CompletedProcess(list(argv), *answers[argv[0]])
+
+    monkeypatch.setattr(client, "run_process", fake_run_process)
+    monkeypatch.setattr(monitor, "UNKNOWN_GRACE_S", 0.3)
+    run = tmp_path / "runs" / "sft-20261201-101500"
+    run.mkdir(parents=True)
+    (run / "spec.yaml").write_text(dump_spec(build_spec({"launch": {"command": ["t.py"]}})))
+    (run / "state.json").write_text(json.dumps({"backend": "sbatch", "jobs": [{"id": "999999"}]}))
+    ref = [run.name] if scope == "one run" else []
+    out = F.invoke(["status", *ref, "--runs-dir", str(tmp_path / "runs"), "--watch", "--interval", "1"])
+    F.assert_clean(out)
+    assert out.exit_code == 0 and "UNKNOWN" in out.output, out.output
+    # First refresh: UNKNOWN, the grace starts; the next, 1 s later (past the 0.3 s grace): the end.
+    assert calls == ["squeue", "sacct"] * 2
+
+
 def _write_like_rank0(run, records):
     """Appends ``records`` as hpcft.train.metrics does (train_begin also to metrics-events.jsonl with its log end).
 

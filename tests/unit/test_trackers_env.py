@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hpcft.spec import trackers
@@ -37,3 +38,24 @@ def test_the_jobs_own_variables_win_and_empty_counts_as_unset():
 def test_wandb_run_ids_use_only_the_characters_wandb_accepts():
     assert trackers.wandb_run_id(Path("/r/my.run+x-20261201")) == "my-run-x-20261201"
     assert len(trackers.wandb_run_id(Path("/r/" + "a" * 100))) == 64
+
+
+def test_long_run_names_sharing_their_first_64_characters_get_their_own_wandb_ids():
+    """A long sweep-point name run twice in a day: the two runs must not merge into one W&B run (issue #25, item 16)."""
+    point = "llama3-8b-instruct-sft-alpaca-lr3e-5-r16-alpha32-dropout0.05-warmup100"  # 72 characters
+    morning = Path(f"/shared/runs/{point}-20261201-091500")
+    evening = Path(f"/shared/runs/{point}-20261201-183000")
+    ids = [trackers.wandb_run_id(morning), trackers.wandb_run_id(evening)]
+    assert ids[0] != ids[1]
+    for run_id in ids:
+        assert len(run_id) <= 64 and re.fullmatch(r"[A-Za-z0-9_-]+", run_id), run_id
+        assert run_id.startswith("llama3-8b-instruct-sft-alpaca-lr3e-5-r16-alpha32"), run_id  # readable
+    # Stable for the run: every requeue and resume (and `hpcft status`, wherever the runs directory is mounted).
+    assert trackers.wandb_run_id(Path("/gpfs/home/me/runs") / morning.name) == ids[0]
+    assert trackers.tracker_env(["wandb"], evening, "sft")["WANDB_RUN_ID"] == ids[1]
+
+
+def test_short_run_names_keep_the_wandb_id_they_had():
+    """Runs started before long names got a hash keep their W&B run across a resume."""
+    assert trackers.wandb_run_id(Path("/r/llama-3.1-sft-20261201-101500")) == "llama-3-1-sft-20261201-101500"
+    assert trackers.wandb_run_id(Path("/r/" + "b" * 64)) == "b" * 64
