@@ -1,6 +1,7 @@
 """Counts what a rank does to the shared filesystem (tests/cluster/test_fs_ops.py puts this on PYTHONPATH).
 
-In every process that is a rank (RANK set) of a run (HPCFT_RUN_DIR set): an audit hook records the file
+In every process that is a rank (RANK set when the event comes: a warm rank, forked from a server that
+imported this file, sets RANK after its fork) of a run (HPCFT_RUN_DIR set): an audit hook records the file
 system events Python raises (open, listdir, scandir, mkdir, remove, rename, ...) and wrappers record
 ``os.stat``/``os.lstat`` (which raise none: ``Path.exists`` is one), for paths under the runs directory
 (the run and the data cache). At exit the records go to HPCFT_FSAUDIT_OUT/rank-N-PID.json as
@@ -16,7 +17,7 @@ import traceback
 
 _OUT = os.environ.get("HPCFT_FSAUDIT_OUT")
 _RUN = os.environ.get("HPCFT_RUN_DIR")
-if _OUT and _RUN and "RANK" in os.environ:
+if _OUT and _RUN:
     _ROOT = os.path.dirname(os.path.realpath(_RUN))
     _records = []
     _EVENTS = {
@@ -55,7 +56,7 @@ if _OUT and _RUN and "RANK" in os.environ:
         return "?"
 
     def _hook(event, args):
-        if event in _EVENTS and args:
+        if event in _EVENTS and args and "RANK" in os.environ:
             p = _path(args[0])
             if p:
                 _records.append((time.time(), event, p, _caller()))
@@ -64,7 +65,7 @@ if _OUT and _RUN and "RANK" in os.environ:
 
     def _counting(fn, name):
         def wrapper(path, *a, **k):
-            p = _path(path)
+            p = _path(path) if "RANK" in os.environ else None
             if p:
                 _records.append((time.time(), name, p, _caller()))
             return fn(path, *a, **k)
@@ -76,6 +77,8 @@ if _OUT and _RUN and "RANK" in os.environ:
 
     @atexit.register
     def _dump():
+        if "RANK" not in os.environ:
+            return  # the warm ranks' server, or a launcher
         name = os.path.join(_OUT, f"rank-{os.environ['RANK']}-{os.getpid()}.json")
         with open(name, "w") as f:
             json.dump(_records, f)
