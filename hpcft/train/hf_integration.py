@@ -88,16 +88,35 @@ def patch(trainer_cls) -> None:
         if resume_from_checkpoint is None:
             resume_from_checkpoint = resume_point(self)
         try:
-            return train(self, resume_from_checkpoint, *args, **kwargs)
+            result = train(self, resume_from_checkpoint, *args, **kwargs)
         finally:
             preempt = getattr(self, "_hpcft_preempt", None)
-            if preempt is not None and preempt.preempted and self.is_world_process_zero():
+            saved = preempt is not None and preempt.preempted
+            if saved and self.is_world_process_zero():
                 from hpcft.train.preemption import mark_requeue
 
                 mark_requeue(run_dir(), self.state.global_step)
+        if saved:
+            stop_after_save_for_requeue(self.state.global_step)
+        return result
 
     trainer_cls.__init__, trainer_cls.train = __init__, patched_train
     trainer_cls._hpcft_patched = True
+
+
+def stop_after_save_for_requeue(step: int) -> None:
+    """End this rank now, successfully: it saved step ``step`` for the requeue, and training is not over.
+
+    Returning from ``train()`` would run the rest of the user's ``main()`` as if training had finished —
+    TRL's script then saves the final model (and with ``--push_to_hub`` publishes it) inside the warning's
+    lead. Every rank stops here with status 0 (the ranks agreed on the save), so the job ends as saved for
+    requeue (``RUN/REQUEUE``), not as a crash.
+    """
+    from hpcft.train.dist import exit_cleanly
+
+    print(f"hpcft: saved step {step} for the requeue; this process stops here and the run continues from it",
+          flush=True)  # fmt: skip
+    exit_cleanly(0)
 
 
 def patch_arguments(arguments_cls) -> None:

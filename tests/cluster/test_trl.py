@@ -68,6 +68,9 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
         assert event["action"] == "requeue"
         reached = max(r["step"] for r in records(run) if "loss" in r)
         assert (run / "checkpoints" / f"checkpoint-{reached}" / "trainer_state.json").is_file()  # TRL saved it
+        # ... and stopped there: sft.py's final save_model (and push_to_hub) runs only when training is over.
+        assert not (run / "checkpoints" / "model.safetensors").exists()
+        assert "saved step" in hpcft("logs", str(run)).stdout
         release_requeued(job)
         wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
                    timeout=600)  # fmt: skip
