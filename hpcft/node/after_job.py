@@ -19,8 +19,8 @@ from pathlib import Path
 
 from hpcft.errors import HpcftError
 from hpcft.plan.requeue import Decision, after_node_loss, decide
-from hpcft.rundir import store
-from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, REQUEUE_FILE, SCRIPT_FILE
+from hpcft.rundir import markers, store
+from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, SCRIPT_FILE
 from hpcft.slurm import client
 from hpcft.slurm.env import allocation_left, expand_hosts, slurm_job_id
 
@@ -35,7 +35,7 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     fatal = run / FATAL_FILE
     job_id = slurm_job_id(os.environ)
     oom = out_of_memory(job_id, os.environ) if rc != 0 and job_id else None
-    saved = (run / REQUEUE_FILE).exists()
+    saved = markers.saved_for_requeue(run, os.environ) is not None  # this segment's, never a stale one
     preempted = saved and (run / PREEMPT_FILE).is_file() and (run / PREEMPT_FILE).read_text().strip() == "SIGTERM"
     warned_by = "SLURM's SIGTERM (preemption)" if preempted else "the warning signal"
     d = decide(
@@ -75,7 +75,7 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     fatal.unlink(missing_ok=True)
     print(f"hpcft: {d.action}: {d.reason}", flush=True)
     if d.action == "requeue":
-        (run / REQUEUE_FILE).unlink(missing_ok=True)
+        markers.clear_saved_for_requeue(run)
         if requeue_job and not chain:
             requeue(job_id, preempted)
     if d.action == "shrink":

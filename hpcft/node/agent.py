@@ -30,8 +30,8 @@ from hpcft.launchers.command import command_kind
 from hpcft.node import ds_ops as ops
 from hpcft.node.rendezvous import agree_port
 from hpcft.plan.requeue import InJobRestarts, in_job_restarts
-from hpcft.rundir import checkpoints, store
-from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, SPEC_FILE, STOP_MARKERS
+from hpcft.rundir import checkpoints, markers, store
+from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, REQUEUE_FILE, SPEC_FILE, STOP_MARKERS
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
 
 if TYPE_CHECKING:
@@ -273,7 +273,8 @@ def should_rerun(run: Path, rc: int, signalled: bool) -> bool:
 
     FATAL: the same error again; FINISHED: nothing left; PREEMPT/REQUEUE: the job is ending anyway.
     """
-    return rc != 0 and not signalled and not any((run / marker).exists() for marker in STOP_MARKERS)
+    stop = [m for m in STOP_MARKERS if m != REQUEUE_FILE and (run / m).exists()]
+    return rc != 0 and not signalled and not stop and markers.saved_for_requeue(run, os.environ) is None
 
 
 def node_python(spec: JobSpec) -> str:

@@ -21,8 +21,8 @@ import signal
 import sys
 from pathlib import Path
 
-from hpcft.rundir import store
-from hpcft.rundir.layout import PREEMPT_FILE, REQUEUE_FILE
+from hpcft.rundir import markers
+from hpcft.rundir.layout import PREEMPT_FILE
 
 log = logging.getLogger("hpcft.train")
 # Set by the srun launcher, whose ranks are the tasks SLURM signals: a SIGTERM (priority preemption,
@@ -120,11 +120,11 @@ def exit_if_saved_for_requeue(run: Path) -> None:
     A rank that dies after that save — gloo sometimes aborts a process at exit — makes torchrun restart
     every rank; they must not train on (the requeued job continues from the checkpoint).
     """
-    if (run / REQUEUE_FILE).exists():
+    if markers.saved_for_requeue(run, os.environ) is not None:
         print("hpcft: this job already checkpointed for requeue; not training again", flush=True)
         sys.exit(0)
 
 
 def mark_requeue(run: Path, step: int) -> None:
-    """Record that the job stopped on purpose after saving step ``step`` (read by ``hpcft after-job``)."""
-    store.write_atomic(run / REQUEUE_FILE, f"{step}\n")
+    """Record that this job segment stopped on purpose after saving step ``step`` (read by ``hpcft after-job``)."""
+    markers.mark_saved_for_requeue(run, step, os.environ)

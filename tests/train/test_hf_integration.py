@@ -72,7 +72,7 @@ def test_a_warning_saves_at_the_next_step_and_the_rerun_resumes_there(demo_dir, 
     (user_run / "PREEMPT").write_text("USR1\n")  # what the batch script's trap writes
     proc = run_script(user_run, demo_dir, steps=8)
     assert proc.returncode == 0, proc.stderr
-    assert (user_run / "REQUEUE").read_text().strip() == "1"  # after-job will requeue
+    assert (user_run / "REQUEUE").read_text().split() == ["1", "local.0"]  # after-job will requeue (step, segment)
     # The rest of the script's main() does not run as if training had finished (issue #25, item 5).
     assert "TRAINED" not in proc.stdout and "hpcft: saved step 1 for the requeue" in proc.stdout
     assert (user_run / "out" / "checkpoint-1" / "trainer_state.json").is_file()

@@ -1,0 +1,40 @@
+"""Segment-stamped markers: a REQUEUE left by a job segment that died half-way is harmless to the next one
+(issue #25, item 7): the next segment's ranks train, its in-job restarts still happen, its after-job does not
+take a crash for a saved preemption."""
+
+from __future__ import annotations
+
+from hpcft.node.agent import should_rerun
+from hpcft.rundir import markers
+
+SEGMENT_0 = {"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "0"}  # after-job's view: the batch shell
+SEGMENT_1 = {"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "1"}  # the same job, requeued by SLURM itself
+RANK_0 = {"HPCFT_JOB_ID": "7", "HPCFT_RESTART_COUNT": "0"}  # a rank's view of segment 0 (no SLURM vars over ssh)
+
+
+def test_a_segment_sees_its_own_marker_with_its_step(tmp_path):
+    markers.mark_saved_for_requeue(tmp_path, 120, RANK_0)
+    assert markers.segment(RANK_0) == markers.segment(SEGMENT_0) == "7.0"
+    assert markers.saved_for_requeue(tmp_path, SEGMENT_0) == 120  # after-job of the same segment
+    assert markers.saved_for_requeue(tmp_path, RANK_0) == 120
+
+
+def test_the_next_segment_ignores_a_marker_the_last_one_left(tmp_path):
+    markers.mark_saved_for_requeue(tmp_path, 120, RANK_0)  # ... and then after-job never ran
+    assert markers.saved_for_requeue(tmp_path, SEGMENT_1) is None
+    assert markers.saved_for_requeue(tmp_path, {"HPCFT_JOB_ID": "8", "HPCFT_RESTART_COUNT": "0"}) is None
+
+
+def test_a_crashed_rank_of_the_next_segment_is_restarted_in_the_job(tmp_path, monkeypatch):
+    markers.mark_saved_for_requeue(tmp_path, 120, RANK_0)
+    monkeypatch.setattr("os.environ", {**SEGMENT_1})
+    assert should_rerun(tmp_path, 1, signalled=False)  # the stale marker does not stop the in-job restart
+    monkeypatch.setattr("os.environ", {**SEGMENT_0})
+    assert not should_rerun(tmp_path, 1, signalled=False)  # this segment saved: it is ending for the requeue
+
+
+def test_a_marker_from_before_the_stamp_still_counts(tmp_path):
+    (tmp_path / "REQUEUE").write_text("40\n")
+    assert markers.saved_for_requeue(tmp_path, SEGMENT_1) == 40
+    markers.clear_saved_for_requeue(tmp_path)
+    assert markers.saved_for_requeue(tmp_path, SEGMENT_1) is None
