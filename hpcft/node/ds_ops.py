@@ -84,9 +84,13 @@ def with_python_bin(env: Mapping[str, str], python: str) -> dict[str, str]:
     return dict(env) if not bin_dir or bin_dir in path.split(":") else {**env, "PATH": f"{bin_dir}:{path}"}
 
 
+READY = ".hpcft-ready"  # hpcft.train.ds_ops.READY: written into an op's folder once its library is built
+
+
 def missing(directory: Path, names: tuple[str, ...]) -> tuple[str, ...]:
-    """The ops of ``names`` without their built library in ``directory``."""
-    return tuple(n for n in names if not (directory / DS_OPS[n][1] / f"{DS_OPS[n][1]}.so").is_file())
+    """The ops of ``names`` without their built, stamped library in ``directory``."""
+    folders = [(n, directory / DS_OPS[n][1]) for n in names]
+    return tuple(n for n, d in folders if not (d / f"{d.name}.so").is_file() or not (d / READY).is_file())
 
 
 def job_ops(spec: JobSpec, run: Path, cuda: bool) -> tuple[str, ...]:

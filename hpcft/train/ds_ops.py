@@ -1,10 +1,16 @@
 """Build DeepSpeed's C++ ops into a given cache folder: ``python -m hpcft.train.ds_ops build DIR OP...``.
 
 Run by ``hpcft ops build`` (e.g. on a login node) and by the one node agent per job that finds the
-shared cache incomplete (``hpcft.node.ds_ops``); never by the ranks, which find the ops built and load
-them with the same ``ninja`` (``use_job_toolchain``). One op
-after another: torch's extension lock would serialise concurrent builds anyway, with every waiting
-process idle for minutes.
+shared cache incomplete (``hpcft.node.ds_ops``); never by the ranks. One op after another: torch's
+extension lock would serialise concurrent builds anyway, with every waiting process idle for minutes.
+Each built op's folder gets a ``READY`` stamp once its library loads.
+
+The ranks of hpcft's trainer load a stamped op's library directly (``use_prebuilt_ops``). torch's JIT
+``load`` runs ninja at every load, and ninja compiles again whenever the command line it would run differs
+from the one it logged — another ninja version's log, another environment's include paths (a second
+clone's venv): minutes in a job for an op whose library, built for the same DeepSpeed, torch, Python and
+CPU (the cache's key), loads as it is. Anything else (a user's trainer) loads through torch, with this
+interpreter's ``ninja`` first on PATH (``use_job_toolchain``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,34 @@ def use_job_toolchain() -> None:
         os.environ["PATH"] = f"{bin_dir}:{path}" if path else bin_dir
 
 
+READY = ".hpcft-ready"  # in an op's folder: its library is built and loads (written last by build_ops)
+
+
+def use_prebuilt_ops() -> None:
+    """Make DeepSpeed load an op whose library the cache holds ready (``READY``) without torch's JIT step."""
+    import importlib.util
+
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    if getattr(OpBuilder, "_hpcft_prebuilt", False):
+        return
+    jit_load = OpBuilder.jit_load
+
+    def load_prebuilt(self, verbose=True):
+        cache = os.environ.get("TORCH_EXTENSIONS_DIR")
+        library = os.path.join(cache or "", self.name, f"{self.name}.so")
+        if not cache or not os.path.isfile(os.path.join(cache, self.name, READY)) or not os.path.isfile(library):
+            return jit_load(self, verbose)
+        spec = importlib.util.spec_from_file_location(self.name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # what torch's load does once ninja is done
+        OpBuilder._loaded_ops[self.name] = module
+        return module
+
+    OpBuilder.jit_load = load_prebuilt
+    OpBuilder._hpcft_prebuilt = True
+
+
 def build_ops(names: tuple[str, ...], directory: str) -> dict[str, float]:
     """JIT-build the ops ``names`` (keys of ``DS_OPS``) into ``directory``; seconds per op."""
     os.environ["TORCH_EXTENSIONS_DIR"] = directory  # read by torch.utils.cpp_extension at build time
@@ -46,6 +80,10 @@ def build_ops(names: tuple[str, ...], directory: str) -> dict[str, float]:
         t0 = time.monotonic()
         builder.load(verbose=False)
         seconds[name] = round(time.monotonic() - t0, 1)
+    for entry in os.scandir(directory):  # the ops built, with those they pulled in (async_io: pin_memory)
+        if entry.is_dir() and os.path.isfile(os.path.join(entry.path, f"{entry.name}.so")):
+            with open(os.path.join(entry.path, READY), "w") as f:
+                f.write(f"{time.time()}\n")
     return seconds
 
 

@@ -83,6 +83,10 @@ def train(run: Path) -> None:
 
     startup.mark("imports")
     spec = store.load_run_spec(run)
+    if spec.train.uses_deepspeed:
+        from hpcft.train.ds_ops import use_prebuilt_ops
+
+        use_prebuilt_ops()  # the cache's ops load as built, with no JIT step (hpcft.train.ds_ops)
     tracking.setup_env(spec, run)  # before the Trainer: its tracker integrations read the variables
     ds_config = deepspeed_setup(spec, run)  # before TrainingArguments: CPU gloo init, NVMe checks
     args = training_arguments(spec, checkpoint.output_dir(spec, run), ds_config)

@@ -46,7 +46,8 @@ def test_the_prebuild_runs_with_the_jobs_python_bin_first_on_path(tmp_path, monk
     bin_dir = _env_bin(tmp_path, "ninja")
     python = bin_dir / "python"  # stands in for the interpreter: records the PATH it got, "builds" the op
     op = '"$4/deepspeed_shm_comm"'
-    python.write_text(f'#!/bin/sh\nmkdir -p {op}\ntouch {op}/deepspeed_shm_comm.so\necho "$PATH" > "$4/path"\n')
+    python.write_text(f'#!/bin/sh\nmkdir -p {op}\ntouch {op}/deepspeed_shm_comm.so {op}/.hpcft-ready\n'
+                      'echo "$PATH" > "$4/path"\n')  # fmt: skip
     python.chmod(0o755)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     cache = tmp_path / "cache"
@@ -61,3 +62,12 @@ def test_the_cache_root_is_keyed_like_a_runs_directorys_cache(tmp_path):
     assert ds_ops.ops_dir(runs, {}) == runs.resolve() / ".cache" / "torch_extensions" / key
     assert ds_ops.ops_dir(runs, {"HPCFT_OPS_CACHE": str(tmp_path / "c")}) == (tmp_path / "c").resolve() / key
     assert ds_ops.ops_dir(runs, {"TORCH_EXTENSIONS_DIR": "/x", "HPCFT_OPS_CACHE": "/c"}) == Path("/x")
+
+
+def test_an_op_counts_as_built_once_its_library_is_stamped_ready(tmp_path):
+    folder = tmp_path / "deepspeed_shm_comm"
+    folder.mkdir()
+    (folder / "deepspeed_shm_comm.so").write_bytes(b"half-linked")  # a build still running (or cut short)
+    assert ds_ops.missing(tmp_path, ("shm_comm",)) == ("shm_comm",)
+    (folder / ".hpcft-ready").write_text("1\n")
+    assert ds_ops.missing(tmp_path, ("shm_comm",)) == ()
