@@ -163,3 +163,18 @@ def test_chain_jobs_are_not_requeueable_and_named_by_their_run():
     script = plan.files["job.sbatch"]
     assert "#SBATCH --no-requeue" in script and "#SBATCH --requeue" not in script
     assert f"#SBATCH --job-name={PurePath(plan.run_dir).name}" in script  # singleton goes by the job name
+
+
+def test_after_job_outlives_a_warning_that_comes_while_it_decides(tmp_path):
+    # The batch script's own last lines, run by bash: the launcher ends, then a warning (USR1) reaches the
+    # process that after-job now is (issue #25, item 8). A stand-in after-job signals itself and carries on.
+    plan = make_plan(spec_of(resources={"nodes": 2, "gpus_per_node": 2}), python=PY, now=NOW)
+    tail = plan.files["job.sbatch"].split('echo "hpcft: launcher exited with ${rc}"')[1]
+    after = tmp_path / "after-job"
+    after.write_text("#!/usr/bin/env python3\nimport os, signal, sys\nos.kill(os.getpid(), signal.SIGUSR1)\n"
+                     "print('decided', sys.argv[-1])\n")  # fmt: skip
+    after.chmod(0o755)
+    command = tail.split("exec ", 1)[1].split('"${rc}"')[0]  # the rendered after-job command
+    script = "trap 'touch PREEMPT' USR1\nrc=0\n" + tail.replace(command, f"{after} ")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "decided 0", (proc.returncode, proc.stdout, proc.stderr)
