@@ -59,3 +59,8 @@ class UnreadableError(RunError):
 
 class LaunchError(HpcftError):
     """A node cannot start its workers (rendezvous, preflight, launcher missing)."""
+
+
+class TransientLaunchError(LaunchError):
+    """A node could not start this time, for a reason a rerun may not meet again (a DNS lookup, an ssh check, a
+    peer late to publish its port): a failure within ``run.max_failures``, never FATAL."""

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcft.errors import HpcftError, LaunchError
+from hpcft.errors import HpcftError, LaunchError, TransientLaunchError
 from hpcft.launchers import base as launchers
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.launchers.command import command_kind
@@ -140,7 +140,7 @@ def check_ssh(hosts: tuple[str, ...], here: str, passthrough: tuple[str, ...] = 
         )
     if failed:
         detail = "; ".join(f"{h}: {err or f'exit {rc}'}" for h, rc, err in failed)
-        raise LaunchError(
+        raise TransientLaunchError(
             f"node {here}: ssh to {len(failed)} host(s) failed, deepspeed-pdsh cannot start: {detail}",
             hint="set up passwordless ssh between the nodes (keys, known_hosts), or use --launcher deepspeed",
         )
@@ -177,8 +177,9 @@ def _run_text(argv: list[str]) -> str:
 def with_ops(run: Path, spec: JobSpec, env: dict[str, str]) -> dict[str, str]:
     """``env`` with ``TORCH_EXTENSIONS_DIR`` at the shared op cache, the job's DeepSpeed ops built there.
 
-    The first node's first task builds what is missing (once, under a lock); every other task waits
-    for it, so no rank compiles and no two processes race for the same build (``hpcft.node.ds_ops``).
+    The cache is keyed by the node's CPU (``ds_ops.cache_key``): on a partition of mixed CPU types each type
+    has its own folder. One task per node builds what its folder lacks, under the folder's lock: the first
+    node of each type builds, the others of that type wait for it; no rank compiles (``hpcft.node.ds_ops``).
     """
     names = ops.job_ops(spec, run, ops.node_has_cuda())
     directory = ops.ops_dir(run.parent, env)
@@ -186,13 +187,12 @@ def with_ops(run: Path, spec: JobSpec, env: dict[str, str]) -> dict[str, str]:
     todo = ops.missing(directory, names)
     if not todo:
         return env
-    cluster = ClusterEnv.from_mapping(env)
-    if cluster.node_rank == 0 and cluster.local_id == 0:
-        print(f"hpcft node {node_name(env)}: building DeepSpeed ops {', '.join(todo)} into {directory} "
-              "(once per DeepSpeed/torch version; prebuild with `hpcft ops build`)", flush=True)  # fmt: skip
-        ops.build(directory, todo, node_python(spec))
+    node = node_name(env)
+    if ClusterEnv.from_mapping(env).local_id == 0:
+        ops.build(directory, todo, node_python(spec), say=lambda message: print(f"hpcft node {node}: {message}",
+                                                                                flush=True))  # fmt: skip
     else:
-        print(f"hpcft node {node_name(env)}: waiting for the first node to build {', '.join(todo)}", flush=True)
+        print(f"hpcft node {node}: waiting for this node's build of {', '.join(todo)}", flush=True)
         ops.wait_for(directory, todo)
     return env
 
@@ -204,10 +204,13 @@ def exec_node(run: Path) -> None:
         env = with_ops(run, spec, dict(os.environ))
         cmd, restarts, env = prepare(run, env, spec)
     except HpcftError as e:
-        # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The
-        # marker tells after-job not to requeue: the same node would fail the same way again.
-        print(f"hpcft node: preflight failed: {e}", file=sys.stderr, flush=True)
-        if (run / SPEC_FILE).is_file():
+        # Goes to the job's output; a non-zero exit makes srun end every node's task at once. The FATAL
+        # marker tells after-job not to requeue, for what the same node would meet again; a transient
+        # failure (DNS, ssh, a late peer) is a failure like a crash, retried within run.max_failures.
+        transient = isinstance(e, TransientLaunchError)
+        print(f"hpcft node: preflight failed{' (a rerun may pass)' if transient else ''}: {e}", file=sys.stderr,
+              flush=True)  # fmt: skip
+        if not transient and (run / SPEC_FILE).is_file():
             store.write_atomic(run / FATAL_FILE, f"preflight failed on {node_name(os.environ)}: {e.message}\n")
         sys.exit(3)
     for name, text in cmd.files.items():

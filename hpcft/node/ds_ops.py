@@ -28,11 +28,11 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcft.errors import LaunchError
+from hpcft.errors import LaunchError, TransientLaunchError
 from hpcft.plan.deepspeed import DS_OPS, ops_needed
 from hpcft.rundir.layout import DS_CONFIG_FILE
 
@@ -105,14 +105,27 @@ def node_has_cuda() -> bool:
     return Path("/proc/driver/nvidia/version").exists()
 
 
-def build(directory: Path, names: tuple[str, ...], python: str = sys.executable) -> None:
-    """Build ``names`` into ``directory`` in a child process (the only import of DeepSpeed), under a lock."""
+def build(directory: Path, names: tuple[str, ...], python: str = sys.executable,
+          say: Callable[[str], None] | None = None) -> bool:  # fmt: skip
+    """Build what of ``names`` is missing in ``directory`` in a child process (the only import of DeepSpeed),
+    under the folder's lock; True when this process built something.
+
+    A node that finds the lock taken (another node of the same CPU type, i.e. the same folder, is building)
+    waits for it and finds the ops built; if that node dies, its lock goes with it and this one builds.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    tell = say or (lambda message: None)
     with open(directory / ".hpcft-build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another node or job building the same cache: wait, then re-check
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            tell(f"waiting for another node's build of DeepSpeed ops {', '.join(names)} in {directory}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         todo = missing(directory, names)
         if not todo:
-            return
+            return False
+        tell(f"building DeepSpeed ops {', '.join(todo)} into {directory} (once per DeepSpeed/torch version and "
+             "CPU type; prebuild with `hpcft ops build`)")  # fmt: skip
         argv = [python, "-m", "hpcft.train.ds_ops", "build", str(directory), *todo]
         env = with_python_bin(os.environ, python)  # the ranks' ninja (module docstring)
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
@@ -122,6 +135,7 @@ def build(directory: Path, names: tuple[str, ...], python: str = sys.executable)
                 f"{proc.stderr.strip()[-2000:]}",
                 hint="run `hpcft ops build` on a node to see the compiler's output (it needs gcc, ninja, libaio-dev)",
             )
+        return True
 
 
 def wait_for(directory: Path, names: tuple[str, ...], timeout_s: float = WAIT_S, poll_s: float = 2.0) -> None:
@@ -129,7 +143,7 @@ def wait_for(directory: Path, names: tuple[str, ...], timeout_s: float = WAIT_S,
     deadline = time.monotonic() + timeout_s
     while missing(directory, names):
         if time.monotonic() > deadline:
-            raise LaunchError(
+            raise TransientLaunchError(
                 f"waited {timeout_s / 60:.0f} min for DeepSpeed ops {', '.join(missing(directory, names))} "
                 f"in {directory}, which the job's first node builds",
                 hint="see the first node's lines in the job output; or prebuild with `hpcft ops build`",
@@ -146,6 +160,6 @@ def prebuild(runs_dir: str, names: tuple[str, ...], env: Mapping[str, str]) -> t
     """``hpcft ops build``: build what of ``names`` is missing in this machine's cache; (folder, built ops)."""
     directory = ops_dir(runs_dir, env)
     todo = missing(directory, names)
-    if todo:
-        build(directory, todo)
+    if todo and not build(directory, todo):
+        todo = ()  # another process built them while this one waited for the lock
     return directory, todo

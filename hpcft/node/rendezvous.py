@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from hpcft.errors import LaunchError
+from hpcft.errors import TransientLaunchError
 from hpcft.rundir import store
 from hpcft.rundir.layout import port_file
 from hpcft.slurm.env import ClusterEnv, fallback_ports
@@ -39,7 +39,7 @@ def first_free(ports: tuple[int, ...]) -> int:
     for port in ports:
         if port_is_free(port):
             return port
-    raise LaunchError(
+    raise TransientLaunchError(
         f"ports {', '.join(map(str, ports))} are all in use on this node: the rendezvous cannot start",
         hint="another program holds hpcft's port range here; set MASTER_PORT to a free port",
     )
@@ -63,7 +63,7 @@ def _read_published(path: Path, cluster: ClusterEnv, wait_s: float) -> int:
         if text.isdigit():
             return int(text)
         time.sleep(0.2)
-    raise LaunchError(
+    raise TransientLaunchError(
         f"the first node ({cluster.master_host}) did not publish the rendezvous port in {path} within {wait_s:.0f} s",
         hint="its output names the reason (its preflight runs first); the run directory must be shared",
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import hostlist
 
-from hpcft.errors import LaunchError
+from hpcft.errors import LaunchError, TransientLaunchError
 
 # Every SLURM variable hpcft reads, in one table (man sbatch, "OUTPUT ENVIRONMENT VARIABLES").
 SLURM_VARS = {
@@ -190,8 +190,8 @@ def resolve_master(cluster: ClusterEnv) -> str:
     """
     try:
         addr = socket.gethostbyname(cluster.master_host)
-    except OSError as e:
-        raise LaunchError(
+    except OSError as e:  # a DNS hiccup as often as a wrong name: a rerun decides
+        raise TransientLaunchError(
             f"node {cluster.hosts[cluster.node_rank]}: cannot resolve the master host {cluster.master_host!r}: {e}",
             hint="the first node of the allocation must be resolvable from every node (DNS or /etc/hosts)",
         ) from None

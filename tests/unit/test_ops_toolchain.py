@@ -71,3 +71,31 @@ def test_an_op_counts_as_built_once_its_library_is_stamped_ready(tmp_path):
     assert ds_ops.missing(tmp_path, ("shm_comm",)) == ("shm_comm",)
     (folder / ".hpcft-ready").write_text("1\n")
     assert ds_ops.missing(tmp_path, ("shm_comm",)) == ()
+
+
+def _fake_builder(tmp_path: Path) -> Path:
+    """An interpreter stand-in that takes a second to "build" shm_comm and counts its builds."""
+    python = _env_bin(tmp_path, "ninja") / "python"
+    op = '"$4/deepspeed_shm_comm"'
+    python.write_text(f'#!/bin/sh\necho built >> "$4/builds"\nsleep 1\nmkdir -p {op}\n'
+                      f'touch {op}/deepspeed_shm_comm.so {op}/.hpcft-ready\n')  # fmt: skip
+    python.chmod(0o755)
+    return python
+
+
+def test_nodes_of_one_cpu_type_build_their_cache_once_whoever_comes_first(tmp_path):
+    # Every node builds its own folder (its CPU type's key); nodes sharing one wait on its lock (#25 item 13).
+    import threading
+
+    python, cache, said = _fake_builder(tmp_path), tmp_path / "cache", []
+    results = []
+    nodes = [threading.Thread(target=lambda: results.append(ds_ops.build(cache, ("shm_comm",), str(python),
+                                                                         said.append))) for _ in range(3)]  # fmt: skip
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.join()
+    assert sorted(results) == [False, False, True]
+    assert (cache / "builds").read_text() == "built\n"
+    assert sum(m.startswith("building DeepSpeed ops shm_comm") for m in said) == 1
+    assert sum(m.startswith("waiting for another node's build") for m in said) == 2

@@ -143,3 +143,27 @@ def test_lost_runs_spend_the_failure_budget(tmp_path, capsys):
     (tmp_path / "other").mkdir()
     other = new_run(tmp_path / "other")
     assert record_lost(other, "7", 1, max_failures=2) is None and store.read_state(other)["failures"] == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "fatal"),
+    [
+        ("TransientLaunchError", False),  # a DNS hiccup, an ssh check, a late peer: a failure to retry
+        ("LaunchError", True),  # a launcher not installed: the same node would fail the same way again
+    ],
+)
+def test_only_a_preflight_error_a_rerun_repeats_is_fatal(tmp_path, monkeypatch, error, fatal):
+    from hpcft import errors
+    from hpcft.node import agent
+
+    (tmp_path / "spec.yaml").write_text("{}\n")
+    monkeypatch.setattr(agent, "read_spec", lambda run, host: None)
+    monkeypatch.setattr(agent, "with_ops", lambda run, spec, env: env)
+
+    def prepare(run, env, spec):
+        raise getattr(errors, error)("node node2: cannot resolve the master host 'node1'")
+
+    monkeypatch.setattr(agent, "prepare", prepare)
+    with pytest.raises(SystemExit) as e:
+        agent.exec_node(tmp_path)
+    assert e.value.code == 3 and (tmp_path / "FATAL").exists() is fatal
