@@ -120,7 +120,7 @@ def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
 
     log.info("%s holds ZeRO-%d shards of %d ranks; this job has %d: resuming through a universal checkpoint",
              Path(resume).name, spec.train.zero, info.world_size, args.world_size)  # fmt: skip
-    ds_universal.to_universal(Path(resume), args.process_index == 0, _barrier)
+    ds_universal.to_universal(Path(resume), args.process_index == 0)  # waits on files, not on a collective
     if spec.train.zero == 3:
         ds_universal.patch_zero3_universal_load()
     ds_config = {**ds_config, "checkpoint": {**(ds_config.get("checkpoint") or {}), "load_universal": True}}

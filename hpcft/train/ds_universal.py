@@ -27,13 +27,15 @@ the Trainer skips the same samples at any world size.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import store
+from hpcft.rundir import markers, store
 
 log = logging.getLogger("hpcft.universal")
 
@@ -50,27 +52,56 @@ def universal_tag(checkpoint: Path) -> str:
     return f"{tag}_universal"
 
 
-def to_universal(checkpoint: Path, is_rank0: bool, barrier) -> None:
-    """Convert ``checkpoint`` to DeepSpeed's universal format unless done already (rank 0; every rank calls it)."""
-    tag = universal_tag(checkpoint)
-    if is_rank0 and not (checkpoint / LATEST_UNIVERSAL).is_file():
-        staging = checkpoint / STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        argv = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                str(checkpoint / tag.removesuffix("_universal")), "--output_folder", str(staging / tag),
-                "--inject_missing_state", "--num_extract_workers", "2", "--num_merge_workers", "1"]  # fmt: skip
-        log.info("world size changed: converting %s to DeepSpeed's universal format", checkpoint.name)
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-            raise HpcftError(f"ds_to_universal failed on {checkpoint.name} (exit {done.returncode}):\n{tail}",
-                             hint="resume with the world size that wrote it, or `hpcft export` it")  # fmt: skip
-        shutil.rmtree(checkpoint / tag, ignore_errors=True)
-        (staging / tag).rename(checkpoint / tag)
-        shutil.rmtree(staging, ignore_errors=True)
-        store.write_atomic(checkpoint / LATEST_UNIVERSAL, tag)
-        log.info("converted %s: %s", checkpoint.name, tag)
-    barrier()
+FAILED = ".universal-failed"  # rank 0's conversion failed: the reason, for the ranks that wait for it
+
+
+def to_universal(checkpoint: Path, is_rank0: bool, poll_s: float = 2.0) -> None:
+    """Convert ``checkpoint`` to DeepSpeed's universal format unless done already (rank 0; every rank calls it).
+
+    The other ranks wait for the result on the filesystem, not in a collective: a conversion of a large
+    model takes longer than the process group's timeout (HF's ``ddp_timeout``, 30 minutes), after which a
+    barrier would end every rank and the retry would convert again from the start. The result is kept
+    (``latest_universal``): a later start uses it at once.
+    """
+    if not is_rank0:
+        _wait_for_conversion(checkpoint, poll_s)
+        return
+    if (checkpoint / LATEST_UNIVERSAL).is_file():
+        return
+    try:
+        _convert(checkpoint, universal_tag(checkpoint))
+    except HpcftError as e:  # stamped with this job segment: a later one's ranks wait for their own rank 0
+        store.write_atomic(checkpoint / FAILED, f"{markers.segment(os.environ)} {e.message}\n")
+        raise
+
+
+def _convert(checkpoint: Path, tag: str) -> None:
+    staging = checkpoint / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    argv = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+            str(checkpoint / tag.removesuffix("_universal")), "--output_folder", str(staging / tag),
+            "--inject_missing_state", "--num_extract_workers", "2", "--num_merge_workers", "1"]  # fmt: skip
+    log.info("world size changed: converting %s to DeepSpeed's universal format", checkpoint.name)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise HpcftError(f"ds_to_universal failed on {checkpoint.name} (exit {done.returncode}):\n{tail}",
+                         hint="resume with the world size that wrote it, or `hpcft export` it")  # fmt: skip
+    shutil.rmtree(checkpoint / tag, ignore_errors=True)
+    (staging / tag).rename(checkpoint / tag)
+    shutil.rmtree(staging, ignore_errors=True)
+    store.write_atomic(checkpoint / LATEST_UNIVERSAL, tag)
+    log.info("converted %s: %s", checkpoint.name, tag)
+
+
+def _wait_for_conversion(checkpoint: Path, poll_s: float) -> None:
+    """Until rank 0 has published the conversion (or said why it could not)."""
+    segment = markers.segment(os.environ)
+    while not (checkpoint / LATEST_UNIVERSAL).is_file():
+        failed = (store.read_text(checkpoint / FAILED) or "").split(" ", 1)
+        if failed[0] == segment:
+            raise HpcftError(f"rank 0 could not convert {checkpoint.name}: {failed[1].strip()}")
+        time.sleep(poll_s)
 
 
 def patch_zero3_universal_load() -> None:

@@ -38,3 +38,25 @@ def test_a_marker_from_before_the_stamp_still_counts(tmp_path):
     assert markers.saved_for_requeue(tmp_path, SEGMENT_1) == 40
     markers.clear_saved_for_requeue(tmp_path)
     assert markers.saved_for_requeue(tmp_path, SEGMENT_1) is None
+
+
+def test_ranks_wait_for_rank_0s_conversion_on_files_not_in_a_collective(tmp_path, monkeypatch):
+    # issue #25 item 11: no barrier whose 30-minute timeout a long conversion would outlast.
+    import threading
+
+    from hpcft.errors import HpcftError
+    from hpcft.train import ds_universal
+
+    monkeypatch.setattr("os.environ", {**RANK_0})
+    (tmp_path / ds_universal.FAILED).write_text("7.1 an earlier segment's failure\n")  # not this segment's
+    done = threading.Timer(0.3, lambda: (tmp_path / ds_universal.LATEST_UNIVERSAL).write_text("global_step10"))
+    done.start()
+    ds_universal.to_universal(tmp_path, is_rank0=False, poll_s=0.05)  # returns once rank 0 published it
+    (tmp_path / ds_universal.LATEST_UNIVERSAL).unlink()
+    (tmp_path / ds_universal.FAILED).write_text("7.0 ds_to_universal failed on checkpoint-10 (exit 1)\n")
+    try:
+        ds_universal.to_universal(tmp_path, is_rank0=False, poll_s=0.05)
+    except HpcftError as e:
+        assert "rank 0 could not convert" in e.message and "exit 1" in e.message
+    else:
+        raise AssertionError("a rank waited on although rank 0 said its conversion failed")
