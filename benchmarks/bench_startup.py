@@ -1,0 +1,108 @@
+"""P15: start and restart on the lab, warm ranks (``launch.warm_start``) against cold ones, side by side.
+
+Figures are in units of one cold ``python -c 'import transformers.trainer'`` timed on the same machine in the
+same pair, so they mean the same on any machine:
+
+- *start*: ``hpcft submit`` → the first training step in ``metrics.jsonl``, the demo on 2 nodes × 2 ranks;
+- *restart*: a rank SIGKILLed at step 10 → the next ``train_begin`` record of the restarted ranks (torchrun's
+  in-job restart), the demo on 2 nodes × 1 rank.
+
+Pairs alternate warm and cold so that drift on a noisy machine hits both; medians are printed.
+
+    scripts/dev-cluster up && .venv/bin/python benchmarks/bench_startup.py [--pairs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
+
+
+def hpcft(*args: str, check: bool = True) -> str:
+    return subprocess.run([sys.executable, "-m", "hpcft", *args], check=check, capture_output=True, text=True).stdout
+
+
+def records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait(what: str, predicate, timeout: float = 300) -> float:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def submit(demo: Path, runs: Path, warm: bool, *args: str) -> Path:
+    hpcft("submit", str(demo / "job.yaml"), "--nodes", "2", "--runs-dir", str(runs), "-o",
+          f"launch.warm_start={str(warm).lower()}", "-o", "train.eval_steps=null", *args)  # fmt: skip
+    (run,) = [p.parent for p in runs.glob("*/spec.yaml")]
+    return run
+
+
+def start_s(demo: Path, tmp: Path, warm: bool) -> float:
+    t0 = time.monotonic()
+    run = submit(demo, Path(tempfile.mkdtemp(dir=tmp)), warm, "-o", "train.max_steps=10")
+    t1 = wait("the first step", lambda: any("loss" in r for r in records(run)))
+    hpcft("cancel", str(run), check=False)  # done with it (it may have ended already)
+    return t1 - t0
+
+
+def restart_s(demo: Path, tmp: Path, warm: bool) -> float:
+    run = submit(demo, Path(tempfile.mkdtemp(dir=tmp)), warm, "--gpus-per-node", "1", "-o", "train.max_steps=400",
+                 "-o", "train.save_steps=5")  # fmt: skip
+    wait("step 10", lambda: any(r.get("step", 0) >= 10 and "loss" in r for r in records(run)))
+    log = (run / "logs" / "node-node2.log").read_text()
+    pid = int([line for line in log.splitlines() if " pid " in line][-1].rsplit(" pid ", 1)[1])
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    t1 = wait("the restarted ranks", lambda: sum(r.get("event") == "train_begin" for r in records(run)) == 2)
+    hpcft("cancel", str(run), check=False)  # done with it (it may have ended already)
+    return t1 - t0
+
+
+def import_s() -> float:
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import transformers.trainer"], check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
+def measure(pairs: int) -> tuple[str, str]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    demo = tmp / "demo"
+    hpcft("init-demo", str(demo))
+    got: dict[str, list[float]] = {k: [] for k in ("import", "start_warm", "start_cold", "restart_warm",
+                                                  "restart_cold")}  # fmt: skip
+    for i in range(pairs):
+        got["import"].append(import_s())
+        for warm in (True, False) if i % 2 == 0 else (False, True):
+            got[f"start_{'warm' if warm else 'cold'}"].append(start_s(demo, tmp, warm))
+            got[f"restart_{'warm' if warm else 'cold'}"].append(restart_s(demo, tmp, warm))
+        print(f"pair {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in got.items()), file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in got.items()}
+    unit = med["import"]
+    out = {k: round(v, 2) for k, v in med.items()} | {f"{k}_imports": round(v / unit, 2) for k, v in med.items()}
+    row = (f"| {pairs} pairs | import {unit:.2f} s | start warm {med['start_warm']:.1f} s = "
+           f"{med['start_warm'] / unit:.2f} · cold {med['start_cold']:.1f} s = {med['start_cold'] / unit:.2f} | "
+           f"restart warm {med['restart_warm']:.1f} s = {med['restart_warm'] / unit:.2f} · cold "
+           f"{med['restart_cold']:.1f} s = {med['restart_cold'] / unit:.2f} |")  # fmt: skip
+    return json.dumps(out), row
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=3)
+    report(lambda: measure(parser.parse_args().pairs))
