@@ -22,7 +22,9 @@ from tests.conftest import hpcft, nodes_completing, release_requeued, wait_until
 pytestmark = pytest.mark.cluster
 
 STEPS = 120
-JOB = ["--nodes", "2", "-o", f"train.max_steps={STEPS}", "-o", "train.save_steps=20", "-o", "train.eval_steps=1000"]
+# One rank per node: the drills are about nodes and jobs (the launcher matrix keeps 2 × 2).
+JOB = ["--nodes", "2", "--gpus-per-node", "1", "-o", f"train.max_steps={STEPS}", "-o", "train.save_steps=20",
+       "-o", "train.eval_steps=1000"]  # fmt: skip
 
 
 def status(run: Path) -> dict:
@@ -102,7 +104,7 @@ def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(referenc
     # A save every step: the rank most likely dies inside a save, while the others wait in its barrier.
     run, job = submit(demo_dir, runs_dir, "-o", "train.save_steps=1", "-o", "train.save_total_limit=2")
     wait_until("step 40", lambda: max(losses(run), default=0) >= 40, interval=0.05)  # rotation keeps only 2
-    kill_rank(run, 3)  # on node2: torchrun there fails its workers, the c10d rendezvous restarts node1's too
+    kill_rank(run, 1)  # on node2: torchrun there fails its workers, the c10d rendezvous restarts node1's too
     t0 = time.time()
     wait_until("the restarted ranks", lambda: len([r for r in records(run) if r.get("event") == "train_begin"]) == 2,
                timeout=120)  # fmt: skip
@@ -126,7 +128,7 @@ def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(referenc
 def test_b2_without_in_job_restart_a_killed_rank_fails_fast_and_requeues(reference, demo_dir, runs_dir):
     run, job = submit(demo_dir, runs_dir, "-o", "run.restart_in_job=false")
     wait_until("checkpoint-40", lambda: (run / "checkpoints" / "checkpoint-40" / "COMPLETE").exists())
-    kill_rank(run, 3)
+    kill_rank(run, 1)  # on node2
     t0 = time.time()
     release_requeued(job)
     assert time.time() - t0 < 60, "the job hung instead of failing fast"

@@ -18,6 +18,8 @@ from tests.conftest import hpcft, release_requeued, squeue_state, wait_until
 
 pytestmark = pytest.mark.cluster
 
+ONE_PER_NODE = ["--nodes", "2", "--gpus-per-node", "1"]  # the claims are about nodes and jobs, not ranks
+
 
 def _steps(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
@@ -31,7 +33,7 @@ def _state(run: Path) -> dict:
 @pytest.mark.parametrize("backend", ["sbatch", "submitit"])
 def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_dir, backend):
     # submitit: SLURM's SIGTERM reaches submitit's task (which ignores it), not hpcft node: NodeTask takes it.
-    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--partition", "low", "--runs-dir",
+    out = hpcft("submit", str(demo_dir / "job.yaml"), *ONE_PER_NODE, "--partition", "low", "--runs-dir",
                 str(runs_dir), "--backend", backend, "-o", "train.max_steps=100", "-o", "train.save_steps=100000",
                 "-o", "train.eval_steps=null").stdout  # fmt: skip
     job = out.split(" as job ")[1].split()[0]
@@ -59,7 +61,7 @@ def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_d
 
 def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, runs_dir):
     """submitit's own warning (USR2 before --time) reaches NodeTask.checkpoint: save, requeue, resume."""
-    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--time", "2", "--backend", "submitit",
+    out = hpcft("submit", str(demo_dir / "job.yaml"), *ONE_PER_NODE, "--time", "2", "--backend", "submitit",
                 "--runs-dir", str(runs_dir), "-o", "train.max_steps=100000", "-o", "train.save_steps=100000",
                 "-o", "train.eval_steps=null", "-o", "run.max_preemptions=1").stdout  # fmt: skip
     job = out.split(" as job ")[1].split()[0]
@@ -87,7 +89,7 @@ def test_sbatch_time_limit_warning_fired_by_slurm_checkpoints_and_requeues(lab, 
     """The batch script's own ``#SBATCH --signal=B:USR1@60`` under a real 2-minute limit: SLURM fires it (up
     to a minute early), the ranks save, after-job requeues, and the run resumes at the saved step."""
     endless = ["-o", "train.max_steps=100000", "-o", "train.save_steps=100000", "-o", "train.eval_steps=null"]
-    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--time", "2", "--runs-dir", str(runs_dir),
+    out = hpcft("submit", str(demo_dir / "job.yaml"), *ONE_PER_NODE, "--time", "2", "--runs-dir", str(runs_dir),
                 *endless).stdout  # fmt: skip
     job = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
