@@ -14,12 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hpcft.errors import RunError
+from hpcft.errors import ConfigError, RunError
 from hpcft.plan.pipeline import Request, plan_job
 from hpcft.plan.plan import Plan
 from hpcft.rundir import checkpoints, store
 from hpcft.rundir.layout import FINISHED_FILE, SPEC_FILE
 from hpcft.spec import JobSpec, offload_devices, spec_to_dict
+from hpcft.spec.layering import passthrough_problems
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,16 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
     notes: list[str] = []
 
     def refine(spec: JobSpec, run_dir: str) -> JobSpec:
+        missing = passthrough_problems(spec)  # the files were checked at submit; the shell is a new one
+        if missing:
+            raise ConfigError(missing, str(run / SPEC_FILE))
+        if spec.launch.command and checkpoint is not None:
+            raise RunError(
+                f"--checkpoint {checkpoint}: {run.name} runs your own command, which picks its checkpoint itself "
+                "(the newest in {output_dir}, as {resume_checkpoint}); nothing would use this one",
+                hint="resume without --checkpoint; to go back to an older checkpoint, move the newer ones out of the "
+                "output directory first",
+            )
         if not spec.launch.command:  # hpcft's trainer; a user's own trainer finds its checkpoints itself
             found.append(_checkpoint(str(checkpoints.checkpoints_dir(spec, run)), checkpoint))
             _check_more_to_do(run, spec)

@@ -224,10 +224,7 @@ def check_inputs(spec: JobSpec) -> None:
     """
     problems = _trainer_inputs(spec) if not spec.launch.command else _command_inputs(spec.launch.command)
     launch = spec.launch
-    for name in launch.env_passthrough:
-        if name not in os.environ:
-            problems.append(f"launch.env_passthrough: {name} is not set in this shell; the job takes its value from "
-                            f"the environment it is submitted from (HINT: export {name}=... first)")  # fmt: skip
+    problems += passthrough_problems(spec)
     if launch.accelerate_config:
         missing = f"file not found: {launch.accelerate_config} (HINT: `hpcft config --out FILE` writes one)"
         problems += _look("launch.accelerate_config", launch.accelerate_config, Path.is_file, missing)
@@ -236,6 +233,14 @@ def check_inputs(spec: JobSpec) -> None:
                         "node can run, e.g. a virtual environment on the shared filesystem)")  # fmt: skip
     if problems:
         raise ConfigError(problems)
+
+
+def passthrough_problems(spec: JobSpec) -> list[str]:
+    """``launch.env_passthrough`` names this shell does not have: sbatch passes the environment it runs in, so the
+    job's ranks would start without them (checked at every submission, ``resume`` included)."""
+    return [f"launch.env_passthrough: {name} is not set in this shell; the job takes its value from the "
+            f"environment it is submitted from (HINT: export {name}=... first)"
+            for name in spec.launch.env_passthrough if name not in os.environ]  # fmt: skip
 
 
 def _trainer_inputs(spec: JobSpec) -> list[str]:

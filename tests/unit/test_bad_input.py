@@ -312,3 +312,31 @@ def test_a_path_the_system_cannot_look_at_is_the_fields_problem(work, monkeypatc
             f"train.model: cannot look at {work}/model/config.json: Input/output error",
             f"train.data.eval: file not found: {work}/data/missing.jsonl")  # fmt: skip
     assert not list((work / "runs").iterdir())
+
+
+def _resume_plan(run, **kwargs):
+    from datetime import datetime
+
+    from hpcft.plan.resume import plan_resume
+
+    return plan_resume(run, python=sys.executable, now=datetime(2026, 1, 2), **kwargs)
+
+
+def test_resume_checks_the_secrets_the_job_passes_by_name(tmp_path, monkeypatch):
+    # issue #25 item 15: a job resumed from a shell without HF_TOKEN would die only after its queue wait.
+    run = F.make_run(F.make_workdir(tmp_path))
+    monkeypatch.delenv("HPCFT_RESUME_SECRET", raising=False)
+    with pytest.raises(ConfigError) as e:
+        _resume_plan(run, overrides=["launch.env_passthrough=[HPCFT_RESUME_SECRET]"])
+    assert "launch.env_passthrough: HPCFT_RESUME_SECRET is not set in this shell" in str(e.value)
+    monkeypatch.setenv("HPCFT_RESUME_SECRET", "x")
+    assert _resume_plan(run, overrides=["launch.env_passthrough=[HPCFT_RESUME_SECRET]"]).checkpoint.step == 2
+
+
+def test_resume_of_a_users_command_refuses_a_checkpoint_nothing_would_use(tmp_path):
+    from hpcft.errors import RunError
+
+    run = F.make_run(F.make_workdir(tmp_path))
+    with pytest.raises(RunError, match=r"--checkpoint 7: .* runs your own command, which picks its checkpoint"):
+        _resume_plan(run, overrides=["launch.command=[my-trainer, --out, '{output_dir}']"], checkpoint=7)
+    assert _resume_plan(run, overrides=["launch.command=[my-trainer]"]).checkpoint is None  # no pin: fine
