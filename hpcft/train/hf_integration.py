@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import logging
 import os
 import sys
@@ -51,6 +52,10 @@ def patch_module(module) -> None:
     """Patch what hpcft needs in ``transformers.trainer`` or ``transformers.training_args``."""
     if module.__name__ == "transformers.trainer":
         patch(module.Trainer)
+        if os.environ.get("HPCFT_DS_CONFIG") and importlib.util.find_spec("deepspeed") is not None:
+            from hpcft.train.ds_ops import use_prebuilt_ops
+
+            use_prebuilt_ops()  # the job's prebuilt DeepSpeed ops load as built, as in hpcft's own ranks
     else:
         patch_arguments(module.TrainingArguments)
 
