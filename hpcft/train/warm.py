@@ -128,4 +128,6 @@ def launch(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    launch(sys.argv[1:])
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(launch)(sys.argv[1:])  # as torchrun's main: a failed worker's error summarised, exit 1
