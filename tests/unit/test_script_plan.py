@@ -1,5 +1,6 @@
 """Rendered scripts (golden files), sbatch quoting, and the plan as a value."""
 
+import os
 import shlex
 import subprocess
 from datetime import datetime
@@ -178,3 +179,15 @@ def test_after_job_outlives_a_warning_that_comes_while_it_decides(tmp_path):
     script = "trap 'touch PREEMPT' USR1\nrc=0\n" + tail.replace(command, f"{after} ")
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "decided 0", (proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_the_steps_get_the_cpus_per_task_the_allocation_has(tmp_path):
+    # SLURM >= 22.05: srun does not inherit --cpus-per-task (issue #25 item 12); the script hands it on.
+    text = make_plan(spec_of(resources={"nodes": 2, "cpus_per_task": 4}), python=PY, now=NOW).files["job.sbatch"]
+    assert "#SBATCH --cpus-per-task=4" in text
+    (line,) = [x for x in text.splitlines() if "SRUN_CPUS_PER_TASK" in x and not x.startswith("#")]
+    probe = f'{line}\necho "srun gets ${{SRUN_CPUS_PER_TASK:-none}}"'
+    for allocated, want in (({"SLURM_CPUS_PER_TASK": "4"}, "srun gets 4"), ({}, "srun gets none")):
+        env = {k: v for k, v in os.environ.items() if not k.endswith("CPUS_PER_TASK")} | allocated
+        out = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+        assert out.strip() == want
