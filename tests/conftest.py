@@ -33,6 +33,7 @@ def pytest_configure(config):
         raise pytest.UsageError(UPDATE_GOLDEN_IN_CI)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Two lanes for ``make test`` (``pytest -n 2 --dist loadgroup``): every test that uses the SLURM lab in
     one lane, in order — the drills need its two nodes and partitions to themselves — and the unit and
