@@ -31,4 +31,4 @@ unit: setup
 
 # Two lanes (tests/conftest.py): the lab's tests in order in one, the unit and train tests beside them.
 test: setup cluster lint ops
-	.venv/bin/pytest -v -n 2 --dist loadgroup --timeout=900 --durations=30 tests
+	.venv/bin/pytest -v -n 2 --timeout=900 --durations=30 tests

@@ -33,21 +33,32 @@ def pytest_configure(config):
         raise pytest.UsageError(UPDATE_GOLDEN_IN_CI)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+LAB_LANE = "tests/cluster/"  # every test that uses the SLURM lab lives here (the ``lab`` fixture)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Two lanes for ``make test`` (``pytest -n 2 --dist loadgroup``): every test that uses the SLURM lab in
-    one lane, in order — the drills need its two nodes and partitions to themselves — and the unit and
-    train tests beside it, a module at a time (their module fixtures are built once). The lab lane runs
-    first: it is the longest."""
+    """The order of ``make test``'s lanes: the lab's tests first (the longest lane), then the unit modules,
+    so that the one module xdist queues behind the lab in its lane is a short one, then the train modules."""
+    items.sort(key=lambda item: (not item.nodeid.startswith(LAB_LANE), item.get_closest_marker("train") is not None))
 
-    def on_lab(item) -> bool:
-        return item.get_closest_marker("cluster") is not None or "lab" in getattr(item, "fixturenames", ())
 
-    # Stable: each lane keeps its order. The lab first (the longest); then the unit modules, so that the one
-    # module xdist queues behind the lab in its lane is a short one; the train modules last.
-    items.sort(key=lambda item: (not on_lab(item), item.get_closest_marker("train") is not None))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("lab" if on_lab(item) else item.module.__name__))
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Two lanes for ``make test`` (``pytest -n 2``): every test on the SLURM lab in one lane, in order — the drills
+    need its two nodes and partitions to themselves — and the unit and train tests beside it, a module at a time
+    (their module fixtures are built once).
+
+    xdist's own ``--dist loadgroup`` would do it from ``xdist_group`` marks, but with pytest >= 9.2 it groups
+    nothing and spreads every test over the workers (it renames node ids through a field pytest no longer
+    reads: pytest-dev/pytest-xdist#1386). The lane is decided from the node id instead, here and only here.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "lab" if nodeid.startswith(LAB_LANE) else nodeid.split("::", 1)[0]
+
+    return Lanes(config, log)
 
 
 _TIERS: dict[str, dict] = {}  # tier → tests, seconds of test time, first start, last stop
