@@ -56,9 +56,14 @@ def pytest_xdist_make_scheduler(config, log):
 
     class Lanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "lab" if nodeid.startswith(LAB_LANE) else nodeid.split("::", 1)[0]
+            return lane_of(nodeid)
 
     return Lanes(config, log)
+
+
+def lane_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: ``lab`` for every test on the lab, else its module."""
+    return "lab" if nodeid.startswith(LAB_LANE) else nodeid.split("::", 1)[0]
 
 
 _TIERS: dict[str, dict] = {}  # tier → tests, seconds of test time, first start, last stop
