@@ -50,14 +50,21 @@ def drop_empty_resume(args: Sequence[str]) -> list[str]:
 
 
 def rank_argv(kind: str, target: str, args: Sequence[str], env: Mapping[str, str], python: str,
-              resume: str) -> list[str]:  # fmt: skip
-    """The command this rank runs now, its placeholders filled in (``resume``: the newest checkpoint, or '')."""
-    filled = list(expand(list(args) if resume else drop_empty_resume(args), values(env, resume)))
+              resume: str, launcher_args: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """The command this rank runs now, its placeholders filled in (``resume``: the newest checkpoint, or '').
+
+    ``launcher_args``: what the launcher put after the program it started (the deepspeed launcher's
+    ``--local_rank=N``), given to the command where the launcher would have put it: right after it.
+    """
+    filled = [*launcher_args, *expand(list(args) if resume else drop_empty_resume(args), values(env, resume))]
     if kind == "module":
         return [python, "-u", "-m", target, *filled]
     if kind == "script":
         return [python, "-u", target, *filled]
     return [target, *filled]
+
+
+LAUNCHER_ARGS = ("--local_rank", "--local-rank")  # deepspeed's launch.py: `python -u -m MODULE --local_rank=N ...`
 
 
 def resume_now(env: Mapping[str, str]) -> str:
@@ -75,11 +82,14 @@ def first_rank(env: Mapping[str, str]) -> bool:
 
 def main(argv: list[str]) -> None:
     """Fill in, record the start, exec the command."""
+    launcher_args = []
+    while argv and argv[0].startswith(LAUNCHER_ARGS):
+        launcher_args.append(argv.pop(0))
     if len(argv) < 2 or argv[0] not in ("module", "script", "program"):
         sys.exit("usage: python -m hpcft.node.rank_exec module|script|program TARGET [ARG...]")
     env = dict(os.environ)
     resume = resume_now(env)
-    command = rank_argv(argv[0], argv[1], argv[2:], env, sys.executable, resume)
+    command = rank_argv(argv[0], argv[1], argv[2:], env, sys.executable, resume, launcher_args)
     run, job = env.get("HPCFT_RUN_DIR"), env.get("HPCFT_JOB_ID", "local")
     if run and job != "local" and first_rank(env):
         event = store.record_rank_start(Path(run), job)

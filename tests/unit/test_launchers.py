@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 
@@ -340,3 +341,14 @@ def test_head_node_launchers_pass_secrets_by_name_only(launcher, where):
     expected = {"deepspeed-openmpi": "-x HF_TOKEN", "deepspeed-mvapich": "-genvlist HF_TOKEN",
                 "deepspeed-pdsh": "-p 2222 -o SendEnv=HF_TOKEN"}[launcher]  # fmt: skip
     assert expected in (" ".join(cmd.argv) if where == "argv" else cmd.env["PDSH_SSH_ARGS_APPEND"])
+
+
+def test_a_rank_started_by_the_deepspeed_launcher_gets_its_local_rank_where_deepspeed_puts_it(tmp_path):
+    # deepspeed's launch.py runs `python -u -m hpcft.node.rank_exec --local_rank=0 KIND TARGET ARGS...`.
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ["PATH"], "HPCFT_RUN_DIR": str(tmp_path), "HPCFT_OUTPUT_DIR": str(tmp_path)}
+    argv = [sys.executable, "-m", "hpcft.node.rank_exec", "--local_rank=0", "program", "echo", "a b", "{run_dir}"]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out == f"--local_rank=0 a b {tmp_path}\n"
