@@ -67,10 +67,10 @@ def test_launcher_runs_two_nodes_world_four(case, reference, demo_dir, runs_dir)
     assert losses(run) == pytest.approx(reference, rel=1e-4)
 
 
-def submit_failing(demo_dir: Path, runs_dir: Path, launcher: str) -> None:
+def submit_failing(demo_dir: Path, runs_dir: Path, launcher: str, *extra: str) -> None:
     """Submit the demo with ``launcher`` and wait; it must fail (exit 1)."""
     proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--launcher", launcher, "--wait",
-                 "--runs-dir", str(runs_dir), check=False)  # fmt: skip
+                 "--runs-dir", str(runs_dir), *extra, check=False)  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
 
 
@@ -85,8 +85,13 @@ def test_mvapich_fails_early_and_clearly_where_absent(lab, demo_dir, runs_dir):
 
 
 def test_pdsh_preflight_names_the_unreachable_host(lab, demo_dir, runs_dir):
-    # Without the lab's ssh keys, plain ssh cannot reach the nodes: the job must say which and stop.
-    submit_failing(demo_dir, runs_dir, "deepspeed-pdsh")
+    # Without the lab's ssh keys, plain ssh cannot reach the nodes: the job must say which. An ssh check that
+    # fails may pass on a rerun (a node rebooting): a failure within run.max_failures, never FATAL (#25 item 13);
+    # with no budget left the run stops at once.
+    submit_failing(demo_dir, runs_dir, "deepspeed-pdsh", "-o", "run.max_failures=0")
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     out = hpcft("logs", run.name, "--runs-dir", str(runs_dir)).stdout
     assert "ssh to 2 host(s) failed" in out and "node1:" in out and "node2:" in out
+    assert "preflight failed (a rerun may pass)" in out and not (run / "FATAL").exists()
+    (event,) = json.loads((run / "state.json").read_text())["events"]
+    assert event["action"] == "fail" and "failure budget 0/0 spent" in event["reason"]
