@@ -19,6 +19,7 @@ Then it replaces itself (``exec``) with the command: same process, same signals.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -91,8 +92,9 @@ def main(argv: list[str]) -> None:
     resume = resume_now(env)
     command = rank_argv(argv[0], argv[1], argv[2:], env, sys.executable, resume, launcher_args)
     run, job = env.get("HPCFT_RUN_DIR"), env.get("HPCFT_JOB_ID", "local")
-    if run and job != "local" and first_rank(env):
-        event = store.record_rank_start(Path(run), job)
+    if first_rank(env):
+        print(f"hpcft: rank 0 runs {shlex.join(command)}", flush=True)  # the command as filled in at this start
+        event = store.record_rank_start(Path(run), job) if run and job != "local" else None
         if event:
             print(f"hpcft: {event['reason']} (an in-job restart, charged to run.max_failures)", flush=True)
     env["HPCFT_RESUME_CHECKPOINT"] = resume

@@ -148,7 +148,7 @@ def test_ds_config_reaches_trls_trainer_as_deepspeed_zero3(lab, demo_dir, runs_d
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
     assert proc.returncode == 0, output[-4000:]
-    assert f"--deepspeed {run}/ds_config.json" in output  # what hpcft node started
+    assert f"--deepspeed {run}/ds_config.json" in output  # what rank 0 ran, {ds_config} filled in
     assert max(r["step"] for r in records(run) if "loss" in r) == 20
     assert next(r for r in records(run) if r.get("event") == "train_begin")["world_size"] == 4
     shards = list((run / "checkpoints" / "checkpoint-10" / "global_step10").glob("*zero_pp_rank_*_model_states.pt"))

@@ -348,7 +348,7 @@ def test_a_rank_started_by_the_deepspeed_launcher_gets_its_local_rank_where_deep
     import subprocess
     import sys
 
-    env = {"PATH": os.environ["PATH"], "HPCFT_RUN_DIR": str(tmp_path), "HPCFT_OUTPUT_DIR": str(tmp_path)}
+    env = {"PATH": os.environ["PATH"], "HPCFT_RUN_DIR": str(tmp_path), "HPCFT_OUTPUT_DIR": str(tmp_path), "RANK": "0"}
     argv = [sys.executable, "-m", "hpcft.node.rank_exec", "--local_rank=0", "program", "echo", "a b", "{run_dir}"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
-    assert out == f"--local_rank=0 a b {tmp_path}\n"
+    assert out == f"hpcft: rank 0 runs echo --local_rank=0 'a b' {tmp_path}\n--local_rank=0 a b {tmp_path}\n"
