@@ -124,7 +124,9 @@ def test_launcher_none_runs_a_self_launching_tool_once_per_node(lab, demo_dir, r
     records = seen(out)
     assert sorted(r["node_rank"] for r in records) == ["0", "0", "1", "1"]
     output = next((run / "logs").glob("slurm-*.out")).read_text()
-    assert output.count("selflaunch.py") == 2  # hpcft node on each node started the command, nothing else
+    started = [line for line in output.splitlines() if line.startswith("hpcft node ") and "selflaunch.py" in line]
+    assert len(started) == 2  # hpcft node on each node started the command, nothing else
+    assert output.count("hpcft: rank 0 runs") == 1  # said once, by node 0's command (rank_exec)
 
 
 def test_an_accelerate_script_that_does_not_force_cpu_forms_one_world(lab, demo_dir, runs_dir, probes):
