@@ -234,7 +234,7 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: i
     a requeue would wait for SLURM's requeue hold and the queue.
 
     On priority preemption SLURM sends SIGTERM to the process it started on each node (this one)
-    and, after the partition's GraceTime, SIGTERM again and then SIGKILL (``../shared/PREEMPTION.md``).
+    and, after the partition's GraceTime, SIGTERM again and then SIGKILL (``docs/facts.md``).
     Had this process exec'd torchrun, torchrun would forward the SIGTERM and kill the workers
     (pytorch#119856) and the grace time would go unused. Here the first SIGTERM writes
     ``RUN/PREEMPT`` — the ranks checkpoint at their next step and exit, the launcher ends by itself —

@@ -37,7 +37,7 @@ def lost_segment(state: Mapping[str, Any], job_id: str, restart: int, now: str) 
     """The event for this job's previous run when it ended without after-job; pure.
 
     On node failure SLURM kills the batch script (no after-job step runs) and, with ``--requeue``,
-    requeues the job (``../shared/PREEMPTION.md``): the only trace is a requeued job whose previous
+    requeues the job (``docs/facts.md``): the only trace is a requeued job whose previous
     run recorded no outcome. That is a crash, counted against ``run.max_failures``.
     """
     if restart < 1:

@@ -1,7 +1,7 @@
 """Everything the trainer does differently on a node without CUDA — and only here.
 
 Each function works around one behaviour of DeepSpeed / HF Trainer / accelerate measured on GPU-less
-machines (``../shared/CPU-FACTS.md``), names the upstream cause, and is a no-op where CUDA exists.
+machines (``docs/facts.md``), names the upstream cause, and is a no-op where CUDA exists.
 Tests: ``tests/unit/test_zero_config.py`` (the config changes), ``tests/train/test_zero.py`` (the
 gloo init and ``use_cpu`` switched off → the upstream failure; everything on → ZeRO-3 + offload trains
 with torch AdamW; the NVMe fixes → real swapping to disk).

@@ -1,6 +1,6 @@
 """Ending a distributed process without the gloo abort at interpreter exit.
 
-Upstream problem (pytorch/pytorch#190489, also seen in ../shared/CPU-FACTS.md): a Gloo worker
+Upstream problem (pytorch/pytorch#190489, also seen here, docs/facts.md): a Gloo worker
 thread may still drop a Python reference while the interpreter finalizes; acquiring the GIL then
 kills the thread and C++ calls ``std::terminate`` ("terminate called without an active
 exception", SIGABRT) — *after* a correct run, so the job fails at random (1 in ~8 runs here even

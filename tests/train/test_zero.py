@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO on 2 CPU ranks through `hpcft submit --backend local`: DDP, ZeRO-2, ZeRO-3, CPU and NVMe offload.
 
 Independent expectations: on the tiny demo model DDP, ZeRO-2 and ZeRO-3 give the same losses step by
-step (measured, ../shared/CPU-FACTS.md); the DeepSpeed checkpoints hold one optimizer partition per
+step (measured, docs/facts.md); the DeepSpeed checkpoints hold one optimizer partition per
 rank whose size is half the model; NVMe offload leaves swap files of the partitions' size on disk;
 the learning rate follows the closed-form warmup + cosine schedule.
 """
