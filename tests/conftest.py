@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,36 +34,66 @@ def pytest_configure(config):
 
 
 LAB_LANE = "tests/cluster/"  # every test that uses the SLURM lab lives here (the ``lab`` fixture)
+LAB_DIR = Path(os.environ.get("SLURMLAB_DIR", "/tmp/hpcft-lab"))
+
+
+@dataclass(frozen=True)
+class Lab:
+    """One 2-node cluster of the lab (scripts/dev-cluster): its name, its clients' slurm.conf, its nodes."""
+
+    name: str
+    conf: Path
+    nodes: tuple[str, str]
+
+    @property
+    def nodelist(self) -> str:
+        """The nodes as SLURM compresses them (``node[1-2]``)."""
+        return f"node[{self.nodes[0][4:]}-{self.nodes[1][4:]}]"
+
+
+LABS = {"lab": Lab("lab", LAB_DIR / "etc" / "slurm.conf", ("node1", "node2")),
+        "lab2": Lab("lab2", LAB_DIR / "etc" / "lab2" / "slurm.conf", ("node3", "node4"))}  # fmt: skip
+# The lab tests' two lanes, a cluster each, balanced by the test time the modules took in CI (the rest: lab).
+LAB2_MODULES = {"test_trl", "test_launchers", "test_resize", "test_offload_cluster", "test_hostile_values",
+                "test_any_trainer", "test_train_cluster", "test_ops", "test_fs_ops"}  # fmt: skip
+
+
+def lane_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: the lab cluster it runs on (``lab``, ``lab2``) for a test on the lab,
+    else its module."""
+    module = nodeid.split("::", 1)[0]
+    if not module.startswith(LAB_LANE):
+        return module
+    return "lab2" if Path(module).stem in LAB2_MODULES else "lab"
 
 
 def pytest_collection_modifyitems(config, items):
-    """The order of ``make test``'s lanes: the lab's tests first (the longest lane), then the unit modules,
-    so that the one module xdist queues behind the lab in its lane is a short one, then the train modules."""
-    items.sort(key=lambda item: (not item.nodeid.startswith(LAB_LANE), item.get_closest_marker("train") is not None))
+    """The order of ``make test``'s lanes: the lab's two lanes first (the longest), then the unit modules, so
+    that the module xdist queues behind each lab lane is a short one, then the train modules."""
+    items.sort(key=lambda item: (not item.nodeid.startswith(LAB_LANE), lane_of(item.nodeid) == "lab2",
+                                 item.get_closest_marker("train") is not None))  # fmt: skip
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Two lanes for ``make test`` (``pytest -n 2``): every test on the SLURM lab in one lane, in order — the drills
-    need its two nodes and partitions to themselves — and the unit and train tests beside it, a module at a time
-    (their module fixtures are built once).
+    """Three lanes for ``make test`` (``pytest -n 3``): the tests on each of the lab's two clusters in a lane of
+    their own, in order — the drills need their cluster's two nodes and partitions to themselves — and the unit
+    and train tests beside them, a module at a time (their module fixtures are built once).
 
     xdist's own ``--dist loadgroup`` would do it from ``xdist_group`` marks, but with pytest >= 9.2 it groups
     nothing and spreads every test over the workers (it renames node ids through a field pytest no longer
-    reads: pytest-dev/pytest-xdist#1386). The lane is decided from the node id instead, here and only here.
+    reads: pytest-dev/pytest-xdist#1386). The lane is decided from the node id instead, here and only here,
+    and the lanes keep the collection's order (not xdist's largest-first), so each lab lane takes one worker.
     """
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False
 
     class Lanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return lane_of(nodeid)
 
     return Lanes(config, log)
-
-
-def lane_of(nodeid: str) -> str:
-    """The unit of work a test belongs to: ``lab`` for every test on the lab, else its module."""
-    return "lab" if nodeid.startswith(LAB_LANE) else nodeid.split("::", 1)[0]
 
 
 _TIERS: dict[str, dict] = {}  # tier → tests, seconds of test time, first start, last stop
@@ -178,16 +209,34 @@ def release_requeued(job: str, timeout: float = 180) -> None:
 TEARDOWN_S = 3  # a lift 0.3 s after the requeue got "Job credential revoked" here; 3 s held in every earlier CI run
 
 
-@pytest.fixture(scope="session")
-def lab() -> None:
-    """The local SLURM cluster must be up with its 2 nodes (make test brings it up)."""
+@pytest.fixture(scope="module")
+def lab(request) -> Lab:
+    """The module's cluster of the lab (``lane_of``), up with its 2 nodes (make test brings the lab up).
+
+    Every SLURM client of the module's tests — theirs, hpcft's, and in the jobs, which inherit the environment
+    — reads that cluster's slurm.conf (``SLURM_CONF``) while the module runs.
+    """
+    cluster = LABS[lane_of(request.node.nodeid)]
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=10).stdout
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        out = ""
-    nodes = [line.split() for line in out.splitlines() if line.strip()]
-    ok = len(nodes) >= 2 and all(state.rstrip("*") in ("idle", "mixed", "allocated") for _, state in nodes)
-    require(ok, f"the SLURM lab cluster is not up (sinfo: {out.strip() or 'no answer'}); run scripts/dev-cluster up")
+        try:
+            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=10)
+            answer = out.stdout
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            answer = ""
+        nodes = [line.split() for line in answer.splitlines() if line.strip()]
+        ok = {n for n, _ in nodes} == set(cluster.nodes) and all(
+            state.rstrip("*") in ("idle", "mixed", "allocated") for _, state in nodes
+        )
+        require(ok, f"the SLURM lab's cluster {cluster.name} is not up with {' and '.join(cluster.nodes)} "
+                    f"(sinfo: {answer.strip() or 'no answer'}); run scripts/dev-cluster up")  # fmt: skip
+        yield cluster
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
 
 
 @pytest.fixture(scope="session")

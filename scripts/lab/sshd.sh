@@ -6,7 +6,7 @@
 #   sshd.sh up | down            (after up.sh; recipe from shared/slurm-lab/SSH-MPI.md)
 set -euo pipefail
 LAB=${SLURMLAB_DIR:-/tmp/hpcft-lab}
-N=${SLURMLAB_NODES:-2}
+N=$(( ${SLURMLAB_NODES:-2} * ${SLURMLAB_CLUSTERS:-1} ))  # every node of every cluster of the lab (up.sh)
 NET=10.200.0
 S=$LAB/ssh
 

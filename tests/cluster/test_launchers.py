@@ -53,7 +53,7 @@ def reference(lab, demo_dir, tmp_path_factory) -> list[float]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_launcher_runs_two_nodes_world_four(case, reference, demo_dir, runs_dir):
+def test_launcher_runs_two_nodes_world_four(case, reference, lab, demo_dir, runs_dir):
     st, run = run_demo(demo_dir, runs_dir, *CASES[case])
     begin = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x)
     assert begin["world_size"] == 4
@@ -63,7 +63,7 @@ def test_launcher_runs_two_nodes_world_four(case, reference, demo_dir, runs_dir)
         first = rank_text(run, rank).splitlines()[0]
         assert f"rank {rank} of 4 on " in first
         hosts[rank] = first.split(" on ")[1].split(":")[0]
-    assert set(hosts.values()) == {"node1", "node2"}, hosts  # both nodes really took part
+    assert set(hosts.values()) == set(lab.nodes), hosts  # both nodes really took part
     assert losses(run) == pytest.approx(reference, rel=1e-4)
 
 
@@ -91,7 +91,7 @@ def test_pdsh_preflight_names_the_unreachable_host(lab, demo_dir, runs_dir):
     submit_failing(demo_dir, runs_dir, "deepspeed-pdsh", "-o", "run.max_failures=0")
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     out = hpcft("logs", run.name, "--runs-dir", str(runs_dir)).stdout
-    assert "ssh to 2 host(s) failed" in out and "node1:" in out and "node2:" in out
+    assert "ssh to 2 host(s) failed" in out and all(f"{node}:" in out for node in lab.nodes)
     assert "preflight failed (a rerun may pass)" in out and not (run / "FATAL").exists()
     (event,) = json.loads((run / "state.json").read_text())["events"]
     assert event["action"] == "fail" and "failure budget 0/0 spent" in event["reason"]

@@ -64,7 +64,7 @@ def test_status_logs_follow_and_plot_of_a_live_run(lab, demo_dir, runs_dir, tmp_
     done = wait_until("COMPLETED", lambda: (s := status(run.name, runs_dir))["state"] == "COMPLETED" and s)
     ended_at = time.time()
     assert (done["step"], done["checkpoint"], done["restarts"], done["finished"]) == (40, "checkpoint-40", 0, True)
-    assert done["eval_loss"] is not None and done["nodelist"] == "node[1-2]"
+    assert done["eval_loss"] is not None and done["nodelist"] == lab.nodelist
 
     # Both followers end by themselves once the job has ended (logs asks SLURM at most every 5 s).
     assert follow.wait(timeout=60) == 0 and watch.wait(timeout=60) == 0
@@ -75,11 +75,12 @@ def test_status_logs_follow_and_plot_of_a_live_run(lab, demo_dir, runs_dir, tmp_
     assert "COMPLETED" in "".join(ln for _, ln in watched)
 
     # One node's ranks: each node shows two ranks, and never the other node's.
-    by_node = {n: hpcft("logs", run.name, "--node", n, "--runs-dir", str(runs_dir)).stdout for n in ("node1", "node2")}
+    by_node = {n: hpcft("logs", run.name, "--node", n, "--runs-dir", str(runs_dir)).stdout for n in lab.nodes}
     ranks = {
         n: {ln.split("]")[0] + "]" for ln in t.splitlines() if ln.startswith("[rank-")} for n, t in by_node.items()
     }
-    assert len(ranks["node1"]) == len(ranks["node2"]) == 2 and not ranks["node1"] & ranks["node2"]
+    first, second = (ranks[n] for n in lab.nodes)
+    assert len(first) == len(second) == 2 and not first & second
     assert (
         hpcft("logs", run.name, "--job", job, "--runs-dir", str(runs_dir)).stdout
         == (run / "logs" / f"slurm-{job}.out").read_text()
@@ -112,7 +113,7 @@ def test_doctor_passes_on_the_two_lab_nodes(lab, demo_dir, runs_dir):
         assert check in proc.stdout
     assert "FAIL" not in proc.stdout
     report = json.loads(next(runs_dir.glob("doctor-*/doctor/report.json")).read_text())
-    assert {n["host"] for n in report["nodes"]} == {"node1", "node2"} and report["world_size"] == 4
+    assert {n["host"] for n in report["nodes"]} == set(lab.nodes) and report["world_size"] == 4
     assert all(c["status"] in ("pass", "skip") for c in report["checks"])
 
 
@@ -122,8 +123,8 @@ def test_doctor_fails_clearly_when_a_node_sees_another_directory(lab, runs_dir, 
     What is simulated, honestly: the lab's nodes share one filesystem, so no node can really lack
     the run directory, and slurmd's mount namespace cannot be changed per node. The probe therefore
     checks an extra directory given as ``--shared-dir DIR/view-{node}``: ``{node}`` becomes each
-    node's name, so node 0 writes its marker into ``view-node1`` while the other node looks in
-    ``view-node2`` — what a node that mounts something else (or nothing) at the path sees. The
+    node's name, so node 0 writes its marker into ``view-<its name>`` while the other node looks in
+    ``view-<the other's name>`` — what a node that mounts something else (or nothing) at the path sees. The
     check is the same code that checks the run directory; the case where a node cannot see the
     run directory at all (hpcft node's preflight stops the job) is covered by a unit test of the
     doctor's summary of the job output (tests/unit/test_monitor.py).
