@@ -35,6 +35,10 @@ def pytest_configure(config):
 
 LAB_LANE = "tests/cluster/"  # every test that uses the SLURM lab lives here (the ``lab`` fixture)
 LAB_DIR = Path(os.environ.get("SLURMLAB_DIR", "/tmp/hpcft-lab"))
+# scripts/lab/sshd.sh: an ssh shim that knows the lab's keys (its sshd accepts HPCFT_TEST_*), for the launchers
+# that reach the other nodes over ssh (deepspeed-pdsh, -openmpi).
+LAB_SSH = str(LAB_DIR / "ssh" / "bin")
+SSH_SETUP = f'launch.setup=["export PATH={LAB_SSH}:$PATH"]'
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ def render_script(
         requeue=spec.run.requeue,
         after_argv=[spec.launch.python, "-m", "hpcft", "after-job", run],
         begin_argv=[spec.launch.python, "-m", "hpcft", "begin-job", run],
+        warn_argv=[spec.launch.python, "-m", "hpcft", "warn-timer", run],
         srun_options=srun_options,
     )
     return script.render_sbatch(ctx)

@@ -275,6 +275,20 @@ def begin_job(run_dir: str) -> None:
     sys.exit(record_and_check(Path(run_dir).resolve(), os.environ))
 
 
+@main.command("warn-timer", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@_handle_errors
+def warn_timer(run_dir: str) -> None:
+    """Ask the ranks to checkpoint at the time limit minus the lead the last save needs (run by the batch script)."""
+    import os
+
+    from hpcft.node.warn_timer import run_timer
+
+    line = run_timer(Path(run_dir).resolve(), os.environ)
+    if line:
+        click.echo(line)
+
+
 @main.command("after-job", hidden=True)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("rc", type=int)

@@ -3,11 +3,15 @@
 * ``deepspeed`` (no ssh): run on every node with ``--no_ssh --node_rank`` — the default inside SLURM.
 * ``deepspeed-pdsh``: run once on the first node; pdsh reaches every host over ssh. DeepSpeed
   forwards only a few variable prefixes to the remote ranks, so the rest goes in ``.deepspeed_env``.
-* ``deepspeed-openmpi``: run once; mpirun starts the ranks (through SLURM inside an allocation).
-  DeepSpeed adds ``--mca btl_tcp_if_include eth0`` unless one is given, so hpcft always gives one:
-  ``launch.network_interface`` or the master's subnet (derived on the node).
-* ``deepspeed-mvapich``: run once; the command and hostfile are generated; hpcft's preflight
-  refuses it early where MVAPICH2-GDR is not installed.
+* ``deepspeed-openmpi``: run once; mpirun starts the ranks over ssh (``--mca plm rsh``), not through srun:
+  SLURM's preemption SIGTERM goes to every step task, and an srun-started orted would kill its ranks
+  at once instead of letting them checkpoint (``hpcft node``, the one step, turns it into
+  ``RUN/PREEMPT``). ``--mca ras ^slurm``: the hostfile is the allocation (mpirun runs inside that
+  one-node step, whose SLURM_NODELIST names only this node). DeepSpeed adds ``--mca
+  btl_tcp_if_include eth0`` unless one is given, so hpcft always gives one: ``launch.network_interface``
+  or the master's subnet (derived on the node).
+* ``deepspeed-mvapich``: run once; MVAPICH2's mpirun (hydra) starts the ranks over ssh (``-launcher ssh``)
+  for the same reason; hpcft's preflight refuses it early where MVAPICH2-GDR is not installed.
 All use the hostfile ``RUN/hostfile`` (``host slots=N``; N = GPUs per node, processes on CPU).
 """
 
@@ -65,13 +69,17 @@ def build(ctx: LaunchContext) -> LaunchCommand:
             ssh_args = " ".join(f"-o SendEnv={name}" for name in secrets)
             env["PDSH_SSH_ARGS_APPEND"] = f"{ctx.node_env.get('PDSH_SSH_ARGS_APPEND', '')} {ssh_args}".strip()
     elif kind == "openmpi":
-        # mpirun copies each -x NAME from its own environment to every rank: names only, no values.
-        exports = "".join(f" -x {name}" for name in (*secrets, *sorted(env)))
+        # mpirun copies each -x NAME from its own environment to every rank: names only, no values. Ranks
+        # started over ssh have nothing else of the job's environment: the job's settings go the same way.
+        forwarded = [k for k in FORWARDED_FROM_JOB if k in ctx.node_env and k not in env]
+        exports = "".join(f" -x {name}" for name in (*secrets, *forwarded, *sorted(env)))
         interface = ctx.network or ctx.spec.launch.network_interface
-        argv.append(f"--launcher_args=--mca btl_tcp_if_include {interface}{exports}")
+        argv.append(f"--launcher_args=--mca plm rsh --mca ras ^slurm --mca btl_tcp_if_include {interface}{exports}")
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    elif kind == "mvapich" and secrets:
-        argv.append(f"--launcher_args=-genvlist {','.join(secrets)}")  # MVAPICH2's mpirun (hydra): names only
+    elif kind == "mvapich":
+        # MVAPICH2's mpirun (hydra): ssh, not srun (see the module's docstring); secrets by name only.
+        genv = f" -genvlist {','.join(secrets)}" if secrets else ""
+        argv.append(f"--launcher_args=-launcher ssh{genv}")
     argv += entry
     return LaunchCommand(argv=tuple(argv), env=env, files=files)
 

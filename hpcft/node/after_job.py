@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hpcft.errors import HpcftError
+from hpcft.node.warn_timer import TIMER_MARK
 from hpcft.plan.requeue import Decision, after_node_loss, decide
 from hpcft.rundir import markers, store
 from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, SCRIPT_FILE
@@ -36,8 +37,11 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     job_id = slurm_job_id(os.environ)
     oom = out_of_memory(job_id, os.environ) if rc != 0 and job_id else None
     saved = markers.saved_for_requeue(run, os.environ) is not None  # this segment's, never a stale one
-    preempted = saved and (run / PREEMPT_FILE).is_file() and (run / PREEMPT_FILE).read_text().strip() == "SIGTERM"
+    asked = (run / PREEMPT_FILE).read_text().strip() if (run / PREEMPT_FILE).is_file() else ""
+    preempted = saved and asked == "SIGTERM"
     warned_by = "SLURM's SIGTERM (preemption)" if preempted else "the warning signal"
+    if asked.startswith(TIMER_MARK):
+        warned_by = "hpcft's warning before the time limit"  # node/warn_timer.py: re-armed from the last save
     d = decide(
         rc,
         finished=(run / FINISHED_FILE).exists(),

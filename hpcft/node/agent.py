@@ -2,7 +2,7 @@
 per rank (the ``srun`` launcher), and by the local runner.
 
 Preflight first — the run directory is visible here, the master resolves to a non-loopback
-address, the launcher exists (for pdsh: ssh reaches every host) — so a broken node ends the job
+address, the launcher exists (for a head-node launcher: ssh reaches every host) — so a broken node ends the job
 at once with its name and the reason instead of hanging until a collective times out. Then it
 builds the launcher's command, writes its files into the run directory and runs it (inside SLURM as
 a child it supervises: SIGTERM becomes a checkpoint request, a crash an in-job restart).
@@ -70,8 +70,9 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     resume = checkpoints.newest_resumable(checkpoints.checkpoints_dir(spec, run)) if spec.launch.command else None
     ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts,
                         node_has_gpu=ops.node_has_cuda(), resume_checkpoint=str(resume or ""))  # fmt: skip
-    if spec.launch.launcher == "deepspeed-pdsh":
-        check_ssh(cluster.hosts, host, spec.launch.env_passthrough)
+    if launchers.get(spec.launch.launcher).transport in SSH_TRANSPORTS:
+        pdsh = spec.launch.launcher == "deepspeed-pdsh"  # mpirun passes the secrets itself, not through sshd
+        check_ssh(cluster.hosts, host, spec.launch.env_passthrough if pdsh else (), spec.launch.launcher)
     return build_launch(ctx), restarts, env
 
 
@@ -107,8 +108,15 @@ def check_launcher(spec: JobSpec, host: str) -> None:
             )
 
 
-def check_ssh(hosts: tuple[str, ...], here: str, passthrough: tuple[str, ...] = ()) -> None:
-    """Passwordless ssh to every host of the job works (pdsh needs it); name the ones that fail.
+# The head-node launchers start the other nodes' processes over ssh (pdsh; mpirun: --mca plm rsh, hydra's
+# -launcher ssh), so that SLURM's preemption SIGTERM reaches only hpcft node (launchers/deepspeed.py).
+SSH_TRANSPORTS = ("pdsh", "openmpi", "mvapich")
+
+
+def check_ssh(
+    hosts: tuple[str, ...], here: str, passthrough: tuple[str, ...] = (), launcher: str = "deepspeed-pdsh"
+) -> None:
+    """Passwordless ssh to every host of the job works (the head-node launchers need it); name the ones that fail.
 
     With ``launch.env_passthrough``, also that each host's sshd accepts those variables (``SendEnv``
     needs ``AcceptEnv`` there): the probe sends them as the ranks will and lists the names that arrive
@@ -134,14 +142,14 @@ def check_ssh(hosts: tuple[str, ...], here: str, passthrough: tuple[str, ...] = 
     if any(rc == -2 for _, rc, _ in failed):
         detail = "; ".join(f"{h}: {err}" for h, rc, err in failed if rc == -2)
         raise LaunchError(
-            f"node {here}: deepspeed-pdsh passes launch.env_passthrough to the ranks over ssh, and {detail}",
+            f"node {here}: {launcher} passes launch.env_passthrough to the ranks over ssh, and {detail}",
             hint="ask the admins for `AcceptEnv NAME` in the nodes' sshd_config, or use --launcher deepspeed "
             "(no ssh: every node inherits the job's environment)",
         )
     if failed:
         detail = "; ".join(f"{h}: {err or f'exit {rc}'}" for h, rc, err in failed)
         raise TransientLaunchError(
-            f"node {here}: ssh to {len(failed)} host(s) failed, deepspeed-pdsh cannot start: {detail}",
+            f"node {here}: ssh to {len(failed)} host(s) failed, {launcher} cannot start: {detail}",
             hint="set up passwordless ssh between the nodes (keys, known_hosts), or use --launcher deepspeed",
         )
 

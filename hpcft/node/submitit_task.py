@@ -53,7 +53,13 @@ class NodeTask:
         if (run / FINISHED_FILE).exists() or (self.head_only and env.get("SLURM_NODEID", "0") != "0"):
             return 0
         signal.signal(signal.SIGTERM, self._on_term)  # after submitit's own handlers, which bypass SIGTERM
-        rc = self._launch()
+        # hpcft's own warning, re-armed from each measured save, beside submitit's fixed USR2 (node/warn_timer.py)
+        timer = self._start(["warn-timer"]) if head and store.load_run_spec(run).run.requeue else None
+        try:
+            rc = self._launch()
+        finally:
+            if timer is not None:
+                timer.terminate()
         if not head:
             return rc
         code = after_job(run, rc).exit_code  # may requeue (scontrol requeue ends this job)
@@ -61,9 +67,12 @@ class NodeTask:
             raise RuntimeError(f"hpcft: the run failed (exit {code}); see the job output and state.json")
         return 0
 
+    def _start(self, command: list[str]) -> subprocess.Popen:
+        argv = [self.python or sys.executable, "-m", "hpcft", *command, self.run]
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
     def _launch(self) -> int:
-        argv = [self.python or sys.executable, "-m", "hpcft", "node", self.run]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        self.proc = self._start(["node"])
         return exit_status(self.proc.wait())
 
     def _on_term(self, signum, frame) -> None:

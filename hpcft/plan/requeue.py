@@ -120,13 +120,22 @@ def signal_lead(save_seconds: float | None) -> int:
 
 
 def warning_lead(spec: JobSpec, save_seconds: float | None) -> int:
-    """``run.signal_lead``, else ``signal_lead`` capped at half the time limit (a short job still trains first).
+    """The warning's lead: ``run.signal_lead`` or ``signal_lead`` (3 × the last measured save + 30 s, 180 s until
+    one is measured), capped at half the time limit (a short job still trains first) — but never under what the
+    measured save itself needs (``save_floor``): a warning that leaves too little time loses the whole segment.
 
-    SLURM checks time limits on a timer and may warn up to 60 s early (man sbatch, --signal).
+    ``run.signal_lead`` is the least lead: a slow save measured later raises it (``hpcft node`` re-arms its
+    warning from each measured save, ``node.warn_timer``). SLURM checks time limits on a timer and may fire
+    ``--signal`` up to 60 s early (man sbatch, --signal).
     """
-    if spec.run.signal_lead:
-        return spec.run.signal_lead  # checked against the time limit by the spec's rules
     lead = signal_lead(save_seconds)
     if spec.resources.time:
         lead = min(lead, max(slurm_minutes(spec.resources.time) * 60 // 2, 1))
-    return lead
+    if spec.run.signal_lead:
+        lead = max(spec.run.signal_lead, lead) if save_seconds else spec.run.signal_lead
+    return max(lead, save_floor(save_seconds))
+
+
+def save_floor(save_seconds: float | None) -> int:
+    """The least lead a measured save needs: the save, and 30 s for the step before it and after-job's decision."""
+    return math.ceil(save_seconds + 30) if save_seconds else 0

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from hpcft.errors import MaybeSubmittedError, RunError, SubmissionError
@@ -265,6 +266,29 @@ def job_nodelist(job_id: str, *, runner: Runner | None = None) -> str | None:
         return None
     lines = proc.stdout.split()
     return lines[0] if proc.returncode == 0 and len(lines) == 1 else None
+
+
+def parse_end_time(text: str) -> float | None:
+    """``squeue -h -j J -o %e`` (EndTime, the controller's local time: ``2026-12-02T19:03:12``) → epoch seconds;
+    None for a job without one (``N/A``, ``Unknown``, no line)."""
+    lines = text.split()
+    if len(lines) != 1:
+        return None
+    try:
+        return datetime.fromisoformat(lines[0]).timestamp()
+    except ValueError:
+        return None
+
+
+def job_end_time(job_id: str, *, runner: Runner | None = None) -> float | None:
+    """When SLURM will end job ``job_id`` at its time limit (epoch seconds), or None when squeue cannot say."""
+    if not _JOB_ID.fullmatch(job_id):
+        return None
+    try:
+        proc = (runner or run_process)(["squeue", "-h", "-j", job_id, "-o", "%e"], 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    return parse_end_time(proc.stdout) if proc.returncode == 0 else None
 
 
 NODE_FORMAT = "%N|%T"

@@ -48,6 +48,7 @@ class ScriptContext:
     requeue: bool
     after_cmd: str
     begin_cmd: str
+    warn_cmd: str  # hpcft's own time-limit warning, re-armed from each measured save (node/warn_timer.py)
 
 
 def sbatch_quote(value: str) -> str:
@@ -139,6 +140,7 @@ def make_context(
     requeue: bool,
     after_argv: Sequence[str],
     begin_argv: Sequence[str],
+    warn_argv: Sequence[str],
     srun_options: Sequence[str] = (),
 ) -> ScriptContext:
     """Build the context for ``template`` from unformatted values."""
@@ -158,6 +160,7 @@ def make_context(
         requeue=requeue,
         after_cmd=shell_join(after_argv),
         begin_cmd=shell_join(begin_argv),
+        warn_cmd=shell_join(warn_argv),
     )
 
 

@@ -68,6 +68,28 @@ def make_commit_callback(spec: JobSpec, run: Path, world_size: int):
     return CommitCallback()
 
 
+def make_save_timer_callback(run: Path):
+    """A TrainerCallback for a user's own HF Trainer: how long each of its saves took, into state.json
+    (``last_save_seconds``), which sizes hpcft's warning before the time limit (``node/warn_timer.py``)."""
+    from transformers import TrainerCallback
+
+    class SaveTimerCallback(TrainerCallback):
+        t_save = 0.0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                self.t_save = time.time()
+
+        def on_save(self, args, state, control, **kwargs):
+            if _rank0(state) and self.t_save:
+                seconds = round(time.time() - self.t_save, 2)
+                store.update_state(run, lambda s: s.update(last_save_seconds=seconds))
+                log.info("saved checkpoint-%s in %ss", state.global_step, seconds)
+            self.t_save = 0.0
+
+    return SaveTimerCallback()
+
+
 def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> str | None:
     """The checkpoint to continue from (None: fresh start); same answer on every rank.
 

@@ -9,6 +9,7 @@ default for ``launch.command``); its ``sitecustomize`` calls ``install``, which 
   tokens/s), so ``hpcft status``, ``plot`` and ``logs`` follow it;
 - checkpoints at the next step on hpcft's warning (``RUN/PREEMPT``: time limit, preemption; the same
   agreement as hpcft's trainer) and marks the run for requeue;
+- records how long each save took (``state.json``), which re-arms the warning before the time limit;
 - resumes, when ``train()`` gets no ``resume_from_checkpoint``, from the newest complete checkpoint
   this run wrote into its ``output_dir`` (after a requeue, an in-job restart or ``hpcft resume``);
 - stops at once with a clear error when its world size differs from nodes × processes per node;
@@ -151,6 +152,7 @@ def run_dir() -> Path:
 
 def attach(trainer) -> None:
     """Check the world and add hpcft's metrics and preemption callbacks to one Trainer."""
+    from hpcft.train.checkpoint import make_save_timer_callback
     from hpcft.train.metrics import make_metrics_callback
     from hpcft.train.preemption import exit_if_saved_for_requeue, make_preemption_callback
 
@@ -162,6 +164,7 @@ def attach(trainer) -> None:
     trainer._hpcft_preempt = make_preemption_callback(run_dir())
     trainer.add_callback(make_metrics_callback(run_dir()))
     trainer.add_callback(trainer._hpcft_preempt)
+    trainer.add_callback(make_save_timer_callback(run_dir()))  # last: it times the user's on_save callbacks too
 
 
 def check_deepspeed_kept(trainer) -> None:

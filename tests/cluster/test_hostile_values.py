@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import hpcft
+from tests.conftest import SSH_SETUP, hpcft
 
 pytestmark = pytest.mark.cluster
 
-LAB_SSH = "/tmp/hpcft-lab/ssh/bin"  # scripts/lab/sshd.sh: the lab's ssh shim (its sshd accepts HPCFT_TEST_*)
 
 PROBE = """
 import hashlib, json, os, sys
@@ -41,8 +40,8 @@ with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
 LAUNCHERS = {
     "torchrun": [],
     "deepspeed": ["--launcher", "deepspeed"],
-    "deepspeed-pdsh": ["--launcher", "deepspeed-pdsh", "-o", f'launch.setup=["export PATH={LAB_SSH}:$PATH"]'],
-    "deepspeed-openmpi": ["--launcher", "deepspeed-openmpi"],
+    "deepspeed-pdsh": ["--launcher", "deepspeed-pdsh", "-o", SSH_SETUP],
+    "deepspeed-openmpi": ["--launcher", "deepspeed-openmpi", "-o", SSH_SETUP],
     "accelerate": ["--launcher", "accelerate"],
     "srun": ["--launcher", "srun"],
     "none": ["--launcher", "none"],

@@ -13,18 +13,16 @@ from pathlib import Path
 import pytest
 
 from hpcft.ops.logs import rank_text
-from tests.conftest import hpcft
+from tests.conftest import SSH_SETUP, hpcft
 
 pytestmark = pytest.mark.cluster
 
-LAB_SSH = "/tmp/hpcft-lab/ssh/bin"  # scripts/lab/sshd.sh: an ssh shim that knows the lab's keys
-SSH_SETUP = f'launch.setup=["export PATH={LAB_SSH}:$PATH"]'
 
 CASES = {
     "torchrun-static": ["--launcher", "torchrun", "-o", "launch.rdzv=static"],
     "deepspeed": ["--launcher", "deepspeed"],
     "deepspeed-pdsh": ["--launcher", "deepspeed-pdsh", "-o", SSH_SETUP],
-    "deepspeed-openmpi": ["--launcher", "deepspeed-openmpi"],
+    "deepspeed-openmpi": ["--launcher", "deepspeed-openmpi", "-o", SSH_SETUP],
     "accelerate": ["--launcher", "accelerate"],
     "srun": ["--launcher", "srun"],
     "submitit": ["--backend", "submitit"],

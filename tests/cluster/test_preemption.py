@@ -33,30 +33,42 @@ def _state(run: Path) -> dict:
 @pytest.mark.parametrize("backend", ["sbatch", "submitit"])
 def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_dir, backend):
     # submitit: SLURM's SIGTERM reaches submitit's task (which ignores it), not hpcft node: NodeTask takes it.
+    preempt_and_resume(demo_dir, runs_dir, "--backend", backend)
+
+
+def preempt_and_resume(demo_dir: Path, runs_dir: Path, *args: str) -> None:
+    """Submit the demo on ``low`` with ``args``, preempt it from ``high`` at step 20 or later: the ranks save
+    within the grace time, the job is requeued, and the run resumes at the step it reached and completes."""
     out = hpcft("submit", str(demo_dir / "job.yaml"), *ONE_PER_NODE, "--partition", "low", "--runs-dir",
-                str(runs_dir), "--backend", backend, "-o", "train.max_steps=100", "-o", "train.save_steps=100000",
-                "-o", "train.eval_steps=null").stdout  # fmt: skip
+                str(runs_dir), "-o", "train.max_steps=100", "-o", "train.save_steps=100000",
+                "-o", "train.eval_steps=null", *args).stdout  # fmt: skip
     job = out.split(" as job ")[1].split()[0]
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
     wait_until("step 20", lambda: any(r.get("step", 0) >= 20 and "loss" in r for r in _steps(run)), timeout=300)
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
                                 "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
-    event = wait_until("the preemption in state.json", lambda: next(
-        (e for e in _state(run).get("events", []) if e.get("kind") == "preemption"), None), timeout=120)  # fmt: skip
-    assert event["action"] == "requeue" and event["reason"] == "checkpointed after SLURM's SIGTERM (preemption)"
-    saved = max(r["step"] for r in _steps(run) if "loss" in r)
-    assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # the save happened inside the grace time
-    release_requeued(job)  # SLURM holds a requeued job 120 s (BeginTime); lifted once the old run is torn down
-    wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
-               timeout=600)  # fmt: skip
+    try:
+        event = wait_until(
+            "the preemption in state.json",
+            lambda: next((e for e in _state(run).get("events", []) if e.get("kind") == "preemption"), None),
+            timeout=120,
+        )
+        assert event["action"] == "requeue" and event["reason"] == "checkpointed after SLURM's SIGTERM (preemption)"
+        saved = max(r["step"] for r in _steps(run) if "loss" in r)
+        assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # the save happened inside the grace time
+        release_requeued(job)  # SLURM holds a requeued job 120 s (BeginTime); lifted once the old run is torn down
+        wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
+                   timeout=600)  # fmt: skip
+    finally:
+        subprocess.run(["scancel", preemptor], check=False)  # ended by now; never leave it holding the lab
+        hpcft("cancel", str(run), check=False)  # a run that went wrong must not hold the lab either
     begins = [r for r in _steps(run) if r.get("event") == "train_begin" or "start_step" in r]
     assert [b["start_step"] for b in begins] == [0, saved]  # resumed at the step it reached: 0 steps lost
     state = _state(run)
     assert state.get("failures", 0) == 0 and state["preemptions"] == 1
     output = hpcft("logs", str(run)).stdout
     assert "SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint" in output
-    subprocess.run(["scancel", preemptor], check=False)  # ended by now; never leave it holding the lab
 
 
 def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, runs_dir):

@@ -1,20 +1,32 @@
-"""``make test``'s lanes: every test that uses the SLURM lab runs in one lane, one after another."""
+"""``make test``'s lanes: the tests on each of the lab's two clusters run in a lane of their own, in order."""
 
 from __future__ import annotations
 
-from tests.conftest import LAB_LANE, lane_of
+from tests.conftest import LAB2_MODULES, LAB_LANE, LABS, REPO, lane_of
 
 
-def test_lab_tests_share_one_lane_and_the_others_go_by_module():
-    assert (
-        lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == lane_of("tests/cluster/test_trl.py::t") == "lab"
-    )
+def test_each_lab_cluster_is_one_lane_and_the_others_go_by_module():
+    assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == lane_of("tests/cluster/test_shrink.py::t")
+    assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == "lab"
+    assert lane_of("tests/cluster/test_trl.py::t") == lane_of("tests/cluster/test_launchers.py::t[srun]") == "lab2"
     assert lane_of("tests/unit/test_chain.py::test_x") == "tests/unit/test_chain.py"
     assert lane_of("tests/train/test_zero.py::test_y[2]") == "tests/train/test_zero.py"
 
 
-def test_every_test_that_uses_the_lab_is_in_the_lab_lane(request):
-    # A lab test elsewhere would run beside the lab lane: two jobs on the two nodes at once.
+def test_the_second_lane_names_modules_that_exist():
+    # A misspelt name would silently move its module back into the first lane.
+    missing = sorted(m for m in LAB2_MODULES if not (REPO / LAB_LANE / f"{m}.py").is_file())
+    assert missing == []
+
+
+def test_the_lanes_clusters_are_disjoint_node_pairs():
+    nodes = [n for lab in LABS.values() for n in lab.nodes]
+    assert len(nodes) == len(set(nodes)) == 4
+    assert [lab.nodelist for lab in LABS.values()] == ["node[1-2]", "node[3-4]"]
+
+
+def test_every_test_that_uses_the_lab_is_in_a_lab_lane(request):
+    # A lab test elsewhere would run beside the lab lanes: two jobs on the same two nodes at once.
     misplaced = [
         i.nodeid for i in request.session.items if "lab" in i.fixturenames and not i.nodeid.startswith(LAB_LANE)
     ]
