@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from hpcft.backends import base
 from hpcft.errors import MaybeSubmittedError, RunError
-from hpcft.rundir import store
-from hpcft.rundir.layout import RESUME_FROM_FILE, STATE_FILE, STOP_MARKERS
+from hpcft.rundir import lifecycle, store
+from hpcft.rundir.layout import STATE_FILE
 
 if TYPE_CHECKING:
     from hpcft.plan.plan import Plan
@@ -96,14 +96,8 @@ def refuse_if_live(run: Path) -> None:
 def resume(rp: ResumePlan) -> str:
     """Clear the previous job's markers, pin the checkpoint if one was named, and submit; the job id."""
     run = Path(rp.plan.run_dir)
-    with as_it_was(run, (*STOP_MARKERS, RESUME_FROM_FILE, STATE_FILE)):
-        for name in STOP_MARKERS:
-            (run / name).unlink(missing_ok=True)
-        pin = run / RESUME_FROM_FILE
-        if rp.explicit and rp.checkpoint:
-            store.write_atomic(pin, rp.checkpoint.path.name + "\n")
-        else:
-            pin.unlink(missing_ok=True)
+    with as_it_was(run, (*lifecycle.MARKER_FILES, STATE_FILE)):
+        lifecycle.reopen(run, rp.checkpoint.path.name if rp.explicit and rp.checkpoint else None)
         store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
         return resubmit(rp.plan)
 

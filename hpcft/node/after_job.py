@@ -18,10 +18,9 @@ from datetime import datetime
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.node.warn_timer import TIMER_MARK
 from hpcft.plan.requeue import Decision, after_node_loss, decide
-from hpcft.rundir import markers, store
-from hpcft.rundir.layout import FATAL_FILE, FINISHED_FILE, PREEMPT_FILE, SCRIPT_FILE
+from hpcft.rundir import lifecycle, store
+from hpcft.rundir.layout import SCRIPT_FILE
 from hpcft.slurm import client
 from hpcft.slurm.env import allocation_left, expand_hosts, slurm_job_id
 
@@ -33,24 +32,23 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     """
     spec = store.load_run_spec(run)
     state = store.read_state(run)
-    fatal = run / FATAL_FILE
     job_id = slurm_job_id(os.environ)
     oom = out_of_memory(job_id, os.environ) if rc != 0 and job_id else None
-    saved = markers.saved_for_requeue(run, os.environ) is not None  # this segment's, never a stale one
-    asked = (run / PREEMPT_FILE).read_text().strip() if (run / PREEMPT_FILE).is_file() else ""
-    preempted = saved and asked == "SIGTERM"
+    saved = lifecycle.saved_for_requeue(run, os.environ) is not None  # this segment's, never a stale one
+    asked = lifecycle.checkpoint_asked(run, os.environ)
+    preempted = saved and asked == lifecycle.SIGTERM
     warned_by = "SLURM's SIGTERM (preemption)" if preempted else "the warning signal"
-    if asked.startswith(TIMER_MARK):
+    if asked == lifecycle.TIMER:
         warned_by = "hpcft's warning before the time limit"  # node/warn_timer.py: re-armed from the last save
     d = decide(
         rc,
-        finished=(run / FINISHED_FILE).exists(),
+        finished=lifecycle.finished_step(run) is not None,
         saved_for_requeue=saved,
         cancelled=bool(state.get("cancelled")),
         requeue_allowed=spec.run.requeue and bool(job_id),
         failures=int(state.get("failures", 0)),
         max_failures=spec.run.max_failures,
-        fatal=(fatal.read_text().strip() if fatal.exists() else None) or (oom and f"{oom} ({OOM_HINT})"),
+        fatal=lifecycle.fatal_reason(run) or (oom and f"{oom} ({OOM_HINT})"),
         warned_by=warned_by,
         preemptions=int(state.get("preemptions", 0)),
         max_preemptions=spec.run.max_preemptions,
@@ -76,10 +74,10 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
             s["failures"] = int(s.get("failures", 0)) + 1
 
     store.update_state(run, record)
-    fatal.unlink(missing_ok=True)
+    lifecycle.fatal_recorded(run)
     print(f"hpcft: {d.action}: {d.reason}", flush=True)
     if d.action == "requeue":
-        markers.clear_saved_for_requeue(run)
+        lifecycle.requeued(run)
         if requeue_job and not chain:
             requeue(job_id, preempted)
     if d.action == "shrink":

@@ -30,8 +30,8 @@ from hpcft.launchers.command import command_kind
 from hpcft.node import ds_ops as ops
 from hpcft.node.rendezvous import agree_port
 from hpcft.plan.requeue import InJobRestarts, in_job_restarts
-from hpcft.rundir import checkpoints, markers, store
-from hpcft.rundir.layout import FATAL_FILE, PREEMPT_FILE, REQUEUE_FILE, SPEC_FILE, STOP_MARKERS
+from hpcft.rundir import checkpoints, lifecycle, store
+from hpcft.rundir.layout import SPEC_FILE
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def exec_node(run: Path) -> None:
         print(f"hpcft node: preflight failed{' (a rerun may pass)' if transient else ''}: {e}", file=sys.stderr,
               flush=True)  # fmt: skip
         if not transient and (run / SPEC_FILE).is_file():
-            store.write_atomic(run / FATAL_FILE, f"preflight failed on {node_name(os.environ)}: {e.message}\n")
+            lifecycle.mark_fatal(run, f"preflight failed on {node_name(os.environ)}: {e.message}")
         sys.exit(3)
     for name, text in cmd.files.items():
         store.write_atomic(run / name, text)
@@ -259,7 +259,7 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: i
         if len(seen) == 1:
             print(f"hpcft node {node_name(env)}: SIGTERM (preemption, time limit or cancel): asking the ranks "
                   "to checkpoint at their next step", flush=True)  # fmt: skip
-            store.write_atomic(run / PREEMPT_FILE, "SIGTERM\n")
+            lifecycle.ask_to_checkpoint(run, lifecycle.SIGTERM, env)
         elif proc is not None:
             proc.send_signal(signal.SIGTERM)
 
@@ -284,8 +284,10 @@ def should_rerun(run: Path, rc: int, signalled: bool) -> bool:
 
     FATAL: the same error again; FINISHED: nothing left; PREEMPT/REQUEUE: the job is ending anyway.
     """
-    stop = [m for m in STOP_MARKERS if m != REQUEUE_FILE and (run / m).exists()]
-    return rc != 0 and not signalled and not stop and markers.saved_for_requeue(run, os.environ) is None
+    env = os.environ
+    ended = lifecycle.fatal_reason(run) is not None or lifecycle.finished_step(run) is not None
+    ending = lifecycle.checkpoint_asked(run, env) is not None or lifecycle.saved_for_requeue(run, env) is not None
+    return rc != 0 and not signalled and not ended and not ending
 
 
 def node_python(spec: JobSpec) -> str:

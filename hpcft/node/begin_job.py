@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import store
-from hpcft.rundir.layout import FINISHED_FILE, SCRIPT_FILE
+from hpcft.rundir import lifecycle, store
+from hpcft.rundir.layout import SCRIPT_FILE
 from hpcft.slurm.env import ClusterEnv
 
 STOP = 10  # the batch script ends with exit 0 on this code: nothing to do
@@ -121,9 +121,9 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
         print(f"hpcft: the allocation differs from spec.yaml, the allocation wins: {note}", flush=True)
     if cluster.job_id and cluster.num_nodes != spec.resources.nodes:
         follow_allocation(run, cluster.num_nodes)
-    finished = run / FINISHED_FILE
-    if finished.exists():
-        step = finished.read_text().strip() or "?"
+    step = lifecycle.finished_step(run)
+    if step is not None:
+        step = step or "?"
         print(f"hpcft: {run.name} is FINISHED (step {step}): nothing to train; this job ends now. To train "
               f"further: hpcft resume {run} -o train.max_steps=N", flush=True)  # fmt: skip
         return STOP

@@ -26,8 +26,7 @@ from pathlib import Path
 from hpcft.node.after_job import after_job
 from hpcft.node.agent import exit_status
 from hpcft.node.begin_job import STOP, begin_job
-from hpcft.rundir import store
-from hpcft.rundir.layout import FINISHED_FILE, PREEMPT_FILE
+from hpcft.rundir import lifecycle, store
 
 
 class NodeTask:
@@ -49,8 +48,7 @@ class NodeTask:
                 return 0
             if rc:
                 raise RuntimeError(f"hpcft begin-job failed with {rc} (see the job output)")
-            (run / PREEMPT_FILE).unlink(missing_ok=True)  # a warning of an earlier run of the job
-        if (run / FINISHED_FILE).exists() or (self.head_only and env.get("SLURM_NODEID", "0") != "0"):
+        if lifecycle.finished_step(run) is not None or (self.head_only and env.get("SLURM_NODEID", "0") != "0"):
             return 0
         signal.signal(signal.SIGTERM, self._on_term)  # after submitit's own handlers, which bypass SIGTERM
         # hpcft's own warning, re-armed from each measured save, beside submitit's fixed USR2 (node/warn_timer.py)
@@ -81,7 +79,7 @@ class NodeTask:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
         else:
-            store.write_atomic(Path(self.run) / PREEMPT_FILE, "SIGTERM\n")  # not launched yet: stop at step 1
+            lifecycle.ask_to_checkpoint(Path(self.run), lifecycle.SIGTERM, os.environ)  # not launched: stop at step 1
 
     def checkpoint(self):
         """submitit's time-limit hook (global rank 0): the ranks save, then submitit requeues the job.
@@ -93,7 +91,7 @@ class NodeTask:
 
         run = Path(self.run)
         print("hpcft: time-limit warning (submitit USR2): asking the ranks to checkpoint", flush=True)
-        store.write_atomic(run / PREEMPT_FILE, "USR2\n")
+        lifecycle.ask_to_checkpoint(run, lifecycle.USR2, os.environ)
         rc = 0
         if self.proc is not None:
             rc = wait_child(self.proc, max((self.lead or 90) - 10, 10))

@@ -20,12 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from hpcft.plan.requeue import warning_lead
-from hpcft.rundir import store
-from hpcft.rundir.layout import PREEMPT_FILE
+from hpcft.rundir import lifecycle, store
 from hpcft.slurm import client
 from hpcft.slurm.env import slurm_job_id
 
-TIMER_MARK = "TIMER"  # the first word of RUN/PREEMPT when this timer wrote it (after-job names the cause)
 RECHECK_END_S = 120  # how often SLURM is asked for the job's end again
 POLL_S = 15  # how often the measured save time is read again
 
@@ -52,12 +50,12 @@ def run_timer(
         save = store.read_state(run).get("last_save_seconds")
         lead = warning_lead(spec, save)
         wait = next_wake(clock(), end, lead)
-        if (run / PREEMPT_FILE).exists():
+        if lifecycle.checkpoint_asked(run, env) is not None:
             return None  # asked already: the trap or hpcft node wrote it
         if wait <= 0:
             why = f"the last save took {save} s" if save else "no save measured yet"
             line = f"hpcft: warning {lead} s before the time limit ({why}): asking the ranks to checkpoint"
-            store.write_atomic(run / PREEMPT_FILE, f"{TIMER_MARK} lead={lead} save={save}\n")
+            lifecycle.ask_to_checkpoint(run, lifecycle.TIMER, env, f"lead={lead} save={save}")
             return line
         sleep(wait)
         if clock() - asked_at >= RECHECK_END_S:

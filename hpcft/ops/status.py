@@ -17,7 +17,7 @@ from typing import Any
 from hpcft.backends import local
 from hpcft.backends.base import uses_slurm
 from hpcft.errors import HpcftError, RunError, UnreadableError
-from hpcft.rundir import layout, store
+from hpcft.rundir import layout, lifecycle, store
 from hpcft.slurm import client
 from hpcft.spec import trackers
 
@@ -147,7 +147,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         loss=progress["loss"],
         tokens_per_s=progress["tokens_per_s"],
         checkpoint=ckpt,
-        finished=(path / layout.FINISHED_FILE).exists(),
+        finished=lifecycle.finished_step(path) is not None,
         nodelist=where if running or sched in client.ENDED else "",
         reason=where if sched == "PENDING" else (oom or ""),
         eval_loss=progress["eval_loss"],

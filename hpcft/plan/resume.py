@@ -17,8 +17,8 @@ from typing import Any
 from hpcft.errors import ConfigError, RunError
 from hpcft.plan.pipeline import Request, plan_job
 from hpcft.plan.plan import Plan
-from hpcft.rundir import checkpoints, store
-from hpcft.rundir.layout import FINISHED_FILE, SPEC_FILE
+from hpcft.rundir import checkpoints, lifecycle, store
+from hpcft.rundir.layout import SPEC_FILE
 from hpcft.spec import JobSpec, offload_devices, spec_to_dict
 from hpcft.spec.layering import passthrough_problems
 
@@ -149,10 +149,9 @@ def _keep_global_batch(old: JobSpec, spec: JobSpec, saved_by: int | None, source
 
 
 def _check_more_to_do(run: Path, spec) -> None:
-    marker = run / FINISHED_FILE
-    if not marker.exists():
+    text = lifecycle.finished_step(run)
+    if text is None:
         return
-    text = (store.read_text(marker) or "").strip()
     if not text.isdigit():
         return  # FINISHED without a step (written by hand, or damaged): the trainer knows where it stopped
     done = int(text)

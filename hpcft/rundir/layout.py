@@ -24,6 +24,7 @@ CHECKPOINTS_DIR = "checkpoints"  # checkpoint-N/, unless train.output names anot
 MODEL_DIR = "model"  # the final model (trainer.save_model), published like a checkpoint (rundir.publish)
 MODEL_STAGING = ".model.staging"  # where the final model is written before it is published as MODEL_DIR
 
+# The markers: their names only; rundir/lifecycle.py alone writes, reads and clears them.
 FINISHED_FILE = "FINISHED"  # the run reached its last step (rank 0, after the final save)
 REQUEUE_FILE = "REQUEUE"  # the ranks checkpointed after the warning signal; the job asks to be requeued
 PREEMPT_FILE = "PREEMPT"  # the batch script's USR1 trap: "checkpoint at your next step and stop"
@@ -43,10 +44,6 @@ def node_log(host: str) -> str:
 def port_file(job_id: str, restart: int) -> str:
     """Where the first node publishes the rendezvous port it found free, for the other nodes of this job run."""
     return f".port-{job_id}.{restart}"
-
-
-# Left over by the previous job; a resumed run starts without them.
-STOP_MARKERS = (FINISHED_FILE, REQUEUE_FILE, PREEMPT_FILE, FATAL_FILE)
 
 
 def node_accelerate_config(node_rank: int) -> str:

@@ -45,7 +45,10 @@ class RunSpec:
         "requeue", help="how the run continues: requeue the job, or (sites without requeue) chain a new dependent job"
     )
     signal_lead: int | None = _opt(
-        None, min=30, help="seconds before the time limit to ask for a checkpoint (default: from measured saves)"
+        None,
+        min=30,
+        help="seconds before the time limit to ask for a checkpoint (default: from measured saves; "
+        "a slower save measured later raises it)",
     )
     max_failures: int = _opt(
         2, min=0, help="restarts allowed after crashes (killed ranks, node loss), in the job and by requeue together"

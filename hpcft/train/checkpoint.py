@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import checkpoints, publish, store
+from hpcft.rundir import checkpoints, lifecycle, publish, store
 from hpcft.rundir.checkpoints import checkpoints_dir
-from hpcft.rundir.layout import FINISHED_FILE, MODEL_DIR, MODEL_STAGING, RESUME_FROM_FILE
+from hpcft.rundir.layout import MODEL_DIR, MODEL_STAGING
 from hpcft.spec import JobSpec, offload_devices
 
 log = logging.getLogger("hpcft.train")
@@ -57,7 +57,7 @@ def make_commit_callback(spec: JobSpec, run: Path, world_size: int):
                 path = checkpoints.commit(staging / f"{checkpoints.PREFIX}{state.global_step}", final,
                                           step=state.global_step, world_size=world_size,
                                           zero_stage=spec.train.zero)  # fmt: skip
-                (run / RESUME_FROM_FILE).unlink(missing_ok=True)  # a pinned resume point is spent once newer exists
+                lifecycle.pin_spent(run)  # a pinned resume point is spent once newer exists
                 removed = checkpoints.rotate(final, spec.train.save_total_limit)
                 seconds = round(time.time() - self.t_save, 2) if self.t_save else None
                 store.update_state(run, lambda s: s.update(last_save_seconds=seconds))
@@ -100,7 +100,7 @@ def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> s
     if is_rank0:
         shutil.rmtree(final / checkpoints.STAGING, ignore_errors=True)  # a save interrupted earlier
     _barrier()
-    chosen = (run / RESUME_FROM_FILE).read_text().strip() if (run / RESUME_FROM_FILE).is_file() else None
+    chosen = lifecycle.pinned_resume(run)
     if chosen:
         why = checkpoints.problem(final / chosen)
         if why:
@@ -167,7 +167,7 @@ def finish(trainer, spec: JobSpec, run: Path) -> None:
         if rank0:
             publish_model(staged, run, trainer.state.global_step)
     if rank0:
-        store.write_atomic(run / FINISHED_FILE, f"{trainer.state.global_step}\n")
+        lifecycle.mark_finished(run, trainer.state.global_step)
         log.info("finished at step %d", trainer.state.global_step)
 
 
@@ -202,5 +202,5 @@ def finish_from(run: Path, resume: str, is_rank0: bool) -> None:
             shutil.rmtree(staged, ignore_errors=True)
             export(run, staged, step=step)
             publish_model(staged, run, step if step is not None else 0)
-        store.write_atomic(run / FINISHED_FILE, f"{step}\n")
+        lifecycle.mark_finished(run, step)
     _barrier()

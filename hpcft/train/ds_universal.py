@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import markers, store
+from hpcft.rundir import lifecycle, store
 
 log = logging.getLogger("hpcft.universal")
 
@@ -71,7 +71,7 @@ def to_universal(checkpoint: Path, is_rank0: bool, poll_s: float = 2.0) -> None:
     try:
         _convert(checkpoint, universal_tag(checkpoint))
     except HpcftError as e:  # stamped with this job segment: a later one's ranks wait for their own rank 0
-        store.write_atomic(checkpoint / FAILED, f"{markers.segment(os.environ)} {e.message}\n")
+        store.write_atomic(checkpoint / FAILED, f"{lifecycle.segment(os.environ)} {e.message}\n")
         raise
 
 
@@ -96,7 +96,7 @@ def _convert(checkpoint: Path, tag: str) -> None:
 
 def _wait_for_conversion(checkpoint: Path, poll_s: float) -> None:
     """Until rank 0 has published the conversion (or said why it could not)."""
-    segment = markers.segment(os.environ)
+    segment = lifecycle.segment(os.environ)
     while not (checkpoint / LATEST_UNIVERSAL).is_file():
         failed = (store.read_text(checkpoint / FAILED) or "").split(" ", 1)
         if failed[0] == segment:

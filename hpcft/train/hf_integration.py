@@ -203,10 +203,9 @@ def check_world(seen: int, expected: int, is_first: bool) -> None:
 def stop_fatal(problem: str, is_first: bool) -> None:
     """Stop this rank with ``problem``; the first rank marks the run FATAL (neither restarted nor requeued)."""
     if is_first:
-        from hpcft.rundir import store
-        from hpcft.rundir.layout import FATAL_FILE
+        from hpcft.rundir import lifecycle
 
-        store.write_atomic(run_dir() / FATAL_FILE, f"configuration error: {problem}\n")
+        lifecycle.mark_fatal(run_dir(), f"configuration error: {problem}")
     raise SystemExit(f"hpcft: {problem}")
 
 

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import checkpoints, layout, store
-from hpcft.rundir.layout import FATAL_FILE
+from hpcft.rundir import checkpoints, layout, lifecycle, store
 from hpcft.slurm.env import node_name
 from hpcft.train.preemption import exit_if_saved_for_requeue
 
@@ -229,8 +228,9 @@ def run_rank(argv: list[str]) -> int:
     # training, on every rank. Nothing is imported from there.
     sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
     run = parse_args(argv)
-    if (run / FATAL_FILE).exists():  # restarted in the job after an error a rerun repeats: stop at once
-        print(f"hpcft: not training again: {(run / FATAL_FILE).read_text().strip()}", file=sys.stderr, flush=True)
+    fatal = lifecycle.fatal_reason(run)
+    if fatal is not None:  # restarted in the job after an error a rerun repeats: stop at once
+        print(f"hpcft: not training again: {fatal}", file=sys.stderr, flush=True)
         return 3
     exit_if_saved_for_requeue(run)
     setup_logging(run)
@@ -250,7 +250,7 @@ def run_rank(argv: list[str]) -> int:
         else:
             log.exception("training failed on rank %d", rank())
             if isinstance(e, HpcftError) and rank() == 0:  # a configuration problem: a requeue cannot fix it
-                store.write_atomic(run / FATAL_FILE, f"configuration error: {e.message}\n")
+                lifecycle.mark_fatal(run, f"configuration error: {e.message}")
         return 1
     return 0
 

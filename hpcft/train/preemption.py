@@ -21,8 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hpcft.rundir import markers
-from hpcft.rundir.layout import PREEMPT_FILE
+from hpcft.rundir import lifecycle
 
 log = logging.getLogger("hpcft.train")
 # Set by the srun launcher, whose ranks are the tasks SLURM signals: a SIGTERM (priority preemption,
@@ -32,11 +31,14 @@ log = logging.getLogger("hpcft.train")
 SIGTERM_ENV = "HPCFT_CHECKPOINT_ON_SIGTERM"
 
 
+def asked(run: Path) -> bool:
+    """Whether this segment's ranks were asked to checkpoint (``RUN/PREEMPT``, rundir/lifecycle.py)."""
+    return lifecycle.checkpoint_asked(run, os.environ) is not None
+
+
 def make_preemption_callback(run: Path):
     """A TrainerCallback that stops and saves when the warning arrives; ``.preempted`` tells after."""
     from transformers import TrainerCallback
-
-    flag_file = run / PREEMPT_FILE
 
     class PreemptionCallback(TrainerCallback):
         def __init__(self) -> None:
@@ -53,7 +55,7 @@ def make_preemption_callback(run: Path):
         def on_step_end(self, args, state, control, **kwargs):
             # One process reads the shared filesystem per step (global rank 0); a non-blocking all-reduce
             # carries its answer, and any rank's own signal, to every rank by the next step end.
-            if self.agreement.poll(self.signalled or (state.is_world_process_zero and flag_file.exists())):
+            if self.agreement.poll(self.signalled or (state.is_world_process_zero and asked(run))):
                 self.preempted = True
                 control.should_save = True
                 control.should_training_stop = True
@@ -120,11 +122,11 @@ def exit_if_saved_for_requeue(run: Path) -> None:
     A rank that dies after that save — gloo sometimes aborts a process at exit — makes torchrun restart
     every rank; they must not train on (the requeued job continues from the checkpoint).
     """
-    if markers.saved_for_requeue(run, os.environ) is not None:
+    if lifecycle.saved_for_requeue(run, os.environ) is not None:
         print("hpcft: this job already checkpointed for requeue; not training again", flush=True)
         sys.exit(0)
 
 
 def mark_requeue(run: Path, step: int) -> None:
     """Record that this job segment stopped on purpose after saving step ``step`` (read by ``hpcft after-job``)."""
-    markers.mark_saved_for_requeue(run, step, os.environ)
+    lifecycle.mark_saved_for_requeue(run, step, os.environ)

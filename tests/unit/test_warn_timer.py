@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from hpcft.node.after_job import after_job
-from hpcft.node.warn_timer import TIMER_MARK, run_timer
+from hpcft.node.warn_timer import run_timer
 from hpcft.plan.requeue import warning_lead
 from hpcft.rundir import store
 from hpcft.rundir.layout import PREEMPT_FILE, SPEC_FILE
+from hpcft.rundir.lifecycle import TIMER as TIMER_MARK
+from hpcft.rundir.lifecycle import ask_to_checkpoint
 from hpcft.slurm.client import parse_end_time
 from hpcft.spec import build_spec
 from hpcft.spec.io import dump_spec
@@ -116,8 +118,8 @@ def test_after_job_names_the_timer_as_the_cause(run, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setattr("hpcft.node.after_job.client.requeue", lambda job: None)
     monkeypatch.setattr("hpcft.node.after_job.out_of_memory", lambda job, env: None)
-    monkeypatch.setattr("hpcft.node.after_job.markers.saved_for_requeue", lambda run, env: 40)
-    (run / PREEMPT_FILE).write_text(f"{TIMER_MARK} lead=90 save=35.0\n")
+    monkeypatch.setattr("hpcft.node.after_job.lifecycle.saved_for_requeue", lambda run, env: 40)
+    ask_to_checkpoint(run, TIMER_MARK, {"SLURM_JOB_ID": "7"}, "lead=90 save=35.0")
     decision = after_job(run, 0)
     assert (
         decision.action == "requeue" and decision.reason == "checkpointed after hpcft's warning before the time limit"
