@@ -224,15 +224,26 @@ def lab(request) -> Lab:
     saved = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
-        try:
-            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=10)
-            answer = out.stdout
-        except (FileNotFoundError, subprocess.TimeoutExpired):
-            answer = ""
-        nodes = [line.split() for line in answer.splitlines() if line.strip()]
-        ok = {n for n, _ in nodes} == set(cluster.nodes) and all(
-            state.rstrip("*") in ("idle", "mixed", "allocated") for _, state in nodes
-        )
+        answer = ""
+
+        def up() -> bool:
+            nonlocal answer
+            try:
+                out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=10)
+                answer = out.stdout
+            except (FileNotFoundError, subprocess.TimeoutExpired):
+                answer = ""
+                return False
+            nodes = [line.split() for line in answer.splitlines() if line.strip()]
+            # "completing": the previous module's last job is still being torn down; a job waits for it.
+            usable = ("idle", "mixed", "allocated", "completing")
+            return {n for n, _ in nodes} == set(cluster.nodes) and all(st in usable for _, st in nodes)
+
+        ok = up()
+        deadline = time.monotonic() + 60  # a node a drill restarted comes back within SlurmdTimeout
+        while not ok and answer and time.monotonic() < deadline:
+            time.sleep(1)
+            ok = up()
         require(ok, f"the SLURM lab's cluster {cluster.name} is not up with {' and '.join(cluster.nodes)} "
                     f"(sinfo: {answer.strip() or 'no answer'}); run scripts/dev-cluster up")  # fmt: skip
         yield cluster

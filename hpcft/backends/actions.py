@@ -98,7 +98,8 @@ def resume(rp: ResumePlan) -> str:
     run = Path(rp.plan.run_dir)
     with as_it_was(run, (*lifecycle.MARKER_FILES, STATE_FILE)):
         lifecycle.reopen(run, rp.checkpoint.path.name if rp.explicit and rp.checkpoint else None)
-        store.update_state(run, lambda s: s.update(cancelled=False, failures=0))
+        # The resumed job's spec.yaml has the node count it asks for: a shrink before it is forgotten.
+        store.update_state(run, lambda s: (s.update(cancelled=False, failures=0), s.pop("requested_nodes", None)))
         return resubmit(rp.plan)
 
 

@@ -83,6 +83,9 @@ def follow_allocation(run: Path, nodes: int) -> None:
     (``plan.resume.plan_resize``); the batch script stays as it is. Where they cannot follow, says why."""
     from hpcft.plan.resume import plan_resize
 
+    asked = store.load_run_spec(run).resources.nodes
+    if nodes < asked:  # a shrink: `hpcft resume` plans the run's own node count again, not the shrunk one
+        store.update_state(run, lambda s: s.setdefault("requested_nodes", asked))
     try:
         rp = plan_resize(run, nodes, python=sys.executable, now=datetime.now())
         for name, text in rp.plan.files.items():

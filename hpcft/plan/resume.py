@@ -37,10 +37,18 @@ def plan_resume(run: Path, *, overrides: Iterable[str] = (), flags: Mapping[str,
                 checkpoint: int | None = None, python: str, now: datetime) -> ResumePlan:  # fmt: skip
     """Everything ``hpcft resume`` will do; reads the run directory, writes nothing."""
     old = store.load_run_spec(run)
-    req = Request(overrides=tuple(overrides), flags=dict(flags or {}), base=spec_to_dict(old),
+    flags = dict(flags or {})
+    notes: list[str] = []
+    # A node loss shrank the last job (``run.shrink_after``) and spec.yaml with it: the run asked for more.
+    requested = store.read_state(run).get("requested_nodes")
+    chosen = flags.get("resources.nodes") is not None or any(o.startswith("resources.nodes=") for o in overrides)
+    if requested and requested != old.resources.nodes and not chosen:
+        flags["resources.nodes"] = requested
+        notes.append(f"on the {requested} nodes the run asked for: a node loss left its last job on "
+                     f"{old.resources.nodes} (--nodes N to choose)")  # fmt: skip
+    req = Request(overrides=tuple(overrides), flags=flags, base=spec_to_dict(old),
                   base_source=str(run / SPEC_FILE), check_inputs=False)  # fmt: skip
     found: list[checkpoints.CheckpointInfo] = []
-    notes: list[str] = []
 
     def refine(spec: JobSpec, run_dir: str) -> JobSpec:
         missing = passthrough_problems(spec)  # the files were checked at submit; the shell is a new one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 
@@ -64,3 +65,18 @@ def test_more_ranks_take_smaller_micro_batches(tmp_path, monkeypatch):
     assert (new.train.batch_size, new.train.grad_accum) == (3, 1)
     assert "train.batch_size 4 → 3, train.grad_accum 3 → 1 keeps the global batch at 24" in notes[0]
     assert "universal checkpoint" in notes[0]
+
+
+def test_after_a_shrink_resume_asks_for_the_runs_own_nodes_again(run):
+    # A node loss left the last job on 1 node and begin-job rewrote spec.yaml for it (state.json keeps the 2
+    # the run asked for): the resumed job asks for 2 again, and may shrink again (--no-kill kept; issue #25/15).
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "requested_nodes": 2}))
+    shrinkable = ("resources.gpus_per_node=1", "resources.min_nodes=1", "run.shrink_after=60")
+    rp = plan_resume(run, overrides=("train.max_steps=8", *shrinkable), flags={"resources.nodes": None},
+                     python="python3", now=datetime(2026, 12, 1))  # fmt: skip
+    assert rp.plan.spec.resources.nodes == 2 and "#SBATCH --no-kill" in rp.plan.files["job.sbatch"]
+    assert rp.notes[0] == "on the 2 nodes the run asked for: a node loss left its last job on 1 (--nodes N to choose)"
+    rp = plan_resume(run, overrides=("train.max_steps=8", *shrinkable), flags={"resources.nodes": 1},
+                     python="python3", now=datetime(2026, 12, 1))  # fmt: skip
+    assert rp.plan.spec.resources.nodes == 1 and not any("asked for" in n for n in rp.notes)  # --nodes chooses
