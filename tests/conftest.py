@@ -59,7 +59,8 @@ LABS = {"lab": Lab("lab", LAB_DIR / "etc" / "slurm.conf", ("node1", "node2")),
         "lab2": Lab("lab2", LAB_DIR / "etc" / "lab2" / "slurm.conf", ("node3", "node4"))}  # fmt: skip
 # The lab tests' two lanes, a cluster each, balanced by the test time the modules took in CI (the rest: lab).
 LAB2_MODULES = {"test_trl", "test_launchers", "test_resize", "test_offload_cluster", "test_hostile_values",
-                "test_any_trainer", "test_train_cluster", "test_ops", "test_fs_ops"}  # fmt: skip
+                "test_any_trainer", "test_train_cluster", "test_ops", "test_fs_ops",
+                "test_preemption_launchers"}  # fmt: skip
 
 
 def lane_of(nodeid: str) -> str:
@@ -100,25 +101,30 @@ def pytest_xdist_make_scheduler(config, log):
     return Lanes(config, log)
 
 
-_TIERS: dict[str, dict] = {}  # tier → tests, seconds of test time, first start, last stop
+_TIERS: dict[str, dict] = {}  # tier (and "cluster lane X") → tests, seconds of test time, first start, last stop
 
 
 def pytest_runtest_logreport(report):
-    """Account every test's phases to its tier (tests/<tier>/...): ``make test`` prints time by tier."""
+    """Account every test's phases to its tier (tests/<tier>/...), a lab test also to its lane: ``make test``
+    prints time by tier and by lab lane (what ``LAB2_MODULES`` balances)."""
     parts = report.nodeid.split("/")
-    tier = _TIERS.setdefault(parts[1] if len(parts) > 2 else "other", {"tests": 0, "s": 0.0, "t0": None, "t1": None})
-    tier["s"] += report.duration
-    tier["tests"] += report.when == "call"
-    start, stop = getattr(report, "start", None), getattr(report, "stop", None)
-    if start is not None and stop is not None:
-        tier["t0"] = start if tier["t0"] is None else min(tier["t0"], start)
-        tier["t1"] = stop if tier["t1"] is None else max(tier["t1"], stop)
+    names = [parts[1] if len(parts) > 2 else "other"]
+    if report.nodeid.startswith(LAB_LANE):
+        names.append(f"cluster lane {lane_of(report.nodeid)}")
+    for name in names:
+        tier = _TIERS.setdefault(name, {"tests": 0, "s": 0.0, "t0": None, "t1": None})
+        tier["s"] += report.duration
+        tier["tests"] += report.when == "call"
+        start, stop = getattr(report, "start", None), getattr(report, "stop", None)
+        if start is not None and stop is not None:
+            tier["t0"] = start if tier["t0"] is None else min(tier["t0"], start)
+            tier["t1"] = stop if tier["t1"] is None else max(tier["t1"], stop)
 
 
 def pytest_terminal_summary(terminalreporter):
     if not _TIERS:
         return
-    terminalreporter.write_sep("=", "time by tier (tiers run side by side under -n)")
+    terminalreporter.write_sep("=", "time by tier and lab lane (they run side by side under -n)")
     for name, tier in sorted(_TIERS.items()):
         span = f", wall {(tier['t1'] - tier['t0']) / 60:.1f} min" if tier["t0"] is not None else ""
         terminalreporter.write_line(f"{name}: {tier['tests']} tests, {tier['s'] / 60:.1f} min of test time{span}")

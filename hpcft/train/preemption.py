@@ -42,7 +42,7 @@ def make_preemption_callback(run: Path):
 
     class PreemptionCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.signalled = False
+            self.signalled: str | bool = False
             self.preempted = False
             self.agreement = StepAgreement()
             signal.signal(signal.SIGUSR1, self._on_signal)
@@ -50,17 +50,23 @@ def make_preemption_callback(run: Path):
                 signal.signal(signal.SIGTERM, self._on_signal)
 
         def _on_signal(self, signum, frame) -> None:
-            self.signalled = True
+            self.signalled = signal.Signals(signum).name.removeprefix("SIG")  # "TERM" (SLURM's preemption)
 
         def on_step_end(self, args, state, control, **kwargs):
             # One process reads the shared filesystem per step (global rank 0); a non-blocking all-reduce
             # carries its answer, and any rank's own signal, to every rank by the next step end.
-            if self.agreement.poll(self.signalled or (state.is_world_process_zero and asked(run))):
+            if self.agreement.poll(bool(self.signalled) or (state.is_world_process_zero and asked(run))):
                 self.preempted = True
                 control.should_save = True
                 control.should_training_stop = True
                 if state.is_world_process_zero:
                     log.info("warning signal: saving at step %d and stopping for requeue", state.global_step)
+                    if self.signalled and not asked(run):
+                        # The signal came to the ranks themselves (srun launcher): after-job learns its cause
+                        # here, as from hpcft node's request under the other launchers (SIGTERM: preemption).
+                        cause = lifecycle.SIGTERM if self.signalled == "TERM" else self.signalled
+                        lifecycle.ask_to_checkpoint(run, cause, os.environ)
+                        log.info("SIG%s reached the ranks themselves (srun launcher)", self.signalled)
 
     return PreemptionCallback()
 

@@ -41,7 +41,7 @@ def status(run: Path) -> dict:
 
 def ended(run: Path, job: str) -> dict:
     return wait_until(f"job {job} to end", lambda: (s := status(run))["job_id"] == job and s["state"] in (
-        "COMPLETED", "FAILED", "CANCELLED") and s, timeout=300)  # fmt: skip
+        "COMPLETED", "FAILED", "CANCELLED") and s, timeout=300, interval=2)  # fmt: skip
 
 
 def test_generated_script_sbatched_by_hand_is_the_runs_job_and_finished_runs_train_nothing(lab, demo_dir, tmp_path):
@@ -102,7 +102,7 @@ def test_status_from_squeue_and_cancel_know_a_hand_submitted_job(lab, demo_dir, 
     )
     job = sbatch(argv)
     try:
-        wait_until("RUNNING", lambda: status(run)["state"] == "RUNNING", timeout=120)
+        wait_until("RUNNING", lambda: status(run)["state"] == "RUNNING", timeout=120, interval=2)
         listed = json.loads(hpcft("status", "--from-squeue", "--json").stdout)
         assert [r["job_id"] for r in listed if r["path"] == str(run)] == [job]
         busy = hpcft("resume", str(run), check=False)  # a second job on a live run would overwrite its checkpoints

@@ -32,7 +32,7 @@ def test_preempted_chain_job_continues_in_a_dependent_job(lab, demo_dir, runs_di
                                                             if e.get("next_job")), None), timeout=180)  # fmt: skip
         saved = max(r["step"] for r in _steps(run) if "loss" in r)
         wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"]
-                   == "COMPLETED", timeout=600)  # fmt: skip
+                   == "COMPLETED", timeout=600, interval=2)  # fmt: skip
     finally:
         subprocess.run(["scancel", preemptor], check=False)
     second = event["next_job"]

@@ -185,7 +185,7 @@ def test_e_resume_after_the_job_ended(reference, demo_dir, runs_dir):
     run, _ = submit(demo_dir, runs_dir)
     wait_until("checkpoint-20", lambda: (run / "checkpoints" / "checkpoint-20" / "COMPLETE").exists())
     hpcft("cancel", str(run))
-    wait_until("the cancel", lambda: status(run)["state"] == "CANCELLED", timeout=60)
+    wait_until("the cancel", lambda: status(run)["state"] == "CANCELLED", timeout=60, interval=2)
     wait_until("the cancelled job's teardown", lambda: not nodes_completing(), timeout=120, interval=0.2)
     out = hpcft("resume", str(run), "--wait").stdout
     assert "resumed" in out

@@ -71,7 +71,9 @@ def test_plan_refuses_an_offload_job_that_cannot_fit_the_node(demo512):
 def test_first_job_builds_the_ops_once_on_one_node_and_later_jobs_reuse_them(lab, demo_dir, tmp_path):
     runs = tmp_path / "runs"
     env = {"TORCH_EXTENSIONS_DIR": "", "HPCFT_OPS_CACHE": ""}  # unset: the jobs use the runs directory's cache
-    args = ["--zero", "3", "-o", "train.max_steps=2", "-o", "train.save_steps=100", "-o", "train.eval_steps=null"]
+    # One rank per node: the claim is about nodes (one builds, the other waits for its lock), not ranks.
+    args = ["--zero", "3", "--gpus-per-node", "1", "-o", "train.max_steps=2", "-o", "train.save_steps=100",
+            "-o", "train.eval_steps=null"]  # fmt: skip
     first = _submit(demo_dir, runs / "a", env, args)
     out = _job_output(first)
     assert out.count("building DeepSpeed ops shm_comm") == 1  # one node built; the other waited for its lock

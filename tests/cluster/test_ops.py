@@ -61,7 +61,7 @@ def test_status_logs_follow_and_plot_of_a_live_run(lab, demo_dir, runs_dir, tmp_
     trained_lines_while_running = [ln for _, ln in followed if "hpcft.train" in ln]
     assert trained_lines_while_running, "logs -f showed nothing of the training while the job ran"
 
-    done = wait_until("COMPLETED", lambda: (s := status(run.name, runs_dir))["state"] == "COMPLETED" and s)
+    done = wait_until("COMPLETED", lambda: (s := status(run.name, runs_dir))["state"] == "COMPLETED" and s, interval=2)
     ended_at = time.time()
     assert (done["step"], done["checkpoint"], done["restarts"], done["finished"]) == (40, "checkpoint-40", 0, True)
     assert done["eval_loss"] is not None and done["nodelist"] == lab.nodelist

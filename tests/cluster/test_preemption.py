@@ -36,9 +36,13 @@ def test_priority_preemption_with_grace_time_loses_no_step(lab, demo_dir, runs_d
     preempt_and_resume(demo_dir, runs_dir, "--backend", backend)
 
 
-def preempt_and_resume(demo_dir: Path, runs_dir: Path, *args: str) -> None:
+HEARD = "SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint"  # hpcft node's line
+
+
+def preempt_and_resume(demo_dir: Path, runs_dir: Path, *args: str, heard: str = HEARD) -> None:
     """Submit the demo on ``low`` with ``args``, preempt it from ``high`` at step 20 or later: the ranks save
-    within the grace time, the job is requeued, and the run resumes at the step it reached and completes."""
+    within the grace time, the job is requeued, and the run resumes at the step it reached and completes;
+    ``heard``: the line of the job's output that says who took SLURM's SIGTERM."""
     out = hpcft("submit", str(demo_dir / "job.yaml"), *ONE_PER_NODE, "--partition", "low", "--runs-dir",
                 str(runs_dir), "-o", "train.max_steps=100", "-o", "train.save_steps=100000",
                 "-o", "train.eval_steps=null", *args).stdout  # fmt: skip
@@ -59,7 +63,7 @@ def preempt_and_resume(demo_dir: Path, runs_dir: Path, *args: str) -> None:
         assert (run / "checkpoints" / f"checkpoint-{saved}").is_dir()  # the save happened inside the grace time
         release_requeued(job)  # SLURM holds a requeued job 120 s (BeginTime); lifted once the old run is torn down
         wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
-                   timeout=600)  # fmt: skip
+                   timeout=600, interval=2)  # fmt: skip
     finally:
         subprocess.run(["scancel", preemptor], check=False)  # ended by now; never leave it holding the lab
         hpcft("cancel", str(run), check=False)  # a run that went wrong must not hold the lab either
@@ -68,7 +72,7 @@ def preempt_and_resume(demo_dir: Path, runs_dir: Path, *args: str) -> None:
     state = _state(run)
     assert state.get("failures", 0) == 0 and state["preemptions"] == 1
     output = hpcft("logs", str(run)).stdout
-    assert "SIGTERM (preemption, time limit or cancel): asking the ranks to checkpoint" in output
+    assert heard in output
 
 
 def test_submitit_time_limit_warning_checkpoints_and_requeues(lab, demo_dir, runs_dir):

@@ -70,7 +70,7 @@ def test_a_preempted_point_requeues_and_resumes_on_its_own(lab, demo_dir, runs_d
         release_requeued(task)
         for run in runs:
             wait_until("COMPLETED", lambda run=run: json.loads(hpcft("status", str(run), "--json").stdout)["state"]
-                       == "COMPLETED", timeout=600)  # fmt: skip
+                       == "COMPLETED", timeout=600, interval=2)  # fmt: skip
     finally:
         subprocess.run(["scancel", preemptor], check=False)
     begins = [[r["start_step"] for r in _steps(run) if r.get("event") == "train_begin"] for run in runs]

@@ -73,7 +73,7 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
         assert "saved step" in hpcft("logs", str(run)).stdout
         release_requeued(job)
         wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
-                   timeout=600)  # fmt: skip
+                   timeout=600, interval=2)  # fmt: skip
     finally:
         subprocess.run(["scancel", preemptor], check=False)
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
