@@ -124,8 +124,8 @@ def warning_lead(spec: JobSpec, save_seconds: float | None) -> int:
     one is measured), capped at half the time limit (a short job still trains first) — but never under what the
     measured save itself needs (``save_floor``): a warning that leaves too little time loses the whole segment.
 
-    ``run.signal_lead`` is the least lead: a slow save measured later raises it (``hpcft node`` re-arms its
-    warning from each measured save, ``node.warn_timer``). SLURM checks time limits on a timer and may fire
+    ``run.signal_lead`` is the least lead: a slow save measured later raises it (hpcft's warning timer re-arms
+    from each measured save, ``node.warn_timer``). SLURM checks time limits on a timer and may fire
     ``--signal`` up to 60 s early (man sbatch, --signal).
     """
     lead = signal_lead(save_seconds)

@@ -69,6 +69,7 @@ SEGMENT_SH = re.search(
     [
         {"SLURM_JOB_ID": "812", "SLURM_RESTART_COUNT": "2"},
         {"SLURM_JOB_ID": "812"},
+        {},  # job.sbatch run by hand outside SLURM
         {"SLURM_JOB_ID": "815", "SLURM_ARRAY_JOB_ID": "812", "SLURM_ARRAY_TASK_ID": "3", "SLURM_RESTART_COUNT": "1"},
     ],
 )
