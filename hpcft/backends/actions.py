@@ -98,9 +98,15 @@ def resume(rp: ResumePlan) -> str:
     run = Path(rp.plan.run_dir)
     with as_it_was(run, (*lifecycle.MARKER_FILES, STATE_FILE)):
         lifecycle.reopen(run, rp.checkpoint.path.name if rp.explicit and rp.checkpoint else None)
-        # The resumed job's spec.yaml has the node count it asks for: a shrink before it is forgotten.
-        store.update_state(run, lambda s: (s.update(cancelled=False, failures=0), s.pop("requested_nodes", None)))
+        store.update_state(run, fresh_budgets)
         return resubmit(rp.plan)
+
+
+def fresh_budgets(state: dict) -> None:
+    """What a person's ``hpcft resume`` starts anew: the budgets, and what the last jobs learned about the run."""
+    state.update(cancelled=False, failures=0, stalls=0)
+    state.pop("requested_nodes", None)  # the resumed spec.yaml has the node count it asks for
+    state.pop("segment_start", None)  # its first segment is a first one: no stall to count
 
 
 def live_job(run: Path) -> str | None:

@@ -4,7 +4,8 @@ Records this job (id, start time, nodes, restart count) in state.json, so a job 
 by ``submit``, by ``resume`` or requeued by SLURM is one run's history for status, logs, cancel and
 resume. Says in the job output where the allocation differs from spec.yaml (a hand edit of the
 ``#SBATCH`` lines): the node side reads the allocation from SLURM, so the allocation wins. A run
-that is FINISHED ends the job at once (exit ``STOP``) with how to continue it.
+that is FINISHED ends the job at once (exit ``STOP``) with how to continue it; one that has started
+``run.max_stalls`` segments in a row from the same checkpoint stops (``record_progress``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import sys
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcft.errors import HpcftError
-from hpcft.rundir import lifecycle, store
+from hpcft.plan.requeue import progress
+from hpcft.rundir import checkpoints, lifecycle, store
 from hpcft.rundir.layout import SCRIPT_FILE
 from hpcft.slurm.env import ClusterEnv
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
 
 STOP = 10  # the batch script ends with exit 0 on this code: nothing to do
 
@@ -130,4 +135,29 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
         print(f"hpcft: {run.name} is FINISHED (step {step}): nothing to train; this job ends now. To train "
               f"further: hpcft resume {run} -o train.max_steps=N", flush=True)  # fmt: skip
         return STOP
+    stop = record_progress(run, spec, lifecycle.segment(env))
+    if stop:
+        print(f"hpcft: not continuing: {stop}", flush=True)
+        return 1
     return 0
+
+
+def record_progress(run: Path, spec: JobSpec, segment: str) -> str | None:
+    """Record where this segment starts (the newest committed checkpoint); why to stop when the run has made no
+    progress in ``run.max_stalls`` segments in a row (``plan.requeue.progress``), else None."""
+    found = checkpoints.newest_resumable(checkpoints.checkpoints_dir(spec, run))
+    newest = checkpoints.step_of(found) if found else None
+    verdict: list[str] = []
+
+    def change(state: dict[str, Any]) -> None:
+        last = state.get("segment_start")
+        previous = (str(last[0]), last[1]) if isinstance(last, list) and len(last) == 2 else None
+        stalls, stop = progress(previous, segment, newest, int(state.get("stalls", 0) or 0), spec.run.max_stalls)
+        state.update(segment_start=[segment, newest], stalls=stalls)
+        if stop:
+            event = {"job": segment.rsplit(".", 1)[0], "kind": "no progress", "action": "fail", "reason": stop}
+            state.setdefault("events", []).append({**event, "time": store.now_iso()})
+            verdict.append(stop)
+
+    store.update_state(run, change)
+    return verdict[0] if verdict else None

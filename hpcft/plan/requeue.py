@@ -60,6 +60,29 @@ def decide(rc: int, *, finished: bool, saved_for_requeue: bool, cancelled: bool,
     return Decision("done", "the launcher ended without error", 0)
 
 
+def progress(
+    previous: tuple[str, int | None] | None, segment: str, newest: int | None, stalls: int, max_stalls: int
+) -> tuple[int, str | None]:
+    """The run's stall count at the start of job segment ``segment`` and why to stop (None: go on); pure.
+
+    ``previous``: the segment that started last and the newest committed checkpoint's step then (None: none);
+    ``newest``: that step now. A segment that starts from the same checkpoint as the last one follows a
+    segment that committed nothing — a crash or node-failure loop, preemptions before the first save — and
+    ``max_stalls`` of them in a row stop the run (each would cost a queue wait and an allocation for nothing).
+    The same segment starting again (the batch script rerun after a shrink) counts once.
+    """
+    if previous is None or previous[0] == segment:
+        return stalls, None
+    stalls = stalls + 1 if newest == previous[1] else 0
+    if stalls < max_stalls:
+        return stalls, None
+    where = f"checkpoint-{newest}" if newest is not None else "no checkpoint yet"
+    return stalls, (
+        f"{stalls} job segments in a row started from the same point ({where}): the run makes no "
+        f"progress (run.max_stalls {max_stalls}); see the events in state.json, then hpcft resume RUN"
+    )
+
+
 def after_node_loss(d: Decision, lost: list[str], back: bool, left: int, *, min_nodes: int, waited: int,
                     unfit: str | None = None) -> Decision:  # fmt: skip
     """A crash requeue ``d`` of a job that lost the nodes ``lost``: continue on the ``left`` nodes, or requeue; pure.

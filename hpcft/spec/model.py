@@ -59,6 +59,12 @@ class RunSpec:
     max_preemptions: int | None = _opt(
         None, min=0, help="requeues after preemptions and time limits (checkpointed: no failure); default unlimited"
     )
+    max_stalls: int = _opt(
+        5,
+        min=1,
+        help="job segments in a row that may start from the same checkpoint (no new one committed: crash or "
+        "node-failure loops, preemptions before the first save) before the run stops",
+    )
     shrink_after: int | None = _opt(
         None,
         min=0,
