@@ -255,17 +255,22 @@ def requeue(job_id: str, *, runner: Runner | None = None) -> None:
     run(["scontrol", "requeue", job_id], runner=runner)
 
 
-def job_nodelist(job_id: str, *, runner: Runner | None = None) -> str | None:
-    """The nodes job ``job_id`` holds now (``squeue -h -j J -o %N``: a failed node leaves a ``--no-kill``
-    job), or None when squeue cannot say."""
+def _squeue_job_field(job_id: str, field: str, runner: Runner | None) -> str | None:
+    """``squeue -h -j JOB -o FIELD``'s output for one job, or None when squeue cannot say."""
     if not _JOB_ID.fullmatch(job_id):
         return None
     try:
-        proc = (runner or run_process)(["squeue", "-h", "-j", job_id, "-o", "%N"], 30)
+        proc = (runner or run_process)(["squeue", "-h", "-j", job_id, "-o", field], 30)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return None
-    lines = proc.stdout.split()
-    return lines[0] if proc.returncode == 0 and len(lines) == 1 else None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def job_nodelist(job_id: str, *, runner: Runner | None = None) -> str | None:
+    """The nodes job ``job_id`` holds now (``squeue -h -j J -o %N``: a failed node leaves a ``--no-kill``
+    job), or None when squeue cannot say."""
+    lines = (_squeue_job_field(job_id, "%N", runner) or "").split()
+    return lines[0] if len(lines) == 1 else None
 
 
 def parse_end_time(text: str) -> float | None:
@@ -282,13 +287,8 @@ def parse_end_time(text: str) -> float | None:
 
 def job_end_time(job_id: str, *, runner: Runner | None = None) -> float | None:
     """When SLURM will end job ``job_id`` at its time limit (epoch seconds), or None when squeue cannot say."""
-    if not _JOB_ID.fullmatch(job_id):
-        return None
-    try:
-        proc = (runner or run_process)(["squeue", "-h", "-j", job_id, "-o", "%e"], 30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return None
-    return parse_end_time(proc.stdout) if proc.returncode == 0 else None
+    out = _squeue_job_field(job_id, "%e", runner)
+    return parse_end_time(out) if out is not None else None
 
 
 NODE_FORMAT = "%N|%T"

@@ -7,7 +7,6 @@ failure budget counts them. The independent expectation is the count of segments
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -30,12 +29,7 @@ def test_the_stall_count_follows_the_newest_checkpoint():
 @pytest.fixture
 def run(tmp_path):
     F.make_workdir(tmp_path)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        return F.make_run(tmp_path, name="stall")  # holds checkpoint-2
-    finally:
-        os.chdir(cwd)
+    return F.make_run(tmp_path, name="stall")  # holds checkpoint-2 (make_run submits from tmp_path itself)
 
 
 def test_segments_that_commit_nothing_stop_the_run_and_a_new_checkpoint_resets_the_count(run):
