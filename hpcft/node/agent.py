@@ -29,6 +29,7 @@ from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.launchers.command import command_kind
 from hpcft.node import ds_ops as ops
 from hpcft.node.rendezvous import agree_port
+from hpcft.node.watchdog import Watchdog
 from hpcft.plan.requeue import InJobRestarts, in_job_restarts
 from hpcft.rundir import checkpoints, lifecycle, store
 from hpcft.rundir.layout import SPEC_FILE
@@ -230,11 +231,14 @@ def exec_node(run: Path) -> None:
     if ClusterEnv.from_mapping(env).in_slurm and not per_rank:
         if restarts.count:
             print(f"hpcft node {node_name(env)}: in-job restarts: {restarts.why}", flush=True)
-        sys.exit(supervise(run, cmd.argv, env, restarts.count if restarts.by == "hpcft" else 0))
+        watchdog = Watchdog(run, spec, env) if spec.run.hang_timeout else None
+        env = {**env, **watchdog.ranks_env()} if watchdog else env
+        sys.exit(supervise(run, cmd.argv, env, restarts.count if restarts.by == "hpcft" else 0, watchdog))
     os.execvpe(cmd.argv[0], list(cmd.argv), env)  # a rank itself (srun launcher: SIGTERM reaches it), or local
 
 
-def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: int = 0) -> int:
+def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: int = 0,
+              watchdog: Watchdog | None = None) -> int:  # fmt: skip
     """Run the launcher as a child and turn SLURM's SIGTERM into a checkpoint request; its exit code.
 
     A launcher that fails is run again, up to ``restarts`` times, unless a rerun cannot help
@@ -247,6 +251,9 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: i
     (pytorch#119856) and the grace time would go unused. Here the first SIGTERM writes
     ``RUN/PREEMPT`` — the ranks checkpoint at their next step and exit, the launcher ends by itself —
     and a second one is passed on to the launcher.
+
+    ``watchdog`` watches the ranks' heartbeats meanwhile: it kills hung ranks (after taking their stacks),
+    and the launcher restarts them like crashed ones (``hpcft.node.watchdog``).
     """
     import signal
     import subprocess
@@ -264,10 +271,14 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: i
             proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)  # before the child exists: no window without the handler
+    if watchdog is not None:
+        watchdog.start()
     while True:
         proc = subprocess.Popen(list(argv), env=env)
         rc = exit_status(proc.wait())
         if restarts <= 0 or not should_rerun(run, rc, bool(seen)):
+            if watchdog is not None:
+                watchdog.stop()
             return rc
         restarts -= 1
         print(f"hpcft node {node_name(env)}: the launcher failed with {rc}; restarting every rank in this job "

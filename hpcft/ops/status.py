@@ -17,7 +17,7 @@ from typing import Any
 from hpcft.backends import local
 from hpcft.backends.base import uses_slurm
 from hpcft.errors import HpcftError, RunError, UnreadableError
-from hpcft.rundir import layout, lifecycle, store
+from hpcft.rundir import hangs, layout, lifecycle, store
 from hpcft.slurm import client
 from hpcft.spec import trackers
 
@@ -51,6 +51,7 @@ class RunStatus:
     sweep: str = ""  # the sweep (job array) this run is a point of
     sweep_values: dict[str, str] = field(default_factory=dict)
     startup: dict[str, Any] = field(default_factory=dict)  # rank 0's start-up profile of the newest (re)start
+    hang: dict[str, Any] = field(default_factory=dict)  # the newest hang: step, since, suspects, stacks
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -157,6 +158,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         sweep=state.get("sweep") if isinstance(state.get("sweep"), str) else "",
         sweep_values=state.get("sweep_values") if isinstance(state.get("sweep_values"), dict) else {},
         startup=progress["startup"],
+        hang=hangs.newest_hang(state) or {},
     )
 
 

@@ -56,15 +56,15 @@ class RunSpec:
     restart_in_job: bool = _opt(
         True, help="a crashed rank restarts every rank inside the allocation (no requeue, no queue wait)"
     )
-    max_preemptions: int | None = _opt(
-        None, min=0, help="requeues after preemptions and time limits (checkpointed: no failure); default unlimited"
-    )
-    max_stalls: int = _opt(
-        5,
-        min=1,
-        help="job segments in a row that may start from the same checkpoint (no new one committed: crash or "
-        "node-failure loops, preemptions before the first save) before the run stops",
-    )
+    max_preemptions: int | None = _opt(None, min=0, help="requeues after preemptions and time limits "
+                                       "(checkpointed: no failure); default unlimited")  # fmt: skip
+    max_stalls: int = _opt(5, min=1, help="job segments in a row that may start from the same checkpoint (none "
+                           "committed: crash or node-failure loops…) before the run stops")  # fmt: skip
+    hang_timeout: int = _opt(90, min=0, help="seconds a training step may take (or hang_step_factor × the measured "
+                             "step time, if longer) before its rank is hung; 0: off")  # fmt: skip
+    hang_step_factor: float = _opt(20.0, min=1, help="a hung step is this many times the rank's measured step time")
+    hang_phase_timeout: int = _opt(1800, min=1, help="seconds for the first step, an eval, the end, a save "
+                                   "(or 3 × the last measured one)")  # fmt: skip
     shrink_after: int | None = _opt(
         None,
         min=0,

@@ -153,6 +153,7 @@ def run_dir() -> Path:
 def attach(trainer) -> None:
     """Check the world and add hpcft's metrics and preemption callbacks to one Trainer."""
     from hpcft.train.checkpoint import make_save_timer_callback
+    from hpcft.train.heartbeat import make_heartbeat_callback
     from hpcft.train.metrics import make_metrics_callback
     from hpcft.train.preemption import exit_if_saved_for_requeue, make_preemption_callback
 
@@ -164,7 +165,8 @@ def attach(trainer) -> None:
     trainer._hpcft_preempt = make_preemption_callback(run_dir())
     trainer.add_callback(make_metrics_callback(run_dir()))
     trainer.add_callback(trainer._hpcft_preempt)
-    trainer.add_callback(make_save_timer_callback(run_dir()))  # last: it times the user's on_save callbacks too
+    trainer.add_callback(make_save_timer_callback(run_dir()))  # it times the user's on_save callbacks too
+    trainer.add_callback(make_heartbeat_callback())  # last: it sees whether a step saves or evaluates
 
 
 def check_deepspeed_kept(trainer) -> None:

@@ -76,7 +76,7 @@ def train(run: Path) -> None:
     """Run the recipe of ``RUN/spec.yaml`` to the end."""
     from transformers import Trainer
 
-    from hpcft.train import checkpoint, data, model, preemption, startup, tracking
+    from hpcft.train import checkpoint, data, heartbeat, model, preemption, startup, tracking
     from hpcft.train.args import deepspeed_setup, training_arguments
     from hpcft.train.metrics import make_metrics_callback
 
@@ -114,7 +114,8 @@ def train(run: Path) -> None:
              world, trainer.is_deepspeed_enabled, trainer.is_fsdp_enabled)  # fmt: skip
     check_not_dropped(trainer)
     preempt = preemption.make_preemption_callback(run)
-    for callback in (preempt, checkpoint.make_commit_callback(spec, run, world)):  # preempt decides, then commit
+    # preempt decides, commit follows; the heartbeat last: it sees whether this step saves or evaluates
+    for callback in (preempt, checkpoint.make_commit_callback(spec, run, world), heartbeat.make_heartbeat_callback()):
         trainer.add_callback(callback)
     if resume:
         from hpcft.train.ds_nvme_resume import patch_if_nvme

@@ -95,9 +95,8 @@ def test_a_warning_signal_checkpoints_requeues_and_resumes_exactly(reference, de
 
 
 def kill_rank(run: Path, rank: int) -> None:
-    """SIGKILL one rank of the run's current workers (the pid its newest log line names)."""
-    starts = [line for line in rank_text(run, rank).splitlines() if " pid " in line]
-    os.kill(int(starts[-1].rsplit(" pid ", 1)[1]), signal.SIGKILL)
+    """SIGKILL one rank of the run's current workers."""
+    os.kill(rank_pid(run, rank), signal.SIGKILL)
 
 
 def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(reference, demo_dir, runs_dir):
@@ -138,6 +137,42 @@ def test_b2_without_in_job_restart_a_killed_rank_fails_fast_and_requeues(referen
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[1]["start_step"] >= 40 and begins[1]["start_step"] % 20 == 0
     assert st["step"] == STEPS
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+
+
+def rank_pid(run: Path, rank: int) -> int:
+    """The pid of one rank of the run's current workers (its newest log line names it)."""
+    starts = [line for line in rank_text(run, rank).splitlines() if " pid " in line]
+    return int(starts[-1].rsplit(" pid ", 1)[1])
+
+
+def newest_hang(run: Path) -> dict | None:
+    return next((e for e in reversed(json.loads((run / "state.json").read_text()).get("events", []))
+                 if e.get("kind") == "hang"), None)  # fmt: skip
+
+
+def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(reference, demo_dir, runs_dir):
+    """node2's rank stopped (SIGSTOP: alive, silent; slurmd and the agent answer, SLURM sees nothing). The
+    default run.hang_timeout (90 s) finds it, the stacks name it, the ranks restart from the newest checkpoint."""
+    run, job = submit(demo_dir, runs_dir)
+    wait_until("step 30", lambda: max(losses(run), default=0) >= 30, interval=0.05)
+    os.kill(rank_pid(run, 1), signal.SIGSTOP)  # rank 1 runs on node2
+    t0, stopped_at = time.time(), max(losses(run))
+    event = wait_until("the hang event", lambda: newest_hang(run), timeout=240, interval=2)
+    assert time.time() - t0 < 180, f"the hang was found after {time.time() - t0:.0f} s"
+    assert [(s["node"], s["rank"]) for s in event["suspects"]] == [("node2", 1)], event
+    assert "stopped" in event["suspects"][0]["why"] and event["allowed"] == 90
+    stacks = (run / event["stacks"] / "node2.stacks.txt").read_text()
+    assert "rank(s) 1 on node2" in stacks and "training_step" in stacks, stacks  # py-spy read the stopped rank
+    assert "rank(s) 0 on node1" in (run / event["stacks"] / "node1.stacks.txt").read_text()
+    shown = hpcft("status", str(run)).stdout
+    assert f"last hang: hung at step {event['step']}" in shown and "node2 rank 1: stopped" in shown
+    st = wait_finished(run)
+    state = json.loads((run / "state.json").read_text())
+    assert state["failures"] == 1 and st["job_ids"] == [job]  # the hang restart was charged, in the same job
+    assert sorted(e.get("kind") or e["action"] for e in state["events"]) == ["done", "hang", "in-job restart"]
+    begins = [r for r in records(run) if r.get("event") == "train_begin"]
+    assert begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
 
 

@@ -1,0 +1,251 @@
+"""``hpcft node``'s watchdog: finds this node's hung ranks from their heartbeats, names the culprit, restarts.
+
+A rank is hung when its heartbeat (``hpcft.train.heartbeat``) has not moved for longer than its phase
+allows (``allowance``): a training step gets ``max(run.hang_timeout, run.hang_step_factor × its measured
+step time)``; start-up and the first step, a save (at least 3 × the last measured one), an eval and the
+end get ``run.hang_phase_timeout``. A rank that has not published yet (still importing) is not judged.
+
+On a hang, before anything is killed, each node's agent writes its ranks' states and py-spy stacks to
+``RUN/hangs/EPISODE/`` (``hpcft.rundir.hangs``) — a SIGSTOPped rank's too: ``--nonblocking`` reads its
+memory without attaching — then SIGKILLs its ranks (stopped ones die too), so the launcher restarts them
+from the newest complete checkpoint (torchrun's in-job restart, or ``hpcft node``'s), charged to
+``run.max_failures`` like any restart. Node 0's agent then gathers every node's report, names the suspects
+(``suspects``) and records the ``hang`` event that ``hpcft status`` shows.
+
+Why every node judges its own ranks: in a synchronous job one silent rank stops every rank within a
+step (they wait for it in the next collective), so every node's watchdog fires within one poll of the
+others, and none needs a per-step message from the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcft.rundir import hangs, lifecycle, store
+from hpcft.slurm.env import ClusterEnv, node_name
+from hpcft.train import heartbeat
+from hpcft.train.heartbeat import Beat
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
+
+POLL_SECONDS = 5.0
+GATHER_SECONDS = 20.0  # node 0 waits this long for the other nodes' reports
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How long each phase may stay silent (``run.hang_*``)."""
+
+    timeout: float
+    step_factor: float
+    phase_timeout: float
+    save_seconds: float = 0.0  # the last measured save
+
+    @classmethod
+    def of(cls, spec: JobSpec, save_seconds: float | None) -> Rules:
+        run = spec.run
+        return cls(run.hang_timeout, run.hang_step_factor, run.hang_phase_timeout, float(save_seconds or 0))
+
+
+def allowance(beat: Beat, rules: Rules) -> float:
+    """Seconds ``beat``'s rank may stay silent in its phase; pure."""
+    if beat.phase == "train":
+        return max(rules.timeout, rules.step_factor * beat.step_seconds)
+    if beat.phase == "save":
+        return max(rules.phase_timeout, 3 * rules.save_seconds)
+    return rules.phase_timeout
+
+
+def overdue(beats: list[Beat], now: float, rules: Rules) -> list[Beat]:
+    """The ranks silent past their allowance; pure."""
+    return [b for b in beats if now - b.time > allowance(b, rules)]
+
+
+def stack_key(dump: str) -> str:
+    """A short id of a py-spy dump that is equal for equal stacks (pids, thread ids and addresses removed)."""
+    lines = [line for line in dump.splitlines() if not line.startswith(("Process ", "Python v"))]
+    text = re.sub(r"\b(Thread|pid:?)\s*(0x[0-9a-fA-F]+|\d+)", r"\1", "\n".join(lines)).strip()
+    return hashlib.sha1(text.encode()).hexdigest()[:8] if text else "no-stack"
+
+
+def suspects(reports: Mapping[str, Mapping[str, Any]], nodes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The ranks (with their node) that differ from the rest, most telling first; pure.
+
+    In order: ranks stopped (process state T: SIGSTOP, a debugger) — the rest only wait for them; nodes
+    whose agent wrote no report (the node itself is stuck); ranks behind the others' step; ranks whose
+    stack is shared by fewer ranks than the most common one.
+    """
+    ranks = [(node, r) for node, report in sorted(reports.items()) for r in report.get("ranks", [])]
+    stopped = [_named(n, r, "stopped (process state T: SIGSTOP or a debugger)") for n, r in ranks
+               if r.get("state") in ("T", "t")]  # fmt: skip
+    if stopped:
+        return stopped
+    missing = [{"node": n, "rank": None, "why": "its agent wrote no report (the node may be stuck)"}
+               for n in nodes if n not in reports]  # fmt: skip
+    if missing:
+        return missing
+    steps = [r["step"] for _, r in ranks]
+    if steps and min(steps) < max(steps):
+        return [_named(n, r, f"at step {r['step']}, the others at up to {max(steps)}") for n, r in ranks
+                if r["step"] == min(steps)]  # fmt: skip
+    groups = Counter(r.get("stack", "") for _, r in ranks)
+    if len(groups) > 1:
+        most = groups.most_common(1)[0][1]
+        return [_named(n, r, f"its stack differs from {most} other rank(s)") for n, r in ranks
+                if groups[r.get("stack", "")] < most]  # fmt: skip
+    return []
+
+
+def _named(node: str, rank: Mapping[str, Any], why: str) -> dict[str, Any]:
+    return {"node": node, "rank": rank["rank"], "step": rank["step"], "phase": rank["phase"], "why": why}
+
+
+def process_state(pid: int) -> str:
+    """``/proc/PID/stat``'s state letter (R running, S sleeping, D disk wait, T stopped…), '' if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def py_spy() -> str | None:
+    """py-spy beside this python (the job's environment), else on PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.is_file() else shutil.which("py-spy")
+
+
+def dump_stack(pid: int) -> str:
+    """py-spy's dump of every thread of ``pid``, without stopping it (``--nonblocking``: works on a stopped one)."""
+    tool = py_spy()
+    if tool is None:
+        return "(py-spy is not installed in the job's environment: pip install py-spy)"
+    try:
+        proc = subprocess.run([tool, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"(py-spy failed: {e})"
+    return proc.stdout if proc.returncode == 0 else f"(py-spy exit {proc.returncode}: {proc.stderr.strip()})"
+
+
+def heartbeat_root(env: Mapping[str, str]) -> Path:
+    """The job's heartbeat folder in node-local shared memory (``/dev/shm``, else the temp directory)."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return Path(base) / f"hpcft-{env.get('SLURM_JOB_ID') or os.getpid()}"
+
+
+class Watchdog:
+    """Watches this node's ranks in a thread of ``hpcft node`` while the launcher runs."""
+
+    def __init__(self, run: Path, spec: JobSpec, env: Mapping[str, str]) -> None:
+        self.run, self.spec, self.env = run, spec, env
+        self.node = node_name(env)
+        cluster = ClusterEnv.from_mapping(env)
+        self.first, self.nodes = cluster.node_rank == 0, cluster.hosts
+        self.root = heartbeat_root(env)
+        self.folder = heartbeat.node_dir(self.root, self.node)
+        self._stop = threading.Event()
+        self._handled: set[int] = set()  # ranks already killed for a hang (until they are gone)
+        self._thread = threading.Thread(target=self._loop, name="hpcft-watchdog", daemon=True)
+
+    def ranks_env(self) -> dict[str, str]:
+        """What the ranks need to publish here and to let this agent read their stacks."""
+        return {heartbeat.ENV: str(self.root), heartbeat.AGENT_ENV: str(os.getpid())}
+
+    def start(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)  # an earlier segment's ranks on this node
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                self.check(time.time())
+            except Exception as e:  # the watchdog must never take the job down
+                print(f"hpcft node {self.node}: watchdog error: {e!r}", flush=True)
+
+    def check(self, now: float) -> dict[str, Any] | None:
+        """Judge the live ranks once; on a hang report, kill, and (node 0) record. The event, if any."""
+        beats = [b for b in heartbeat.read_node(self.folder)
+                 if b.pid not in self._handled and process_state(b.pid) not in ("", "Z")]  # fmt: skip
+        rules = Rules.of(self.spec, self._save_seconds() if any(b.phase == "save" for b in beats) else None)
+        late = overdue(beats, now, rules)
+        if not late or self._stop.is_set():
+            return None
+        return self.handle(beats, late, now, rules)
+
+    def handle(self, beats: list[Beat], late: list[Beat], now: float, rules: Rules) -> dict[str, Any] | None:
+        episode = hangs.episode(self.run, lifecycle.segment(self.env), self.env.get("SLURM_JOB_ID", "local"))
+        oldest = min(late, key=lambda b: b.time)
+        print(f"hpcft node {self.node}: rank(s) {', '.join(str(b.rank) for b in late)} silent for "
+              f"{now - oldest.time:.0f} s (allowed {allowance(oldest, rules):.0f} s in phase {oldest.phase}): "
+              "taking their stacks, then restarting every rank", flush=True)  # fmt: skip
+        report, stacks = self.report(beats, now)
+        folder = hangs.write_node_report(self.run, episode, self.node, report, stacks)
+        for b in beats:
+            self._handled.add(b.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(b.pid, signal.SIGKILL)  # a stopped process dies too; the launcher restarts the ranks
+        if not self.first:
+            return None
+        event = self.gather(episode, folder, oldest, now, rules)
+        hangs.record_hang(self.run, event)
+        print(f"hpcft node {self.node}: {hangs.describe(event)}", flush=True)
+        return event
+
+    def report(self, beats: list[Beat], now: float) -> tuple[dict[str, Any], str]:
+        """This node's ranks (state, step, phase, silence, stack id) and their stacks grouped by identical stack."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            dumps = list(pool.map(dump_stack, [b.pid for b in beats]))
+        ranks, groups = [], {}
+        for b, dump in zip(beats, dumps, strict=True):
+            key = stack_key(dump)
+            groups.setdefault(key, (dump, []))[1].append(b.rank)
+            ranks.append({"rank": b.rank, "pid": b.pid, "step": b.step, "phase": b.phase, "state": process_state(b.pid),
+                          "silent": round(now - b.time, 1), "stack": key})  # fmt: skip
+        text = "".join(f"=== stack {key}: rank(s) {', '.join(map(str, rs))} on {self.node} ===\n{dump}\n"
+                       for key, (dump, rs) in groups.items())  # fmt: skip
+        return {"node": self.node, "time": store.now_iso(), "ranks": ranks}, text
+
+    def gather(self, episode: str, folder: Path, oldest: Beat, now: float, rules: Rules) -> dict[str, Any]:
+        """Wait (bounded) for every node's report; the ``hang`` event with the suspects."""
+        deadline = time.monotonic() + GATHER_SECONDS
+        reports = hangs.read_node_reports(self.run, episode)
+        while len(reports) < len(self.nodes) and time.monotonic() < deadline:
+            time.sleep(1)
+            reports = hangs.read_node_reports(self.run, episode)
+        return {
+            "kind": "hang", "action": "restart", "job": self.env.get("SLURM_JOB_ID", "local"),
+            "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "step": oldest.step, "phase": oldest.phase,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(oldest.time)),
+            "silent": round(now - oldest.time), "allowed": round(allowance(oldest, rules)),
+            "suspects": suspects(reports, self.nodes), "stacks": str(folder.relative_to(self.run)),
+            "reason": "no progress past the allowance: every rank restarted inside the job from the newest checkpoint",
+        }  # fmt: skip
+
+    def _save_seconds(self) -> float | None:
+        try:
+            return store.read_state(self.run).get("last_save_seconds")
+        except Exception:
+            return None

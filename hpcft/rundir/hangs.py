@@ -1,0 +1,72 @@
+"""Hang reports in the run directory: each node's ranks, states and stacks, and the run's ``hang`` event.
+
+Written only when a node's watchdog finds its ranks hung (``hpcft.node.watchdog``) — never per step:
+progress itself is watched on the node. ``RUN/hangs/EPISODE/`` holds, for each node, ``NODE.json``
+(its ranks: step, phase, seconds silent, process state, stack group) and ``NODE.stacks.txt`` (py-spy's
+dump of every rank, grouped by identical stack). An episode is one hang of one job segment
+(``JOB.RESTART.START``: the segment and the ranks' start count in it, which every node reads alike).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpcft.rundir import store
+
+HANGS_DIR = "hangs"
+
+
+def episode_dir(run: Path, episode: str) -> Path:
+    """The folder of one hang's reports."""
+    return run / HANGS_DIR / episode
+
+
+def episode(run: Path, segment: str, job_id: str) -> str:
+    """``JOB.RESTART.START``: the segment and how many times its ranks have started so far (state.json)."""
+    try:
+        job = next((j for j in store.read_state(run).get("jobs", []) if j.get("id") == job_id), {})
+    except Exception:  # an unreadable state.json must not stop the report
+        job = {}
+    return f"{segment}.{int(job.get('rank_starts', 0) or 0)}"
+
+
+def write_node_report(run: Path, episode_name: str, node: str, report: dict[str, Any], stacks: str) -> Path:
+    """Write one node's report (stacks first, the JSON last: a reader that sees the JSON finds both)."""
+    folder = episode_dir(run, episode_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    store.write_atomic(folder / f"{node}.stacks.txt", stacks)
+    store.write_atomic(folder / f"{node}.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def read_node_reports(run: Path, episode_name: str) -> dict[str, dict[str, Any]]:
+    """The reports written so far for an episode, by node (a damaged one is skipped)."""
+    out = {}
+    for path in sorted(episode_dir(run, episode_name).glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def describe(event: Mapping[str, Any]) -> str:
+    """One line for the job output and ``hpcft status``: what hung, where, since when, which stacks; pure."""
+    who = "; ".join(f"{s['node']}" + (f" rank {s['rank']}" if s.get("rank") is not None else "") + f": {s['why']}"
+                    for s in event.get("suspects", [])) or "no rank stands out (every stack alike)"  # fmt: skip
+    return (f"hung at step {event.get('step')} since {event.get('since')} ({event.get('silent')} s silent, "
+            f"allowed {event.get('allowed')} s); suspects: {who}; stacks in {event.get('stacks')}")  # fmt: skip
+
+
+def record_hang(run: Path, event: dict[str, Any]) -> None:
+    """Append the ``hang`` event to state.json (the restart that follows is charged by the ranks' start)."""
+    store.update_state(run, lambda state: state.setdefault("events", []).append({**event, "time": store.now_iso()}))
+
+
+def newest_hang(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's newest ``hang`` event, or None."""
+    found = [e for e in state.get("events", []) if isinstance(e, dict) and e.get("kind") == "hang"]
+    return found[-1] if found else None

@@ -1,0 +1,176 @@
+"""Progress heartbeats: each rank publishes (step, phase, time) to its own node; the node's agent reads them.
+
+One small file per rank in node-local shared memory (``/dev/shm``), written in place through ``mmap``:
+a beat is a ``struct.pack`` and a slice assignment (about a microsecond), with no system call, no
+collective, no host-device sync and nothing on the shared filesystem. A sequence number that is odd
+while a beat is being written lets the reader (``hpcft node``'s watchdog) skip a torn read.
+
+Layout: ``$HPCFT_HEARTBEAT_DIR/<node>/rank-<RANK>`` — the node's name in the path, so that nodes that
+share one ``/dev/shm`` (containers, the lab's namespace nodes) never read each other's ranks.
+
+hpcft's trainer and every HF Trainer (through ``hf_integration``) beat through ``make_heartbeat_callback``;
+a plain torch.distributed program adds one line per step: ``from hpcft.train.heartbeat import beat; beat(step)``.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "HPCFT_HEARTBEAT_DIR"
+AGENT_ENV = "HPCFT_AGENT_PID"
+# Phases a rank goes through; each but "train" has its own, longer, allowance (node/watchdog.py).
+PHASES = ("startup", "first_step", "train", "save", "eval", "end")
+_FORMAT = struct.Struct("<qqqdd16s")  # seq, pid, step, time, seconds per step (EWMA), phase
+SIZE = _FORMAT.size
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A rank's last published progress."""
+
+    rank: int
+    pid: int
+    step: int
+    time: float
+    step_seconds: float  # exponentially weighted mean of the last steps' durations; 0 until two steps
+    phase: str
+
+
+def node_dir(root: str | os.PathLike, node: str) -> Path:
+    """Where the ranks of ``node`` publish, under the job's heartbeat root."""
+    return Path(root) / node
+
+
+class Publisher:
+    """One rank's heartbeat file, written in place."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        self.rank, self.step, self.phase = rank, 0, "startup"
+        self.seq, self.step_seconds, self._last_step_time = 0, 0.0, None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, SIZE)
+            self._map = mmap.mmap(fd, SIZE)
+        finally:
+            os.close(fd)
+        self.publish()
+
+    def publish(self, step: int | None = None, phase: str | None = None) -> None:
+        """Publish progress now: ``step`` (a new one updates the step time), ``phase`` (one of ``PHASES``)."""
+        now = time.time()
+        if step is not None and step != self.step:
+            if self._last_step_time is not None and phase in (None, "train") and self.phase == "train":
+                took = (now - self._last_step_time) / max(1, step - self.step)
+                self.step_seconds = took if not self.step_seconds else 0.8 * self.step_seconds + 0.2 * took
+            self.step, self._last_step_time = step, now
+        if phase is not None:
+            if phase != "train":
+                self._last_step_time = None  # a save or an eval is not a step's duration
+            elif self.phase != "train":
+                self._last_step_time = now
+            self.phase = phase
+        self.seq += 1  # odd: being written
+        self._map[:8] = struct.pack("<q", self.seq)
+        self.seq += 1
+        self._map[:] = _FORMAT.pack(self.seq, os.getpid(), self.step, now, self.step_seconds, self.phase.encode())
+
+
+def read(path: Path, rank: int) -> Beat | None:
+    """A rank's last beat, or None (no file yet, or being written twice in a row)."""
+    for _ in range(3):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if len(data) != SIZE:
+            return None
+        seq, pid, step, when, step_seconds, phase = _FORMAT.unpack(data)
+        if seq % 2 == 0:
+            return Beat(rank, pid, step, when, step_seconds, phase.rstrip(b"\0").decode(errors="replace"))
+        time.sleep(0.001)
+    return None
+
+
+def read_node(directory: Path) -> list[Beat]:
+    """Every local rank's last beat, by rank."""
+    beats = []
+    for path in sorted(directory.glob("rank-*")):
+        suffix = path.name.removeprefix("rank-")
+        beat = read(path, int(suffix)) if suffix.isdigit() else None
+        if beat is not None:
+            beats.append(beat)
+    return sorted(beats, key=lambda b: b.rank)
+
+
+def allow_agent_to_trace(env: Mapping[str, str]) -> None:
+    """Let the node's agent (and the py-spy it starts) read this process's stacks under Yama ptrace_scope 1.
+
+    With ``kernel.yama.ptrace_scope = 1`` (Ubuntu's default) only a process's ancestors may trace it, and
+    py-spy, a child of the agent, is not one: ``prctl(PR_SET_PTRACER, agent)`` names the agent, whose
+    descendants are then allowed (Documentation/admin-guide/LSM/Yama.rst). Harmless where Yama is absent.
+    """
+    agent = env.get(AGENT_ENV, "")
+    if agent.isdigit():
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(0x59616D61, int(agent), 0, 0, 0)  # PR_SET_PTRACER
+
+
+_publisher: Publisher | None = None
+
+
+def publisher(env: Mapping[str, str] | None = None) -> Publisher | None:
+    """This rank's publisher (created on first use), or None outside a job that watches its ranks."""
+    global _publisher
+    env = os.environ if env is None else env
+    if _publisher is None and env.get(ENV):
+        from hpcft.slurm.env import node_name, torch_rank_env
+
+        rank = int({**env, **torch_rank_env(env)}.get("RANK", "0") or 0)
+        _publisher = Publisher(node_dir(env[ENV], node_name(env)) / f"rank-{rank}", rank)
+        allow_agent_to_trace(env)
+    return _publisher
+
+
+def beat(step: int | None = None, phase: str | None = None) -> None:
+    """Publish this rank's progress (a no-op outside an hpcft job). Call once per step: ``beat(step)``."""
+    pub = publisher()
+    if pub is not None:
+        pub.publish(step, phase if phase is not None else ("train" if step is not None else None))
+
+
+def make_heartbeat_callback():
+    """A TrainerCallback beating at every step, and naming the long phases (first step, save, eval, end)."""
+    from transformers import TrainerCallback
+
+    class HeartbeatCallback(TrainerCallback):
+        def on_init_end(self, args, state, control, **kwargs):
+            beat(phase="startup")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            beat(state.global_step, "first_step")  # data, resume, the first step's compilation
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # Added last, it sees what the other callbacks decided; the Trainer evaluates, then saves.
+            phase = "eval" if control.should_evaluate else "save" if control.should_save else "train"
+            beat(state.global_step, phase)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            beat(state.global_step, "save" if control.should_save else "train")
+
+        def on_save(self, args, state, control, **kwargs):
+            beat(state.global_step, "train")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            beat(state.global_step, "end")  # the final save, export: no step allowance
+
+    return HeartbeatCallback()

@@ -1,0 +1,147 @@
+"""Hang detection on a node (#26 items 1–4): heartbeats, allowances per phase, suspects, stacks, the event.
+
+The expectations are worked by hand (allowances, which rank is the odd one); the stacks come from the real
+py-spy reading a real process, stopped with SIGSTOP as in the lab drill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcft.node import watchdog
+from hpcft.node.watchdog import Rules, allowance, overdue, suspects
+from hpcft.rundir import hangs, store
+from hpcft.train import heartbeat
+from hpcft.train.heartbeat import Beat
+from tests import fuzzing as F
+from tests.conftest import wait_until
+
+RULES = Rules(timeout=90, step_factor=20, phase_timeout=1800, save_seconds=700)
+
+
+def beat(phase="train", step=10, at=1000.0, step_seconds=0.0, rank=0):
+    return Beat(rank, 1, step, at, step_seconds, phase)
+
+
+def test_each_phase_has_its_allowance():
+    assert allowance(beat(step_seconds=0.07), RULES) == 90  # the floor for a fast step
+    assert allowance(beat(step_seconds=12.0), RULES) == 240  # 20 × a slow step
+    assert allowance(beat("first_step"), RULES) == 1800  # data, resume, the first step's compilation
+    assert allowance(beat("save"), RULES) == 2100  # 3 × the last 700 s save beats the phase's 1800 s
+    assert allowance(beat("eval"), RULES) == 1800
+    assert allowance(beat("end"), RULES) == 1800
+
+
+def test_a_rank_is_overdue_only_past_its_phase_allowance():
+    beats = [beat(at=1000.0, rank=0), beat("save", at=1000.0, rank=1), beat(at=1050.0, rank=2)]
+    assert overdue(beats, 1089.0, RULES) == []
+    assert [b.rank for b in overdue(beats, 1091.0, RULES)] == [0]  # the saving rank 1 has 2,100 s
+    assert [b.rank for b in overdue(beats, 3101.0, RULES)] == [0, 1, 2]
+
+
+def ranks(*rows):
+    return [{"rank": r, "step": s, "phase": "train", "state": st, "stack": k} for r, s, st, k in rows]
+
+
+def test_suspects_stopped_ranks_first_then_silent_nodes_then_the_step_then_the_stack():
+    nodes = ("node1", "node2")
+    stopped = {"node1": {"ranks": ranks((0, 700, "S", "aa"), (1, 700, "S", "aa"))},
+               "node2": {"ranks": ranks((2, 700, "T", "bb"), (3, 700, "T", "bb"))}}  # fmt: skip
+    assert [(s["node"], s["rank"]) for s in suspects(stopped, nodes)] == [("node2", 2), ("node2", 3)]
+    assert "stopped" in suspects(stopped, nodes)[0]["why"]
+    silent = {"node1": stopped["node1"]}
+    assert suspects(silent, nodes) == [{"node": "node2", "rank": None, "why": suspects(silent, nodes)[0]["why"]}]
+    behind = {"node1": {"ranks": ranks((0, 701, "S", "aa"))}, "node2": {"ranks": ranks((1, 700, "S", "aa"))}}
+    assert [(s["node"], s["rank"], s["step"]) for s in suspects(behind, nodes)] == [("node2", 1, 700)]
+    odd = {"node1": {"ranks": ranks((0, 5, "S", "aa"), (1, 5, "S", "aa"))},
+           "node2": {"ranks": ranks((2, 5, "D", "cc"))}}  # fmt: skip
+    assert [(s["node"], s["rank"]) for s in suspects(odd, nodes)] == [("node2", 2)]
+    alike = {"node1": {"ranks": ranks((0, 5, "S", "aa"))}, "node2": {"ranks": ranks((1, 5, "S", "aa"))}}
+    assert suspects(alike, nodes) == []
+
+
+def test_stack_keys_ignore_pids_and_thread_ids():
+    one = 'Process 111: python x.py\nPython v3.11.7\n\nThread 111 (idle): "MainThread"\n    wait (x.py:3)\n'
+    two = 'Process 222: python x.py\nPython v3.11.7\n\nThread 222 (idle): "MainThread"\n    wait (x.py:3)\n'
+    other = 'Process 222: python x.py\nPython v3.11.7\n\nThread 222 (idle): "MainThread"\n    step (x.py:9)\n'
+    assert watchdog.stack_key(one) == watchdog.stack_key(two) != watchdog.stack_key(other)
+
+
+def test_a_publisher_writes_what_the_reader_reads_and_learns_the_step_time(tmp_path):
+    pub = heartbeat.Publisher(tmp_path / "node1" / "rank-3", 3)
+    first = heartbeat.read(tmp_path / "node1" / "rank-3", 3)
+    assert (first.rank, first.pid, first.step, first.phase) == (3, os.getpid(), 0, "startup")
+    pub.publish(0, "first_step")
+    pub.publish(1, "train")
+    time.sleep(0.05)
+    pub.publish(2, "train")
+    pub.publish(2, "save")
+    got = heartbeat.read_node(tmp_path / "node1")
+    assert [(b.rank, b.step, b.phase) for b in got] == [(3, 2, "save")]
+    assert 0.04 < got[0].step_seconds < 1.0  # one 50 ms step, not the first step's nor the save's
+
+
+SLEEPER = textwrap.dedent("""
+    import os, sys, time
+    from hpcft.train.heartbeat import beat
+    for step in range(1, 4):
+        beat(step)
+    print("beating", flush=True)
+    def stuck_in_a_collective():
+        time.sleep(3600)
+    stuck_in_a_collective()
+""")
+
+
+@pytest.fixture
+def stuck(tmp_path):
+    """A process that beat three steps and then waits forever, like a rank blocked in an all-reduce."""
+    env = {**os.environ, heartbeat.ENV: str(tmp_path / "hb"), "SLURMD_NODENAME": "node1", "RANK": "0",
+           heartbeat.AGENT_ENV: str(os.getpid())}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "beating"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait for the kernel to have stopped it (the signal is delivered asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until("the process to stop", lambda: watchdog.process_state(pid) == "T", timeout=10, interval=0.01)
+
+
+def test_py_spy_reads_the_stack_of_a_stopped_process(stuck):
+    stop(stuck.pid)
+    dump = watchdog.dump_stack(stuck.pid)
+    assert "stuck_in_a_collective" in dump, dump
+
+
+def test_the_watchdog_reports_kills_and_records_a_hang(tmp_path, stuck, monkeypatch):
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="hang")
+    spec = store.load_run_spec(run)
+    env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}  # fmt: skip
+    dog = watchdog.Watchdog(run, spec, env)
+    dog.folder = tmp_path / "hb" / "node1"  # where the stuck process beats
+    stop(stuck.pid)
+    assert dog.check(time.time() + 60) is None  # within the 90 s floor
+    event = dog.check(time.time() + 91)
+    assert stuck.wait(timeout=10) == -signal.SIGKILL  # killed though stopped
+    assert (event["kind"], event["step"], event["phase"]) == ("hang", 3, "train")
+    assert [(s["node"], s["rank"]) for s in event["suspects"]] == [("node1", 0)]
+    assert store.read_state(run)["events"][-1]["kind"] == "hang"
+    stacks = (run / event["stacks"] / "node1.stacks.txt").read_text()
+    assert "stuck_in_a_collective" in stacks and "rank(s) 0 on node1" in stacks
+    report = hangs.read_node_reports(run, Path(event["stacks"]).name)["node1"]
+    assert report["ranks"][0]["state"] == "T" and report["ranks"][0]["step"] == 3
+    assert dog.check(time.time() + 200) is None  # the killed rank is not judged again
