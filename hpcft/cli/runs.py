@@ -11,7 +11,6 @@ import click
 
 from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, _runs_dir, main
 from hpcft.cli.jobs import _wait
-from hpcft.rundir import hangs
 
 
 @main.command()
@@ -135,8 +134,8 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
         line = monitor.startup_line(rows[0].startup)
         if line:
             click.echo(f"  {line}")
-        if rows[0].hang:
-            click.echo(f"  last hang: {hangs.describe(rows[0].hang)}")
+        for line in monitor.health_lines(rows[0]):
+            click.echo(f"  {line}")
 
 
 @main.command()

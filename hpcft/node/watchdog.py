@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcft.rundir import hangs, lifecycle, store
+from hpcft.rundir import health, lifecycle, store
 from hpcft.slurm.env import ClusterEnv, node_name
 from hpcft.train import heartbeat
 from hpcft.train.heartbeat import Beat
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 5.0
 GATHER_SECONDS = 20.0  # node 0 waits this long for the other nodes' reports
+SPEED_SECONDS = POLL_SECONDS  # each node rewrites its speed summary this often (RUN/nodes/NODE.json)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,28 @@ def allowance(beat: Beat, rules: Rules) -> float:
 def overdue(beats: list[Beat], now: float, rules: Rules) -> list[Beat]:
     """The ranks silent past their allowance; pure."""
     return [b for b in beats if now - b.time > allowance(b, rules)]
+
+
+def node_speed(beats: list[Beat], segment: str, now: float) -> dict[str, Any]:
+    """This node's summary for node 0 and ``hpcft status``: newest step, median step and compute time; pure."""
+    computes = [b.compute_seconds for b in beats if b.compute_seconds > 0]
+    steps = [b.step_seconds for b in beats if b.step_seconds > 0]
+    return {"segment": segment, "time": round(now, 1), "ranks": len(beats), "step": max((b.step for b in beats),
+            default=0), "step_seconds": round(statistics.median(steps), 4) if steps else 0.0,
+            "compute_seconds": round(statistics.median(computes), 4) if computes else 0.0}  # fmt: skip
+
+
+def slow_nodes(speeds: Mapping[str, Mapping[str, Any]], margin: float) -> dict[str, float]:
+    """Node → its compute time ÷ the median of the other nodes', for nodes slower than that by over ``margin``;
+    pure. A node without a measure (DeepSpeed, no step yet) is neither judged nor a yardstick."""
+    compute = {n: float(s["compute_seconds"]) for n, s in speeds.items() if s.get("compute_seconds")}
+    out = {}
+    for node, seconds in compute.items():
+        others = [v for n, v in compute.items() if n != node]
+        ratio = seconds / statistics.median(others) if others else 1.0
+        if ratio > 1 + margin:
+            out[node] = round(ratio, 2)
+    return out
 
 
 def stack_key(dump: str) -> str:
@@ -163,6 +187,10 @@ class Watchdog:
         self.folder = heartbeat.node_dir(self.root, self.node)
         self._stop = threading.Event()
         self._handled: set[int] = set()  # ranks already killed for a hang (until they are gone)
+        self.segment = lifecycle.segment(env)
+        self._last_speed = 0.0
+        self._slow_since: dict[str, int] = {}  # node 0: node → the step from which it has been slow
+        self._named: set[str] = set()  # node 0: stragglers already recorded in this segment
         self._thread = threading.Thread(target=self._loop, name="hpcft-watchdog", daemon=True)
 
     def ranks_env(self) -> dict[str, str]:
@@ -189,6 +217,11 @@ class Watchdog:
         """Judge the live ranks once; on a hang report, kill, and (node 0) record. The event, if any."""
         beats = [b for b in heartbeat.read_node(self.folder)
                  if b.pid not in self._handled and process_state(b.pid) not in ("", "Z")]  # fmt: skip
+        if beats and now - self._last_speed >= SPEED_SECONDS:
+            self._last_speed = now
+            health.write_node_speed(self.run, self.node, node_speed(beats, self.segment, now))
+            if self.first:
+                self.judge_speeds(now)
         rules = Rules.of(self.spec, self._save_seconds() if any(b.phase == "save" for b in beats) else None)
         late = overdue(beats, now, rules)
         if not late or self._stop.is_set():
@@ -196,13 +229,13 @@ class Watchdog:
         return self.handle(beats, late, now, rules)
 
     def handle(self, beats: list[Beat], late: list[Beat], now: float, rules: Rules) -> dict[str, Any] | None:
-        episode = hangs.episode(self.run, lifecycle.segment(self.env), self.env.get("SLURM_JOB_ID", "local"))
+        episode = health.episode(self.run, lifecycle.segment(self.env), self.env.get("SLURM_JOB_ID", "local"))
         oldest = min(late, key=lambda b: b.time)
         print(f"hpcft node {self.node}: rank(s) {', '.join(str(b.rank) for b in late)} silent for "
               f"{now - oldest.time:.0f} s (allowed {allowance(oldest, rules):.0f} s in phase {oldest.phase}): "
               "taking their stacks, then restarting every rank", flush=True)  # fmt: skip
         report, stacks = self.report(beats, now)
-        folder = hangs.write_node_report(self.run, episode, self.node, report, stacks)
+        folder = health.write_node_report(self.run, episode, self.node, report, stacks)
         for b in beats:
             self._handled.add(b.pid)
             with contextlib.suppress(ProcessLookupError):
@@ -210,8 +243,8 @@ class Watchdog:
         if not self.first:
             return None
         event = self.gather(episode, folder, oldest, now, rules)
-        hangs.record_hang(self.run, event)
-        print(f"hpcft node {self.node}: {hangs.describe(event)}", flush=True)
+        health.record_event(self.run, event)
+        print(f"hpcft node {self.node}: {health.describe(event)}", flush=True)
         return event
 
     def report(self, beats: list[Beat], now: float) -> tuple[dict[str, Any], str]:
@@ -231,10 +264,10 @@ class Watchdog:
     def gather(self, episode: str, folder: Path, oldest: Beat, now: float, rules: Rules) -> dict[str, Any]:
         """Wait (bounded) for every node's report; the ``hang`` event with the suspects."""
         deadline = time.monotonic() + GATHER_SECONDS
-        reports = hangs.read_node_reports(self.run, episode)
+        reports = health.read_node_reports(self.run, episode)
         while len(reports) < len(self.nodes) and time.monotonic() < deadline:
             time.sleep(1)
-            reports = hangs.read_node_reports(self.run, episode)
+            reports = health.read_node_reports(self.run, episode)
         return {
             "kind": "hang", "action": "restart", "job": self.env.get("SLURM_JOB_ID", "local"),
             "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "step": oldest.step, "phase": oldest.phase,
@@ -243,6 +276,31 @@ class Watchdog:
             "suspects": suspects(reports, self.nodes), "stacks": str(folder.relative_to(self.run)),
             "reason": "no progress past the allowance: every rank restarted inside the job from the newest checkpoint",
         }  # fmt: skip
+
+    def judge_speeds(self, now: float) -> list[dict[str, Any]]:
+        """Node 0: name the nodes that stayed slow for ``run.straggler_steps`` steps (event ``straggler``)."""
+        fresh = now - 6 * SPEED_SECONDS  # a node that stopped writing (gone, or an earlier segment's) is not judged
+        speeds = {n: v for n, v in health.read_node_speeds(self.run).items()
+                  if v.get("segment") == self.segment and float(v.get("time", 0)) > fresh}  # fmt: skip
+        slow = slow_nodes(speeds, self.spec.run.straggler_margin)
+        step = max((int(v.get("step", 0)) for v in speeds.values()), default=0)
+        self._slow_since = {n: self._slow_since.get(n, step) for n in slow}
+        events = []
+        for node, since in self._slow_since.items():
+            if node in self._named or step - since < self.spec.run.straggler_steps:
+                continue
+            self._named.add(node)
+            others = [float(v["compute_seconds"]) for n, v in speeds.items() if n != node and v.get("compute_seconds")]
+            event = {"kind": "straggler", "action": "flag", "job": self.env.get("SLURM_JOB_ID", "local"),
+                     "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "node": node, "ratio": slow[node],
+                     "compute_seconds": speeds[node]["compute_seconds"], "others_seconds": statistics.median(others),
+                     "since_step": since, "step": step,
+                     "reason": f"{node} computes each step {slow[node]}× as long as the other nodes' median "
+                               f"since step {since}: every rank waits for it"}  # fmt: skip
+            health.record_event(self.run, event)
+            print(f"hpcft node {self.node}: straggler: {event['reason']}", flush=True)
+            events.append(event)
+        return events
 
     def _save_seconds(self) -> float | None:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 from hpcft.backends import local
 from hpcft.backends.base import uses_slurm
 from hpcft.errors import HpcftError, RunError, UnreadableError
-from hpcft.rundir import hangs, layout, lifecycle, store
+from hpcft.rundir import health, layout, lifecycle, store
 from hpcft.slurm import client
 from hpcft.spec import trackers
 
@@ -52,6 +52,8 @@ class RunStatus:
     sweep_values: dict[str, str] = field(default_factory=dict)
     startup: dict[str, Any] = field(default_factory=dict)  # rank 0's start-up profile of the newest (re)start
     hang: dict[str, Any] = field(default_factory=dict)  # the newest hang: step, since, suspects, stacks
+    straggler: dict[str, Any] = field(default_factory=dict)  # the newest slow node named: node, ratio, since_step
+    node_speeds: dict[str, Any] = field(default_factory=dict)  # running: node → step, step and compute seconds
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -158,7 +160,9 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         sweep=state.get("sweep") if isinstance(state.get("sweep"), str) else "",
         sweep_values=state.get("sweep_values") if isinstance(state.get("sweep_values"), dict) else {},
         startup=progress["startup"],
-        hang=hangs.newest_hang(state) or {},
+        hang=health.newest_event(state, "hang") or {},
+        straggler=health.newest_event(state, "straggler") or {},
+        node_speeds=health.read_node_speeds(path) if running else {},
     )
 
 
@@ -170,6 +174,20 @@ def startup_line(profile: dict[str, Any]) -> str | None:
         return None
     steps = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in stages)
     return f"start-up ({'warm' if profile.get('warm') else 'cold'} rank 0, seconds from its process start): {steps}"
+
+
+def health_lines(row: RunStatus) -> list[str]:
+    """What the node watchdogs saw: each node's speed while running, the newest slow node and hang; pure."""
+    lines = []
+    if row.node_speeds:
+        speeds = ", ".join(f"{n} {v.get('compute_seconds') or '?'} s compute / {v.get('step_seconds') or '?'} s step"
+                           for n, v in sorted(row.node_speeds.items()))  # fmt: skip
+        lines.append(f"node speeds (per step): {speeds}")
+    if row.straggler:
+        lines.append(f"straggler: {row.straggler.get('reason')}")
+    if row.hang:
+        lines.append(f"last hang: {health.describe(row.hang)}")
+    return lines
 
 
 def _trackers(path: Path, train: dict[str, Any]) -> list[str]:

@@ -65,12 +65,11 @@ class RunSpec:
     hang_step_factor: float = _opt(20.0, min=1, help="a hung step is this many times the rank's measured step time")
     hang_phase_timeout: int = _opt(1800, min=1, help="seconds for the first step, an eval, the end, a save "
                                    "(or 3 × the last measured one)")  # fmt: skip
-    shrink_after: int | None = _opt(
-        None,
-        min=0,
-        help="seconds a job waits for a lost node to come back before it continues on the nodes it has left "
-        "(at least resources.min_nodes); default off",
-    )
+    straggler_margin: float = _opt(0.3, min=0.01, help="a node computing this much slower than the others' "
+                                   "median is a straggler")  # fmt: skip
+    straggler_steps: int = _opt(50, min=1, help="steps a node must stay that slow before it is named (event straggler)")
+    shrink_after: int | None = _opt(None, min=0, help="seconds a job waits for a lost node to come back before "
+                                    "it continues on the nodes left (≥ resources.min_nodes); default off")  # fmt: skip
 
 
 @dataclass(frozen=True)

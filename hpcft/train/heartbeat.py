@@ -29,7 +29,7 @@ ENV = "HPCFT_HEARTBEAT_DIR"
 AGENT_ENV = "HPCFT_AGENT_PID"
 # Phases a rank goes through; each but "train" has its own, longer, allowance (node/watchdog.py).
 PHASES = ("startup", "first_step", "train", "save", "eval", "end")
-_FORMAT = struct.Struct("<qqqdd16s")  # seq, pid, step, time, seconds per step (EWMA), phase
+_FORMAT = struct.Struct("<qqqddd16s")  # seq, pid, step, time, seconds per step, compute seconds (EWMAs), phase
 SIZE = _FORMAT.size
 
 
@@ -43,6 +43,7 @@ class Beat:
     time: float
     step_seconds: float  # exponentially weighted mean of the last steps' durations; 0 until two steps
     phase: str
+    compute_seconds: float = 0.0  # the same of the rank's own compute per step (``ComputeTimer``); 0: unknown
 
 
 def node_dir(root: str | os.PathLike, node: str) -> Path:
@@ -55,7 +56,7 @@ class Publisher:
 
     def __init__(self, path: Path, rank: int) -> None:
         self.rank, self.step, self.phase = rank, 0, "startup"
-        self.seq, self.step_seconds, self._last_step_time = 0, 0.0, None
+        self.seq, self.step_seconds, self.compute_seconds, self._last_step_time = 0, 0.0, 0.0, None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -65,13 +66,16 @@ class Publisher:
             os.close(fd)
         self.publish()
 
-    def publish(self, step: int | None = None, phase: str | None = None) -> None:
-        """Publish progress now: ``step`` (a new one updates the step time), ``phase`` (one of ``PHASES``)."""
+    def publish(self, step: int | None = None, phase: str | None = None, compute: float | None = None) -> None:
+        """Publish progress now: ``step`` (a new one updates the step time), ``phase`` (one of ``PHASES``),
+        ``compute``: the seconds of this step the rank computed before its gradients were ready."""
         now = time.time()
+        if compute is not None:
+            self.compute_seconds = _ewma(self.compute_seconds, compute)
         if step is not None and step != self.step:
             if self._last_step_time is not None and phase in (None, "train") and self.phase == "train":
                 took = (now - self._last_step_time) / max(1, step - self.step)
-                self.step_seconds = took if not self.step_seconds else 0.8 * self.step_seconds + 0.2 * took
+                self.step_seconds = _ewma(self.step_seconds, took)
             self.step, self._last_step_time = step, now
         if phase is not None:
             if phase != "train":
@@ -82,7 +86,12 @@ class Publisher:
         self.seq += 1  # odd: being written
         self._map[:8] = struct.pack("<q", self.seq)
         self.seq += 1
-        self._map[:] = _FORMAT.pack(self.seq, os.getpid(), self.step, now, self.step_seconds, self.phase.encode())
+        self._map[:] = _FORMAT.pack(self.seq, os.getpid(), self.step, now, self.step_seconds, self.compute_seconds,
+                                    self.phase.encode())  # fmt: skip
+
+
+def _ewma(mean: float, value: float) -> float:
+    return value if not mean else 0.8 * mean + 0.2 * value
 
 
 def read(path: Path, rank: int) -> Beat | None:
@@ -94,9 +103,9 @@ def read(path: Path, rank: int) -> Beat | None:
             return None
         if len(data) != SIZE:
             return None
-        seq, pid, step, when, step_seconds, phase = _FORMAT.unpack(data)
+        seq, pid, step, when, step_seconds, compute, phase = _FORMAT.unpack(data)
         if seq % 2 == 0:
-            return Beat(rank, pid, step, when, step_seconds, phase.rstrip(b"\0").decode(errors="replace"))
+            return Beat(rank, pid, step, when, step_seconds, phase.rstrip(b"\0").decode(errors="replace"), compute)
         time.sleep(0.001)
     return None
 
@@ -141,28 +150,76 @@ def publisher(env: Mapping[str, str] | None = None) -> Publisher | None:
     return _publisher
 
 
-def beat(step: int | None = None, phase: str | None = None) -> None:
+def beat(step: int | None = None, phase: str | None = None, compute: float | None = None) -> None:
     """Publish this rank's progress (a no-op outside an hpcft job). Call once per step: ``beat(step)``."""
     pub = publisher()
     if pub is not None:
-        pub.publish(step, phase if phase is not None else ("train" if step is not None else None))
+        pub.publish(step, phase if phase is not None else ("train" if step is not None else None), compute)
 
 
-def make_heartbeat_callback():
-    """A TrainerCallback beating at every step, and naming the long phases (first step, save, eval, end)."""
+class ComputeTimer:
+    """A rank's own compute per step, apart from the time it waits for the others: a DDP communication hook
+    notes when each gradient bucket is ready here (then all-reduces it as DDP's default does); the last
+    bucket's time since the step began is what this rank computed. In a synchronous job every rank's step
+    takes as long as the slowest one's, so only this tells a slow node from the ranks waiting for it. Under
+    DeepSpeed or FSDP (no DDP) it stays unknown."""
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+        self.ready: float | None = None
+
+    def attach(self, wrapped) -> bool:
+        """Register on a DistributedDataParallel model (before its first backward); False where it cannot."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not isinstance(wrapped, DistributedDataParallel):
+            return False
+        try:
+            wrapped.register_comm_hook(None, self._hook)
+        except RuntimeError:  # a hook is already registered (the user's own)
+            return False
+        return True
+
+    def _hook(self, process_group, bucket):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self.ready = time.perf_counter()
+        return allreduce_hook(process_group, bucket)
+
+    def step_began(self) -> None:
+        self.began, self.ready = time.perf_counter(), None
+
+    def seconds(self) -> float | None:
+        """This step's compute, or None (no bucket yet: an accumulation micro-step, or no DDP)."""
+        return self.ready - self.began if self.began is not None and self.ready is not None else None
+
+
+def make_heartbeat_callback(trainer=None):
+    """A TrainerCallback beating at every step, and naming the long phases (first step, save, eval, end).
+
+    With ``trainer`` (its DDP model is wrapped by the time training begins), each beat also carries the
+    rank's own compute time (``ComputeTimer``), from which the node agents tell a slow node.
+    """
     from transformers import TrainerCallback
+
+    timer = ComputeTimer()
 
     class HeartbeatCallback(TrainerCallback):
         def on_init_end(self, args, state, control, **kwargs):
             beat(phase="startup")
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if trainer is not None and publisher() is not None:
+                timer.attach(getattr(trainer, "model_wrapped", None))
             beat(state.global_step, "first_step")  # data, resume, the first step's compilation
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            timer.step_began()
 
         def on_step_end(self, args, state, control, **kwargs):
             # Added last, it sees what the other callbacks decided; the Trainer evaluates, then saves.
             phase = "eval" if control.should_evaluate else "save" if control.should_save else "train"
-            beat(state.global_step, phase)
+            beat(state.global_step, phase, timer.seconds())
 
         def on_evaluate(self, args, state, control, **kwargs):
             beat(state.global_step, "save" if control.should_save else "train")

@@ -166,7 +166,7 @@ def attach(trainer) -> None:
     trainer.add_callback(make_metrics_callback(run_dir()))
     trainer.add_callback(trainer._hpcft_preempt)
     trainer.add_callback(make_save_timer_callback(run_dir()))  # it times the user's on_save callbacks too
-    trainer.add_callback(make_heartbeat_callback())  # last: it sees whether a step saves or evaluates
+    trainer.add_callback(make_heartbeat_callback(trainer))  # last: it sees whether a step saves or evaluates
 
 
 def check_deepspeed_kept(trainer) -> None:

@@ -115,7 +115,8 @@ def train(run: Path) -> None:
     check_not_dropped(trainer)
     preempt = preemption.make_preemption_callback(run)
     # preempt decides, commit follows; the heartbeat last: it sees whether this step saves or evaluates
-    for callback in (preempt, checkpoint.make_commit_callback(spec, run, world), heartbeat.make_heartbeat_callback()):
+    commit, beats = checkpoint.make_commit_callback(spec, run, world), heartbeat.make_heartbeat_callback(trainer)
+    for callback in (preempt, commit, beats):
         trainer.add_callback(callback)
     if resume:
         from hpcft.train.ds_nvme_resume import patch_if_nvme

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -174,6 +175,38 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+
+
+def stragglers(run: Path) -> list[dict]:
+    return [e for e in json.loads((run / "state.json").read_text()).get("events", []) if e.get("kind") == "straggler"]
+
+
+def test_g_a_slow_node_is_named_within_100_steps_and_a_healthy_run_names_none(reference, demo_dir, runs_dir):
+    """node2's rank runs at 40 % speed (SIGSTOP 150 ms / SIGCONT 100 ms): every rank's step slows alike, only
+    the ranks' own compute time (before their gradients are ready) tells which node is slow."""
+    assert stragglers(reference) == []  # the uninterrupted run: healthy, nobody named
+    run, _ = submit(demo_dir, runs_dir, "-o", "train.max_steps=1200", "-o", "train.save_steps=1000")
+    wait_until("step 150", lambda: max(losses(run), default=0) >= 150, interval=0.5)
+    assert stragglers(run) == []  # 150 healthy steps
+    pid, slowed_at, done = rank_pid(run, 1), max(losses(run)), threading.Event()
+
+    def duty_cycle() -> None:
+        while not done.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.15)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.1)
+
+    threading.Thread(target=duty_cycle, daemon=True).start()
+    try:
+        (event,) = wait_until("node2 named", lambda: stragglers(run), timeout=180, interval=1)
+        shown = hpcft("status", str(run)).stdout
+    finally:
+        done.set()
+    assert event["node"] == "node2" and event["ratio"] > 1.3, event
+    assert event["step"] - slowed_at <= 100, (slowed_at, event)
+    assert "straggler: node2 computes each step" in shown and "node speeds (per step): node1" in shown, shown
+    hpcft("cancel", str(run))
 
 
 def test_c_damaged_newest_checkpoint_is_skipped_on_resume(reference, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 from hpcft.node import watchdog
 from hpcft.node.watchdog import Rules, allowance, overdue, suspects
-from hpcft.rundir import hangs, store
+from hpcft.rundir import health, store
 from hpcft.train import heartbeat
 from hpcft.train.heartbeat import Beat
 from tests import fuzzing as F
@@ -142,6 +142,47 @@ def test_the_watchdog_reports_kills_and_records_a_hang(tmp_path, stuck, monkeypa
     assert store.read_state(run)["events"][-1]["kind"] == "hang"
     stacks = (run / event["stacks"] / "node1.stacks.txt").read_text()
     assert "stuck_in_a_collective" in stacks and "rank(s) 0 on node1" in stacks
-    report = hangs.read_node_reports(run, Path(event["stacks"]).name)["node1"]
+    report = health.read_node_reports(run, Path(event["stacks"]).name)["node1"]
     assert report["ranks"][0]["state"] == "T" and report["ranks"][0]["step"] == 3
     assert dog.check(time.time() + 200) is None  # the killed rank is not judged again
+
+
+def test_a_node_is_slow_against_the_median_of_the_others_and_unmeasured_nodes_are_no_yardstick():
+    speeds = {"node1": {"compute_seconds": 0.05}, "node2": {"compute_seconds": 0.125},
+              "node3": {"compute_seconds": 0.055}, "node4": {"compute_seconds": 0.0}}  # fmt: skip
+    assert watchdog.slow_nodes(speeds, 0.3) == {"node2": 2.38}  # 0.125 ÷ median(0.05, 0.055)
+    assert watchdog.slow_nodes({"node1": {"compute_seconds": 0.05}, "node2": {"compute_seconds": 0.06}}, 0.3) == {}
+    assert watchdog.slow_nodes({"node1": {"compute_seconds": 0.05}}, 0.3) == {}  # nobody to compare with
+
+
+def test_a_node_summary_takes_the_medians_of_its_ranks():
+    beats = [Beat(0, 1, 40, 0.0, 0.2, "train", 0.05), Beat(1, 2, 41, 0.0, 0.3, "train", 0.07),
+             Beat(2, 3, 41, 0.0, 0.25, "train", 0.0)]  # fmt: skip
+    assert watchdog.node_speed(beats, "7.0", 1000.0) == {"segment": "7.0", "time": 1000.0, "ranks": 3, "step": 41,
+                                                         "step_seconds": 0.25, "compute_seconds": 0.06}  # fmt: skip
+
+
+def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_path):
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="slow")
+    spec = store.load_run_spec(run)
+    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.3, 50)
+    env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
+    dog = watchdog.Watchdog(run, spec, env)
+
+    def at(step: int, slow: float, now: float) -> list:
+        for node, compute in (("node1", 0.05), ("node2", slow)):
+            health.write_node_speed(
+                run, node, {"segment": "77.0", "time": now, "step": step, "compute_seconds": compute}
+            )
+        return dog.judge_speeds(now)
+
+    assert at(100, 0.05, 1000.0) == [] and at(120, 0.2, 1010.0) == []  # slow from step 120
+    assert at(150, 0.05, 1020.0) == []  # back to speed: the count starts again
+    assert at(160, 0.2, 1030.0) == [] and at(200, 0.2, 1040.0) == []
+    (event,) = at(210, 0.2, 1050.0)  # 50 steps slow
+    assert (event["kind"], event["node"], event["ratio"], event["since_step"]) == ("straggler", "node2", 4.0, 160)
+    assert at(260, 0.2, 1060.0) == []  # named once
+    assert at(300, 0.2, 2000.0) == []  # summaries older than a minute are not judged
+    assert [e["kind"] for e in store.read_state(run)["events"]].count("straggler") == 1

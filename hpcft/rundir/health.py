@@ -1,10 +1,13 @@
-"""Hang reports in the run directory: each node's ranks, states and stacks, and the run's ``hang`` event.
+"""The node watchdogs' records in the run directory: hang reports, node speeds, and their events.
 
-Written only when a node's watchdog finds its ranks hung (``hpcft.node.watchdog``) — never per step:
-progress itself is watched on the node. ``RUN/hangs/EPISODE/`` holds, for each node, ``NODE.json``
-(its ranks: step, phase, seconds silent, process state, stack group) and ``NODE.stacks.txt`` (py-spy's
-dump of every rank, grouped by identical stack). An episode is one hang of one job segment
-(``JOB.RESTART.START``: the segment and the ranks' start count in it, which every node reads alike).
+Progress itself is watched on each node (``hpcft.node.watchdog``); here only what a person or node 0
+must read, never written per step:
+- ``RUN/nodes/NODE.json``: each node's step, step time and its ranks' compute time, rewritten every few
+  seconds (one small file per node);
+- ``RUN/hangs/EPISODE/``, when a node's ranks hang: for each node ``NODE.json`` (its ranks: step, phase,
+  seconds silent, process state, stack group) and ``NODE.stacks.txt`` (py-spy's dump of every rank,
+  grouped by identical stack). An episode is one hang of one job segment (``JOB.RESTART.START``: the
+  segment and the ranks' start count in it, which every node reads alike).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from hpcft.rundir import store
 
 HANGS_DIR = "hangs"
+NODES_DIR = "nodes"
 
 
 def episode_dir(run: Path, episode: str) -> Path:
@@ -61,12 +65,30 @@ def describe(event: Mapping[str, Any]) -> str:
             f"allowed {event.get('allowed')} s); suspects: {who}; stacks in {event.get('stacks')}")  # fmt: skip
 
 
-def record_hang(run: Path, event: dict[str, Any]) -> None:
-    """Append the ``hang`` event to state.json (the restart that follows is charged by the ranks' start)."""
+def write_node_speed(run: Path, node: str, summary: dict[str, Any]) -> None:
+    """This node's current speed (step, seconds per step, the ranks' own compute per step)."""
+    folder = run / NODES_DIR
+    folder.mkdir(exist_ok=True)
+    store.write_atomic(folder / f"{node}.json", json.dumps({**summary, "node": node}, sort_keys=True) + "\n")
+
+
+def read_node_speeds(run: Path) -> dict[str, dict[str, Any]]:
+    """Every node's newest speed summary, by node (a damaged one is skipped)."""
+    out = {}
+    for path in sorted((run / NODES_DIR).glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def record_event(run: Path, event: dict[str, Any]) -> None:
+    """Append a watchdog event (``hang``, ``straggler``) to state.json."""
     store.update_state(run, lambda state: state.setdefault("events", []).append({**event, "time": store.now_iso()}))
 
 
-def newest_hang(state: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The run's newest ``hang`` event, or None."""
-    found = [e for e in state.get("events", []) if isinstance(e, dict) and e.get("kind") == "hang"]
+def newest_event(state: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    """The run's newest event of ``kind``, or None."""
+    found = [e for e in state.get("events", []) if isinstance(e, dict) and e.get("kind") == kind]
     return found[-1] if found else None
