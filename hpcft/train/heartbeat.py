@@ -158,11 +158,14 @@ def beat(step: int | None = None, phase: str | None = None, compute: float | Non
 
 
 class ComputeTimer:
-    """A rank's own compute per step, apart from the time it waits for the others: a DDP communication hook
-    notes when each gradient bucket is ready here (then all-reduces it as DDP's default does); the last
-    bucket's time since the step began is what this rank computed. In a synchronous job every rank's step
-    takes as long as the slowest one's, so only this tells a slow node from the ranks waiting for it. Under
-    DeepSpeed or FSDP (no DDP) it stays unknown."""
+    """A rank's own compute per step, apart from the time it waits for the others.
+
+    In a synchronous job every rank's step takes as long as the slowest one's, so only this tells a slow
+    node from the ranks waiting for it. The clock starts when the model's own forward begins — after DDP's
+    forward has synchronised (it broadcasts rank 0's buffers every step, where the other ranks wait for
+    rank 0) — and stops when the rank's last gradient bucket is ready, noted by a DDP communication hook
+    that then all-reduces the bucket as DDP's default does. Under DeepSpeed or FSDP (no DDP) it stays unknown.
+    """
 
     def __init__(self) -> None:
         self.began: float | None = None
@@ -178,7 +181,12 @@ class ComputeTimer:
             wrapped.register_comm_hook(None, self._hook)
         except RuntimeError:  # a hook is already registered (the user's own)
             return False
+        wrapped.module.register_forward_pre_hook(self._forward)
         return True
+
+    def _forward(self, module, args) -> None:
+        if self.began is None:  # the first micro-batch of the step
+            self.began = time.perf_counter()
 
     def _hook(self, process_group, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -187,10 +195,10 @@ class ComputeTimer:
         return allreduce_hook(process_group, bucket)
 
     def step_began(self) -> None:
-        self.began, self.ready = time.perf_counter(), None
+        self.began = self.ready = None
 
     def seconds(self) -> float | None:
-        """This step's compute, or None (no bucket yet: an accumulation micro-step, or no DDP)."""
+        """This step's compute, or None (no forward or no bucket: no DDP)."""
         return self.ready - self.began if self.began is not None and self.ready is not None else None
 
 

@@ -164,7 +164,7 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     assert [(s["node"], s["rank"]) for s in event["suspects"]] == [("node2", 1)], event
     assert "stopped" in event["suspects"][0]["why"] and event["allowed"] == 90
     stacks = (run / event["stacks"] / "node2.stacks.txt").read_text()
-    assert "rank(s) 1 on node2" in stacks and "training_step" in stacks, stacks  # py-spy read the stopped rank
+    assert "rank(s) 1 on node2" in stacks and "(hpcft/train/main.py:" in stacks, stacks  # py-spy read the stopped rank
     assert "rank(s) 0 on node1" in (run / event["stacks"] / "node1.stacks.txt").read_text()
     shown = hpcft("status", str(run)).stdout
     assert f"last hang: hung at step {event['step']}" in shown and "node2 rank 1: stopped" in shown
