@@ -2,7 +2,7 @@
 no #SBATCH line lost, damaged run directories reported and never hiding a healthy run.
 
 The properties and strategies live in ``tests/fuzzing.py``; ``benchmarks/fuzz.py`` runs the same ones for
-100,000 cases. Here a fixed sample (``derandomize``) keeps CI reproducible: a few thousand cases.
+100,000 cases. Here a fixed sample (``derandomize``) keeps CI reproducible: 1,250 cases.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def test_job_files_overrides_and_flags(work):
-    @ci_settings(700)
+    @ci_settings(500)
     @given(F.job_texts(), st.lists(F.override, max_size=2), F.flag_args, st.lists(F.hostile_text, max_size=2),
            st.booleans())  # fmt: skip
     def case(text, overrides, flags, command, also_plan):
@@ -47,7 +47,7 @@ def test_job_files_overrides_and_flags(work):
 def test_damaged_run_directories(runs):
     damaged, healthy, work = runs
 
-    @ci_settings(1500)
+    @ci_settings(750)
     @given(st.lists(F.damages(), min_size=1, max_size=3), st.sampled_from(F.OPS))
     def case(damage_list, op):
         F.check_damaged(damaged, healthy, work, damage_list, list(op))
