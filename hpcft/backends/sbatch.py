@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from hpcft.backends.base import Prepared
 from hpcft.launchers.base import shape_of
 from hpcft.plan import container
-from hpcft.rundir import store
+from hpcft.rundir import lemons, store
 from hpcft.rundir.layout import LOGS_DIR, SCRIPT_FILE
 from hpcft.slurm import client, script
 from hpcft.slurm.env import ClusterEnv
@@ -83,9 +83,18 @@ def render_script(
 
 
 def start(plan: Plan, run: Path) -> str:
-    """Submit the already written ``job.sbatch``; return the job id."""
-    job_id = client.submit(plan.submit_argv)
-    store.record_job(run, job_id)
+    """Submit the already written ``job.sbatch``; return the job id.
+
+    Lemon nodes (``rundir.lemons``: named by recent faults in this runs directory) are excluded on the
+    command line, which sbatch reads over the script's ``#SBATCH --exclude``, where the partition keeps
+    enough nodes without them; the job output says so at its start (begin-job).
+    """
+    exclude, note = lemons.to_exclude(run.parent, plan.spec, client.partition_nodes)
+    argv = list(plan.submit_argv)
+    if exclude != plan.spec.resources.exclude:
+        argv.insert(len(argv) - 1, f"--exclude={exclude}")  # before the script: after it, it is the script's
+    job_id = client.submit(argv)
+    store.record_job(run, job_id, **({"lemons": note} if note else {}))
     return job_id
 
 

@@ -136,6 +136,22 @@ def _print_plan(p) -> None:
     click.secho("# --- rendezvous ---", bold=True)
     for key, value in p.rendezvous.items():
         click.echo(f"{key}: {value}")
+    _print_lemons(p.spec)
+
+
+def _print_lemons(spec) -> None:
+    import time
+    from pathlib import Path
+
+    from hpcft.rundir import lemons
+
+    runs = Path(spec.run.runs_dir)
+    found = lemons.lemons(lemons.read_incidents(runs), time.time())
+    if found:
+        click.secho("# --- lemon nodes ---", bold=True)
+        avoid = "excluded at submission and requeue where the partition can spare them" if spec.run.avoid_lemons \
+            else "kept (run.avoid_lemons: false)"  # fmt: skip
+        click.echo(f"{', '.join(found)}: named by recent faults in {runs} ({avoid}; `hpcft nodes` lists why)")
 
 
 @main.command()

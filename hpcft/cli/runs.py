@@ -234,3 +234,34 @@ def cancel(run: str, runs_dir: str | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
+@click.option("--forget", metavar="NODE", help="clear a node's record (repaired, or wrongly named)")
+@_handle_errors
+def nodes(runs_dir: str | None, forget: str | None) -> None:
+    """Nodes that recent faults named (hangs, stragglers) in this runs directory: the lemon nodes.
+
+    Each incident weighs 1 and halves every 24 h; a node at ½ or more is a lemon: requeues and new sbatch
+    jobs of this runs directory exclude it where the partition can spare it (run.avoid_lemons).
+    """
+    import time
+
+    from hpcft.rundir import lemons
+
+    base = _runs_dir(runs_dir)
+    if forget:
+        click.echo(f"forgot {lemons.forget(base, forget)} incident(s) of {forget}")
+        return
+    incidents = lemons.read_incidents(base)
+    if not incidents:
+        click.echo(f"no node incidents recorded in {base}")
+        return
+    now = time.time()
+    found = set(lemons.lemons(incidents, now))
+    for node, weight in sorted(lemons.weights(incidents, now).items()):
+        last = max((i for i in incidents if i["node"] == node), key=lambda i: i.get("time", 0))
+        ago = (now - float(last.get("time", now))) / 3600
+        click.echo(f"{node}: {'LEMON' if node in found else 'ok'} (weight {weight:.2f}); last: {last.get('why')} "
+                   f"in {last.get('run')}, {ago:.1f} h ago")  # fmt: skip

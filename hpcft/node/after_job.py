@@ -11,6 +11,7 @@ it has left instead (``node_loss``, ``plan.requeue.after_node_loss``).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from hpcft.errors import HpcftError
 from hpcft.plan.requeue import Decision, after_node_loss, decide
-from hpcft.rundir import lifecycle, store
+from hpcft.rundir import lemons, lifecycle, store
 from hpcft.rundir.layout import SCRIPT_FILE
 from hpcft.slurm import client
 from hpcft.slurm.env import allocation_left, expand_hosts, slurm_job_id
@@ -79,7 +80,8 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     if d.action == "requeue":
         lifecycle.requeued(run)
         if requeue_job and not chain:
-            requeue(job_id, preempted)
+            hosts, note = lemons.to_exclude(run.parent, spec, client.partition_nodes)
+            requeue(job_id, preempted, (hosts if hosts != spec.resources.exclude else None, note))
     if d.action == "shrink":
         continue_on(run, left)
     return d
@@ -191,14 +193,29 @@ def chain_next(run: Path, job_id: str) -> str:
     return next_id
 
 
-def requeue(job_id: str, preempted: bool) -> None:
-    """``scontrol requeue`` (ends this script); after a preemption SLURM may be requeueing the job itself."""
+def requeue(job_id: str, preempted: bool, exclude: tuple[str | None, str] = (None, "")) -> None:
+    """``scontrol requeue`` (it ends this script); after a preemption SLURM may be requeueing the job itself.
+
+    ``exclude``: the lemon nodes' host list and note (``rundir.lemons.to_exclude``). SLURM takes
+    ``ExcNodeList`` only from a pending job, so it is set right after the requeue, with SIGTERM ignored:
+    the requeue ends this job's processes, SIGTERM first and SIGKILL after ``KillWait`` seconds.
+    """
+    hosts, note = exclude
+    if hosts:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by scontrol: the update outlives the requeue
     try:
         client.requeue(job_id)  # the job restarts with SLURM_RESTART_COUNT+1
     except HpcftError as e:
         if not preempted:
             raise
         print(f"hpcft: SLURM requeues the preempted job itself ({e.message})", flush=True)
+    if note:
+        print(f"hpcft: requeue: {note}", flush=True)
+    if hosts:
+        try:
+            client.exclude_nodes(job_id, hosts)
+        except HpcftError as e:
+            print(f"hpcft: requeue: could not exclude {hosts}: {e.message}", flush=True)
 
 
 OOM_HINT = "HINT: raise resources.mem, run fewer processes per node, or offload; `hpcft plan` shows the memory planner"

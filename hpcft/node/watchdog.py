@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcft.rundir import health, lifecycle, store
+from hpcft.rundir import health, lemons, lifecycle, store
 from hpcft.slurm.env import ClusterEnv, node_name
 from hpcft.train import heartbeat
 from hpcft.train.heartbeat import Beat
@@ -244,6 +244,8 @@ class Watchdog:
             return None
         event = self.gather(episode, folder, oldest, now, rules)
         health.record_event(self.run, event)
+        named = [s["node"] for s in event["suspects"]]
+        lemons.record(self.run.parent, named, f"hang at step {event['step']}", self.run.name)
         print(f"hpcft node {self.node}: {health.describe(event)}", flush=True)
         return event
 
@@ -298,6 +300,7 @@ class Watchdog:
                      "reason": f"{node} computes each step {slow[node]}× as long as the other nodes' median "
                                f"since step {since}: every rank waits for it"}  # fmt: skip
             health.record_event(self.run, event)
+            lemons.record(self.run.parent, [node], f"straggler ({slow[node]}× slower)", self.run.name)
             print(f"hpcft node {self.node}: straggler: {event['reason']}", flush=True)
             events.append(event)
         return events

@@ -54,6 +54,7 @@ class RunStatus:
     hang: dict[str, Any] = field(default_factory=dict)  # the newest hang: step, since, suspects, stacks
     straggler: dict[str, Any] = field(default_factory=dict)  # the newest slow node named: node, ratio, since_step
     node_speeds: dict[str, Any] = field(default_factory=dict)  # running: node → step, step and compute seconds
+    lemons: str = ""  # what the newest job's submission did with the runs directory's lemon nodes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -163,6 +164,7 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         hang=health.newest_event(state, "hang") or {},
         straggler=health.newest_event(state, "straggler") or {},
         node_speeds=health.read_node_speeds(path) if running else {},
+        lemons=str(job.get("lemons", "")) if job else "",
     )
 
 
@@ -185,6 +187,8 @@ def health_lines(row: RunStatus) -> list[str]:
         lines.append(f"node speeds (per step): {speeds}")
     if row.straggler:
         lines.append(f"straggler: {row.straggler.get('reason')}")
+    if row.lemons:
+        lines.append(f"at submission: {row.lemons}")
     if row.hang:
         lines.append(f"last hang: {health.describe(row.hang)}")
     return lines

@@ -173,7 +173,7 @@ def write_state(run: Path, state: dict[str, Any]) -> None:
 
 def update_state(run: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Read-modify-write ``state.json`` under an exclusive lock (several writers: submit, runner)."""
-    with _locked(run / ".state.lock"):
+    with locked(run / ".state.lock"):
         state = read_state(run)
         change(state)
         write_state(run, state)
@@ -181,7 +181,8 @@ def update_state(run: Path, change: Callable[[dict[str, Any]], None]) -> dict[st
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: one writer at a time."""
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

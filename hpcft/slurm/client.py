@@ -308,3 +308,25 @@ def node_states(nodes: Sequence[str], *, runner: Runner | None = None) -> dict[s
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return {}
     return parse_node_states(proc.stdout) if proc.returncode == 0 else {}
+
+
+def parse_partition_nodes(text: str, partition: str | None) -> list[str]:
+    """``sinfo -h -N -o "%N %P"`` → the nodes of ``partition`` (None: the default one, marked ``*``)."""
+    rows = _split(text, 2, "sinfo")
+    if partition is None:
+        return sorted({node for node, part in rows if part.endswith("*")})
+    return sorted({node for node, part in rows if part.rstrip("*") in partition.split(",")})
+
+
+def partition_nodes(partition: str | None, *, runner: Runner | None = None) -> list[str] | None:
+    """The nodes of ``partition`` (None: the default partition), or None when sinfo cannot say."""
+    try:
+        proc = (runner or run_process)(["sinfo", "-h", "-N", "-o", "%N %P"], 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    return parse_partition_nodes(proc.stdout, partition) if proc.returncode == 0 else None
+
+
+def exclude_nodes(job_id: str, hostlist: str, *, runner: Runner | None = None) -> None:
+    """``scontrol update JobId=J ExcNodeList=HOSTS``: the job (pending, or running before a requeue) avoids them."""
+    run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={hostlist}"], runner=runner)

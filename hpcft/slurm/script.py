@@ -93,7 +93,7 @@ def format_sbatch_options(
     }
     if res.gpus_per_node:
         opts["gpus-per-node"] = str(res.gpus_per_node)
-    for name in ("cpus_per_task", "time", "partition", "account", "qos", "constraint", "mem"):
+    for name in ("cpus_per_task", "time", "partition", "account", "qos", "constraint", "mem", "exclude"):
         value = getattr(res, name)
         if value is not None:
             opts[name.replace("_", "-")] = str(value)

@@ -28,6 +28,7 @@ DATA_FORMATS = ("auto", "alpaca", "chat", "text")
 # sbatch --time accepts: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (man sbatch).
 _TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
+_HOSTLIST_RE = re.compile(r"^[A-Za-z0-9_.\[\],-]+$")
 
 
 def _opt(default: Any = None, **meta: Any) -> Any:
@@ -68,6 +69,7 @@ class RunSpec:
     straggler_margin: float = _opt(0.3, min=0.01, help="a node computing this much slower than the others' "
                                    "median is a straggler")  # fmt: skip
     straggler_steps: int = _opt(50, min=1, help="steps a node must stay that slow before it is named (event straggler)")
+    avoid_lemons: bool = _opt(True, help="requeues and new jobs exclude the nodes recent faults named (hpcft nodes)")
     shrink_after: int | None = _opt(None, min=0, help="seconds a job waits for a lost node to come back before "
                                     "it continues on the nodes left (≥ resources.min_nodes); default off")  # fmt: skip
 
@@ -77,9 +79,8 @@ class ResourceSpec:
     """What to ask SLURM for; field names are sbatch's long options in snake_case."""
 
     nodes: int = _opt(1, min=1, max=100_000, help="number of nodes")
-    min_nodes: int | None = _opt(
-        None, min=1, help="after a node loss, the job may continue on this many nodes (run.shrink_after); default off"
-    )
+    min_nodes: int | None = _opt(None, min=1, help="after a node loss, the job may continue on this many nodes "
+                                 "(run.shrink_after); default off")  # fmt: skip
     gpus_per_node: int = _opt(0, min=0, max=1024, help="GPUs per node; on a machine without GPUs, processes per node")
     cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
     time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
@@ -88,6 +89,8 @@ class ResourceSpec:
     qos: str | None = None
     constraint: str | None = None
     mem: str | None = _opt(None, pattern=_MEM_RE, expect="a size such as 64G or 500000M")
+    exclude: str | None = _opt(None, pattern=_HOSTLIST_RE, expect="a SLURM host list such as node[3-4],gpu7",
+                               help="nodes never to run on (sbatch --exclude); lemon nodes are added")  # fmt: skip
     exclusive: bool = False
     extra_sbatch: tuple[str, ...] = _opt((), help="extra sbatch options, e.g. ['--reservation=foo']")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from hpcft.ops.logs import rank_text
-from tests.conftest import hpcft, nodes_completing, release_requeued, wait_until
+from hpcft.rundir import lemons
+from tests.conftest import hpcft, nodes_completing, release_requeued, squeue_state, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -168,6 +169,8 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     assert "rank(s) 0 on node1" in (run / event["stacks"] / "node1.stacks.txt").read_text()
     shown = hpcft("status", str(run)).stdout
     assert f"last hang: hung at step {event['step']}" in shown and "node2 rank 1: stopped" in shown
+    lemon = hpcft("nodes", "--runs-dir", str(runs_dir)).stdout
+    assert lemon.startswith(f"node2: LEMON (weight 1.00); last: hang at step {event['step']} in {run.name}"), lemon
     st = wait_finished(run)
     state = json.loads((run / "state.json").read_text())
     assert state["failures"] == 1 and st["job_ids"] == [job]  # the hang restart was charged, in the same job
@@ -207,6 +210,42 @@ def test_g_a_slow_node_is_named_within_100_steps_and_a_healthy_run_names_none(re
     assert event["step"] - slowed_at <= 100, (slowed_at, event)
     assert "straggler: node2 computes each step" in shown and "node speeds (per step): node1" in shown, shown
     hpcft("cancel", str(run))
+
+
+def job_nodes(job: str) -> tuple[str, str]:
+    """(NodeList, ExcNodeList) of a job as scontrol shows it."""
+    text = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
+    fields = dict(f.split("=", 1) for f in text.split() if "=" in f)
+    return fields.get("NodeList", ""), fields.get("ExcNodeList", "")
+
+
+def test_h_a_lemon_node_is_excluded_by_the_requeue_and_the_next_submission(lab, demo_dir, runs_dir):
+    """A node this runs directory found at fault (test_f records node2 from a real hang; here the incident is
+    written for whichever node the job got) is left out when SLURM requeues the job, and by a new job."""
+    one = ["--nodes", "1", "-o", "train.save_steps=20", "-o", "train.eval_steps=1000"]
+    out = hpcft(
+        "submit", str(demo_dir / "job.yaml"), "--runs-dir", str(runs_dir), *one, "-o", "train.max_steps=300"
+    ).stdout
+    job = out.split(" as job ")[1].split()[0]
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    wait_until("step 5", lambda: max(losses(run), default=0) >= 5, interval=0.2)
+    first, _ = job_nodes(job)
+    lemons.record(runs_dir, [first], "hang at step 5 (recorded by the test)", run.name)
+    plan = hpcft("plan", str(demo_dir / "job.yaml"), "--runs-dir", str(runs_dir), *one).stdout
+    assert f"# --- lemon nodes ---\n{first}: named by recent faults" in plan
+    subprocess.run(["scancel", "-b", "-s", "USR1", job], check=True)  # what SLURM sends at --signal time
+    release_requeued(job)
+    wait_until("the requeued run", lambda: squeue_state(job).startswith("RUNNING"), interval=0.5)
+    second, excluded = job_nodes(job)
+    assert excluded == first and second != first and second in lab.nodes
+    wait_finished(run)
+    assert f"requeue: excluding lemon nodes {first}" in (run / "logs" / f"slurm-{job}.out").read_text()
+    out = hpcft("submit", str(demo_dir / "job.yaml"), "--runs-dir", str(runs_dir), *one, "-o", "train.max_steps=10",
+                "--wait").stdout  # fmt: skip
+    again = out.split(" as job ")[1].split()[0]
+    newest = max((p.parent for p in runs_dir.glob("*/spec.yaml")), key=lambda p: p.name)
+    assert job_nodes(again) == (second, first)
+    assert f"at submission: excluding lemon nodes {first}" in hpcft("status", str(newest)).stdout
 
 
 def test_c_damaged_newest_checkpoint_is_skipped_on_resume(reference, tmp_path):
