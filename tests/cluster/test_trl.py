@@ -59,6 +59,13 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
     wait_until("TRL's step 30", lambda: any(r.get("step", 0) >= 30 and "loss" in r for r in records(run)), timeout=300)
     st = json.loads(hpcft("status", str(run), "--json").stdout)
     assert st["step"] >= 30 and st["total_steps"] == STEPS and st["loss"] is not None  # status follows TRL
+
+    def beating() -> dict | None:  # TRL's Trainer publishes heartbeats and its compute time (hf_integration)
+        speeds = json.loads(hpcft("status", str(run), "--json").stdout)["node_speeds"]
+        return speeds if sorted(speeds) == list(lab.nodes) and all(v["compute_seconds"] > 0 for v in speeds.values()) \
+            else None  # fmt: skip
+
+    assert all(v["step"] >= 30 for v in wait_until("both nodes' speeds", beating, timeout=60, interval=2).values())
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
                                 "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
