@@ -80,20 +80,23 @@ def list_cmd(runs_dir: str | None) -> None:
 @click.option("--watch", is_flag=True, help="refresh in place until every shown run has ended (Ctrl-C stops)")
 @click.option("--interval", type=Number(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
 @click.option("--from-squeue", is_flag=True, help="every run of yours SLURM knows (job comments), any runs dir")
+@click.option("--goodput", is_flag=True, help="RUN: where its time went (queue, start-up, training, saves…)")
 @_handle_errors
-def status(
-    run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float, from_squeue: bool
-) -> None:
+def status(run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float, from_squeue: bool,
+           goodput: bool) -> None:  # fmt: skip
     """State, jobs, nodes, elapsed, progress, loss, tokens/s, ETA, checkpoint and restarts of runs.
 
     The state comes from squeue while a job is known there and from sacct once it has ended;
-    SLURM is asked once per refresh for all runs shown.
+    SLURM is asked once per refresh for all runs shown. For one RUN also its goodput: the share of the
+    time its jobs held their nodes that trained (ETTR) and the largest loss; --goodput shows every bucket.
     """
     ref = SQUEUE if from_squeue else run
+    if goodput and not isinstance(ref, str):
+        raise click.UsageError("--goodput needs a RUN")
     if watch and not as_json:
         _watch_status(ref, runs_dir, interval)
     else:
-        _status_table(ref, runs_dir, as_json)
+        _status_table(ref, runs_dir, as_json, goodput)
 
 
 SQUEUE = object()  # the runs of the user's jobs in squeue, instead of a runs directory
@@ -110,7 +113,8 @@ def _status_paths(ref, runs_dir: str | None) -> tuple[str, list[Path]]:
     return base, ([store.find_run(ref, base)] if ref else store.list_runs(base))
 
 
-def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
+def _status_table(ref: str | None, runs_dir: str | None, as_json: bool, goodput: bool = False) -> None:
+    from hpcft.ops import goodput as ledger
     from hpcft.ops import status as monitor
 
     base, paths = _status_paths(ref, runs_dir)
@@ -118,9 +122,13 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
     error = monitor.row_error(rows[0]) if isinstance(ref, str) else None
     if error:
         raise error
+    book = ledger.of_run(paths[0]) if isinstance(ref, str) else None
     if as_json:
         data = [r.to_dict() for r in rows]
-        click.echo(json.dumps(data[0] if isinstance(ref, str) else data, indent=2))
+        click.echo(json.dumps({**data[0], "goodput": book} if isinstance(ref, str) else data, indent=2))
+        return
+    if goodput:
+        _console().print(ledger.table(book))
         return
     if not rows:
         click.echo(f"no runs under {base}")
@@ -136,6 +144,7 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool) -> None:
             click.echo(f"  {line}")
         for line in monitor.health_lines(rows[0]):
             click.echo(f"  {line}")
+        click.echo(f"  {ledger.summary(book)} (--goodput: every bucket)")
 
 
 @main.command()

@@ -330,3 +330,38 @@ def partition_nodes(partition: str | None, *, runner: Runner | None = None) -> l
 def exclude_nodes(job_id: str, hostlist: str, *, runner: Runner | None = None) -> None:
     """``scontrol update JobId=J ExcNodeList=HOSTS``: the job (pending, or running before a requeue) avoids them."""
     run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={hostlist}"], runner=runner)
+
+
+RUN_FIELDS = "JobID,Submit,Start,End"
+
+
+def _when(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None  # "Unknown", "None": not started or not ended yet
+
+
+def parse_job_runs(text: str) -> list[tuple[str, float, float | None, float | None]]:
+    """``sacct --duplicates -X -n -P -o RUN_FIELDS`` → (job, submit, start, end) per run of each job, in order
+    (a requeued job has one line per run); lines without a submit time are skipped."""
+    out = []
+    for job_id, submit, start, end in _split(text, 4, "sacct"):
+        if "." not in job_id and _when(submit) is not None:
+            out.append((job_id, _when(submit), _when(start), _when(end)))
+    return out
+
+
+def job_runs(
+    job_ids: Sequence[str], *, runner: Runner | None = None
+) -> list[tuple[str, float, float | None, float | None]]:
+    """Every run of the jobs, from sacct ([] when sacct cannot say)."""
+    ids = [j for j in job_ids if _JOB_ID.fullmatch(j)]
+    if not ids:
+        return []
+    argv = ["sacct", "--duplicates", "-X", "-n", "-P", "-o", RUN_FIELDS, "-j", ",".join(ids)]
+    try:
+        proc = (runner or run_process)(argv, 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return []
+    return parse_job_runs(proc.stdout) if proc.returncode == 0 else []

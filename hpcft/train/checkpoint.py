@@ -60,7 +60,7 @@ def make_commit_callback(spec: JobSpec, run: Path, world_size: int):
                 lifecycle.pin_spent(run)  # a pinned resume point is spent once newer exists
                 removed = checkpoints.rotate(final, spec.train.save_total_limit)
                 seconds = round(time.time() - self.t_save, 2) if self.t_save else None
-                store.update_state(run, lambda s: s.update(last_save_seconds=seconds))
+                record_save(run, state.global_step, seconds)
                 log.info("committed %s in %ss%s", path.name, seconds,
                          f", removed {', '.join(p.name for p in removed)}" if removed else "")  # fmt: skip
             _barrier()
@@ -83,11 +83,20 @@ def make_save_timer_callback(run: Path):
         def on_save(self, args, state, control, **kwargs):
             if _rank0(state) and self.t_save:
                 seconds = round(time.time() - self.t_save, 2)
-                store.update_state(run, lambda s: s.update(last_save_seconds=seconds))
+                record_save(run, state.global_step, seconds)
                 log.info("saved checkpoint-%s in %ss", state.global_step, seconds)
             self.t_save = 0.0
 
     return SaveTimerCallback()
+
+
+def record_save(run: Path, step: int, seconds: float | None) -> None:
+    """Rank 0: the save's duration into state.json (it sizes the warning) and metrics.jsonl (goodput)."""
+    from hpcft.train.metrics import append_record
+
+    store.update_state(run, lambda s: s.update(last_save_seconds=seconds))
+    if seconds is not None:
+        append_record(run, {"event": "save", "step": step, "time": time.time(), "seconds": seconds})
 
 
 def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> str | None:

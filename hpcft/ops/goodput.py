@@ -1,0 +1,127 @@
+"""Goodput: where a run's time went, from what the run directory and SLURM already hold; pure but for ``of_run``.
+
+Buckets, in seconds:
+- ``queue``: each job run's wait from its submission (a requeue's included, with SLURM's requeue hold) to
+  its start (``sacct --duplicates``: Submit → Start);
+- ``startup``: from a job run's start (or, after an in-job restart, the new ranks' process start) to the
+  training loop's start (``train_begin``), resume loading included;
+- ``productive``: the steps the final history keeps, saves excluded;
+- ``checkpoint``: blocking saves (``save`` records: should_save → committed);
+- ``redone``: steps trained again after a fault (past the checkpoint the next start resumed from);
+- ``restart``: a fault's teardown until the ranks start again inside the job, and a job run's tail after
+  its last step (saving for a requeue, the final export, after-job);
+- ``unknown``: what is left of the time the job held its nodes.
+``held`` is the sum of the job runs' Start → End; the buckets but ``queue`` add up to it. ETTR = productive ÷ held.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BUCKETS = ("queue", "startup", "productive", "checkpoint", "redone", "restart", "unknown")
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a SLURM job (a requeued job has one per run): UNIX times, None where not (yet) known."""
+
+    job: str
+    submit: float
+    start: float | None
+    end: float | None
+
+
+def attempts(metrics: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records split at each ``train_begin``: ``{"begin": record, "steps": [(step, time)], "saves": [s]}``."""
+    out: list[dict[str, Any]] = []
+    for m in metrics:
+        if m.get("event") == "train_begin":
+            out.append({"begin": m, "steps": [], "saves": []})
+        elif out and m.get("event") == "save" and isinstance(m.get("seconds"), int | float):
+            out[-1]["saves"].append(float(m["seconds"]))
+        elif out and "loss" in m and isinstance(m.get("step"), int) and isinstance(m.get("time"), int | float):
+            out[-1]["steps"].append((m["step"], float(m["time"])))
+    return out
+
+
+def _run_of(runs: Sequence[JobRun], t: float) -> JobRun | None:
+    return next((r for r in runs if r.start is not None and r.start <= t <= (r.end or math.inf)), None)
+
+
+def ledger(runs: Sequence[JobRun], metrics: Iterable[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """``{"ettr": …, "held": s, "wall": s, "seconds": {bucket: s}}`` of a run; pure."""
+    s = dict.fromkeys(BUCKETS, 0.0)
+    held = 0.0
+    for r in runs:
+        s["queue"] += max(0.0, (r.start if r.start is not None else now) - r.submit)
+        if r.start is not None:
+            held += max(0.0, (r.end or now) - r.start)
+    tries = [a for a in attempts(metrics) if isinstance(a["begin"].get("time"), int | float)]
+    last_of_run: dict[str, float] = {}
+    for i, a in enumerate(tries):
+        begin = float(a["begin"]["time"])
+        run = _run_of(runs, begin)
+        key = f"{run.job}@{run.start}" if run else "?"
+        started = (a["begin"].get("startup") or {}).get("process_start")
+        if key in last_of_run:  # an in-job restart: the gap before the new ranks' process start
+            t0 = float(started) if isinstance(started, int | float) else begin
+            s["restart"] += max(0.0, t0 - last_of_run[key])
+        else:
+            t0 = run.start if run else begin
+        s["startup"] += max(0.0, begin - t0)
+        kept_to = tries[i + 1]["begin"].get("start_step", math.inf) if i + 1 < len(tries) else math.inf
+        previous = begin
+        for step, t in a["steps"]:
+            s["redone" if step > kept_to else "productive"] += max(0.0, t - previous)
+            previous = t
+        saved = sum(a["saves"])
+        s["checkpoint"] += saved
+        s["productive"] = max(0.0, s["productive"] - saved)  # the saves happened between steps
+        last_of_run[key] = previous
+    for r in runs:
+        key = f"{r.job}@{r.start}"
+        if r.start is not None and key in last_of_run:
+            s["restart"] += max(0.0, (r.end or now) - last_of_run[key])
+    s["unknown"] = max(0.0, held - sum(v for k, v in s.items() if k not in ("queue", "unknown")))
+    return {"ettr": round(s["productive"] / held, 3) if held else None, "held": round(held, 1),
+            "wall": round(held + s["queue"], 1), "seconds": {k: round(v, 1) for k, v in s.items()}}  # fmt: skip
+
+
+def summary(book: Mapping[str, Any]) -> str:
+    """``goodput: ETTR 0.71 of 5.3 min held; largest loss: startup 1.2 min (22 %)``; pure."""
+    if book.get("ettr") is None:
+        return "goodput: nothing held yet"
+    losses = {k: v for k, v in book["seconds"].items() if k != "productive"}
+    worst = max(losses, key=losses.get)
+    share = losses[worst] / book["wall"] * 100 if book["wall"] else 0
+    return (f"goodput: ETTR {book['ettr']:.2f} of {book['held'] / 60:.1f} min held; largest loss: {worst} "
+            f"{losses[worst] / 60:.1f} min ({share:.0f} % of {book['wall'] / 60:.1f} min)")  # fmt: skip
+
+
+def of_run(path, now: float | None = None) -> dict[str, Any]:
+    """The ledger of the run at ``path``: its jobs' runs from sacct, its whole metrics log."""
+    import time
+
+    from hpcft.rundir import store
+    from hpcft.slurm import client
+
+    state = store.read_state(path)
+    runs = [JobRun(*r) for r in client.job_runs([j["id"] for j in state.get("jobs", []) if "id" in j])]
+    return ledger(runs, store.read_metrics(path), time.time() if now is None else now)
+
+
+def table(book: Mapping[str, Any]):
+    """A Rich table of the buckets: seconds and share of the wall time, ETTR in the title."""
+    from rich.table import Table
+
+    ettr = "–" if book.get("ettr") is None else f"{book['ettr']:.3f}"
+    out = Table(title=f"goodput: ETTR {ettr} (productive ÷ {book['held']:.0f} s held; wall {book['wall']:.0f} s)")
+    for name in ("bucket", "seconds", "share of wall"):
+        out.add_column(name, justify="left" if name == "bucket" else "right")
+    for name in BUCKETS:
+        seconds = book["seconds"][name]
+        out.add_row(name, f"{seconds:.1f}", f"{seconds / book['wall'] * 100:.1f} %" if book["wall"] else "–")
+    return out

@@ -1,0 +1,62 @@
+"""The goodput ledger (#28) on a worked example: a job that restarts in the job once, is requeued once,
+saves twice, and trains two steps again after the restart. Every figure below is worked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcft.ops import goodput
+from hpcft.ops.goodput import JobRun
+from hpcft.slurm import client
+
+
+def begin(t, start_step, process_start=None):
+    startup = {"process_start": process_start} if process_start is not None else {}
+    return {"event": "train_begin", "time": t, "start_step": start_step, "startup": startup}
+
+
+def steps(first, times):
+    return [{"step": first + i, "time": t, "loss": 1.0} for i, t in enumerate(times)]
+
+
+RUNS = [JobRun("7", 0, 10, 100), JobRun("7", 100, 130, 200)]  # a requeue: submitted again at 100, held until 130
+METRICS = [
+    begin(20, 0, process_start=12), *steps(1, [21, 22, 23, 24]), {"event": "save", "step": 4, "seconds": 0.5},
+    *steps(5, [25, 30, 31, 32]),  # steps 7 and 8 are lost: the restart resumes from checkpoint-6
+    begin(50, 6, process_start=45), *steps(7, [51, 52, 53, 54]),  # an in-job restart, in the same job run
+    begin(140, 10), *steps(11, [141, 142]), {"event": "save", "step": 12, "seconds": 1.0},  # the requeued run
+]  # fmt: skip
+
+
+def test_every_second_of_the_held_time_lands_in_one_bucket():
+    book = goodput.ledger(RUNS, METRICS, now=1000)
+    assert book["seconds"] == {
+        "queue": 40.0,  # 10 before the first run, 30 before the requeued one
+        "startup": 25.0,  # 20 - 10, then 50 - 45 (the new ranks' process start), then 140 - 130
+        "productive": 14.5,  # 10 s of attempt 1's kept steps + 4 + 2, less 1.5 s of saves
+        "checkpoint": 1.5,
+        "redone": 2.0,  # steps 7 and 8 of the first attempt
+        "restart": 117.0,  # 45 - 32 (dead ranks to the new process), 100 - 54 and 200 - 142 (the runs' tails)
+        "unknown": 0.0,
+    }
+    assert (book["held"], book["wall"], book["ettr"]) == (160.0, 200.0, pytest.approx(14.5 / 160, abs=1e-3))
+    assert sum(v for k, v in book["seconds"].items() if k != "queue") == pytest.approx(book["held"])
+    line = goodput.summary(book)
+    # 117 s is 1.95 min, which float formatting rounds down
+    assert line.startswith("goodput: ETTR 0.09 of 2.7 min held; largest loss: restart 1.9 min (58 % of 3.3 min)")
+
+
+def test_a_running_job_is_held_until_now_and_a_pending_one_only_waits():
+    book = goodput.ledger([JobRun("8", 0, 5, None)], [begin(6, 0), *steps(1, [7, 8])], now=20)
+    assert book["held"] == 15.0 and book["seconds"]["restart"] == 12.0  # since its last step, as far as known
+    assert goodput.ledger([JobRun("9", 0, None, None)], [], now=30)["seconds"]["queue"] == 30.0
+    assert goodput.summary(goodput.ledger([], [], now=1)) == "goodput: nothing held yet"
+
+
+def test_sacct_runs_of_a_requeued_job_parse_one_line_per_run():
+    text = ("7|2026-12-06T10:00:00|2026-12-06T10:00:10|2026-12-06T10:01:40\n"
+            "7|2026-12-06T10:01:40|2026-12-06T10:02:10|Unknown\n"
+            "8|2026-12-06T10:03:00|Unknown|Unknown\n7.batch|x|y|z\n")  # fmt: skip
+    runs = client.parse_job_runs(text)
+    assert [(j, e is None) for j, _, _, e in runs] == [("7", False), ("7", True), ("8", True)]
+    assert runs[0][2] - runs[0][1] == 10 and runs[2][2] is None
