@@ -94,6 +94,14 @@ def test_a_warning_signal_checkpoints_requeues_and_resumes_exactly(reference, de
     assert [b["restart"] for b in begins] == [0, 1] and begins[1]["start_step"] > 30
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
     assert same_weights(run / "model", reference / "model")
+    # The goodput ledger of the two runs of this job: held time as sacct's own ElapsedRaw says, nothing redone.
+    book = status(run)["goodput"]
+    elapsed = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "ElapsedRaw", "-j", job], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+    assert len(elapsed) == 2 and book["held"] == pytest.approx(sum(map(int, elapsed)), rel=0.02, abs=2)
+    seconds = book["seconds"]
+    assert seconds["redone"] == 0 and seconds["checkpoint"] > 0 and seconds["startup"] > 0 and seconds["queue"] > 0
+    assert sum(v for k, v in seconds.items() if k != "queue") == pytest.approx(book["held"], abs=0.5)
 
 
 def kill_rank(run: Path, rank: int) -> None:
