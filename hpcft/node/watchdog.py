@@ -205,6 +205,8 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
         shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()  # the job's folder, once no node of it on this machine uses it
 
     def _loop(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
@@ -229,7 +231,7 @@ class Watchdog:
         return self.handle(beats, late, now, rules)
 
     def handle(self, beats: list[Beat], late: list[Beat], now: float, rules: Rules) -> dict[str, Any] | None:
-        episode = health.episode(self.run, lifecycle.segment(self.env), self.env.get("SLURM_JOB_ID", "local"))
+        episode = health.episode(self.run, self.segment, self.env.get("SLURM_JOB_ID", "local"))
         oldest = min(late, key=lambda b: b.time)
         print(f"hpcft node {self.node}: rank(s) {', '.join(str(b.rank) for b in late)} silent for "
               f"{now - oldest.time:.0f} s (allowed {allowance(oldest, rules):.0f} s in phase {oldest.phase}): "
