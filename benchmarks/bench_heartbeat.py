@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_trainer import rate, run_hpcft  # the P1 runner: same job, same step-rate median
+from bench_trainer import pair_options, rate, run_hpcft  # P1's runner, step-rate median and options
 from common import report  # benchmarks/ is sys.path[0] when a benchmark runs as a script
 
 from hpcft.train import heartbeat
@@ -67,12 +67,7 @@ def measure(opts: argparse.Namespace) -> tuple[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up)")
-    parser.add_argument("--hidden-size", type=int, default=256)
-    opts = parser.parse_args()
+    opts = pair_options(__doc__)
     report(lambda: measure(opts))
 
 

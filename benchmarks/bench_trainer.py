@@ -160,13 +160,18 @@ def measure(opts: argparse.Namespace) -> tuple[str, str]:
     return json.dumps(result), row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def pair_options(doc: str) -> argparse.Namespace:
+    """The options of a benchmark of pairs of demo runs (this one's, P16's): runs, steps, skip, hidden size."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up)")
     parser.add_argument("--hidden-size", type=int, default=256)
-    opts = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    opts = pair_options(__doc__)
     report(lambda: measure(opts))
 
 
