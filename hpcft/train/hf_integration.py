@@ -52,6 +52,9 @@ def install() -> None:
 def patch_module(module) -> None:
     """Patch what hpcft needs in ``transformers.trainer`` or ``transformers.training_args``."""
     if module.__name__ == "transformers.trainer":
+        from hpcft.train.ds_lazy import keep_deepspeed_lazy
+
+        keep_deepspeed_lazy()  # accelerate, imported by the Trainer, would import deepspeed for any job
         patch(module.Trainer)
         if os.environ.get("HPCFT_DS_CONFIG") and importlib.util.find_spec("deepspeed") is not None:
             from hpcft.train.ds_ops import use_prebuilt_ops

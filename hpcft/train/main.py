@@ -78,10 +78,12 @@ def train(run: Path) -> None:
 
     from hpcft.train import checkpoint, data, heartbeat, model, preemption, startup, tracking
     from hpcft.train.args import deepspeed_setup, training_arguments
+    from hpcft.train.ds_lazy import keep_deepspeed_lazy
     from hpcft.train.metrics import make_metrics_callback
 
     startup.mark("imports")
     spec = store.load_run_spec(run)
+    keep_deepspeed_lazy()  # a rank without --zero never imports deepspeed
     if spec.train.uses_deepspeed:
         from hpcft.train.ds_ops import use_prebuilt_ops
 

@@ -53,19 +53,17 @@ SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_t
 
 
 def preload_modules(run_dir: str) -> list[str]:
-    """``PRELOAD`` plus deepspeed where installed (accelerate imports it on every rank) and peft with LoRA."""
-    import importlib.util
+    """``PRELOAD`` plus deepspeed for a ZeRO job (``ds_lazy``: no other rank imports it) and peft with LoRA."""
     from pathlib import Path
 
     from hpcft.errors import HpcftError
     from hpcft.rundir import store
 
-    modules = [*PRELOAD, *(["deepspeed"] if importlib.util.find_spec("deepspeed") else [])]
     try:
-        lora = store.load_run_spec(Path(run_dir)).train.lora.enabled
+        train = store.load_run_spec(Path(run_dir)).train
     except HpcftError:  # the rank reports a damaged spec itself; warming up is only an optimisation
-        lora = False
-    return [*modules, *(["peft"] if lora else [])]
+        return list(PRELOAD)
+    return [*PRELOAD, *(["deepspeed"] if train.uses_deepspeed else []), *(["peft"] if train.lora.enabled else [])]
 
 
 def rank_entry(run_dir: str) -> None:

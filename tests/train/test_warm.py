@@ -48,12 +48,13 @@ def test_warm_ranks_are_forks_of_one_preloaded_server_and_train_as_cold_ones(dem
 
 
 def test_the_servers_environment_starts_no_thread_when_it_imports_the_stack(tmp_path):
-    # What the forkserver does before it forks: set SERVER_ENV (and torchrun's OMP_NUM_THREADS), import.
+    # What the forkserver does before it forks: set SERVER_ENV (and torchrun's OMP_NUM_THREADS), import (a ZeRO
+    # job with LoRA preloads deepspeed and peft too).
     code = (
         "import importlib, os\n"
         "from hpcft.train import warm\n"
         "os.environ.update(warm.SERVER_ENV)\n"  # too late for libraries already loaded: the env below sets it
-        "for m in warm.preload_modules('/nonexistent'): importlib.import_module(m)\n"
+        "for m in [*warm.preload_modules('/nonexistent'), 'deepspeed', 'peft']: importlib.import_module(m)\n"
         "print(warm.threads_after_preload())\n"
     )
     from hpcft.train.warm import SERVER_ENV
