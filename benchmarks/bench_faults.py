@@ -1,6 +1,8 @@
 """P9: the fault drill. One 2-node run on the lab suffers, in turn, a priority preemption, a time limit, a
-killed rank and a crashed node, and finishes; per fault: steps lost and seconds from the fault to the
-first step past it; for the run: ETTR and whether its losses equal an uninterrupted run's.
+killed rank, a hung node, a slow node and a crashed node, and finishes; per fault: steps lost and seconds
+from the fault to the first step past it (the slow node: seconds and steps until hpcft names it); for the
+run: ETTR (computed here and by the product's goodput ledger) and whether its losses equal an uninterrupted
+run's.
 
     scripts/dev-cluster up; .venv/bin/python benchmarks/bench_faults.py [--steps 4000] [--time 3]
 
@@ -9,6 +11,9 @@ Every fault is produced through SLURM or the kernel, none by hand-sent signals:
   PreemptMode=REQUEUE): SLURM sends SIGTERM to the step and requeues the job;
 - time limit: the run's own ``--time``; SLURM sends the ``--signal`` warning, then ends the job;
 - killed rank: SIGKILL to the training process on node2 (what the kernel's OOM killer or a segfault does);
+- hung node: SIGSTOP to node2's rank (alive and silent: SLURM sees nothing; hpcft's watchdog at its
+  default 90 s finds it, takes the stacks, restarts every rank in the job);
+- slow node: node2's rank at 40 % speed (SIGSTOP 150 ms / SIGCONT 100 ms) until hpcft names a straggler;
 - crashed node: SIGKILL to every process of namespace node2 (its slurmd, slurmstepd and ranks; its sshd
   listener is spared, nothing here uses it); SLURM notices after SlurmdTimeout (60 s in the lab, about
   100 s in practice), marks the node DOWN, cancels the job DUE TO NODE FAILURE and requeues it; then the
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,8 +110,32 @@ def preempt() -> None:
 
 
 def kill_rank(run: Path, rank: int = 1) -> None:
+    subprocess.run(["kill", "-9", rank_pid(run, rank)], check=True)
+
+
+def rank_pid(run: Path, rank: int = 1) -> str:
     lines = [x for x in (run / "logs" / f"rank-{rank}.log").read_text().splitlines() if " pid " in x]
-    subprocess.run(["kill", "-9", lines[-1].rsplit(" pid ", 1)[1]], check=True)
+    return lines[-1].rsplit(" pid ", 1)[1]
+
+
+def hang_rank(run: Path) -> None:
+    """SIGSTOP node2's rank: alive and silent; only hpcft's watchdog notices (run.hang_timeout, 90 s)."""
+    subprocess.run(["kill", "-STOP", rank_pid(run)], check=True)
+
+
+def slow_node(run: Path, timeout: float = 300) -> dict:
+    """node2's rank at 40 % speed (SIGSTOP 150 ms / SIGCONT 100 ms) until hpcft names it a straggler."""
+    pid, t0, step0 = int(rank_pid(run)), time.time(), last_step(run)
+    named = None
+    while named is None and time.time() - t0 < timeout:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.15)
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.1)
+        events = json.loads((run / "state.json").read_text()).get("events", [])
+        named = next((e for e in events if e.get("kind") == "straggler"), None)
+    return {"node": named and named["node"], "seconds_to_named": round(time.time() - t0, 1),
+            "steps_to_named": last_step(run) - step0, "ratio": named and named["ratio"]}  # fmt: skip
 
 
 def crash_node(min_down_s: float) -> None:
@@ -164,7 +195,11 @@ def productive_seconds(parts: list[list[dict]]) -> float:
 def per_fault(run: Path, faults: list[tuple[str, float]]) -> list[dict]:
     """One row per interruption: kind, steps lost, seconds to the first step past it."""
     parts = attempts(run)
-    events = [e for e in json.loads((run / "state.json").read_text())["events"] if e["action"] != "done"]
+    events = [
+        e
+        for e in json.loads((run / "state.json").read_text())["events"]
+        if e["action"] != "done" and e.get("kind") not in ("hang", "straggler")
+    ]  # their restart is an event
     injected = list(faults)
     rows = []
     for k, (before, after) in enumerate(itertools.pairwise(parts)):
@@ -203,18 +238,27 @@ def drill(job: Path, runs: Path, steps: int, save_steps: int, minutes: int) -> t
     wait("the in-job restart", lambda: starts(run) > n)
     base = last_step(run)
     wait("200 steps more", lambda: last_step(run) >= base + 200)
+    n = starts(run)
+    faults.append(("hung node", time.time()))
+    hang_rank(run)
+    wait("the hang's in-job restart", lambda: starts(run) > n, timeout=600)
+    base = last_step(run)
+    wait("200 steps more", lambda: last_step(run) >= base + 200)
+    slow = slow_node(run)
+    base = last_step(run)
+    wait("200 steps more", lambda: last_step(run) >= base + 200)
     faults.append(("crashed node", time.time()))
     crash_node(60)
     wait("the job to finish", lambda: job_ended(job_id) and (run / "FINISHED").exists(), timeout=3600)
     lifter.stop = True
-    return run, job_id, faults
+    return run, job_id, faults, slow
 
 
 def measure(args) -> tuple[str, str]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-faults-", dir="/tmp"))
     sh(*HPCFT, "init-demo", str(tmp / "demo"))
     job = tmp / "demo" / "job.yaml"
-    run, job_id, faults = drill(job, tmp / "runs", args.steps, args.save_steps, args.time)
+    run, job_id, faults, slow = drill(job, tmp / "runs", args.steps, args.save_steps, args.time)
     ref, ref_job = submit(job, tmp / "runs", "reference", args.steps, args.save_steps)
     wait("the reference run", lambda: job_ended(ref_job), timeout=3600)
 
@@ -226,14 +270,16 @@ def measure(args) -> tuple[str, str]:
     rows = per_fault(run, faults)
     ran = job_seconds(job_id)
     ettr = productive_seconds(attempts(run)) / ran
+    book = json.loads(sh(*HPCFT, "status", str(run), "--json"))["goodput"]  # the product's own ledger
     result = {"bench": "faults", "steps": args.steps, "save_steps": args.save_steps, "time_min": args.time,
-              "faults": rows, "job_seconds": round(ran, 1), "ettr": round(ettr, 3),
-              "losses_equal_reference": worst <= 1e-5, "max_rel_loss_diff": worst}  # fmt: skip
+              "faults": rows, "slow_node": slow, "job_seconds": round(ran, 1), "ettr": round(ettr, 3),
+              "ledger": book, "losses_equal_reference": worst <= 1e-5, "max_rel_loss_diff": worst}  # fmt: skip
     table = "\n".join(f"| {r['fault']} | {r['reached']} | {r['resumed_at']} | {r['steps_lost']} | "
                       f"{r['seconds_to_first_step_past']} |" for r in rows)  # fmt: skip
     row = (f"| fault | step reached | resumed at | steps lost | s to first step past |\n|---|---|---|---|---|\n"
-           f"{table}\n\nETTR {ettr:.3f} over {ran:.0f} s of job time; losses equal the uninterrupted run's: "
-           f"{worst <= 1e-5} (max relative difference {worst:.2e})")  # fmt: skip
+           f"{table}\n\nETTR {ettr:.3f} over {ran:.0f} s of job time (the product's ledger: {book['ettr']}, "
+           f"held {book['held']} s, {book['seconds']}); slow node named: {slow}; losses equal the uninterrupted "
+           f"run's: {worst <= 1e-5} (max relative difference {worst:.2e})")  # fmt: skip
     return json.dumps(result), row
 
 
