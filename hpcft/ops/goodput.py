@@ -17,6 +17,7 @@ Buckets, in seconds:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,31 @@ def ledger(runs: Sequence[JobRun], metrics: Iterable[Mapping[str, Any]], now: fl
             "wall": round(held + s["queue"], 1), "seconds": {k: round(v, 1) for k, v in s.items()}}  # fmt: skip
 
 
+FAULT_ACTIONS = ("restart", "requeue", "shrink")  # events that end work early; a time limit is no fault
+
+
+def save_advice(events: Iterable[Mapping[str, Any]], held: float, save_seconds: float | None,
+                step_seconds: float | None) -> dict[str, Any] | None:  # fmt: skip
+    """How often to save for this run's own fault rate (Young/Daly: ``√(2 · Ts · MTBF)``); None without a fault
+    or a measured save; pure. MTBF = the time held ÷ the faults seen (restarts, requeues after a preemption or
+    a crash, node losses; not time limits, not the descriptive hang/straggler events)."""
+    faults = sum(1 for e in events if e.get("action") in FAULT_ACTIONS and e.get("kind") not in
+                 ("time limit", "hang", "straggler"))  # fmt: skip
+    if not faults or not save_seconds or not held:
+        return None
+    mtbf = held / faults
+    interval = math.sqrt(2 * save_seconds * mtbf)
+    steps = max(1, round(interval / step_seconds)) if step_seconds else None
+    return {"faults": faults, "mtbf_s": round(mtbf, 1), "save_s": save_seconds, "interval_s": round(interval, 1),
+            "save_steps": steps}  # fmt: skip
+
+
+def step_seconds(metrics: Iterable[Mapping[str, Any]]) -> float | None:
+    """The median duration of a step (consecutive step records of one start); pure."""
+    gaps = [b - a for att in attempts(metrics) for (_, a), (_, b) in zip(att["steps"], att["steps"][1:], strict=False)]
+    return statistics.median(gaps) if gaps else None
+
+
 def summary(book: Mapping[str, Any]) -> str:
     """``goodput: ETTR 0.71 of 5.3 min held; largest loss: startup 1.2 min (22 %)``; pure."""
     if book.get("ettr") is None:
@@ -110,7 +136,10 @@ def of_run(path, now: float | None = None) -> dict[str, Any]:
 
     state = store.read_state(path)
     runs = [JobRun(*r) for r in client.job_runs([j["id"] for j in state.get("jobs", []) if "id" in j])]
-    return ledger(runs, store.read_metrics(path), time.time() if now is None else now)
+    metrics = store.read_metrics(path)
+    book = ledger(runs, metrics, time.time() if now is None else now)
+    advice = save_advice(state.get("events", []), book["held"], state.get("last_save_seconds"), step_seconds(metrics))
+    return {**book, "save_advice": advice}
 
 
 def table(book: Mapping[str, Any]):
@@ -124,4 +153,11 @@ def table(book: Mapping[str, Any]):
     for name in BUCKETS:
         seconds = book["seconds"][name]
         out.add_row(name, f"{seconds:.1f}", f"{seconds / book['wall'] * 100:.1f} %" if book["wall"] else "–")
+    advice = book.get("save_advice")
+    if advice:
+        every = f" = every {advice['save_steps']} steps" if advice["save_steps"] else ""
+        out.caption = (
+            f"save every {advice['interval_s']:.0f} s{every} for this run's {advice['faults']} fault(s) "
+            f"(MTBF {advice['mtbf_s']:.0f} s, save {advice['save_s']} s; Young/Daly √(2·Ts·MTBF))"
+        )
     return out

@@ -60,3 +60,15 @@ def test_sacct_runs_of_a_requeued_job_parse_one_line_per_run():
     runs = client.parse_job_runs(text)
     assert [(j, e is None) for j, _, _, e in runs] == [("7", False), ("7", True), ("8", True)]
     assert runs[0][2] - runs[0][1] == 10 and runs[2][2] is None
+
+
+def test_save_advice_follows_young_and_daly_for_the_runs_own_faults():
+    events = [{"action": "requeue", "kind": "preemption"}, {"action": "restart", "kind": "in-job restart"},
+              {"action": "requeue", "kind": "time limit"}, {"action": "restart", "kind": "hang"},
+              {"action": "done"}]  # fmt: skip
+    advice = goodput.save_advice(events, held=3600, save_seconds=8, step_seconds=0.5)
+    # 2 faults in an hour: MTBF 1800 s; √(2 · 8 · 1800) = 169.7 s = 339 steps of 0.5 s
+    assert advice == {"faults": 2, "mtbf_s": 1800.0, "save_s": 8, "interval_s": 169.7, "save_steps": 339}
+    assert goodput.save_advice([{"action": "requeue", "kind": "time limit"}], 3600, 8, 0.5) is None
+    assert goodput.save_advice(events, 3600, None, 0.5) is None
+    assert goodput.step_seconds(METRICS) == 1.0  # the median gap between consecutive steps of one start
