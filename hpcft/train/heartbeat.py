@@ -158,18 +158,24 @@ def beat(step: int | None = None, phase: str | None = None, compute: float | Non
 
 
 class ComputeTimer:
-    """A rank's own compute per step, apart from the time it waits for the others.
+    """A rank's own time per step: the step's whole cycle less the time it waited for the other ranks.
 
     In a synchronous job every rank's step takes as long as the slowest one's, so only this tells a slow
-    node from the ranks waiting for it. The clock starts when the model's own forward begins — after DDP's
-    forward has synchronised (it broadcasts rank 0's buffers every step, where the other ranks wait for
-    rank 0) — and stops when the rank's last gradient bucket is ready, noted by a DDP communication hook
-    that then all-reduces the bucket as DDP's default does. Under DeepSpeed or FSDP (no DDP) it stays unknown.
+    node from the ranks waiting for it. A DDP rank waits in two places: in DDP's forward, from its entry to
+    the model's own forward (DDP broadcasts rank 0's buffers there, and rebuilds its buckets once), and at
+    the end of the backward, from its last gradient bucket being ready to the all-reduces being done (a
+    communication hook notes both, then all-reduces as DDP's default does). Whatever else a slow rank
+    does slowly — data, forward, backward, optimizer, callbacks — stays in its own time. Under DeepSpeed or
+    FSDP (no DDP) it stays unknown.
     """
 
     def __init__(self) -> None:
-        self.began: float | None = None
+        self.cycle: float | None = None  # when this step began
+        self.waited = 0.0
+        self.entered: float | None = None
         self.ready: float | None = None
+        self.done: float | None = None
+        self.own: float | None = None  # the last whole step's own time
 
     def attach(self, wrapped) -> bool:
         """Register on a DistributedDataParallel model (before its first backward); False where it cannot."""
@@ -181,32 +187,47 @@ class ComputeTimer:
             wrapped.register_comm_hook(None, self._hook)
         except RuntimeError:  # a hook is already registered (the user's own)
             return False
+        wrapped.register_forward_pre_hook(self._enter)
         wrapped.module.register_forward_pre_hook(self._forward)
         return True
 
+    def _enter(self, module, args) -> None:
+        self.entered = time.perf_counter()
+
     def _forward(self, module, args) -> None:
-        if self.began is None:  # the first micro-batch of the step
-            self.began = time.perf_counter()
+        if self.entered is not None:
+            self.waited += time.perf_counter() - self.entered
+            self.entered = None
 
     def _hook(self, process_group, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         self.ready = time.perf_counter()
-        return allreduce_hook(process_group, bucket)
+        return allreduce_hook(process_group, bucket).then(self._done)
+
+    def _done(self, fut):
+        self.done = time.perf_counter()
+        return fut.value()
 
     def step_began(self) -> None:
-        self.began = self.ready = None
+        """A step begins: the one before it is whole."""
+        now = time.perf_counter()
+        if self.ready is not None and self.done is not None:
+            self.waited += max(0.0, self.done - self.ready)
+        if self.cycle is not None:
+            self.own = max(0.0, now - self.cycle - self.waited)
+        self.cycle, self.waited, self.ready, self.done = now, 0.0, None, None
 
     def seconds(self) -> float | None:
-        """This step's compute, or None (no forward or no bucket: no DDP)."""
-        return self.ready - self.began if self.began is not None and self.ready is not None else None
+        """The last whole step's own time, or None (not yet, or no DDP)."""
+        return self.own
 
 
 def make_heartbeat_callback(trainer=None):
     """A TrainerCallback beating at every step, and naming the long phases (first step, save, eval, end).
 
     With ``trainer`` (its DDP model is wrapped by the time training begins), each beat also carries the
-    rank's own compute time (``ComputeTimer``), from which the node agents tell a slow node.
+    rank's own time per step (``ComputeTimer``), from which the node agents tell a slow node.
     """
     from transformers import TrainerCallback
 
