@@ -18,6 +18,7 @@ pytestmark = pytest.mark.train
 
 SCRIPT = """\
 import json, os, sys, time, torch, torch.distributed as dist
+from hpcft.train.dist import exit_cleanly
 from hpcft.train.heartbeat import ComputeTimer
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -44,7 +45,8 @@ for step in range(6):
         time.sleep(0.6)
     ddp(torch.full((4, 8), float(rank + 1))).sum().backward()
 grad = ddp.module.lin.weight.grad[0, 0].item()
-print(json.dumps({"rank": rank, "steps": out, "grad": grad}))
+print(json.dumps({"rank": rank, "steps": out, "grad": grad}), flush=True)
+exit_cleanly(0)  # gloo's exit-time abort otherwise (hpcft/train/dist.py)
 """
 
 
