@@ -311,7 +311,7 @@ def node_states(nodes: Sequence[str], *, runner: Runner | None = None) -> dict[s
 
 
 def parse_partition_nodes(text: str, partition: str | None) -> list[str]:
-    """``sinfo -h -N -o "%N %P"`` → the nodes of ``partition`` (None: the default one, marked ``*``)."""
+    """``sinfo -h -N -o "%N|%P"`` → the nodes of ``partition`` (None: the default one, marked ``*``)."""
     rows = _split(text, 2, "sinfo")
     if partition is None:
         return sorted({node for node, part in rows if part.endswith("*")})
@@ -321,7 +321,7 @@ def parse_partition_nodes(text: str, partition: str | None) -> list[str]:
 def partition_nodes(partition: str | None, *, runner: Runner | None = None) -> list[str] | None:
     """The nodes of ``partition`` (None: the default partition), or None when sinfo cannot say."""
     try:
-        proc = (runner or run_process)(["sinfo", "-h", "-N", "-o", "%N %P"], 30)
+        proc = (runner or run_process)(["sinfo", "-h", "-N", "-o", "%N|%P"], 30)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return None
     return parse_partition_nodes(proc.stdout, partition) if proc.returncode == 0 else None

@@ -65,3 +65,13 @@ def test_a_damaged_record_is_no_incident(tmp_path):
 def test_resources_exclude_is_a_host_list():
     with pytest.raises(ConfigError, match=r"resources\.exclude"):
         build_spec({"train": {"model": "m", "data": {"train": "d"}}, "resources": {"exclude": "node1; rm -rf /"}})
+
+
+def test_partition_nodes_from_recorded_sinfo():
+    from hpcft.slurm import client
+    from tests.conftest import REPO
+
+    text = (REPO / "tests" / "data" / "slurm" / "sinfo_partitions.txt").read_text()  # sinfo -h -N -o "%N|%P", lab
+    assert client.parse_partition_nodes(text, None) == ["node1", "node2"]  # the default partition, "debug*"
+    assert client.parse_partition_nodes(text, "high") == ["node1", "node2"]
+    assert client.parse_partition_nodes(text, "gpu") == []
