@@ -46,9 +46,9 @@ from hpcft.train.heartbeat import Beat
 if TYPE_CHECKING:
     from hpcft.spec import JobSpec
 
-POLL_SECONDS = 5.0
+POLL_SECONDS = 1.0  # reading a few small files in /dev/shm
 GATHER_SECONDS = 20.0  # node 0 waits this long for the other nodes' reports
-SPEED_SECONDS = POLL_SECONDS  # each node rewrites its speed summary this often (RUN/nodes/NODE.json)
+SPEED_SECONDS = 1.0  # each node rewrites its speed summary at most this often (RUN/nodes/NODE.json)
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,28 @@ def overdue(beats: list[Beat], now: float, rules: Rules) -> list[Beat]:
     return [b for b in beats if now - b.time > allowance(b, rules)]
 
 
-def node_speed(beats: list[Beat], segment: str, now: float) -> dict[str, Any]:
-    """This node's summary for node 0 and ``hpcft status``: newest step, median step and compute time; pure."""
-    computes = [b.compute_seconds for b in beats if b.compute_seconds > 0]
+def node_speed(beats: list[Beat], last: Mapping[int, tuple[int, float, int]], segment: str,
+               now: float) -> dict[str, Any]:  # fmt: skip
+    """This node's summary for node 0 and ``hpcft status``: newest step, median step time and the median of its
+    ranks' own time per step over the window since ``last`` (rank → (pid, own total, own steps) then); pure."""
+    own = []
+    for b in beats:
+        pid, total, steps = last.get(b.rank, (b.pid, 0.0, 0))
+        if pid != b.pid:  # a restarted rank: its sums start again
+            total, steps = 0.0, 0
+        if b.own_steps > steps:
+            own.append((b.own_total - total) / (b.own_steps - steps))
     steps = [b.step_seconds for b in beats if b.step_seconds > 0]
     return {"segment": segment, "time": round(now, 1), "ranks": len(beats), "step": max((b.step for b in beats),
             default=0), "step_seconds": round(statistics.median(steps), 4) if steps else 0.0,
-            "compute_seconds": round(statistics.median(computes), 4) if computes else 0.0}  # fmt: skip
+            "compute_seconds": round(statistics.median(own), 4) if own else 0.0}  # fmt: skip
+
+
+def speed_interval(beats: list[Beat]) -> float:
+    """Seconds between two speed summaries: 20 steps, at least ``SPEED_SECONDS`` (a few small files a
+    minute on the shared filesystem for real step times, a window of about 20 steps for the judgement)."""
+    steps = [b.step_seconds for b in beats if b.step_seconds > 0]
+    return max(SPEED_SECONDS, 20 * statistics.median(steps)) if steps else SPEED_SECONDS
 
 
 def slow_nodes(speeds: Mapping[str, Mapping[str, Any]], margin: float) -> dict[str, float]:
@@ -189,6 +204,7 @@ class Watchdog:
         self._handled: set[int] = set()  # ranks already killed for a hang (until they are gone)
         self.segment = lifecycle.segment(env)
         self._last_speed = 0.0
+        self._own: dict[int, tuple[int, float, int]] = {}  # rank → (pid, own total, own steps) at the last summary
         self._slow_since: dict[str, int] = {}  # node 0: node → the step from which it has been slow
         self._named: set[str] = set()  # node 0: stragglers already recorded in this segment
         self._thread = threading.Thread(target=self._loop, name="hpcft-watchdog", daemon=True)
@@ -219,9 +235,10 @@ class Watchdog:
         """Judge the live ranks once; on a hang report, kill, and (node 0) record. The event, if any."""
         beats = [b for b in heartbeat.read_node(self.folder)
                  if b.pid not in self._handled and process_state(b.pid) not in ("", "Z")]  # fmt: skip
-        if beats and now - self._last_speed >= SPEED_SECONDS:
+        if beats and now - self._last_speed >= speed_interval(beats):
             self._last_speed = now
-            health.write_node_speed(self.run, self.node, node_speed(beats, self.segment, now))
+            health.write_node_speed(self.run, self.node, node_speed(beats, self._own, self.segment, now))
+            self._own = {b.rank: (b.pid, b.own_total, b.own_steps) for b in beats}
             if self.first:
                 self.judge_speeds(now)
         rules = Rules.of(self.spec, self._save_seconds() if any(b.phase == "save" for b in beats) else None)
@@ -283,7 +300,7 @@ class Watchdog:
 
     def judge_speeds(self, now: float) -> list[dict[str, Any]]:
         """Node 0: name the nodes that stayed slow for ``run.straggler_steps`` steps (event ``straggler``)."""
-        fresh = now - 6 * SPEED_SECONDS  # a node that stopped writing (gone, or an earlier segment's) is not judged
+        fresh = now - 60  # a node that stopped writing for a minute (gone, or an earlier segment's) is not judged
         speeds = {n: v for n, v in health.read_node_speeds(self.run).items()
                   if v.get("segment") == self.segment and float(v.get("time", 0)) > fresh}  # fmt: skip
         slow = slow_nodes(speeds, self.spec.run.straggler_margin)

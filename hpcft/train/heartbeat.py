@@ -29,7 +29,7 @@ ENV = "HPCFT_HEARTBEAT_DIR"
 AGENT_ENV = "HPCFT_AGENT_PID"
 # Phases a rank goes through; each but "train" has its own, longer, allowance (node/watchdog.py).
 PHASES = ("startup", "first_step", "train", "save", "eval", "end")
-_FORMAT = struct.Struct("<qqqddd16s")  # seq, pid, step, time, seconds per step, compute seconds (EWMAs), phase
+_FORMAT = struct.Struct("<qqqdddq16s")  # seq, pid, step, time, s/step (EWMA), own seconds, own steps, phase
 SIZE = _FORMAT.size
 
 
@@ -43,7 +43,8 @@ class Beat:
     time: float
     step_seconds: float  # exponentially weighted mean of the last steps' durations; 0 until two steps
     phase: str
-    compute_seconds: float = 0.0  # the same of the rank's own compute per step (``ComputeTimer``); 0: unknown
+    own_total: float = 0.0  # the rank's own time over its measured steps, summed (``ComputeTimer``)
+    own_steps: int = 0  # how many steps that sum holds (0: not measured: no DDP)
 
 
 def node_dir(root: str | os.PathLike, node: str) -> Path:
@@ -56,7 +57,8 @@ class Publisher:
 
     def __init__(self, path: Path, rank: int) -> None:
         self.rank, self.step, self.phase = rank, 0, "startup"
-        self.seq, self.step_seconds, self.compute_seconds, self._last_step_time = 0, 0.0, 0.0, None
+        self.seq, self.step_seconds, self._last_step_time = 0, 0.0, None
+        self.own_total, self.own_steps = 0.0, 0
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -68,10 +70,11 @@ class Publisher:
 
     def publish(self, step: int | None = None, phase: str | None = None, compute: float | None = None) -> None:
         """Publish progress now: ``step`` (a new one updates the step time), ``phase`` (one of ``PHASES``),
-        ``compute``: the seconds of this step the rank computed before its gradients were ready."""
+        ``compute``: the rank's own seconds of the last whole step (``ComputeTimer``), added to a running sum
+        that the node's agent averages over its own window."""
         now = time.time()
         if compute is not None:
-            self.compute_seconds = _ewma(self.compute_seconds, compute)
+            self.own_total, self.own_steps = self.own_total + compute, self.own_steps + 1
         if step is not None and step != self.step:
             if self._last_step_time is not None and phase in (None, "train") and self.phase == "train":
                 took = (now - self._last_step_time) / max(1, step - self.step)
@@ -86,8 +89,8 @@ class Publisher:
         self.seq += 1  # odd: being written
         self._map[:8] = struct.pack("<q", self.seq)
         self.seq += 1
-        self._map[:] = _FORMAT.pack(self.seq, os.getpid(), self.step, now, self.step_seconds, self.compute_seconds,
-                                    self.phase.encode())  # fmt: skip
+        self._map[:] = _FORMAT.pack(self.seq, os.getpid(), self.step, now, self.step_seconds, self.own_total,
+                                    self.own_steps, self.phase.encode())  # fmt: skip
 
 
 def _ewma(mean: float, value: float) -> float:
@@ -103,9 +106,10 @@ def read(path: Path, rank: int) -> Beat | None:
             return None
         if len(data) != SIZE:
             return None
-        seq, pid, step, when, step_seconds, compute, phase = _FORMAT.unpack(data)
+        seq, pid, step, when, step_seconds, own_total, own_steps, phase = _FORMAT.unpack(data)
         if seq % 2 == 0:
-            return Beat(rank, pid, step, when, step_seconds, phase.rstrip(b"\0").decode(errors="replace"), compute)
+            name = phase.rstrip(b"\0").decode(errors="replace")
+            return Beat(rank, pid, step, when, step_seconds, name, own_total, own_steps)
         time.sleep(0.001)
     return None
 

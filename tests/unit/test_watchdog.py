@@ -155,34 +155,45 @@ def test_a_node_is_slow_against_the_median_of_the_others_and_unmeasured_nodes_ar
     assert watchdog.slow_nodes({"node1": {"compute_seconds": 0.05}}, 0.3) == {}  # nobody to compare with
 
 
-def test_a_node_summary_takes_the_medians_of_its_ranks():
-    beats = [Beat(0, 1, 40, 0.0, 0.2, "train", 0.05), Beat(1, 2, 41, 0.0, 0.3, "train", 0.07),
-             Beat(2, 3, 41, 0.0, 0.25, "train", 0.0)]  # fmt: skip
-    assert watchdog.node_speed(beats, "7.0", 1000.0) == {"segment": "7.0", "time": 1000.0, "ranks": 3, "step": 41,
-                                                         "step_seconds": 0.25, "compute_seconds": 0.06}  # fmt: skip
+def test_a_node_summary_averages_each_ranks_own_time_over_the_window_and_takes_the_median():
+    # rank: (pid, own seconds summed, steps measured) at the last summary; rank 2 restarted since (new pid)
+    last = {0: (1, 1.0, 20), 1: (2, 1.2, 20), 2: (9, 5.0, 40)}
+    beats = [Beat(0, 1, 40, 0.0, 0.2, "train", 2.0, 40), Beat(1, 2, 41, 0.0, 0.3, "train", 3.0, 40),
+             Beat(2, 3, 41, 0.0, 0.25, "train", 0.7, 10), Beat(3, 4, 41, 0.0, 0.25, "train", 0.0, 0)]  # fmt: skip
+    # own time per step in the window: rank 0 1.0/20 = 0.05, rank 1 1.8/20 = 0.09, rank 2 0.7/10 = 0.07; rank 3 none
+    assert watchdog.node_speed(beats, last, "7.0", 1000.0) == {
+        "segment": "7.0",
+        "time": 1000.0,
+        "ranks": 4,
+        "step": 41,
+        "step_seconds": 0.25,
+        "compute_seconds": 0.07,
+    }
+    assert watchdog.speed_interval(beats) == 5.0  # 20 steps of 0.25 s
+    assert watchdog.speed_interval([Beat(0, 1, 1, 0.0, 0.01, "train")]) == 1.0  # at least a second
 
 
 def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_path):
     F.make_workdir(tmp_path)
     run = F.make_run(tmp_path, name="slow")
     spec = store.load_run_spec(run)
-    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.3, 50)
+    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.3, 20)
     env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
     dog = watchdog.Watchdog(run, spec, env)
 
-    def at(step: int, slow: float, now: float) -> list:
+    def at(step: int, slow: float, now: float, written: float | None = None) -> list:
         for node, compute in (("node1", 0.05), ("node2", slow)):
-            health.write_node_speed(
-                run, node, {"segment": "77.0", "time": now, "step": step, "compute_seconds": compute}
-            )
+            health.write_node_speed(run, node, {"segment": "77.0", "time": written or now, "step": step,
+                                                "compute_seconds": compute})  # fmt: skip
         return dog.judge_speeds(now)
 
-    assert at(100, 0.05, 1000.0) == [] and at(120, 0.2, 1010.0) == []  # slow from step 120
-    assert at(150, 0.05, 1020.0) == []  # back to speed: the count starts again
-    assert at(160, 0.2, 1030.0) == [] and at(200, 0.2, 1040.0) == []
-    (event,) = at(210, 0.2, 1050.0)  # 50 steps slow
+    assert at(100, 0.05, 1000.0) == [] and at(120, 0.2, 1001.0) == []  # slow from step 120
+    assert at(130, 0.05, 1002.0) == []  # back to speed: the count starts again
+    assert at(160, 0.2, 1003.0) == [] and at(170, 0.2, 1004.0) == []
+    (event,) = at(180, 0.2, 1005.0)  # 20 steps slow
     assert (event["kind"], event["node"], event["ratio"], event["since_step"]) == ("straggler", "node2", 4.0, 160)
-    assert at(260, 0.2, 1060.0) == []  # named once
-    assert at(300, 0.2, 2000.0) == []  # summaries older than a minute are not judged
+    assert at(260, 0.2, 1006.0) == []  # named once
+    dog._named.clear()  # as if not named yet: fresh summaries would name node2 again now
+    assert at(300, 0.2, 2000.0, written=1900.0) == []  # summaries over a minute old are not judged
     assert [e["kind"] for e in store.read_state(run)["events"]].count("straggler") == 1
