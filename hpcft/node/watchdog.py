@@ -117,6 +117,15 @@ def slow_nodes(speeds: Mapping[str, Mapping[str, Any]], margin: float) -> dict[s
     return out
 
 
+def window_median(seen: list[tuple[Any, int, float]], since: int) -> float:
+    """The median own time per step of the summaries after step ``since``, once they reach back that far
+    (0.0 until then, or without a measure): one odd window neither names a node nor clears one; pure."""
+    if not seen or seen[0][1] > since:
+        return 0.0
+    values = [own for _, step, own in seen if step > since and own > 0]
+    return round(statistics.median(values), 4) if values else 0.0
+
+
 def stack_key(dump: str) -> str:
     """A short id of a py-spy dump that is equal for equal stacks (pids, thread ids and addresses removed)."""
     lines = [line for line in dump.splitlines() if not line.startswith(("Process ", "Python v"))]
@@ -205,7 +214,7 @@ class Watchdog:
         self.segment = lifecycle.segment(env)
         self._last_speed = 0.0
         self._own: dict[int, tuple[int, float, int]] = {}  # rank → (pid, own total, own steps) at the last summary
-        self._slow_since: dict[str, int] = {}  # node 0: node → the step from which it has been slow
+        self._seen: dict[str, list[tuple[Any, int, float]]] = {}  # node 0: node → its summaries (time, step, own)
         self._named: set[str] = set()  # node 0: stragglers already recorded in this segment
         self._thread = threading.Thread(target=self._loop, name="hpcft-watchdog", daemon=True)
 
@@ -299,25 +308,32 @@ class Watchdog:
         }  # fmt: skip
 
     def judge_speeds(self, now: float) -> list[dict[str, Any]]:
-        """Node 0: name the nodes that stayed slow for ``run.straggler_steps`` steps (event ``straggler``)."""
+        """Node 0: name the nodes slow over the last ``run.straggler_steps`` steps (event ``straggler``).
+
+        Each node's summaries are kept; a node is judged on the median of those covering the last
+        ``straggler_steps`` steps (``window_median``)."""
         fresh = now - 60  # a node that stopped writing for a minute (gone, or an earlier segment's) is not judged
         speeds = {n: v for n, v in health.read_node_speeds(self.run).items()
                   if v.get("segment") == self.segment and float(v.get("time", 0)) > fresh}  # fmt: skip
-        slow = slow_nodes(speeds, self.spec.run.straggler_margin)
+        steps = self.spec.run.straggler_steps
+        for node, v in speeds.items():
+            seen = self._seen.setdefault(node, [])
+            if not seen or seen[-1][0] != v.get("time"):
+                seen.append((v.get("time"), int(v.get("step", 0)), float(v.get("compute_seconds") or 0)))
+                del seen[:-100]
         step = max((int(v.get("step", 0)) for v in speeds.values()), default=0)
-        self._slow_since = {n: self._slow_since.get(n, step) for n in slow}
+        means = {n: {"compute_seconds": window_median(self._seen[n], step - steps)} for n in speeds}
+        slow = slow_nodes(means, self.spec.run.straggler_margin)
         events = []
-        for node, since in self._slow_since.items():
-            if node in self._named or step - since < self.spec.run.straggler_steps:
-                continue
+        for node in sorted(set(slow) - self._named):
             self._named.add(node)
-            others = [float(v["compute_seconds"]) for n, v in speeds.items() if n != node and v.get("compute_seconds")]
+            others = [v["compute_seconds"] for n, v in means.items() if n != node and v["compute_seconds"]]
             event = {"kind": "straggler", "action": "flag", "job": self.env.get("SLURM_JOB_ID", "local"),
                      "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "node": node, "ratio": slow[node],
-                     "compute_seconds": speeds[node]["compute_seconds"], "others_seconds": statistics.median(others),
-                     "since_step": since, "step": step,
-                     "reason": f"{node} computes each step {slow[node]}× as long as the other nodes' median "
-                               f"since step {since}: every rank waits for it"}  # fmt: skip
+                     "compute_seconds": means[node]["compute_seconds"], "others_seconds": statistics.median(others),
+                     "since_step": step - steps, "step": step,
+                     "reason": f"{node} takes {slow[node]}× as long per step as the other nodes "
+                               f"over steps {step - steps}–{step}: every rank waits for it"}  # fmt: skip
             health.record_event(self.run, event)
             lemons.record(self.run.parent, [node], f"straggler ({slow[node]}× slower)", self.run.name)
             print(f"hpcft node {self.node}: straggler: {event['reason']}", flush=True)

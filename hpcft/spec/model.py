@@ -68,7 +68,7 @@ class RunSpec:
                                    "(or 3 × the last measured one)")  # fmt: skip
     straggler_margin: float = _opt(0.3, min=0.01, help="a node computing this much slower than the others' "
                                    "median is a straggler")  # fmt: skip
-    straggler_steps: int = _opt(20, min=1, help="steps a node must stay that slow before it is named (event straggler)")
+    straggler_steps: int = _opt(50, min=1, help="steps a node must stay that slow before it is named (event straggler)")
     avoid_lemons: bool = _opt(True, help="requeues and new jobs exclude the nodes recent faults named (hpcft nodes)")
     shrink_after: int | None = _opt(None, min=0, help="seconds a job waits for a lost node to come back before "
                                     "it continues on the nodes left (≥ resources.min_nodes); default off")  # fmt: skip

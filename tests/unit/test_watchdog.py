@@ -177,7 +177,7 @@ def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_p
     F.make_workdir(tmp_path)
     run = F.make_run(tmp_path, name="slow")
     spec = store.load_run_spec(run)
-    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.3, 20)
+    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.3, 50)
     env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
     dog = watchdog.Watchdog(run, spec, env)
@@ -188,12 +188,14 @@ def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_p
                                                 "compute_seconds": compute})  # fmt: skip
         return dog.judge_speeds(now)
 
-    assert at(100, 0.05, 1000.0) == [] and at(120, 0.2, 1001.0) == []  # slow from step 120
-    assert at(130, 0.05, 1002.0) == []  # back to speed: the count starts again
-    assert at(160, 0.2, 1003.0) == [] and at(170, 0.2, 1004.0) == []
-    (event,) = at(180, 0.2, 1005.0)  # 20 steps slow
-    assert (event["kind"], event["node"], event["ratio"], event["since_step"]) == ("straggler", "node2", 4.0, 160)
-    assert at(260, 0.2, 1006.0) == []  # named once
+    # node2's own time per step in each window of 10 steps; node1's is 0.05 throughout
+    assert [at(s, own, 1000.0 + s) for s, own in ((100, 0.05), (110, 0.05), (120, 0.2), (130, 0.05), (140, 0.05))] \
+        == [[]] * 5  # the summaries do not reach back 50 steps yet  # fmt: skip
+    assert at(150, 0.05, 1150.0) == []  # steps 101-150: one slow window of five, median 0.05
+    assert at(160, 0.2, 1160.0) == [] and at(170, 0.2, 1170.0) == []  # two of five: the median is still 0.05
+    (event,) = at(180, 0.2, 1180.0)  # steps 131-180: three of five slow, median 0.2 = 4 × node1's
+    assert (event["node"], event["ratio"], event["since_step"], event["step"]) == ("node2", 4.0, 130, 180)
+    assert at(190, 0.2, 1190.0) == []  # named once
     dog._named.clear()  # as if not named yet: fresh summaries would name node2 again now
     assert at(300, 0.2, 2000.0, written=1900.0) == []  # summaries over a minute old are not judged
     assert [e["kind"] for e in store.read_state(run)["events"]].count("straggler") == 1
