@@ -86,11 +86,11 @@ def node_speed(beats: list[Beat], last: Mapping[int, tuple[int, float, int]], se
     ranks' own time per step over the window since ``last`` (rank → (pid, own total, own steps) then); pure."""
     own = []
     for b in beats:
-        pid, total, steps = last.get(b.rank, (b.pid, 0.0, 0))
+        pid, total, counted = last.get(b.rank, (b.pid, 0.0, 0))
         if pid != b.pid:  # a restarted rank: its sums start again
-            total, steps = 0.0, 0
-        if b.own_steps > steps:
-            own.append((b.own_total - total) / (b.own_steps - steps))
+            total, counted = 0.0, 0
+        if b.own_steps > counted:
+            own.append((b.own_total - total) / (b.own_steps - counted))
     steps = [b.step_seconds for b in beats if b.step_seconds > 0]
     return {"segment": segment, "time": round(now, 1), "ranks": len(beats), "step": max((b.step for b in beats),
             default=0), "step_seconds": round(statistics.median(steps), 4) if steps else 0.0,
@@ -318,6 +318,8 @@ class Watchdog:
         steps = self.spec.run.straggler_steps
         for node, v in speeds.items():
             seen = self._seen.setdefault(node, [])
+            if seen and int(v.get("step", 0)) < seen[-1][1]:
+                seen.clear()  # the ranks restarted from an earlier checkpoint: a new history
             if not seen or seen[-1][0] != v.get("time"):
                 seen.append((v.get("time"), int(v.get("step", 0)), float(v.get("compute_seconds") or 0)))
                 del seen[:-100]
