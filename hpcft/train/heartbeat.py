@@ -168,9 +168,10 @@ class ComputeTimer:
     node from the ranks waiting for it. A DDP rank waits in two places: in DDP's forward, from its entry to
     the model's own forward (DDP broadcasts rank 0's buffers there, and rebuilds its buckets once), and at
     the end of the backward, from its last gradient bucket being ready to the all-reduces being done (a
-    communication hook notes both, then all-reduces as DDP's default does). Whatever else a slow rank
-    does slowly — data, forward, backward, optimizer, callbacks — stays in its own time. Under DeepSpeed or
-    FSDP (no DDP) it stays unknown.
+    communication hook notes both, then all-reduces as DDP's default does), and in any other synchronous
+    collective of ``torch.distributed`` (timed by wrappers). Whatever else a slow rank does slowly — data,
+    forward, backward, optimizer, callbacks — stays in its own time. Under DeepSpeed or FSDP (no DDP) it
+    stays unknown.
     """
 
     def __init__(self) -> None:
@@ -193,7 +194,33 @@ class ComputeTimer:
             return False
         wrapped.register_forward_pre_hook(self._enter)
         wrapped.module.register_forward_pre_hook(self._forward)
+        self._time_collectives()
         return True
+
+    # Synchronous collectives outside DDP — the Trainer's gather of the loss for its log, hpcft's barriers
+    # around a commit — are waits for the slowest rank too. (DDP's own buffer broadcast runs in C++, timed above.)
+    COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast",
+                   "barrier", "gather", "scatter", "reduce")  # fmt: skip
+
+    def _time_collectives(self) -> None:
+        import torch.distributed as dist
+
+        for name in self.COLLECTIVES:
+            call = getattr(dist, name, None)
+            if call is None or getattr(call, "_hpcft_timed", False):
+                continue
+
+            def timed(*args, _call=call, **kwargs):
+                if kwargs.get("async_op"):
+                    return _call(*args, **kwargs)
+                began = time.perf_counter()
+                try:
+                    return _call(*args, **kwargs)
+                finally:
+                    self.waited += time.perf_counter() - began
+
+            timed._hpcft_timed = True
+            setattr(dist, name, timed)
 
     def _enter(self, module, args) -> None:
         self.entered = time.perf_counter()

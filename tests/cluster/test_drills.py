@@ -121,7 +121,8 @@ def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(referenc
     st = wait_finished(run)
     state = json.loads((run / "state.json").read_text())
     assert state["failures"] == 1 and st["job_ids"] == [job]
-    assert [(e["action"], e.get("kind")) for e in state["events"]] == [("restart", "in-job restart"), ("done", None)]
+    lifecycle = [e for e in state["events"] if e.get("kind") != "straggler"]  # a busy lab's noise may name one
+    assert [(e["action"], e.get("kind")) for e in lifecycle] == [("restart", "in-job restart"), ("done", None)]
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert [b["restart"] for b in begins] == [0, 0]  # the same SLURM run of the job: no requeue
     assert begins[1]["start_step"] >= 39  # step 40's own save may be the one the kill interrupted
@@ -182,7 +183,8 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     st = wait_finished(run)
     state = json.loads((run / "state.json").read_text())
     assert state["failures"] == 1 and st["job_ids"] == [job]  # the hang restart was charged, in the same job
-    assert sorted(e.get("kind") or e["action"] for e in state["events"]) == ["done", "hang", "in-job restart"]
+    kinds = sorted(e.get("kind") or e["action"] for e in state["events"] if e.get("kind") != "straggler")
+    assert kinds == ["done", "hang", "in-job restart"]
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)

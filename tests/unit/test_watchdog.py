@@ -177,7 +177,7 @@ def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_p
     F.make_workdir(tmp_path)
     run = F.make_run(tmp_path, name="slow")
     spec = store.load_run_spec(run)
-    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.3, 50)
+    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (0.5, 50)
     env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
     dog = watchdog.Watchdog(run, spec, env)
