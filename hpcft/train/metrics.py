@@ -148,7 +148,7 @@ def append_record(run: Path, record: dict) -> None:
     with open(run / layout.METRICS_FILE, "ab") as f:
         f.write((json.dumps(record) + "\n").encode())
         end = f.tell()
-    if "event" in record:
+    if record.get("event") == "train_begin":
         with open(run / layout.METRICS_EVENTS_FILE, "ab") as f:
             f.write((json.dumps({**record, "log_end": end}) + "\n").encode())
 
