@@ -132,8 +132,7 @@ def slow_node(run: Path, timeout: float = 300) -> dict:
         time.sleep(0.15)
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.1)
-        events = json.loads((run / "state.json").read_text()).get("events", [])
-        named = next((e for e in events if e.get("kind") == "straggler"), None)
+        named = next(iter(json.loads((run / "state.json").read_text()).get("stragglers", [])), None)
     return {"node": named and named["node"], "seconds_to_named": round(time.time() - t0, 1),
             "steps_to_named": last_step(run) - step0, "ratio": named and named["ratio"]}  # fmt: skip
 
@@ -198,7 +197,7 @@ def per_fault(run: Path, faults: list[tuple[str, float]]) -> list[dict]:
     events = [
         e
         for e in json.loads((run / "state.json").read_text())["events"]
-        if e["action"] != "done" and e.get("kind") not in ("hang", "straggler")
+        if e["action"] != "done" and e.get("kind") != "hang"
     ]  # their restart is an event
     injected = list(faults)
     rows = []

@@ -98,9 +98,9 @@ def save_advice(events: Iterable[Mapping[str, Any]], held: float, save_seconds: 
                 step_seconds: float | None) -> dict[str, Any] | None:  # fmt: skip
     """How often to save for this run's own fault rate (Young/Daly: ``√(2 · Ts · MTBF)``); None without a fault
     or a measured save; pure. MTBF = the time held ÷ the faults seen (restarts, requeues after a preemption or
-    a crash, node losses; not time limits, not the descriptive hang/straggler events)."""
+    a crash, node losses; not time limits, not the hang event that precedes its restart)."""
     faults = sum(1 for e in events if e.get("action") in FAULT_ACTIONS and e.get("kind") not in
-                 ("time limit", "hang", "straggler"))  # fmt: skip
+                 ("time limit", "hang"))  # fmt: skip
     if not faults or not save_seconds or not held:
         return None
     mtbf = held / faults

@@ -83,12 +83,18 @@ def read_node_speeds(run: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+STRAGGLERS = "stragglers"  # state.json's list of straggler events: apart from the run's lifecycle "events"
+
+
 def record_event(run: Path, event: dict[str, Any]) -> None:
-    """Append a watchdog event (``hang``, ``straggler``) to state.json."""
-    store.update_state(run, lambda state: state.setdefault("events", []).append({**event, "time": store.now_iso()}))
+    """Append a watchdog event to state.json: a ``hang`` (a restart follows) to the run's ``events``, a
+    ``straggler`` (nothing happens to the run) to ``stragglers``."""
+    key = STRAGGLERS if event.get("kind") == "straggler" else "events"
+    store.update_state(run, lambda state: state.setdefault(key, []).append({**event, "time": store.now_iso()}))
 
 
 def newest_event(state: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
-    """The run's newest event of ``kind``, or None."""
-    found = [e for e in state.get("events", []) if isinstance(e, dict) and e.get("kind") == kind]
+    """The run's newest event of ``kind`` (``hang`` from ``events``, ``straggler`` from ``stragglers``), or None."""
+    listed = state.get(STRAGGLERS if kind == "straggler" else "events", [])
+    found = [e for e in listed if isinstance(e, dict) and e.get("kind") == kind] if isinstance(listed, list) else []
     return found[-1] if found else None

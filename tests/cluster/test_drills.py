@@ -35,7 +35,10 @@ def status(run: Path) -> dict:
 
 def records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # a last line without its newline is still being written
+    return [json.loads(x) for x in lines if x]
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -121,8 +124,7 @@ def test_b_killed_rank_restarts_inside_the_job_from_the_last_checkpoint(referenc
     st = wait_finished(run)
     state = json.loads((run / "state.json").read_text())
     assert state["failures"] == 1 and st["job_ids"] == [job]
-    lifecycle = [e for e in state["events"] if e.get("kind") != "straggler"]  # a busy lab's noise may name one
-    assert [(e["action"], e.get("kind")) for e in lifecycle] == [("restart", "in-job restart"), ("done", None)]
+    assert [(e["action"], e.get("kind")) for e in state["events"]] == [("restart", "in-job restart"), ("done", None)]
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert [b["restart"] for b in begins] == [0, 0]  # the same SLURM run of the job: no requeue
     assert begins[1]["start_step"] >= 39  # step 40's own save may be the one the kill interrupted
@@ -183,15 +185,14 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     st = wait_finished(run)
     state = json.loads((run / "state.json").read_text())
     assert state["failures"] == 1 and st["job_ids"] == [job]  # the hang restart was charged, in the same job
-    kinds = sorted(e.get("kind") or e["action"] for e in state["events"] if e.get("kind") != "straggler")
-    assert kinds == ["done", "hang", "in-job restart"]
+    assert sorted(e.get("kind") or e["action"] for e in state["events"]) == ["done", "hang", "in-job restart"]
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
 
 
 def stragglers(run: Path) -> list[dict]:
-    return [e for e in json.loads((run / "state.json").read_text()).get("events", []) if e.get("kind") == "straggler"]
+    return json.loads((run / "state.json").read_text()).get("stragglers", [])
 
 
 def test_g_a_slow_node_is_named_within_100_steps_and_a_healthy_run_names_none(reference, demo_dir, runs_dir):

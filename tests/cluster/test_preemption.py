@@ -23,7 +23,8 @@ ONE_PER_NODE = ["--nodes", "2", "--gpus-per-node", "1"]  # the claims are about 
 
 def _steps(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []  # the last one may be half-written
+    return [json.loads(x) for x in lines if x]
 
 
 def _state(run: Path) -> dict:

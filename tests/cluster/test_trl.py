@@ -48,7 +48,8 @@ def state(run: Path) -> dict:
 
 def records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []  # the last one may be half-written
+    return [json.loads(x) for x in lines if x]
 
 
 def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir, runs_dir, sft_data):
