@@ -268,8 +268,8 @@ class Watchdog:
             self._handled.add(b.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(b.pid, signal.SIGKILL)  # a stopped process dies too; the launcher restarts the ranks
-        if not self.first:
-            return None
+        if not health.claim_episode(self.run, episode):
+            return None  # another node's agent saw it first and records it
         event = self.gather(episode, folder, oldest, now, rules)
         health.record_event(self.run, event)
         named = [s["node"] for s in event["suspects"]]
@@ -312,6 +312,8 @@ class Watchdog:
 
         Each node's summaries are kept; a node is judged on the median of those covering the last
         ``straggler_steps`` steps (``window_median``)."""
+        if self.spec.run.straggler_margin is None:
+            return []  # off by default: node speeds are shown, nobody is named (README: why)
         fresh = now - 60  # a node that stopped writing for a minute (gone, or an earlier segment's) is not judged
         speeds = {n: v for n, v in health.read_node_speeds(self.run).items()
                   if v.get("segment") == self.segment and float(v.get("time", 0)) > fresh}  # fmt: skip

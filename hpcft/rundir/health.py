@@ -13,6 +13,7 @@ must read, never written per step:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,17 @@ def read_node_speeds(run: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return out
+
+
+def claim_episode(run: Path, episode_name: str) -> bool:
+    """True for the one node agent that records this hang (the first to claim it; the others only report)."""
+    folder = episode_dir(run, episode_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / ".recorded", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
 
 
 STRAGGLERS = "stragglers"  # state.json's list of straggler events: apart from the run's lifecycle "events"
