@@ -9,8 +9,9 @@ On a hang, before anything is killed, each node's agent writes its ranks' states
 ``RUN/hangs/EPISODE/`` (``hpcft.rundir.hangs``) — a SIGSTOPped rank's too: ``--nonblocking`` reads its
 memory without attaching — then SIGKILLs its ranks (stopped ones die too), so the launcher restarts them
 from the newest complete checkpoint (torchrun's in-job restart, or ``hpcft node``'s), charged to
-``run.max_failures`` like any restart. The first agent that saw the hang (``health.claim_episode``) then gathers every node's report, names the suspects
-(``suspects``) and records the ``hang`` event that ``hpcft status`` shows.
+``run.max_failures`` like any restart. The first agent that saw the hang (``health.claim_episode``) then
+gathers every node's report, names the suspects (``suspects``) and records the ``hang`` event that
+``hpcft status`` shows.
 
 Why every node judges its own ranks: in a synchronous job one silent rank stops every rank within a
 step (they wait for it in the next collective), so every node's watchdog fires within one poll of the
