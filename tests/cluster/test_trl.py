@@ -66,7 +66,7 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
         return speeds if sorted(speeds) == list(lab.nodes) and all(v["compute_seconds"] > 0 for v in speeds.values()) \
             else None  # fmt: skip
 
-    assert all(v["step"] >= 30 for v in wait_until("both nodes' speeds", beating, timeout=60, interval=2).values())
+    assert all(v["step"] > 0 for v in wait_until("both nodes' speeds", beating, timeout=60, interval=2).values())
     preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--gres=gpu:2", "--mem=1G",
                                 "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True,
                                check=True).stdout.strip()  # fmt: skip
