@@ -49,13 +49,7 @@ def write_node_report(run: Path, episode_name: str, node: str, report: dict[str,
 
 def read_node_reports(run: Path, episode_name: str) -> dict[str, dict[str, Any]]:
     """The reports written so far for an episode, by node (a damaged one is skipped)."""
-    out = {}
-    for path in sorted(episode_dir(run, episode_name).glob("*.json")):
-        try:
-            out[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-    return out
+    return _by_node(episode_dir(run, episode_name))
 
 
 def describe(event: Mapping[str, Any]) -> str:
@@ -75,8 +69,13 @@ def write_node_speed(run: Path, node: str, summary: dict[str, Any]) -> None:
 
 def read_node_speeds(run: Path) -> dict[str, dict[str, Any]]:
     """Every node's newest speed summary, by node (a damaged one is skipped)."""
+    return _by_node(run / NODES_DIR)
+
+
+def _by_node(folder: Path) -> dict[str, dict[str, Any]]:
+    """``NODE.json`` files of ``folder`` by node; a damaged or vanishing one is skipped."""
     out = {}
-    for path in sorted((run / NODES_DIR).glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         try:
             out[path.stem] = json.loads(path.read_text())
         except (OSError, ValueError):
