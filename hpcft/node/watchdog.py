@@ -229,7 +229,10 @@ class Watchdog:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the watchdog; a hang being recorded finishes first (``gather`` ends at once when told)."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=GATHER_SECONDS + 10)
         shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.root.rmdir()  # the job's folder, once no node of it on this machine uses it
@@ -272,7 +275,6 @@ class Watchdog:
         if not health.claim_episode(self.run, episode):
             return None  # another node's agent saw it first and records it
         event = self.gather(episode, folder, oldest, now, rules)
-        health.record_event(self.run, event)
         named = [s["node"] for s in event["suspects"]]
         lemons.record(self.run.parent, named, f"hang at step {event['step']}", self.run.name)
         print(f"hpcft node {self.node}: {health.describe(event)}", flush=True)
@@ -293,20 +295,26 @@ class Watchdog:
         return {"node": self.node, "time": store.now_iso(), "ranks": ranks}, text
 
     def gather(self, episode: str, folder: Path, oldest: Beat, now: float, rules: Rules) -> dict[str, Any]:
-        """Wait (bounded) for every node's report; the ``hang`` event with the suspects."""
-        deadline = time.monotonic() + GATHER_SECONDS
-        reports = health.read_node_reports(self.run, episode)
-        while len(reports) < len(self.nodes) and time.monotonic() < deadline:
-            time.sleep(1)
-            reports = health.read_node_reports(self.run, episode)
-        return {
+        """Record the ``hang`` event at once from the reports written so far, then wait (bounded) for the other
+        nodes' reports and update its suspects as they come. At once, because the restart may finish the job
+        (and end this agent) before a node whose ranks died of the hang's side effects ever reports."""
+        event = {
             "kind": "hang", "action": "restart", "job": self.env.get("SLURM_JOB_ID", "local"),
-            "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "step": oldest.step, "phase": oldest.phase,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(oldest.time)),
+            "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "episode": episode, "step": oldest.step,
+            "phase": oldest.phase, "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(oldest.time)),
             "silent": round(now - oldest.time), "allowed": round(allowance(oldest, rules)),
-            "suspects": suspects(reports, self.nodes), "stacks": str(folder.relative_to(self.run)),
+            "stacks": str(folder.relative_to(self.run)),
             "reason": "no progress past the allowance: every rank restarted inside the job from the newest checkpoint",
         }  # fmt: skip
+        deadline, seen = time.monotonic() + GATHER_SECONDS, None
+        while True:
+            reports = health.read_node_reports(self.run, episode)
+            if sorted(reports) != seen:
+                seen = sorted(reports)
+                event["suspects"] = suspects(reports, self.nodes)
+                health.record_event(self.run, event)  # replaces this episode's event: one per hang
+            if len(reports) >= len(self.nodes) or time.monotonic() >= deadline or self._stop.wait(1):
+                return event
 
     def judge_speeds(self, now: float) -> list[dict[str, Any]]:
         """Node 0: name the nodes slow over the last ``run.straggler_steps`` steps (event ``straggler``).

@@ -98,10 +98,21 @@ STRAGGLERS = "stragglers"  # state.json's list of straggler events: apart from t
 
 
 def record_event(run: Path, event: dict[str, Any]) -> None:
-    """Append a watchdog event to state.json: a ``hang`` (a restart follows) to the run's ``events``, a
-    ``straggler`` (nothing happens to the run) to ``stragglers``."""
+    """Add a watchdog event to state.json: a ``hang`` (a restart follows) to the run's ``events``, a
+    ``straggler`` (nothing happens to the run) to ``stragglers``. An event with the ``episode`` of one
+    already there replaces it (a hang's suspects are refined as the nodes' reports arrive), keeping its time."""
     key = STRAGGLERS if event.get("kind") == "straggler" else "events"
-    store.update_state(run, lambda state: state.setdefault(key, []).append({**event, "time": store.now_iso()}))
+
+    def change(state: dict[str, Any]) -> None:
+        listed = state.setdefault(key, [])
+        for i, old in enumerate(listed):
+            if event.get("episode") and isinstance(old, dict) and old.get("episode") == event["episode"] \
+                    and old.get("kind") == event.get("kind"):  # fmt: skip
+                listed[i] = {**event, "time": old.get("time") or store.now_iso()}
+                return
+        listed.append({**event, "time": store.now_iso()})
+
+    store.update_state(run, change)
 
 
 def newest_event(state: Mapping[str, Any], kind: str) -> dict[str, Any] | None:

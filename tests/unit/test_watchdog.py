@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +147,49 @@ def test_the_watchdog_reports_kills_and_records_a_hang(tmp_path, stuck, monkeypa
     report = health.read_node_reports(run, Path(event["stacks"]).name)["node1"]
     assert report["ranks"][0]["state"] == "T" and report["ranks"][0]["step"] == 3
     assert dog.check(time.time() + 200) is None  # the killed rank is not judged again
+
+
+def test_a_hang_is_recorded_at_once_and_refined_as_the_other_nodes_report(tmp_path, stuck):
+    """The claiming agent records the event before it waits for the other nodes: the restart can end the job
+    (and this agent) first. A later report replaces the suspects of the same event; ``stop`` ends the wait."""
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="hang2")
+    env = {"SLURM_JOB_ID": "78", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
+    dog = watchdog.Watchdog(run, store.load_run_spec(run), env)
+    dog.folder = tmp_path / "hb" / "node1"
+    found = {}
+    worker = threading.Thread(target=lambda: found.update(event=dog.check(time.time() + 91)))
+    worker.start()
+    hangs = lambda: [e for e in store.read_state(run).get("events", []) if e.get("kind") == "hang"]  # noqa: E731
+    first = wait_until("the hang event before node2 reports", hangs, timeout=30, interval=0.05)
+    assert [(s["node"], s["rank"]) for s in first[0]["suspects"]] == [("node2", None)]  # no report from node2 yet
+    assert worker.is_alive()  # still gathering
+    report = {"node": "node2", "ranks": [{"rank": 1, "pid": 1, "step": 3, "phase": "train", "state": "T",
+                                          "silent": 95.0, "stack": "x"}]}  # fmt: skip
+    health.write_node_report(run, first[0]["episode"], "node2", report, "=== stack x ===\n")
+    worker.join(timeout=15)
+    assert not worker.is_alive()  # every node reported: no wait for the deadline
+    (only,) = hangs()
+    assert [(s["node"], s["rank"]) for s in only["suspects"]] == [("node2", 1)] == [
+        (s["node"], s["rank"]) for s in found["event"]["suspects"]]
+    assert only["time"] == first[0]["time"]  # the same event, refined
+
+
+def test_stopping_the_watchdog_ends_a_gather_at_once(tmp_path, stuck):
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="hang3")
+    env = {"SLURM_JOB_ID": "79", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
+    dog = watchdog.Watchdog(run, store.load_run_spec(run), env)
+    dog.folder = tmp_path / "hb" / "node1"
+    worker = threading.Thread(target=dog.check, args=(time.time() + 91,))
+    worker.start()
+    wait_until("the hang event", lambda: store.read_state(run).get("events"), timeout=30, interval=0.05)
+    t0 = time.monotonic()
+    dog.stop()
+    worker.join(timeout=5)
+    assert not worker.is_alive() and time.monotonic() - t0 < 5  # not the 20 s gather deadline
 
 
 def test_a_node_is_slow_against_the_median_of_the_others_and_unmeasured_nodes_are_no_yardstick():
