@@ -171,8 +171,11 @@ def test_a_hang_is_recorded_at_once_and_refined_as_the_other_nodes_report(tmp_pa
     worker.join(timeout=15)
     assert not worker.is_alive()  # every node reported: no wait for the deadline
     (only,) = hangs()
-    assert [(s["node"], s["rank"]) for s in only["suspects"]] == [("node2", 1)] == [
-        (s["node"], s["rank"]) for s in found["event"]["suspects"]]
+    assert (
+        [(s["node"], s["rank"]) for s in only["suspects"]]
+        == [("node2", 1)]
+        == [(s["node"], s["rank"]) for s in found["event"]["suspects"]]
+    )
     assert only["time"] == first[0]["time"]  # the same event, refined
 
 
