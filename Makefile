@@ -29,6 +29,6 @@ ops: setup
 unit: setup
 	.venv/bin/pytest -q tests/unit
 
-# Three lanes (tests/conftest.py): the tests of each of the lab's two clusters in order in one, the unit and train tests beside them.
+# Three lanes (tests/conftest.py): the tests of each of the lab's three clusters in order in one, then the unit and train tests.
 test: setup cluster lint ops
 	.venv/bin/pytest -v -n 3 --timeout=900 --durations=30 tests

@@ -63,34 +63,42 @@ class Lab:
 
 
 LABS = {"lab": Lab("lab", LAB_DIR / "etc" / "slurm.conf", ("node1", "node2")),
-        "lab2": Lab("lab2", LAB_DIR / "etc" / "lab2" / "slurm.conf", ("node3", "node4"))}  # fmt: skip
-# The lab tests' two lanes, a cluster each, balanced by the test time the modules took in CI (the rest: lab).
-LAB2_MODULES = {"test_trl", "test_launchers", "test_resize", "test_offload_cluster", "test_hostile_values",
-                "test_any_trainer", "test_train_cluster", "test_ops", "test_fs_ops",
-                "test_preemption_launchers"}  # fmt: skip
+        "lab2": Lab("lab2", LAB_DIR / "etc" / "lab2" / "slurm.conf", ("node3", "node4")),
+        "lab3": Lab("lab3", LAB_DIR / "etc" / "lab3" / "slurm.conf", ("node5", "node6"))}  # fmt: skip
+# The lab tests' lanes, a cluster each, balanced by the test time the modules took in CI (the rest: lab).
+# lab3's lane also runs the unit and train tests after its own (``pytest_collection_modifyitems``).
+LAB_MODULES = {
+    "lab2": {"test_trl", "test_launchers", "test_offload_cluster", "test_hostile_values", "test_any_trainer",
+             "test_train_cluster", "test_ops", "test_fs_ops", "test_preemption_launchers"},
+    "lab3": {"test_warning_lead", "test_resize"},
+}  # fmt: skip
 
 
 def lane_of(nodeid: str) -> str:
-    """The unit of work a test belongs to: the lab cluster it runs on (``lab``, ``lab2``) for a test on the lab,
-    else its module."""
+    """The unit of work a test belongs to: the lab cluster it runs on (``lab``, ``lab2``, ``lab3``) for a test
+    on the lab, else its module."""
     module = nodeid.split("::", 1)[0]
     if not module.startswith(LAB_LANE):
         return module
-    return "lab2" if Path(module).stem in LAB2_MODULES else "lab"
+    stem = Path(module).stem
+    return next((lab for lab, modules in LAB_MODULES.items() if stem in modules), "lab")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The order of ``make test``'s lanes: the lab's two lanes first (the longest), then the unit modules, so
-    that the module xdist queues behind each lab lane is a short one, then the train modules."""
-    items.sort(key=lambda item: (not item.nodeid.startswith(LAB_LANE), lane_of(item.nodeid) == "lab2",
+    """The order of ``make test``'s lanes: the lab's three lanes first (the first three units of work, one to
+    each worker), then the unit modules, then the train modules — each taken by the first worker with two
+    tests or fewer left: lab3's (the shortest lab lane), and at their ends the other two."""
+    order = list(LABS)
+    items.sort(key=lambda item: (not item.nodeid.startswith(LAB_LANE),
+                                 order.index(lane_of(item.nodeid)) if item.nodeid.startswith(LAB_LANE) else 0,
                                  item.get_closest_marker("train") is not None))  # fmt: skip
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Three lanes for ``make test`` (``pytest -n 3``): the tests on each of the lab's two clusters in a lane of
+    """Three lanes for ``make test`` (``pytest -n 3``): the tests on each of the lab's three clusters in a lane of
     their own, in order — the drills need their cluster's two nodes and partitions to themselves — and the unit
-    and train tests beside them, a module at a time (their module fixtures are built once).
+    and train tests after them, a module at a time (their module fixtures are built once).
 
     xdist's own ``--dist loadgroup`` would do it from ``xdist_group`` marks, but with pytest >= 9.2 it groups
     nothing and spreads every test over the workers (it renames node ids through a field pytest no longer
@@ -113,7 +121,7 @@ _TIERS: dict[str, dict] = {}  # tier (and "cluster lane X") → tests, seconds o
 
 def pytest_runtest_logreport(report):
     """Account every test's phases to its tier (tests/<tier>/...), a lab test also to its lane: ``make test``
-    prints time by tier and by lab lane (what ``LAB2_MODULES`` balances)."""
+    prints time by tier and by lab lane (what ``LAB_MODULES`` balances)."""
     parts = report.nodeid.split("/")
     names = [parts[1] if len(parts) > 2 else "other"]
     if report.nodeid.startswith(LAB_LANE):
