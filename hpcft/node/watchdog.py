@@ -5,17 +5,20 @@ allows (``allowance``): a training step gets ``max(run.hang_timeout, run.hang_st
 step time)``; start-up and the first step, a save (at least 3 × the last measured one), an eval and the
 end get ``run.hang_phase_timeout``. A rank that has not published yet (still importing) is not judged.
 
-On a hang, before anything is killed, each node's agent writes its ranks' states and py-spy stacks to
-``RUN/hangs/EPISODE/`` (``hpcft.rundir.hangs``) — a SIGSTOPped rank's too: ``--nonblocking`` reads its
-memory without attaching — then SIGKILLs its ranks (stopped ones die too), so the launcher restarts them
-from the newest complete checkpoint (torchrun's in-job restart, or ``hpcft node``'s), charged to
-``run.max_failures`` like any restart. The first agent that saw the hang (``health.claim_episode``) then
-gathers every node's report, names the suspects (``suspects``) and records the ``hang`` event that
-``hpcft status`` shows.
+On a hang, before anything is killed, the agent that found it asks every node's agent for its ranks'
+stacks (``RUN/hangs/request-SEGMENT``, read each poll); each writes its ranks' states and py-spy stacks
+to ``RUN/hangs/EPISODE/`` (``hpcft.rundir.health``) — a SIGSTOPped rank's too: ``--nonblocking`` reads
+its memory without attaching. Once every node has reported (or after ``REQUEST_SECONDS``) the ranks are
+SIGKILLed (stopped ones die too), so the launcher restarts them from the newest complete checkpoint
+(torchrun's in-job restart, or ``hpcft node``'s), charged to ``run.max_failures`` like any restart. The
+first agent that saw the hang (``health.claim_episode``) records the ``hang`` event that ``hpcft status``
+shows, with the suspects (``suspects``) named from every node's report.
 
 Why every node judges its own ranks: in a synchronous job one silent rank stops every rank within a
-step (they wait for it in the next collective), so every node's watchdog fires within one poll of the
-others, and none needs a per-step message from the rest.
+step (they wait for it in the next collective), so every node's watchdog fires within a poll or two of
+the others, and none needs a per-step message from the rest. Why the request all the same: the first
+agent to kill its ranks ends the others' collectives with an error, and a peer whose watchdog had not
+fired yet would lose its stacks of the hang (seen on a busy lab).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ if TYPE_CHECKING:
     from hpcft.spec import JobSpec
 
 POLL_SECONDS = 1.0  # reading a few small files in /dev/shm
-GATHER_SECONDS = 20.0  # node 0 waits this long for the other nodes' reports
+GATHER_SECONDS = 20.0  # the recording agent waits this long for the other nodes' reports
+REQUEST_SECONDS = 10.0  # the agent that found a hang waits this long for the others' stacks before killing
 SPEED_SECONDS = 1.0  # each node rewrites its speed summary at most this often (RUN/nodes/NODE.json)
 
 
@@ -212,6 +216,7 @@ class Watchdog:
         self.folder = heartbeat.node_dir(self.root, self.node)
         self._stop = threading.Event()
         self._handled: set[int] = set()  # ranks already killed for a hang (until they are gone)
+        self._answered: set[str] = set()  # hang episodes whose stack request this agent has seen
         self.segment = lifecycle.segment(env)
         self._last_speed = 0.0
         self._own: dict[int, tuple[int, float, int]] = {}  # rank → (pid, own total, own steps) at the last summary
@@ -254,24 +259,55 @@ class Watchdog:
             self._own = {b.rank: (b.pid, b.own_total, b.own_steps) for b in beats}
             if self.first:
                 self.judge_speeds(now)
+        if beats and not self._stop.is_set():
+            self.answer_request(beats, now)
+        beats = [b for b in beats if b.pid not in self._handled]
         rules = Rules.of(self.spec, self._save_seconds() if any(b.phase == "save" for b in beats) else None)
         late = overdue(beats, now, rules)
         if not late or self._stop.is_set():
             return None
         return self.handle(beats, late, now, rules)
 
+    def answer_request(self, beats: list[Beat], now: float) -> None:
+        """Another node's agent found a hang: report this node's ranks (stacks taken while they still stand
+        where the hang left them), then kill them — the launcher restarts every rank anyway."""
+        episode = health.stacks_requested(self.run, self.segment)  # one small read a second, where one exists
+        if episode is None or episode in self._answered:
+            return
+        self._answered.add(episode)
+        job = self.env.get("SLURM_JOB_ID", "local")
+        if episode != health.episode(self.run, self.segment, job) or self.node in health.read_node_reports(
+                self.run, episode):  # fmt: skip
+            return  # an earlier start's request (the ranks restarted since), or answered already
+        print(f"hpcft node {self.node}: another node found a hang: taking this node's stacks", flush=True)
+        self.report_and_kill(beats, now, episode)
+
+    def report_and_kill(self, beats: list[Beat], now: float, episode: str, wait: float = 0.0) -> Path:
+        """Write this node's report, wait (up to ``wait`` s) for the other nodes', then SIGKILL the ranks."""
+        report, stacks = self.report(beats, now)
+        folder = health.write_node_report(self.run, episode, self.node, report, stacks)
+        deadline = time.monotonic() + wait
+        while len(health.read_node_reports(self.run, episode)) < len(self.nodes) and time.monotonic() < deadline:
+            if self._stop.wait(0.2):
+                break
+        for b in beats:
+            self._handled.add(b.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(b.pid, signal.SIGKILL)  # a stopped process dies too; the launcher restarts the ranks
+        return folder
+
     def handle(self, beats: list[Beat], late: list[Beat], now: float, rules: Rules) -> dict[str, Any] | None:
         episode = health.episode(self.run, self.segment, self.env.get("SLURM_JOB_ID", "local"))
         oldest = min(late, key=lambda b: b.time)
         print(f"hpcft node {self.node}: rank(s) {', '.join(str(b.rank) for b in late)} silent for "
               f"{now - oldest.time:.0f} s (allowed {allowance(oldest, rules):.0f} s in phase {oldest.phase}): "
-              "taking their stacks, then restarting every rank", flush=True)  # fmt: skip
-        report, stacks = self.report(beats, now)
-        folder = health.write_node_report(self.run, episode, self.node, report, stacks)
-        for b in beats:
-            self._handled.add(b.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(b.pid, signal.SIGKILL)  # a stopped process dies too; the launcher restarts the ranks
+              "taking every node's stacks, then restarting every rank", flush=True)  # fmt: skip
+        if len(self.nodes) > 1:
+            health.request_stacks(self.run, self.segment, episode)
+            self._answered.add(episode)
+        # Nothing is killed until every node has taken its stacks (or REQUEST_SECONDS passed): a killed rank
+        # ends its peers' collectives, and their stacks would show the error, not the hang.
+        folder = self.report_and_kill(beats, now, episode, wait=REQUEST_SECONDS if len(self.nodes) > 1 else 0)
         if not health.claim_episode(self.run, episode):
             return None  # another node's agent saw it first and records it
         event = self.gather(episode, folder, oldest, now, rules)

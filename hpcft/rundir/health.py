@@ -7,7 +7,9 @@ must read, never written per step:
 - ``RUN/hangs/EPISODE/``, when a node's ranks hang: for each node ``NODE.json`` (its ranks: step, phase,
   seconds silent, process state, stack group) and ``NODE.stacks.txt`` (py-spy's dump of every rank,
   grouped by identical stack). An episode is one hang of one job segment (``JOB.RESTART.START``: the
-  segment and the ranks' start count in it, which every node reads alike).
+  segment and the ranks' start count in it, which every node reads alike);
+- ``RUN/hangs/request-SEGMENT``: the episode the agent that found a hang asks every node's agent to report
+  before any rank is killed.
 """
 
 from __future__ import annotations
@@ -81,6 +83,21 @@ def _by_node(folder: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return out
+
+
+def request_stacks(run: Path, segment: str, episode_name: str) -> None:
+    """Ask every node's agent of this job segment for its ranks' stacks for ``episode_name`` (a hang)."""
+    folder = run / HANGS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    store.write_atomic(folder / f"request-{segment}", episode_name + "\n")
+
+
+def stacks_requested(run: Path, segment: str) -> str | None:
+    """The episode whose stacks this segment's agents were asked for, if any."""
+    try:
+        return (run / HANGS_DIR / f"request-{segment}").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def claim_episode(run: Path, episode_name: str) -> bool:

@@ -10,12 +10,15 @@ checkpoint directories TRL wrote, and the step count the job was given.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from hpcft.train import heartbeat
 from tests.conftest import hpcft, release_requeued, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -91,6 +94,38 @@ def test_trl_sft_under_torchrun_is_preempted_resumes_and_finishes(lab, demo_dir,
     assert json.loads(hpcft("status", str(run), "--json").stdout)["checkpoint"] == f"checkpoint-{STEPS}"
     final = state(run)
     assert final.get("failures", 0) == 0 and final["preemptions"] == 1
+
+
+def test_a_stopped_rank_under_trl_is_found_named_and_restarted(lab, demo_dir, runs_dir, sft_data):
+    """node2's rank of TRL's own SFT script stopped (SIGSTOP): the watchdog finds it from the heartbeats
+    hpcft's integration publishes inside TRL's Trainer, py-spy names it, every rank restarts in the job and
+    TRL resumes from its newest checkpoint. (The default timeout is drilled with the demo, test_drills.py::
+    test_f; here 30 s.)"""
+    steps = 120
+    out = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--gpus-per-node", "1",
+                "-o", "run.hang_timeout=30", "--runs-dir", str(runs_dir), "--", "-m", "trl.scripts.sft",
+                *sft_args(demo_dir, sft_data), "--save_steps", "20", "--max_steps", str(steps)).stdout  # fmt: skip
+    job = out.split(" as job ")[1].split()[0]
+    (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
+    trained = lambda: max((r["step"] for r in records(run) if "loss" in r), default=0)  # noqa: E731
+    wait_until("TRL's step 30", lambda: trained() >= 30, timeout=300, interval=0.1)
+    beats = Path(f"/dev/shm/hpcft-{job}") / lab.nodes[1]  # the job's heartbeats on node2 (the machine's /dev/shm)
+    (beat,) = [b for b in heartbeat.read_node(beats) if b.rank == 1]
+    os.kill(beat.pid, signal.SIGSTOP)  # rank 1: the one on node2
+    stopped_at = trained()
+    hang = lambda: next((e for e in state(run).get("events", []) if e.get("kind") == "hang"), None)  # noqa: E731
+    event = wait_until("the hang event", hang, timeout=180, interval=1)
+    assert [(s["node"], s["rank"]) for s in event["suspects"]] == [(lab.nodes[1], 1)], event
+    assert event["allowed"] == 30 and "stopped" in event["suspects"][0]["why"]
+    stacks = (run / event["stacks"] / f"{lab.nodes[1]}.stacks.txt").read_text()
+    assert "(trl/" in stacks and "transformers/trainer.py" in stacks, stacks  # the stopped rank's own stack
+    wait_until("COMPLETED", lambda: json.loads(hpcft("status", str(run), "--json").stdout)["state"] == "COMPLETED",
+               timeout=600, interval=2)  # fmt: skip
+    final = state(run)
+    assert final["failures"] == 1 and [j["id"] for j in final["jobs"]] == [job]  # charged, in the same job
+    begins = [r for r in records(run) if r.get("event") == "train_begin"]
+    assert len(begins) == 2 and stopped_at - 20 <= begins[1]["start_step"] <= stopped_at  # TRL resumed
+    assert begins[1]["start_step"] % 20 == 0 and max(r["step"] for r in records(run) if "loss" in r) == steps
 
 
 def test_trl_world_size_mismatch_stops_at_once(lab, demo_dir, runs_dir, sft_data):

@@ -103,13 +103,18 @@ SLEEPER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def stuck(tmp_path):
+def start_stuck(tmp_path: Path, node: str = "node1", rank: int = 0) -> subprocess.Popen:
     """A process that beat three steps and then waits forever, like a rank blocked in an all-reduce."""
-    env = {**os.environ, heartbeat.ENV: str(tmp_path / "hb"), "SLURMD_NODENAME": "node1", "RANK": "0",
+    env = {**os.environ, heartbeat.ENV: str(tmp_path / "hb"), "SLURMD_NODENAME": node, "RANK": str(rank),
            heartbeat.AGENT_ENV: str(os.getpid())}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", SLEEPER], env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "beating"
+    return proc
+
+
+@pytest.fixture
+def stuck(tmp_path):
+    proc = start_stuck(tmp_path)
     yield proc
     proc.kill()
     proc.wait()
@@ -188,7 +193,8 @@ def test_stopping_the_watchdog_ends_a_gather_at_once(tmp_path, stuck):
     dog.folder = tmp_path / "hb" / "node1"
     worker = threading.Thread(target=dog.check, args=(time.time() + 91,))
     worker.start()
-    wait_until("the hang event", lambda: store.read_state(run).get("events"), timeout=30, interval=0.05)
+    hangs = lambda: [e for e in store.read_state(run).get("events", []) if e.get("kind") == "hang"]  # noqa: E731
+    wait_until("the hang event", hangs, timeout=30, interval=0.05)
     t0 = time.monotonic()
     dog.stop()
     worker.join(timeout=5)
@@ -249,3 +255,40 @@ def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_p
     assert at(300, 0.2, 2000.0, written=1900.0) == []  # summaries over a minute old are not judged
     state = store.read_state(run)
     assert len(state["stragglers"]) == 1 and "straggler" not in [e.get("kind") for e in state["events"]]
+
+
+def test_every_node_takes_its_stacks_before_the_agent_that_found_the_hang_kills_anything(tmp_path, stuck):
+    """node2's agent finds its rank silent; node1's rank (waiting in the collective) is not overdue yet. node2
+    asks for every node's stacks and kills nothing until node1's agent, on its next poll, has written them."""
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="hang4")
+    env = {"SLURM_JOB_ID": "80", "SLURM_RESTART_COUNT": "0", "SLURM_JOB_NODELIST": "node[1-2]",
+           "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
+    dogs = {}
+    for i, node in enumerate(("node1", "node2")):
+        dogs[node] = watchdog.Watchdog(run, store.load_run_spec(run),
+                                       {**env, "SLURMD_NODENAME": node, "SLURM_NODEID": str(i)})  # fmt: skip
+        dogs[node].folder = tmp_path / "hb" / node
+    silent = start_stuck(tmp_path, "node2", 1)
+    try:
+        stop(silent.pid)
+        found = {}
+        worker = threading.Thread(target=lambda: found.update(event=dogs["node2"].check(time.time() + 91)))
+        worker.start()
+        wait_until("the request", lambda: health.stacks_requested(run, dogs["node2"].segment), timeout=30,
+                   interval=0.05)  # fmt: skip
+        time.sleep(0.5)  # node2's agent is waiting for node1's stacks, not killing
+        assert silent.poll() is None and stuck.poll() is None
+        assert dogs["node1"].check(time.time() + 10) is None  # node1's rank is within its allowance: it answers
+        assert stuck.wait(timeout=10) == -signal.SIGKILL and silent.wait(timeout=15) == -signal.SIGKILL
+        worker.join(timeout=30)
+    finally:
+        silent.kill()
+        silent.wait()
+    event = found["event"]
+    assert [(s["node"], s["rank"]) for s in event["suspects"]] == [("node2", 1)]
+    reports = health.read_node_reports(run, event["episode"])
+    assert sorted(reports) == ["node1", "node2"] and reports["node1"]["ranks"][0]["state"] != "T"
+    stacks = (run / event["stacks"] / "node1.stacks.txt").read_text()
+    assert "stuck_in_a_collective" in stacks and "rank(s) 0 on node1" in stacks
+    assert dogs["node1"].check(time.time() + 20) is None  # a request is answered once
