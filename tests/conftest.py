@@ -69,9 +69,12 @@ LABS = {"lab": Lab("lab", LAB_DIR / "etc" / "slurm.conf", ("node1", "node2")),
 # lab3's lane also runs the unit and train tests after its own (``pytest_collection_modifyitems``).
 LAB_MODULES = {
     "lab2": {"test_trl", "test_launchers", "test_offload_cluster", "test_hostile_values", "test_any_trainer",
-             "test_train_cluster", "test_ops", "test_fs_ops", "test_preemption_launchers"},
-    "lab3": {"test_warning_lead", "test_resize"},
+             "test_train_cluster", "test_ops", "test_fs_ops"},
+    "lab3": {"test_warning_lead", "test_resize", "test_preemption_launchers"},
 }  # fmt: skip
+# The longest train modules first (seconds alone on an idle machine): whichever lane ends last then waits for a
+# short module, not for test_zero (LPT scheduling).
+TRAIN_FIRST = ("test_zero", "test_nvme_resume", "test_gpu_check", "test_hf_integration", "test_warm")
 
 
 def lane_of(nodeid: str) -> str:
@@ -86,12 +89,17 @@ def lane_of(nodeid: str) -> str:
 
 def pytest_collection_modifyitems(config, items):
     """The order of ``make test``'s lanes: the lab's three lanes first (the first three units of work, one to
-    each worker), then the unit modules, then the train modules — each taken by the first worker with two
-    tests or fewer left: lab3's (the shortest lab lane), and at their ends the other two."""
-    order = list(LABS)
-    items.sort(key=lambda item: (not item.nodeid.startswith(LAB_LANE),
-                                 order.index(lane_of(item.nodeid)) if item.nodeid.startswith(LAB_LANE) else 0,
-                                 item.get_closest_marker("train") is not None))  # fmt: skip
+    each worker), then the unit modules, then the train modules, the longest first — each taken by the first
+    worker with two tests or fewer left: lab3's (the shortest lab lane), and at their ends the other two."""
+
+    def key(item) -> tuple:
+        if item.nodeid.startswith(LAB_LANE):
+            return (0, list(LABS).index(lane_of(item.nodeid)))
+        stem = Path(item.nodeid.split("::", 1)[0]).stem
+        train = item.get_closest_marker("train") is not None
+        return (1, train, TRAIN_FIRST.index(stem) if train and stem in TRAIN_FIRST else len(TRAIN_FIRST))
+
+    items.sort(key=key)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
