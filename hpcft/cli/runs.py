@@ -216,13 +216,18 @@ def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: s
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write [default: RUN/metrics.png]")
 @_handle_errors
 def plot(run: str, runs_dir: str | None, out: str | None) -> None:
-    """Plot train/eval loss and tokens/s against step into a PNG; restarts are dashed lines."""
+    """Plot train/eval loss and tokens/s against step into a PNG; restarts are dashed lines.
+
+    Above them, the run's timeline: queue, start-up, training, saves, work redone after a fault and
+    restarts, as `hpcft status RUN --goodput` sums them."""
+    from hpcft.ops import goodput
     from hpcft.ops import plot as plot_mod
     from hpcft.rundir import store
 
     path = store.find_run(run, _runs_dir(runs_dir))
     data = plot_mod.extract_series(store.read_metrics(path))
-    written = plot_mod.write_plot(data, Path(out) if out else path / "metrics.png", title=path.name)
+    spans = goodput.timeline_of_run(path)
+    written = plot_mod.write_plot(data, Path(out) if out else path / "metrics.png", title=path.name, spans=spans)
     counts = f"{len(data.train_loss)} train, {len(data.eval_loss)} eval points, {len(data.restarts)} restart(s)"
     click.echo(f"wrote {written} ({counts})")
 

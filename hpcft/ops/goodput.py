@@ -6,7 +6,8 @@ Buckets, in seconds:
 - ``startup``: from a job run's start (or, after an in-job restart, the new ranks' process start) to the
   training loop's start (``train_begin``), resume loading included;
 - ``productive``: the steps the final history keeps, saves excluded;
-- ``checkpoint``: blocking saves (``save`` records: should_save → committed);
+- ``checkpoint``: blocking saves (``save`` records: should_save → committed), cut out of the step or the
+  tail they interrupted;
 - ``redone``: steps trained again after a fault (past the checkpoint the next start resumed from);
 - ``restart``: a fault's teardown until the ranks start again inside the job, and a job run's tail after
   its last step (saving for a requeue, the final export, after-job);
@@ -36,56 +37,90 @@ class JobRun:
 
 
 def attempts(metrics: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The records split at each ``train_begin``: ``{"begin": record, "steps": [(step, time)], "saves": [s]}``."""
+    """The records split at each ``train_begin``: ``{"begin": record, "steps": [(step, time)], "saves": [(time,
+    seconds)]}`` (a save record's time is its commit, ``seconds`` before it the save began)."""
     out: list[dict[str, Any]] = []
     for m in metrics:
         if m.get("event") == "train_begin":
             out.append({"begin": m, "steps": [], "saves": []})
-        elif out and m.get("event") == "save" and isinstance(m.get("seconds"), int | float):
-            out[-1]["saves"].append(float(m["seconds"]))
-        elif out and "loss" in m and isinstance(m.get("step"), int) and isinstance(m.get("time"), int | float):
+        elif out and m.get("event") == "save" and _numbers(m.get("time"), m.get("seconds")):
+            out[-1]["saves"].append((float(m["time"]), float(m["seconds"])))
+        elif out and "loss" in m and isinstance(m.get("step"), int) and _numbers(m.get("time")):
             out[-1]["steps"].append((m["step"], float(m["time"])))
     return out
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def _run_of(runs: Sequence[JobRun], t: float) -> JobRun | None:
     return next((r for r in runs if r.start is not None and r.start <= t <= (r.end or math.inf)), None)
 
 
-def ledger(runs: Sequence[JobRun], metrics: Iterable[Mapping[str, Any]], now: float) -> dict[str, Any]:
-    """``{"ettr": …, "held": s, "wall": s, "seconds": {bucket: s}}`` of a run; pure."""
-    s = dict.fromkeys(BUCKETS, 0.0)
-    held = 0.0
+Span = tuple[str, float, float]  # (bucket, start, end), UNIX times
+
+
+def timeline(runs: Sequence[JobRun], metrics: Iterable[Mapping[str, Any]], now: float) -> list[Span]:
+    """The run's time as spans that do not overlap, in time order (``hpcft plot`` draws them; ``ledger`` sums
+    them); pure. A save (``checkpoint``) is cut out of the span it interrupted: a step, or a run's tail."""
+    spans: list[Span] = []
+
+    def add(kind: str, start: float, end: float) -> None:
+        if end <= start:
+            return
+        if spans and spans[-1][0] == kind and spans[-1][2] == start:  # contiguous: one span
+            spans[-1] = (kind, spans[-1][1], end)
+        else:
+            spans.append((kind, start, end))
+
     for r in runs:
-        s["queue"] += max(0.0, (r.start if r.start is not None else now) - r.submit)
-        if r.start is not None:
-            held += max(0.0, (r.end or now) - r.start)
-    tries = [a for a in attempts(metrics) if isinstance(a["begin"].get("time"), int | float)]
+        add("queue", r.submit, r.start if r.start is not None else now)
+    tries = [a for a in attempts(metrics) if _numbers(a["begin"].get("time"))]
     last_of_run: dict[str, float] = {}
+    saves: list[tuple[float, float]] = []
     for i, a in enumerate(tries):
         begin = float(a["begin"]["time"])
         run = _run_of(runs, begin)
         key = f"{run.job}@{run.start}" if run else "?"
         started = (a["begin"].get("startup") or {}).get("process_start")
         if key in last_of_run:  # an in-job restart: the gap before the new ranks' process start
-            t0 = float(started) if isinstance(started, int | float) else begin
-            s["restart"] += max(0.0, t0 - last_of_run[key])
+            t0 = float(started) if _numbers(started) else begin
+            add("restart", last_of_run[key], t0)
         else:
             t0 = run.start if run else begin
-        s["startup"] += max(0.0, begin - t0)
+        add("startup", t0, begin)
         kept_to = tries[i + 1]["begin"].get("start_step", math.inf) if i + 1 < len(tries) else math.inf
         previous = begin
         for step, t in a["steps"]:
-            s["redone" if step > kept_to else "productive"] += max(0.0, t - previous)
+            add("redone" if step > kept_to else "productive", previous, t)
             previous = t
-        saved = sum(a["saves"])
-        s["checkpoint"] += saved
-        s["productive"] = max(0.0, s["productive"] - saved)  # the saves happened between steps
+        saves.extend((t - seconds, t) for t, seconds in a["saves"] if seconds > 0)
         last_of_run[key] = previous
     for r in runs:
         key = f"{r.job}@{r.start}"
         if r.start is not None and key in last_of_run:
-            s["restart"] += max(0.0, (r.end or now) - last_of_run[key])
+            add("restart", last_of_run[key], r.end or now)
+    return sorted(_cut(spans, saves) + [("checkpoint", a, b) for a, b in saves], key=lambda span: span[1])
+
+
+def _cut(spans: list[Span], holes: list[tuple[float, float]]) -> list[Span]:
+    """``spans`` less the time of ``holes``."""
+    out = []
+    for kind, start, end in spans:
+        pieces = [(start, end)]
+        for a, b in holes:
+            pieces = [p for lo, hi in pieces for p in ((lo, min(hi, a)), (max(lo, b), hi)) if p[1] > p[0]]
+        out += [(kind, lo, hi) for lo, hi in pieces]
+    return out
+
+
+def ledger(runs: Sequence[JobRun], metrics: Iterable[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """``{"ettr": …, "held": s, "wall": s, "seconds": {bucket: s}}`` of a run: its ``timeline`` summed; pure."""
+    s = dict.fromkeys(BUCKETS, 0.0)
+    for kind, start, end in timeline(runs, metrics, now):
+        s[kind] += end - start
+    held = sum(max(0.0, (r.end or now) - r.start) for r in runs if r.start is not None)
     s["unknown"] = max(0.0, held - sum(v for k, v in s.items() if k not in ("queue", "unknown")))
     return {"ettr": round(s["productive"] / held, 3) if held else None, "held": round(held, 1),
             "wall": round(held + s["queue"], 1), "seconds": {k: round(v, 1) for k, v in s.items()}}  # fmt: skip
@@ -127,19 +162,32 @@ def summary(book: Mapping[str, Any]) -> str:
             f"{losses[worst] / 60:.1f} min ({share:.0f} % of {book['wall'] / 60:.1f} min)")  # fmt: skip
 
 
-def of_run(path, now: float | None = None) -> dict[str, Any]:
-    """The ledger of the run at ``path``: its jobs' runs from sacct, its whole metrics log."""
-    import time
-
+def _inputs(path) -> tuple[dict[str, Any], list[JobRun], list[dict[str, Any]]]:
+    """A run's state, its jobs' runs (sacct), its whole metrics log."""
     from hpcft.rundir import store
     from hpcft.slurm import client
 
     state = store.read_state(path)
     runs = [JobRun(*r) for r in client.job_runs([j["id"] for j in state.get("jobs", []) if "id" in j])]
-    metrics = store.read_metrics(path)
+    return state, runs, store.read_metrics(path)
+
+
+def of_run(path, now: float | None = None) -> dict[str, Any]:
+    """The ledger of the run at ``path``, with the save advice."""
+    import time
+
+    state, runs, metrics = _inputs(path)
     book = ledger(runs, metrics, time.time() if now is None else now)
     advice = save_advice(state.get("events", []), book["held"], state.get("last_save_seconds"), step_seconds(metrics))
     return {**book, "save_advice": advice}
+
+
+def timeline_of_run(path, now: float | None = None) -> list[Span]:
+    """The ``timeline`` of the run at ``path``."""
+    import time
+
+    _, runs, metrics = _inputs(path)
+    return timeline(runs, metrics, time.time() if now is None else now)
 
 
 def table(book: Mapping[str, Any]):

@@ -1,4 +1,6 @@
-"""``hpcft plot``: train/eval loss and tokens/s against step from ``RUN/metrics.jsonl``, restarts marked.
+"""``hpcft plot``: train/eval loss and tokens/s against step from ``RUN/metrics.jsonl``, restarts marked,
+below a timeline of where the run's time went (``hpcft.ops.goodput.timeline``: queue, start-up, training,
+saves, redone work, restarts).
 
 Decides which series a run's plot shows (``extract_series``, pure) and draws them into a PNG with
 matplotlib's Agg backend (no display). matplotlib is imported only inside ``write_plot`` so the CLI
@@ -56,8 +58,14 @@ def extract_series(metrics: Sequence[dict[str, Any]]) -> PlotData:
     return PlotData(pairs("loss"), pairs("eval_loss"), pairs("tokens_per_s"), restarts)
 
 
-def write_plot(data: PlotData, out: Path, title: str) -> Path:
-    """Draw ``data`` into the PNG ``out``: loss (train, eval) above, tokens/s below; restarts as lines."""
+# The timeline's colours, by goodput bucket: training green, losses warm, waiting grey.
+COLOURS = {"queue": "#bdbdbd", "startup": "#6baed6", "productive": "#31a354", "checkpoint": "#3f007d",
+           "redone": "#fd8d3c", "restart": "#de2d26", "unknown": "#ffffff"}  # fmt: skip
+
+
+def write_plot(data: PlotData, out: Path, title: str, spans: Sequence[tuple[str, float, float]] = ()) -> Path:
+    """Draw ``data`` into the PNG ``out``: the timeline of ``spans`` (minutes since the first) on top, loss
+    (train, eval) in the middle, tokens/s below; restarts as lines."""
     if data.empty:
         raise RunError(f"{title}: no training records in metrics.jsonl yet", hint="wait for the first logged step")
     try:
@@ -68,8 +76,14 @@ def write_plot(data: PlotData, out: Path, title: str) -> Path:
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (loss_ax, speed_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6), height_ratios=(2, 1))
+    if spans:
+        fig, (time_ax, loss_ax, speed_ax) = plt.subplots(3, 1, figsize=(9, 7.5), height_ratios=(0.7, 2, 1))
+        speed_ax.sharex(loss_ax)
+    else:
+        fig, (loss_ax, speed_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6), height_ratios=(2, 1))
     try:
+        if spans:
+            _draw_timeline(time_ax, spans)
         for series, label, style in ((data.train_loss, "train loss", "-"), (data.eval_loss, "eval loss", "o-")):
             if series:
                 loss_ax.plot(*zip(*series, strict=True), style, label=label, markersize=4)
@@ -78,7 +92,8 @@ def write_plot(data: PlotData, out: Path, title: str) -> Path:
         for i, step in enumerate(data.restarts):
             for ax in (loss_ax, speed_ax):
                 ax.axvline(step, color="tab:red", linestyle="--", linewidth=1, label="restart" if i == 0 else None)
-        loss_ax.set(title=title, ylabel="loss")
+        (time_ax if spans else loss_ax).set_title(title)
+        loss_ax.set(ylabel="loss")
         speed_ax.set(xlabel="step", ylabel="tokens/s")
         speed_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in (loss_ax, speed_ax):
@@ -91,3 +106,15 @@ def write_plot(data: PlotData, out: Path, title: str) -> Path:
     finally:
         plt.close(fig)
     return out
+
+
+def _draw_timeline(ax, spans: Sequence[tuple[str, float, float]]) -> None:
+    """One bar of the run's time, a colour per bucket, in minutes since its first span."""
+    t0 = min(start for _, start, _ in spans)
+    for kind in COLOURS:
+        bars = [((start - t0) / 60, (end - start) / 60) for k, start, end in spans if k == kind]
+        if bars:
+            ax.broken_barh(bars, (0, 1), facecolors=COLOURS[kind], label=kind)
+    ax.set(yticks=[], xlabel="minutes since submission", ylim=(0, 1))
+    ax.set_xlim(0, (max(end for _, _, end in spans) - t0) / 60)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.9), ncol=len(COLOURS), fontsize="small", frameon=False)

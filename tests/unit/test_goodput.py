@@ -3,6 +3,8 @@ saves twice, and trains two steps again after the restart. Every figure below is
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from hpcft.ops import goodput
@@ -21,10 +23,12 @@ def steps(first, times):
 
 RUNS = [JobRun("7", 0, 10, 100), JobRun("7", 100, 130, 200)]  # a requeue: submitted again at 100, held until 130
 METRICS = [
-    begin(20, 0, process_start=12), *steps(1, [21, 22, 23, 24]), {"event": "save", "step": 4, "seconds": 0.5},
+    begin(20, 0, process_start=12), *steps(1, [21, 22, 23, 24]),
+    {"event": "save", "step": 4, "time": 24.5, "seconds": 0.5},  # within step 5's 24 → 25
     *steps(5, [25, 30, 31, 32]),  # steps 7 and 8 are lost: the restart resumes from checkpoint-6
     begin(50, 6, process_start=45), *steps(7, [51, 52, 53, 54]),  # an in-job restart, in the same job run
-    begin(140, 10), *steps(11, [141, 142]), {"event": "save", "step": 12, "seconds": 1.0},  # the requeued run
+    begin(140, 10), *steps(11, [141, 142]),  # the requeued run
+    {"event": "save", "step": 12, "time": 143, "seconds": 1.0},  # after the last step: within the run's tail
 ]  # fmt: skip
 
 
@@ -33,17 +37,17 @@ def test_every_second_of_the_held_time_lands_in_one_bucket():
     assert book["seconds"] == {
         "queue": 40.0,  # 10 before the first run, 30 before the requeued one
         "startup": 25.0,  # 20 - 10, then 50 - 45 (the new ranks' process start), then 140 - 130
-        "productive": 14.5,  # 10 s of attempt 1's kept steps + 4 + 2, less 1.5 s of saves
+        "productive": 15.5,  # 10 s of attempt 1's kept steps + 4 + 2, less the 0.5 s save within step 5
         "checkpoint": 1.5,
         "redone": 2.0,  # steps 7 and 8 of the first attempt
-        "restart": 117.0,  # 45 - 32 (dead ranks to the new process), 100 - 54 and 200 - 142 (the runs' tails)
+        # 45 - 32 (dead ranks to the new process), 100 - 54 and 200 - 142 (the runs' tails) less the 1 s save
+        "restart": 116.0,
         "unknown": 0.0,
     }
-    assert (book["held"], book["wall"], book["ettr"]) == (160.0, 200.0, pytest.approx(14.5 / 160, abs=1e-3))
+    assert (book["held"], book["wall"], book["ettr"]) == (160.0, 200.0, pytest.approx(15.5 / 160, abs=1e-3))
     assert sum(v for k, v in book["seconds"].items() if k != "queue") == pytest.approx(book["held"])
     line = goodput.summary(book)
-    # 117 s is 1.95 min, which float formatting rounds down
-    assert line.startswith("goodput: ETTR 0.09 of 2.7 min held; largest loss: restart 1.9 min (58 % of 3.3 min)")
+    assert line.startswith("goodput: ETTR 0.10 of 2.7 min held; largest loss: restart 1.9 min (58 % of 3.3 min)")
 
 
 def test_a_running_job_is_held_until_now_and_a_pending_one_only_waits():
@@ -72,3 +76,14 @@ def test_save_advice_follows_young_and_daly_for_the_runs_own_faults():
     assert goodput.save_advice([{"action": "requeue", "kind": "time limit"}], 3600, 8, 0.5) is None
     assert goodput.save_advice(events, 3600, None, 0.5) is None
     assert goodput.step_seconds(METRICS) == 1.0  # the median gap between consecutive steps of one start
+
+
+def test_the_timeline_is_the_ledger_in_time_order_with_saves_cut_out():
+    spans = goodput.timeline(RUNS, METRICS, now=1000)
+    assert spans == [
+        ("queue", 0, 10), ("startup", 10, 20), ("productive", 20, 24), ("checkpoint", 24, 24.5),
+        ("productive", 24.5, 30), ("redone", 30, 32), ("restart", 32, 45), ("startup", 45, 50),
+        ("productive", 50, 54), ("restart", 54, 100), ("queue", 100, 130), ("startup", 130, 140),
+        ("productive", 140, 142), ("checkpoint", 142, 143), ("restart", 143, 200),
+    ]  # fmt: skip
+    assert all(a[2] <= b[1] for a, b in itertools.pairwise(spans))  # nothing overlaps

@@ -302,3 +302,19 @@ def test_progress_of_a_run_without_events_file_reads_the_log(tmp_path):
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in METRICS))
     assert store.read_progress(tmp_path) == METRICS
+
+
+def test_plot_draws_the_timeline_above_the_curves(tmp_path):
+    image = import_or_require("matplotlib.image")
+    spans = [("queue", 0, 60), ("startup", 60, 75), ("productive", 75, 300), ("checkpoint", 300, 310),
+             ("redone", 310, 330), ("restart", 330, 345), ("productive", 345, 600)]  # fmt: skip
+    out = plot.write_plot(plot.extract_series(METRICS), tmp_path / "t.png", "run", spans=spans)
+    pixels = image.imread(out)
+    assert pixels.shape == (750, 900, 4)  # 9 x 7.5 inches at 100 dpi: the timeline above the loss and speed
+    top = (pixels[:140, :, :3] * 255).round().astype(int).reshape(-1, 3).tolist()
+
+    def drawn(colour: str) -> bool:
+        rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+        return any(max(abs(a - b) for a, b in zip(p, rgb, strict=True)) <= 2 for p in top)
+
+    assert all(drawn(plot.COLOURS[k]) for k in ("queue", "productive", "redone", "restart"))
