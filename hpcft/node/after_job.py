@@ -84,7 +84,21 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
             requeue(job_id, preempted, (hosts if hosts != spec.resources.exclude else None, note))
     if d.action == "shrink":
         continue_on(run, left)
+    record_goodput(run)
     return d
+
+
+def record_goodput(run: Path) -> None:
+    """The run's ETTR so far into state.json (``goodput``), for ``hpcft status`` over many runs, which reads no
+    run's whole metrics log. After the requeue, which must not wait for sacct; never fatal."""
+    from hpcft.ops import goodput  # the ledger (the runs directory's reader side) only here
+
+    try:
+        book = goodput.of_run(run)
+        entry = {"ettr": book["ettr"], "held": book["held"], "as_of": store.now_iso()}
+        store.update_state(run, lambda s: s.update(goodput=entry))
+    except Exception as e:  # a figure for a listing: the job's end goes on without it
+        print(f"hpcft: goodput not recorded: {e}", flush=True)
 
 
 def _event(job_id: str, rc: int, d: Decision, *, oom: str | None, kind: str | None, left: list[str]) -> dict:

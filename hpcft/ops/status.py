@@ -55,6 +55,7 @@ class RunStatus:
     straggler: dict[str, Any] = field(default_factory=dict)  # the newest slow node named: node, ratio, since_step
     node_speeds: dict[str, Any] = field(default_factory=dict)  # running: node → step, step and compute seconds
     lemons: str = ""  # what the newest job's submission did with the runs directory's lemon nodes
+    ettr: float | None = None  # the goodput at the newest job end (state.json, after-job): training ÷ time held
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -165,7 +166,12 @@ def _row(path: Path, state: dict[str, Any], slurm: dict[str, client.JobState]) -
         straggler=health.newest_event(state, "straggler") or {},
         node_speeds=health.read_node_speeds(path) if running else {},
         lemons=str(job.get("lemons", "")) if job else "",
+        ettr=_number(state.get("goodput", {}).get("ettr")),
     )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def startup_line(profile: dict[str, Any]) -> str | None:
@@ -318,6 +324,7 @@ def status_table(rows: Sequence[RunStatus]):
         "ETA",
         "checkpoint",
         "restarts",
+        "ETTR",
         header_style="bold",
     )
     for r in rows:
@@ -338,6 +345,7 @@ def status_table(rows: Sequence[RunStatus]):
             format_duration(r.eta_s),
             r.checkpoint or "-",
             str(r.restarts),
+            f"{r.ettr:.2f}" if r.ettr is not None else "-",
         )
     return table
 
@@ -351,6 +359,9 @@ def sweep_summaries(rows: Sequence[RunStatus]) -> list[str]:
         scored = [r for r in points if r.eval_loss is not None]
         best = min(scored, key=lambda r: r.eval_loss) if scored else None
         line = f"sweep {name}: {len(points)} points, {done} ended"
+        ettrs = [r.ettr for r in points if r.ettr is not None]
+        if ettrs:
+            line += f"; ETTR {min(ettrs):.2f}–{max(ettrs):.2f}"
         if best is not None:
             values = ", ".join(f"{k}={v}" for k, v in best.sweep_values.items())
             line += f"; best eval loss {best.eval_loss:.4f}: {best.run} ({values})"

@@ -1,28 +1,31 @@
-"""``make test``'s lanes: the tests on each of the lab's two clusters run in a lane of their own, in order."""
+"""``make test``'s lanes: the tests on each of the lab's three clusters run in a lane of their own, in order."""
 
 from __future__ import annotations
 
-from tests.conftest import LAB2_MODULES, LAB_LANE, LABS, REPO, lane_of
+from tests.conftest import LAB_LANE, LAB_MODULES, LABS, REPO, TRAIN_FIRST, lane_of
 
 
 def test_each_lab_cluster_is_one_lane_and_the_others_go_by_module():
     assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == lane_of("tests/cluster/test_shrink.py::t")
     assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == "lab"
     assert lane_of("tests/cluster/test_trl.py::t") == lane_of("tests/cluster/test_launchers.py::t[srun]") == "lab2"
+    assert lane_of("tests/cluster/test_resize.py::t[2]") == lane_of("tests/cluster/test_warning_lead.py::t") == "lab3"
     assert lane_of("tests/unit/test_chain.py::test_x") == "tests/unit/test_chain.py"
     assert lane_of("tests/train/test_zero.py::test_y[2]") == "tests/train/test_zero.py"
 
 
-def test_the_second_lane_names_modules_that_exist():
+def test_the_other_lanes_name_modules_that_exist_once():
     # A misspelt name would silently move its module back into the first lane.
-    missing = sorted(m for m in LAB2_MODULES if not (REPO / LAB_LANE / f"{m}.py").is_file())
-    assert missing == []
+    named = [m for modules in LAB_MODULES.values() for m in modules]
+    assert sorted(m for m in named if not (REPO / LAB_LANE / f"{m}.py").is_file()) == []
+    assert len(named) == len(set(named))
+    assert sorted(m for m in TRAIN_FIRST if not (REPO / "tests" / "train" / f"{m}.py").is_file()) == []
 
 
 def test_the_lanes_clusters_are_disjoint_node_pairs():
     nodes = [n for lab in LABS.values() for n in lab.nodes]
-    assert len(nodes) == len(set(nodes)) == 4
-    assert [lab.nodelist for lab in LABS.values()] == ["node[1-2]", "node[3-4]"]
+    assert len(nodes) == len(set(nodes)) == 6
+    assert [lab.nodelist for lab in LABS.values()] == ["node[1-2]", "node[3-4]", "node[5-6]"]
 
 
 def test_every_test_that_uses_the_lab_is_in_a_lab_lane(request):
