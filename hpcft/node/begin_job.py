@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcft.errors import HpcftError
+from hpcft.plan import save_interval
 from hpcft.plan.requeue import progress
 from hpcft.rundir import checkpoints, lifecycle, store
 from hpcft.rundir.layout import SCRIPT_FILE
@@ -139,7 +140,23 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
     if stop:
         print(f"hpcft: not continuing: {stop}", flush=True)
         return 1
+    if spec.train.save_steps == "auto":
+        choose_save_steps(run, spec, cluster.num_nodes or spec.resources.nodes)
     return 0
+
+
+def choose_save_steps(run: Path, spec: JobSpec, nodes: int) -> None:
+    """``train.save_steps: auto``: the interval for this job from the run's own save time, step time and faults
+    (``hpcft.plan.save_interval``), recorded for the ranks (``state.json: auto_save``) and said in the output."""
+    from hpcft.ops import goodput  # the metrics' step time; sacct is not asked (after-job recorded ``held``)
+
+    state = store.read_state(run)
+    held = (state.get("goodput") or {}).get("held")
+    choice = save_interval.auto_save_steps(state.get("events", []), held, state.get("last_save_seconds"),
+                                           goodput.step_seconds(store.read_metrics(run)), nodes,
+                                           (spec.train.save_steps_min, spec.train.save_steps_max))  # fmt: skip
+    store.update_state(run, lambda s: s.update(auto_save=choice))
+    print(f"hpcft: train.save_steps auto: every {choice['save_steps']} steps ({choice['why']})", flush=True)
 
 
 def record_progress(run: Path, spec: JobSpec, segment: str) -> str | None:

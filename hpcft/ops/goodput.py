@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpcft.plan import save_interval
+
 BUCKETS = ("queue", "startup", "productive", "checkpoint", "redone", "restart", "unknown")
 
 
@@ -126,23 +128,19 @@ def ledger(runs: Sequence[JobRun], metrics: Iterable[Mapping[str, Any]], now: fl
             "wall": round(held + s["queue"], 1), "seconds": {k: round(v, 1) for k, v in s.items()}}  # fmt: skip
 
 
-FAULT_ACTIONS = ("restart", "requeue", "shrink")  # events that end work early; a time limit is no fault
-
-
 def save_advice(events: Iterable[Mapping[str, Any]], held: float, save_seconds: float | None,
                 step_seconds: float | None) -> dict[str, Any] | None:  # fmt: skip
-    """How often to save for this run's own fault rate (Young/Daly: ``√(2 · Ts · MTBF)``); None without a fault
-    or a measured save; pure. MTBF = the time held ÷ the faults seen (restarts, requeues after a preemption or
-    a crash, node losses; not time limits, not the hang event that precedes its restart)."""
-    faults = sum(1 for e in events if e.get("action") in FAULT_ACTIONS and e.get("kind") not in
-                 ("time limit", "hang"))  # fmt: skip
+    """How often to save for this run's own fault rate (``hpcft.plan.save_interval``: Daly's refinement of
+    Young's ``√(2 · Ts · MTBF)``); None without a fault or a measured save; pure. MTBF = the time held ÷ the
+    faults seen (restarts, requeues after a preemption or a crash, node losses; not time limits)."""
+    faults = save_interval.faults(events)
     if not faults or not save_seconds or not held:
         return None
     mtbf = held / faults
-    interval = math.sqrt(2 * save_seconds * mtbf)
+    interval = save_interval.daly_interval(save_seconds, mtbf)
     steps = max(1, round(interval / step_seconds)) if step_seconds else None
     return {"faults": faults, "mtbf_s": round(mtbf, 1), "save_s": save_seconds, "interval_s": round(interval, 1),
-            "save_steps": steps}  # fmt: skip
+            "young_s": round(save_interval.young_interval(save_seconds, mtbf), 1), "save_steps": steps}  # fmt: skip
 
 
 def step_seconds(metrics: Iterable[Mapping[str, Any]]) -> float | None:
@@ -206,6 +204,6 @@ def table(book: Mapping[str, Any]):
         every = f" = every {advice['save_steps']} steps" if advice["save_steps"] else ""
         out.caption = (
             f"save every {advice['interval_s']:.0f} s{every} for this run's {advice['faults']} fault(s) "
-            f"(MTBF {advice['mtbf_s']:.0f} s, save {advice['save_s']} s; Young/Daly √(2·Ts·MTBF))"
+            f"(MTBF {advice['mtbf_s']:.0f} s, save {advice['save_s']} s; Daly's refinement of Young's √(2·Ts·MTBF))"
         )
     return out

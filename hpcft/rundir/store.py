@@ -121,7 +121,7 @@ PERMISSION_HINT = ("ask the run's owner to let you read it (`chmod -R g+rX` on t
 # state.json: the fields readers rely on and their types (others are kept as they are).
 _STATE_FIELDS = {"backend": str, "jobs": list, "events": list, "failures": int, "restarts": int, "cancelled": bool,
                  "created": str, "requested_nodes": int, "stalls": int, "segment_start": list,
-                 "goodput": dict}  # fmt: skip
+                 "goodput": dict, "auto_save": dict}  # fmt: skip
 _JOB_FIELDS = {"id": str, "pid": int, "rc": int, "restart": int, "rank_starts": int, "host": str}
 
 

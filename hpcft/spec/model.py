@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import functools
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 from hpcft.backends.base import BACKENDS as BACKEND_REGISTRY
 from hpcft.launchers.base import LAUNCHERS as LAUNCHER_REGISTRY
+from hpcft.spec.coerce import coerce, show
 
 # The choices come from the extension points' registries (one table each, no code imported).
 BACKENDS = ("auto", *BACKEND_REGISTRY)
@@ -203,7 +203,14 @@ class TrainSpec:
     grad_accum: int = _opt(1, min=1)
     seq_len: int = _opt(512, min=8)
     packing: bool = _opt(False, help="pack samples into rows of seq_len tokens; attention stays inside each sample")
-    save_steps: int = _opt(100, min=1)
+    save_steps: int | Literal["auto"] = _opt(
+        100,
+        min=1,
+        help="steps between checkpoints; auto: Daly's optimum for the run's own save time and fault "
+        "rate, chosen again at each job start, within save_steps_min/max (hpcft's trainer)",
+    )
+    save_steps_min: int = _opt(10, min=1, help="save_steps: auto: at least this many steps between saves")
+    save_steps_max: int = _opt(1000, min=1, help="save_steps: auto: at most this many (and the first job's)")
     save: bool = _opt(True, help="false: no checkpoint and no final model (benchmarks: hpcft bench scale)")
     save_total_limit: int | None = _opt(None, min=1)
     eval_steps: int | None = _opt(None, min=1)
@@ -319,7 +326,7 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, typing.Mapping):
-        problems.append(f"{where}: expected a mapping of keys, got {_show(data)}")
+        problems.append(f"{where}: expected a mapping of keys, got {show(data)}")
         return cls()
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -334,7 +341,7 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
         if dataclasses.is_dataclass(ftype):
             values[name] = _build(ftype, data[name], f"{path}{name}.", problems)
         else:
-            ok, value = _coerce(data[name], ftype, f"{path}{name}", f.metadata, problems)
+            ok, value = coerce(data[name], ftype, f"{path}{name}", f.metadata, problems)
             if ok:
                 values[name] = value
     return cls(**values)
@@ -354,97 +361,3 @@ def _unknown_key(key: str, path: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(path + c for c in close)}?" if close else f"known keys: {', '.join(known)}"
     return f"{path}{key}: unknown key ({hint})"
-
-
-def _coerce(value: Any, ftype: Any, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
-    """Check ``value`` against ``ftype`` and the field's metadata; record a problem if wrong."""
-    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return True, None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, path, meta, problems)
-    choices = args if origin is Literal else meta.get("choices")
-    if choices is not None:
-        if value in choices:
-            return True, value
-        problems.append(f"{path}: expected one of {', '.join(map(str, choices))}, got {_show(value)}")
-        return False, None
-    if origin is tuple:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list | tuple) or not all(isinstance(v, str | int | float) for v in items):
-            problems.append(f"{path}: expected a list of strings, got {_show(value)}")
-            return False, None
-        out = tuple(str(v) for v in items)
-        return _no_control(out, path, meta, problems), out
-    if origin is dict:
-        if not isinstance(value, typing.Mapping):
-            problems.append(f"{path}: expected a mapping NAME: value, got {_show(value)}")
-            return False, None
-        if any(v is None for v in value.values()):
-            nulls = ", ".join(str(k) for k, v in value.items() if v is None)
-            problems.append(f"{path}: {nulls}: no value (null) (HINT: quote an empty value as '')")
-            return False, None
-        out = MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
-        return _no_control((*out, *out.values()), path, meta, problems), out
-    ok, out = _coerce_scalar(value, ftype, path, meta, problems)
-    return (ok and (not isinstance(out, str) or _no_control((out,), path, meta, problems))), out
-
-
-def _coerce_scalar(value: Any, ftype: type, path: str, meta: typing.Mapping, problems: list[str]) -> tuple[bool, Any]:
-    if ftype is bool:
-        ok = isinstance(value, bool)
-    elif ftype is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif ftype is float:
-        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what float() reads.
-        value = _float_or_same(value)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str | int | float) and not isinstance(value, bool)
-        value = str(value) if ok else value
-    if not ok:
-        problems.append(f"{path}: expected {ftype.__name__}, got {_show(value)}")
-        return False, None
-    if "min" in meta and value < meta["min"]:
-        problems.append(f"{path}: must be at least {meta['min']}, got {value}")
-        return False, None
-    if "max" in meta and value > meta["max"]:
-        problems.append(f"{path}: must be at most {meta['max']}, got {value}")
-        return False, None
-    if "pattern" in meta and not meta["pattern"].match(value):
-        problems.append(f"{path}: expected {meta['expect']}, got {value!r}")
-        return False, None
-    return True, value
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def _no_control(values: typing.Iterable[str], path: str, meta: typing.Mapping, problems: list[str]) -> bool:
-    """True unless a value holds a control character (a newline would end an #SBATCH line or start a command)."""
-    if meta.get("multiline"):
-        return True
-    bad = sorted({ch for v in values for ch in _CONTROL.findall(v)})
-    if bad:
-        problems.append(f"{path}: may not contain control characters ({', '.join(map(repr, bad))}): a newline would "
-                        "end an #SBATCH line or start a shell command (HINT: remove it)")  # fmt: skip
-    return not bad
-
-
-def _float_or_same(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _scalar_str(v: Any) -> str:
-    return ("true" if v else "false") if isinstance(v, bool) else str(v)
-
-
-def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"

@@ -82,7 +82,7 @@ def check_spec(spec: JobSpec) -> list[str]:
                     f"got {value!r} (DeepSpeed's PDSHRunner pastes `cd <dir>` unquoted into the remote shell; "
                     "HINT: rename it, or use --launcher deepspeed, which needs no ssh)"
                 )
-    problems += _check_signal_lead(spec) + _check_shrink(spec)
+    problems += _check_signal_lead(spec) + _check_shrink(spec) + _check_save_bounds(spec.train)
     if not spec.run.name.strip():
         problems.append("run.name: must not be empty")
     for name, value in launch.env.items():
@@ -138,6 +138,14 @@ def _check_signal_lead(spec: JobSpec) -> list[str]:
         "starts, and every segment would checkpoint after a few steps and requeue (HINT: a lead under half the "
         "time limit, or a longer --time)"
     ]
+
+
+def _check_save_bounds(train: TrainSpec) -> list[str]:
+    """``save_steps: auto`` chooses within ``save_steps_min`` … ``save_steps_max``."""
+    if train.save_steps_min <= train.save_steps_max:
+        return []
+    return [f"train.save_steps_min ({train.save_steps_min}) is above train.save_steps_max ({train.save_steps_max}) "
+            "(HINT: swap them)"]  # fmt: skip
 
 
 def _check_shrink(spec: JobSpec) -> list[str]:

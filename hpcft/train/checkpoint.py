@@ -7,12 +7,14 @@ atomic rename, rotation). A requeued or resumed job continues from the newest *c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
 from pathlib import Path
 
 from hpcft.errors import HpcftError
+from hpcft.plan import save_interval
 from hpcft.rundir import checkpoints, lifecycle, publish, store
 from hpcft.rundir.checkpoints import checkpoints_dir
 from hpcft.rundir.layout import MODEL_DIR, MODEL_STAGING
@@ -138,6 +140,15 @@ def resume_point(spec: JobSpec, run: Path, world_size: int, is_rank0: bool) -> s
 def resized(spec: JobSpec, info: checkpoints.CheckpointInfo, world_size: int) -> bool:
     """True when ``info`` holds ZeRO shards of another number of ranks than this job's."""
     return spec.train.zero > 0 and info.world_size not in (None, world_size)
+
+
+def with_save_steps(spec: JobSpec, run: Path) -> JobSpec:
+    """``spec`` with ``train.save_steps: auto`` replaced by this job's choice (``plan.save_interval.chosen``)."""
+    if spec.train.save_steps != "auto":
+        return spec
+    steps = save_interval.chosen("auto", store.read_state(run), spec.train.save_steps_max)
+    log.info("train.save_steps auto: every %d steps", steps)
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, save_steps=steps))
 
 
 def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):

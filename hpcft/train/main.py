@@ -82,7 +82,7 @@ def train(run: Path) -> None:
     from hpcft.train.metrics import make_metrics_callback
 
     startup.mark("imports")
-    spec = store.load_run_spec(run)
+    spec = checkpoint.with_save_steps(store.load_run_spec(run), run)
     keep_deepspeed_lazy()  # a rank without --zero never imports deepspeed
     if spec.train.uses_deepspeed:
         from hpcft.train.ds_ops import use_prebuilt_ops

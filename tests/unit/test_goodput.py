@@ -71,8 +71,10 @@ def test_save_advice_follows_young_and_daly_for_the_runs_own_faults():
               {"action": "requeue", "kind": "time limit"}, {"action": "restart", "kind": "hang"},
               {"action": "done"}]  # fmt: skip
     advice = goodput.save_advice(events, held=3600, save_seconds=8, step_seconds=0.5)
-    # 2 faults in an hour: MTBF 1800 s; √(2 · 8 · 1800) = 169.7 s = 339 steps of 0.5 s
-    assert advice == {"faults": 2, "mtbf_s": 1800.0, "save_s": 8, "interval_s": 169.7, "save_steps": 339}
+    # 2 faults in an hour: MTBF 1800 s; Young: √(2 · 8 · 1800) = 169.71 s; Daly, with x = 8 / 3600:
+    # 169.71 · (1 + √x / 3 + x / 9) − 8 = 169.71 · 1.015960 − 8 = 164.41 s = 329 steps of 0.5 s
+    assert advice == {"faults": 2, "mtbf_s": 1800.0, "save_s": 8, "interval_s": 164.4, "young_s": 169.7,
+                      "save_steps": 329}  # fmt: skip
     assert goodput.save_advice([{"action": "requeue", "kind": "time limit"}], 3600, 8, 0.5) is None
     assert goodput.save_advice(events, 3600, None, 0.5) is None
     assert goodput.step_seconds(METRICS) == 1.0  # the median gap between consecutive steps of one start
