@@ -76,7 +76,9 @@ def test_a_save_slower_than_the_initial_lead_is_warned_in_time(lab, demo_dir, ru
     assert measured >= SLOW_SAVE_S  # the user's Trainer's save, timed by hpcft
     lead = min(math.ceil(3 * measured + 30), LIMIT_S // 2)
     assert f"hpcft: warning {lead} s before the time limit" in output and lead > 30 + 60  # before SLURM's could
-    assert "hpcft: warning signal" not in output  # SLURM's USR1 never had to fire
+    # SLURM's USR1 never had to ask: it comes up to 60 s before its lead (here as early as 90 s before the end),
+    # and one that comes during the timer's save leaves the request alone
+    assert "hpcft: warning signal: asking" not in output
     assert (event["action"], event["rc"], event["job"]) == ("requeue", 0, job), event
     assert event["reason"] == "checkpointed after hpcft's warning before the time limit"
     saved = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))

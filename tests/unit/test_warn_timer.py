@@ -6,6 +6,7 @@ save is measured), capped at half the time limit, never under the save + 30 s, `
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,22 @@ def test_after_job_names_the_timer_as_the_cause(run, monkeypatch):
     assert (
         decision.action == "requeue" and decision.reason == "checkpointed after hpcft's warning before the time limit"
     )
+
+
+def _warning_trap(run: Path, segment: str) -> subprocess.CompletedProcess:
+    """The batch script's USR1 handler (from the rendered two-node script), called once in ``segment``."""
+    script = (Path(__file__).parents[1] / "golden" / "two_nodes.sbatch").read_text()
+    handler = script[script.index("on_warning() {") : script.index("trap on_warning USR1")]
+    return subprocess.run(["bash", "-c", f'RUN_DIR="$1"; segment="$2"\n{handler}\non_warning', "_", str(run),
+                           segment], capture_output=True, text=True, check=True)  # fmt: skip
+
+
+def test_slurms_warning_leaves_the_timers_request_of_the_same_segment_alone(tmp_path):
+    env = {"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "1"}
+    ask_to_checkpoint(tmp_path, TIMER_MARK, env, "lead=120")
+    out = _warning_trap(tmp_path, "7.1").stdout
+    assert out == "hpcft: warning signal: the ranks are already checkpointing (asked by TIMER)\n"
+    assert (tmp_path / PREEMPT_FILE).read_text() == "TIMER 7.1 lead=120\n"
+    out = _warning_trap(tmp_path, "7.2").stdout  # the next segment: the old request is not its own
+    assert out == "hpcft: warning signal: asking the ranks to checkpoint\n"
+    assert (tmp_path / PREEMPT_FILE).read_text() == "USR1 7.2\n"
