@@ -6,7 +6,8 @@ step time)``; start-up and the first step, a save (at least 3 × the last measur
 end get ``run.hang_phase_timeout``. A rank that has not published yet (still importing) is not judged.
 
 On a hang, before anything is killed, the agent that found it asks every node's agent for its ranks'
-stacks (``RUN/hangs/request-SEGMENT``, read each poll); each writes its ranks' states and py-spy stacks
+stacks (``RUN/hangs/request-SEGMENT``, read by an agent whose ranks have been silent for
+``QUIET_SECONDS``: no shared-filesystem read in a healthy run); each writes its ranks' states and py-spy stacks
 to ``RUN/hangs/EPISODE/`` (``hpcft.rundir.health``) — a SIGSTOPped rank's too: ``--nonblocking`` reads
 its memory without attaching. Once every node has reported (or after ``REQUEST_SECONDS``) the ranks are
 SIGKILLed (stopped ones die too), so the launcher restarts them from the newest complete checkpoint
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 POLL_SECONDS = 1.0  # reading a few small files in /dev/shm
 GATHER_SECONDS = 20.0  # the recording agent waits this long for the other nodes' reports
 REQUEST_SECONDS = 10.0  # the agent that found a hang waits this long for the others' stacks before killing
+QUIET_SECONDS = 5.0  # a node looks for another node's stack request only once a rank has been silent this long
 SPEED_SECONDS = 1.0  # each node rewrites its speed summary at most this often (RUN/nodes/NODE.json)
 
 
@@ -259,8 +261,8 @@ class Watchdog:
             self._own = {b.rank: (b.pid, b.own_total, b.own_steps) for b in beats}
             if self.first:
                 self.judge_speeds(now)
-        if beats and not self._stop.is_set():
-            self.answer_request(beats, now)
+        if beats and now - min(b.time for b in beats) >= QUIET_SECONDS and not self._stop.is_set():
+            self.answer_request(beats, now)  # a hang elsewhere stops these ranks within a step: only then look
         beats = [b for b in beats if b.pid not in self._handled]
         rules = Rules.of(self.spec, self._save_seconds() if any(b.phase == "save" for b in beats) else None)
         late = overdue(beats, now, rules)
