@@ -137,6 +137,7 @@ def node_loss(d: Decision, job_id: str, spec, run: Path) -> tuple[Decision, list
     limit = int(spec.run.shrink_after or 0)
     print(f"hpcft: job {job_id} lost {', '.join(lost)} ({len(left)} node(s) left); waiting up to {limit} s for "
           f"{'it' if len(lost) == 1 else 'them'} to come back (run.shrink_after)", flush=True)  # fmt: skip
+    lemons.record(run.parent, lost, f"node lost by job {job_id}", run.name)  # a node that fails once may again
     start = time.monotonic()
     while True:
         states = client.node_states(lost)

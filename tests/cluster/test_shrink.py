@@ -107,6 +107,8 @@ def test_a_run_that_loses_a_node_continues_on_the_nodes_left(lab, ds_ops, demo_d
     spec = yaml.safe_load((run / "spec.yaml").read_text())
     assert (spec["resources"]["nodes"], spec["train"]["grad_accum"]) == (1, 2)
     assert (status["state"], status["nodelist"], status["restarts"]) == ("COMPLETED", "node1", 0), status
+    lemon = hpcft("nodes", "--runs-dir", str(run.parent)).stdout  # the lost node is remembered (#26 item 6)
+    assert lemon.startswith(f"node2: LEMON (weight 1.00); last: node lost by job {job} in {run.name}"), lemon
 
     begins = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train_begin" in x]
     assert [(b["world_size"], b["start_step"]) for b in begins] == [(2, 0), (1, 10)]
