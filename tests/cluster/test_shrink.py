@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cluster.conftest import ZERO2_REFERENCE_ARGS
 from tests.conftest import REPO, hpcft, wait_until
 
 pytestmark = pytest.mark.cluster
 
-ARGS = ["--nodes", "2", "--gpus-per-node", "1", "--zero", "2", "-o", "train.lr_scheduler=constant",
-        "-o", "train.eval_steps=null", "-o", "train.save_steps=10", "-o", "train.max_steps=30"]  # fmt: skip
+ARGS = ZERO2_REFERENCE_ARGS  # the shared reference run's arguments (tests/cluster/conftest.py)
 
 
 def crash_node(name: str) -> None:
@@ -80,9 +80,8 @@ def submit(demo_dir: Path, runs: Path, *extra: str) -> Path:
     return run
 
 
-def test_a_run_that_loses_a_node_continues_on_the_nodes_left(lab, ds_ops, demo_dir, tmp_path):
-    reference = submit(demo_dir, tmp_path / "ref")
-    wait_until("the reference run", lambda: (reference / "FINISHED").exists(), timeout=600)
+def test_a_run_that_loses_a_node_continues_on_the_nodes_left(lab, ds_ops, demo_dir, tmp_path, zero2_reference):
+    reference = zero2_reference
     run = submit(demo_dir, tmp_path / "runs", "-o", "resources.min_nodes=1", "-o", "run.shrink_after=20")
     job = json.loads((run / "state.json").read_text())["jobs"][0]["id"]
     assert "#SBATCH --no-kill" in (run / "job.sbatch").read_text()

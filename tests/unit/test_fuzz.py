@@ -47,7 +47,7 @@ def test_job_files_overrides_and_flags(work):
 def test_damaged_run_directories(runs):
     damaged, healthy, work = runs
 
-    @ci_settings(750)
+    @ci_settings(400)
     @given(st.lists(F.damages(), min_size=1, max_size=3), st.sampled_from(F.OPS))
     def case(damage_list, op):
         F.check_damaged(damaged, healthy, work, damage_list, list(op))

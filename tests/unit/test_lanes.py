@@ -6,7 +6,7 @@ from tests.conftest import LAB_LANE, LAB_MODULES, LABS, REPO, TRAIN_FIRST, lane_
 
 
 def test_each_lab_cluster_is_one_lane_and_the_others_go_by_module():
-    assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == lane_of("tests/cluster/test_shrink.py::t")
+    assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == lane_of("tests/cluster/test_preemption.py::t")
     assert lane_of("tests/cluster/test_drills.py::test_a_warning[x]") == "lab"
     assert lane_of("tests/cluster/test_trl.py::t") == lane_of("tests/cluster/test_launchers.py::t[srun]") == "lab2"
     assert lane_of("tests/cluster/test_resize.py::t[2]") == lane_of("tests/cluster/test_warning_lead.py::t") == "lab3"
