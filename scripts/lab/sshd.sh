@@ -6,7 +6,10 @@
 #   sshd.sh up | down            (after up.sh; recipe from shared/slurm-lab/SSH-MPI.md)
 set -euo pipefail
 LAB=${SLURMLAB_DIR:-/tmp/hpcft-lab}
-N=$(( ${SLURMLAB_NODES:-2} * ${SLURMLAB_CLUSTERS:-1} ))  # every node of every cluster of the lab (up.sh)
+# Every node of every cluster of the lab: as up.sh recorded them, unless given (a test restoring a node).
+started=$(head -1 "$LAB/var/started" 2>/dev/null || true)
+nodes=$(echo "$started" | sed -n 's/.*nodes=\([0-9]*\).*/\1/p'); clusters=$(echo "$started" | sed -n 's/.*clusters=\([0-9]*\).*/\1/p')
+N=$(( ${SLURMLAB_NODES:-${nodes:-2}} * ${SLURMLAB_CLUSTERS:-${clusters:-1}} ))
 NET=10.200.0
 S=$LAB/ssh
 
