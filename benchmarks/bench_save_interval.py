@@ -13,7 +13,7 @@ run's choices; and the interval the formula gives for the drill's own fault rate
 the ledger's held time ÷ faults, the measured save and step time), which the last choice should be within
 20 % of.
 
-    scripts/dev-cluster up; .venv/bin/python benchmarks/bench_save_interval.py [--steps 2400] [--every 30]
+    scripts/dev-cluster up; .venv/bin/python benchmarks/bench_save_interval.py [--steps 4000] [--every 30]
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ class Drill(threading.Thread):
             time.sleep(0.5)
 
     def rank_pid(self) -> str | None:
-        log = self.run_dir / "logs" / "rank-1.log"
-        lines = [x for x in log.read_text().splitlines() if " pid " in x] if log.exists() else []
-        return lines[-1].rsplit(" pid ", 1)[1] if lines else None
+        """The newest pid rank 1 logged (``hpcft logs --rank 1``'s source: the node logs)."""
+        from hpcft.ops.logs import rank_text
+
+        lines = [x for x in rank_text(self.run_dir, 1).splitlines() if " pid " in x]
+        return lines[-1].rsplit(" pid ", 1)[1].split()[0] if lines else None
 
 
 def summary(d: Drill) -> dict:
@@ -161,7 +163,7 @@ def measure(args) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--every", type=float, default=30.0, help="seconds of training between faults")
     parser.add_argument("--fixed", type=int, default=200, help="the hand-chosen save_steps (and auto's maximum)")
     report(lambda: measure(parser.parse_args()))
