@@ -145,17 +145,25 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
     return 0
 
 
-def choose_save_steps(run: Path, spec: JobSpec, nodes: int) -> None:
+def choose_save_steps(run: Path, spec: JobSpec, nodes: int, runs_of=None) -> None:
     """``train.save_steps: auto``: the interval for this job from the run's own save time, step time and faults
-    (``hpcft.plan.save_interval``), recorded for the ranks (``state.json: auto_save``) and said in the output."""
-    from hpcft.ops import goodput  # the metrics' step time; sacct is not asked (after-job recorded ``held``)
+    (``hpcft.plan.save_interval``), recorded for the ranks (``state.json: auto_save``) and said in the output.
+    The time held comes from the ledger (sacct: ``runs_of``) here: after-job's own record is lost when SLURM
+    requeues the job under it."""
+    from hpcft.ops import goodput  # the ledger: the time held so far and the step time
 
     state = store.read_state(run)
-    held = (state.get("goodput") or {}).get("held")
-    choice = save_interval.auto_save_steps(state.get("events", []), held, state.get("last_save_seconds"),
-                                           goodput.step_seconds(store.read_metrics(run)), nodes,
-                                           (spec.train.save_steps_min, spec.train.save_steps_max))  # fmt: skip
-    store.update_state(run, lambda s: s.update(auto_save=choice))
+    try:
+        book = goodput.of_run(run, runs_of=runs_of)
+        step_s = goodput.step_seconds(store.read_metrics(run))
+    except HpcftError as e:  # damaged metrics: the choice without the run's own figures
+        print(f"hpcft: train.save_steps auto: {e}", flush=True)
+        book, step_s = {"ettr": None, "held": None}, None
+    held = book["held"] or (state.get("goodput") or {}).get("held")  # sacct forgot: after-job's last record
+    choice = save_interval.auto_save_steps(state.get("events", []), held, state.get("last_save_seconds"), step_s,
+                                           nodes, (spec.train.save_steps_min, spec.train.save_steps_max))  # fmt: skip
+    entry = {"ettr": book["ettr"], "held": held, "as_of": store.now_iso()}
+    store.update_state(run, lambda s: s.update(auto_save=choice, goodput=entry))
     print(f"hpcft: train.save_steps auto: every {choice['save_steps']} steps ({choice['why']})", flush=True)
 
 

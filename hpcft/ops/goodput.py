@@ -160,21 +160,21 @@ def summary(book: Mapping[str, Any]) -> str:
             f"{losses[worst] / 60:.1f} min ({share:.0f} % of {book['wall'] / 60:.1f} min)")  # fmt: skip
 
 
-def _inputs(path) -> tuple[dict[str, Any], list[JobRun], list[dict[str, Any]]]:
-    """A run's state, its jobs' runs (sacct), its whole metrics log."""
+def _inputs(path, runs_of=None) -> tuple[dict[str, Any], list[JobRun], list[dict[str, Any]]]:
+    """A run's state, its jobs' runs (``runs_of``: sacct's ``client.job_runs``), its whole metrics log."""
     from hpcft.rundir import store
     from hpcft.slurm import client
 
     state = store.read_state(path)
-    runs = [JobRun(*r) for r in client.job_runs([j["id"] for j in state.get("jobs", []) if "id" in j])]
-    return state, runs, store.read_metrics(path)
+    ids = [j["id"] for j in state.get("jobs", []) if "id" in j]
+    return state, [JobRun(*r) for r in (runs_of or client.job_runs)(ids)], store.read_metrics(path)
 
 
-def of_run(path, now: float | None = None) -> dict[str, Any]:
+def of_run(path, now: float | None = None, runs_of=None) -> dict[str, Any]:
     """The ledger of the run at ``path``, with the save advice."""
     import time
 
-    state, runs, metrics = _inputs(path)
+    state, runs, metrics = _inputs(path, runs_of)
     book = ledger(runs, metrics, time.time() if now is None else now)
     advice = save_advice(state.get("events", []), book["held"], state.get("last_save_seconds"), step_seconds(metrics))
     return {**book, "save_advice": advice}

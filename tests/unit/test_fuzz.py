@@ -2,7 +2,8 @@
 no #SBATCH line lost, damaged run directories reported and never hiding a healthy run.
 
 The properties and strategies live in ``tests/fuzzing.py``; ``benchmarks/fuzz.py`` runs the same ones for
-100,000 cases. Here a fixed sample (``derandomize``) keeps CI reproducible: 900 cases (500 jobs, 400 damaged run directories).
+100,000 cases. Here a fixed sample (``derandomize``) keeps CI reproducible: 900 cases
+(500 jobs, 400 damaged run directories).
 """
 
 from __future__ import annotations

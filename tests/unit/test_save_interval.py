@@ -64,11 +64,25 @@ def test_the_job_start_chooses_from_the_runs_own_history_and_the_ranks_read_it(t
     metrics = run / "metrics.jsonl"  # make_run's steps 1, 2, 3, one second apart, after their start
     metrics.write_text(json.dumps({"event": "train_begin", "time": 1.0, "start_step": 0}) + "\n" + metrics.read_text())
     state = json.loads((run / "state.json").read_text())
-    # make_run's history: a requeue after a preemption (1 fault)
-    state.update(goodput={"ettr": 0.5, "held": 900.0}, last_save_seconds=2.0)
+    state.update(last_save_seconds=2.0)  # make_run's history: a requeue after a preemption (1 fault)
     (run / "state.json").write_text(json.dumps(state))
-    choose_save_steps(run, spec, 2)
+    held = [("4242", 0.0, 100.0, 400.0), ("4242", 400.0, 450.0, 1050.0)]  # what sacct says: 300 + 600 s held
+    choose_save_steps(run, spec, 2, runs_of=lambda ids: held if ids == ["4242"] else [])
     # MTBF 900 s, save 2 s: 60 · (1 + √(1/900)/3 + (1/900)/9) − 2 = 60 · 1.0112346 − 2 = 58.67 s = 59 steps of 1 s
     assert store.read_state(run)["auto_save"]["save_steps"] == 59
     assert "train.save_steps auto: every 59 steps (Daly's optimum every 59 s" in capsys.readouterr().out
     assert with_save_steps(spec, run).train.save_steps == 59
+
+
+def test_without_sacct_the_job_start_uses_after_jobs_last_record(tmp_path):
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="auto2")
+    spec = store.load_run_spec(run)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, save_steps="auto"))
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(json.dumps({"event": "train_begin", "time": 1.0, "start_step": 0}) + "\n" + metrics.read_text())
+    state = json.loads((run / "state.json").read_text())
+    state.update(last_save_seconds=2.0, goodput={"ettr": 0.5, "held": 900.0})
+    (run / "state.json").write_text(json.dumps(state))
+    choose_save_steps(run, spec, 2, runs_of=lambda ids: [])
+    assert store.read_state(run)["auto_save"]["save_steps"] == 59  # the same 900 s held, from state.json
