@@ -123,7 +123,8 @@ def summary(d: Drill) -> dict:
     return {"kills": d.kills, "faults": len([e for e in final.get("events", []) if e.get("action") == "requeue"]),
             "starts": len(begins), "steps_trained": trained, "steps_lost": trained - max(r["step"] for r in recs
             if "loss" in r), "ettr": book["ettr"], "held_s": book["held"], "seconds": book["seconds"],
-            "save_s": final.get("last_save_seconds"), "step_s": round(statistics.median(gaps), 4),
+            "save_s": statistics.median(r["seconds"] for r in recs if r.get("event") == "save"),
+            "step_s": round(statistics.median(gaps), 4),
             "choices": d.choices}  # fmt: skip
 
 

@@ -146,7 +146,8 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
 
 
 def choose_save_steps(run: Path, spec: JobSpec, nodes: int, runs_of=None) -> None:
-    """``train.save_steps: auto``: the interval for this job from the run's own save time, step time and faults
+    """``train.save_steps: auto``: the interval for this job from the run's own save time (the median of its
+    saves), step time and faults
     (``hpcft.plan.save_interval``), recorded for the ranks (``state.json: auto_save``) and said in the output.
     The time held comes from the ledger (sacct: ``runs_of``) here: after-job's own record is lost when SLURM
     requeues the job under it."""
@@ -155,13 +156,14 @@ def choose_save_steps(run: Path, spec: JobSpec, nodes: int, runs_of=None) -> Non
     state = store.read_state(run)
     try:
         book = goodput.of_run(run, runs_of=runs_of)
-        step_s = goodput.step_seconds(store.read_metrics(run))
+        metrics = store.read_metrics(run)
+        step_s, save_s = goodput.step_seconds(metrics), goodput.save_seconds(metrics, state.get("last_save_seconds"))
     except HpcftError as e:  # damaged metrics: the choice without the run's own figures
         print(f"hpcft: train.save_steps auto: {e}", flush=True)
-        book, step_s = {"ettr": None, "held": None}, None
+        book, step_s, save_s = {"ettr": None, "held": None}, None, None
     held = book["held"] or (state.get("goodput") or {}).get("held")  # sacct forgot: after-job's last record
-    choice = save_interval.auto_save_steps(state.get("events", []), held, state.get("last_save_seconds"), step_s,
-                                           nodes, (spec.train.save_steps_min, spec.train.save_steps_max))  # fmt: skip
+    choice = save_interval.auto_save_steps(state.get("events", []), held, save_s, step_s, nodes,
+                                           (spec.train.save_steps_min, spec.train.save_steps_max))  # fmt: skip
     entry = {"ettr": book["ettr"], "held": held, "as_of": store.now_iso()}
     store.update_state(run, lambda s: s.update(auto_save=choice, goodput=entry))
     print(f"hpcft: train.save_steps auto: every {choice['save_steps']} steps ({choice['why']})", flush=True)

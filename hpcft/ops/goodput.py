@@ -143,6 +143,13 @@ def save_advice(events: Iterable[Mapping[str, Any]], held: float, save_seconds: 
             "young_s": round(save_interval.young_interval(save_seconds, mtbf), 1), "save_steps": steps}  # fmt: skip
 
 
+def save_seconds(metrics: Iterable[Mapping[str, Any]], fallback: float | None = None) -> float | None:
+    """The median blocking time of the run's saves (``save`` records), else ``fallback``; pure. A median: one
+    save on a busy filesystem can take twice as long as the next."""
+    seconds = [s for att in attempts(metrics) for _, s in att["saves"]]
+    return round(statistics.median(seconds), 3) if seconds else fallback
+
+
 def step_seconds(metrics: Iterable[Mapping[str, Any]]) -> float | None:
     """The median duration of a step (consecutive step records of one start); pure."""
     gaps = [b - a for att in attempts(metrics) for (_, a), (_, b) in zip(att["steps"], att["steps"][1:], strict=False)]
@@ -176,7 +183,8 @@ def of_run(path, now: float | None = None, runs_of=None) -> dict[str, Any]:
 
     state, runs, metrics = _inputs(path, runs_of)
     book = ledger(runs, metrics, time.time() if now is None else now)
-    advice = save_advice(state.get("events", []), book["held"], state.get("last_save_seconds"), step_seconds(metrics))
+    save_s = save_seconds(metrics, state.get("last_save_seconds"))
+    advice = save_advice(state.get("events", []), book["held"], save_s, step_seconds(metrics))
     return {**book, "save_advice": advice}
 
 

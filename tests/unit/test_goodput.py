@@ -89,3 +89,8 @@ def test_the_timeline_is_the_ledger_in_time_order_with_saves_cut_out():
         ("productive", 140, 142), ("checkpoint", 142, 143), ("restart", 143, 200),
     ]  # fmt: skip
     assert all(a[2] <= b[1] for a, b in itertools.pairwise(spans))  # nothing overlaps
+
+
+def test_the_save_time_is_the_median_of_the_runs_saves():
+    assert goodput.save_seconds(METRICS) == 0.75  # the saves of 0.5 s and 1.0 s
+    assert goodput.save_seconds([begin(1, 0)], fallback=2.0) == 2.0  # none recorded: state.json's last
