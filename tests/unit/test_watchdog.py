@@ -154,15 +154,21 @@ def test_the_watchdog_reports_kills_and_records_a_hang(tmp_path, stuck, monkeypa
     assert dog.check(time.time() + 200) is None  # the killed rank is not judged again
 
 
-def test_a_hang_is_recorded_at_once_and_refined_as_the_other_nodes_report(tmp_path, stuck):
-    """The claiming agent records the event before it waits for the other nodes: the restart can end the job
-    (and this agent) first. A later report replaces the suspects of the same event; ``stop`` ends the wait."""
+def node0_of_two(tmp_path: Path, name: str) -> tuple[Path, watchdog.Watchdog]:
+    """A run and the watchdog of node1, the first of a 2-node job, reading the ``stuck`` process's beats."""
     F.make_workdir(tmp_path)
-    run = F.make_run(tmp_path, name="hang2")
+    run = F.make_run(tmp_path, name=name)
     env = {"SLURM_JOB_ID": "78", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
     dog = watchdog.Watchdog(run, store.load_run_spec(run), env)
     dog.folder = tmp_path / "hb" / "node1"
+    return run, dog
+
+
+def test_a_hang_is_recorded_at_once_and_refined_as_the_other_nodes_report(tmp_path, stuck):
+    """The claiming agent records the event before it waits for the other nodes: the restart can end the job
+    (and this agent) first. A later report replaces the suspects of the same event; ``stop`` ends the wait."""
+    run, dog = node0_of_two(tmp_path, "hang2")
     found = {}
     worker = threading.Thread(target=lambda: found.update(event=dog.check(time.time() + 91)))
     worker.start()
@@ -185,12 +191,7 @@ def test_a_hang_is_recorded_at_once_and_refined_as_the_other_nodes_report(tmp_pa
 
 
 def test_stopping_the_watchdog_ends_a_gather_at_once(tmp_path, stuck):
-    F.make_workdir(tmp_path)
-    run = F.make_run(tmp_path, name="hang3")
-    env = {"SLURM_JOB_ID": "79", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
-           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
-    dog = watchdog.Watchdog(run, store.load_run_spec(run), env)
-    dog.folder = tmp_path / "hb" / "node1"
+    run, dog = node0_of_two(tmp_path, "hang3")
     worker = threading.Thread(target=dog.check, args=(time.time() + 91,))
     worker.start()
     hangs = lambda: [e for e in store.read_state(run).get("events", []) if e.get("kind") == "hang"]  # noqa: E731
