@@ -4,7 +4,8 @@ Two identical 2-node runs of the demo (one rank per node), started together on t
 that they share the machine alike: one with a hand-chosen ``train.save_steps`` (200), one with ``auto``
 bounded by ``save_steps_min: 10`` and ``save_steps_max`` = the fixed value (its first job, with no save
 measured yet, saves as the fixed run does). Each run's rank on the second node is SIGKILLed (what an OOM
-kill or a segfault does) every ``--every`` seconds of training; ``run.restart_in_job: false`` makes each
+kill or a segfault does) every ``--every`` seconds of training (``--seed``: at exponentially distributed
+times of that mean, the same for both runs); ``run.restart_in_job: false`` makes each
 fault fail the job, SLURM requeues it (``--requeue``; the requeue hold is lifted after 3 s, as the cluster
 tests do), and every new job start chooses ``auto`` again from the run's own numbers.
 
@@ -13,7 +14,7 @@ run's choices; and the interval the formula gives for the drill's own fault rate
 the ledger's held time ÷ faults, the measured save and step time), which the last choice should be within
 20 % of.
 
-    scripts/dev-cluster up; .venv/bin/python benchmarks/bench_save_interval.py [--steps 4000] [--every 30]
+    scripts/dev-cluster up; .venv/bin/python benchmarks/bench_save_interval.py [--steps 4000] [--every 30] [--seed 1]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -52,11 +54,12 @@ def state(run: Path) -> dict:
 
 
 class Drill(threading.Thread):
-    """One run: submit, kill its second rank every ``every`` s of training, lift requeue holds, until done."""
+    """One run: submit, kill its second rank after ``gaps[k]`` s of its k-th start's training, lift requeue
+    holds, until done."""
 
-    def __init__(self, name: str, job: Path, runs: Path, steps: int, every: float, save: list[str]) -> None:
+    def __init__(self, name: str, job: Path, runs: Path, steps: int, gaps: list[float], save: list[str]) -> None:
         super().__init__(daemon=True)
-        self.name, self.every = name, every
+        self.name, self.gaps = name, list(gaps)
         self.env = {**os.environ, "SLURM_CONF": CLUSTERS[name], "OMP_NUM_THREADS": "1"}
         out = sh(self.env, *HPCFT, "submit", str(job), "--nodes", "2", "--gpus-per-node", "1", "--runs-dir",
                  str(runs), "-o", f"run.name={name}", "-o", f"train.max_steps={steps}", "-o", "train.eval_steps=null",
@@ -93,7 +96,8 @@ class Drill(threading.Thread):
                 seen = len(begins)
                 self.choices.append((state(self.run_dir).get("auto_save") or {}).get("save_steps"))
             steps = [r for r in recs[begins[-1] :] if "loss" in r]
-            if steps and time.time() - steps[0]["time"] >= self.every and len(begins) == seen:
+            every = self.gaps[min(self.kills, len(self.gaps) - 1)]  # this start's seconds of training to its fault
+            if steps and time.time() - steps[0]["time"] >= every and len(begins) == seen:
                 pid = self.rank_pid()
                 if pid and subprocess.run(["kill", "-9", pid], capture_output=True).returncode == 0:
                     self.kills += 1
@@ -136,8 +140,12 @@ def measure(args) -> tuple[str, str]:
     job = tmp / "demo" / "job.yaml"
     fixed = ["-o", f"train.save_steps={args.fixed}"]
     auto = ["-o", "train.save_steps=auto", "-o", "train.save_steps_min=10", "-o", f"train.save_steps_max={args.fixed}"]
-    drills = [Drill("fixed", job, tmp / "runs", args.steps, args.every, fixed),
-              Drill("auto", job, tmp / "runs", args.steps, args.every, auto)]  # fmt: skip
+    # The same fault times for both runs: every ``--every`` s, or (``--seed``) exponentially distributed with that
+    # mean, as independent faults are — a fixed period hits a fixed save_steps at the same phase each time.
+    rng = random.Random(args.seed)
+    gaps = [args.every if args.seed is None else max(5.0, rng.expovariate(1 / args.every)) for _ in range(100)]
+    drills = [Drill("fixed", job, tmp / "runs", args.steps, gaps, fixed),
+              Drill("auto", job, tmp / "runs", args.steps, gaps, auto)]  # fmt: skip
     for d in drills:
         d.start()
     for d in drills:
@@ -149,7 +157,9 @@ def measure(args) -> tuple[str, str]:
     faults = max(1, a["faults"])
     formula = save_interval.daly_interval(a["save_s"], a["held_s"] / faults) / a["step_s"]
     last = next((c for c in reversed(a["choices"]) if c), None)
-    result = {"bench": "save_interval", "steps": args.steps, "every_s": args.every, "fixed_save_steps": args.fixed,
+    result = {"bench": "save_interval", "steps": args.steps, "every_s": args.every, "seed": args.seed,
+              "fault_gaps_s": [round(g, 1) for g in gaps[: max(d.kills for d in drills)]],
+              "fixed_save_steps": args.fixed,
               **out, "formula_save_steps": round(formula), "last_choice_within_20pct":
               bool(last) and abs(last - formula) <= 0.2 * formula}  # fmt: skip
     f, a = out["fixed"], out["auto"]
@@ -165,7 +175,8 @@ def measure(args) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--every", type=float, default=30.0, help="seconds of training between faults")
+    parser.add_argument("--every", type=float, default=30.0, help="seconds of training between faults (the mean)")
+    parser.add_argument("--seed", type=int, default=None, help="random fault times (exponential), this seed")
     parser.add_argument("--fixed", type=int, default=200, help="the hand-chosen save_steps (and auto's maximum)")
     report(lambda: measure(parser.parse_args()))
 
