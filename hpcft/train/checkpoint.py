@@ -151,6 +151,28 @@ def with_save_steps(spec: JobSpec, run: Path) -> JobSpec:
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, save_steps=steps))
 
 
+def make_intervals_callback():
+    """Keep this job's step intervals on a resume: a workaround for transformers' Trainer.
+
+    Resuming, the Trainer replaces its ``TrainerState`` by the checkpoint's, and with it ``save_steps``,
+    ``eval_steps`` and ``logging_steps``: the arguments it was given only get a warning
+    (``Trainer._init_training_state``, ``trainer_utils.compare_trainer_and_checkpoint_args``, transformers
+    5.x). So ``train.save_steps: auto``'s choice for this job — and ``hpcft resume -o train.save_steps=N`` —
+    would never apply after the first checkpoint. Found by ``benchmarks/bench_save_interval.py``: the auto
+    run chose 48–57 steps and saved every 200. ``on_train_begin`` comes after the state is loaded.
+    """
+    from transformers import TrainerCallback
+
+    class CurrentIntervals(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            for kind in ("logging", "eval", "save"):
+                value = getattr(args, f"{kind}_steps", None)
+                if isinstance(value, int | float) and value >= 1:  # whole steps (below 1: a ratio, not hpcft's)
+                    setattr(state, f"{kind}_steps", int(value))
+
+    return CurrentIntervals()
+
+
 def universal_if_resized(spec: JobSpec, resume: str | None, args, ds_config):
     """The Trainer's arguments for resuming from ``resume``: as they are, or — when its ZeRO shards are of
     another world size — for DeepSpeed's universal checkpoint, converted first (``train.ds_universal``)."""

@@ -118,7 +118,7 @@ def train(run: Path) -> None:
     preempt = preemption.make_preemption_callback(run)
     # preempt decides, commit follows; the heartbeat last: it sees whether this step saves or evaluates
     commit, beats = checkpoint.make_commit_callback(spec, run, world), heartbeat.make_heartbeat_callback(trainer)
-    for callback in (preempt, commit, beats):
+    for callback in (checkpoint.make_intervals_callback(), preempt, commit, beats):
         trainer.add_callback(callback)
     if resume:
         from hpcft.train.ds_nvme_resume import patch_if_nvme
