@@ -90,7 +90,8 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
 
 def record_goodput(run: Path) -> None:
     """The run's ETTR so far into state.json (``goodput``), for ``hpcft status`` over many runs, which reads no
-    run's whole metrics log. After the requeue, which must not wait for sacct; never fatal."""
+    run's whole metrics log. Last, after the requeue, which must not wait for sacct — so a job SLURM requeues
+    under its after-job records nothing here (begin-job does, for ``save_steps: auto``); never fatal."""
     from hpcft.ops import goodput  # the ledger (the runs directory's reader side) only here
 
     try:
