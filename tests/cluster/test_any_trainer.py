@@ -81,7 +81,7 @@ def submit(demo_dir: Path, runs_dir: Path, *args: str) -> Path:
     proc = hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--wait", "--runs-dir", str(runs_dir), *args,
                  check=False)  # fmt: skip
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
-    output = "\n".join(p.read_text() for p in sorted((run / "logs").glob("slurm-*.out")))
+    output = "\n".join(p.read_text(errors="replace") for p in sorted((run / "logs").glob("slurm-*.out")))
     assert proc.returncode == 0, (proc.stdout, proc.stderr, output)
     return run
 
@@ -123,7 +123,7 @@ def test_launcher_none_runs_a_self_launching_tool_once_per_node(lab, demo_dir, r
                  str(probes / "probe.py"), str(out))  # fmt: skip
     records = seen(out)
     assert sorted(r["node_rank"] for r in records) == ["0", "0", "1", "1"]
-    output = next((run / "logs").glob("slurm-*.out")).read_text()
+    output = next((run / "logs").glob("slurm-*.out")).read_text(errors="replace")
     started = [line for line in output.splitlines() if line.startswith("hpcft node ") and "selflaunch.py" in line]
     assert len(started) == 2  # hpcft node on each node started the command, nothing else
     assert output.count("hpcft: rank 0 runs") == 1  # said once, by node 0's command (rank_exec)
@@ -140,6 +140,6 @@ def test_an_unknown_program_fails_on_the_node_with_its_name(lab, demo_dir, runs_
                  "no-such-trainer", "--x", check=False)  # fmt: skip
     assert proc.returncode != 0
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
-    output = next((run / "logs").glob("slurm-*.out")).read_text()
+    output = next((run / "logs").glob("slurm-*.out")).read_text(errors="replace")
     assert "launch.command: 'no-such-trainer' is not on PATH here" in output
     assert "not requeued" in output  # preflight: a rerun would fail the same way

@@ -219,7 +219,7 @@ def test_h_a_lemon_node_is_excluded_by_the_requeue_and_the_next_submission(lab, 
     second, excluded = job_nodes(job)
     assert excluded == first and second != first and second in lab.nodes
     wait_finished(run)
-    assert f"requeue: excluding lemon nodes {first}" in (run / "logs" / f"slurm-{job}.out").read_text()
+    assert f"requeue: excluding lemon nodes {first}" in (run / "logs" / f"slurm-{job}.out").read_text(errors="replace")
     out = hpcft("submit", str(demo_dir / "job.yaml"), "--runs-dir", str(runs_dir), *one, "-o", "train.max_steps=10",
                 "--wait").stdout  # fmt: skip
     again = out.split(" as job ")[1].split()[0]

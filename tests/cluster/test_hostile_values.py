@@ -90,7 +90,7 @@ def test_a_secret_the_ssh_daemon_does_not_accept_stops_pdsh_before_training(lab,
                  "-o", "run.max_failures=0", *LAUNCHERS["deepspeed-pdsh"], "--", "true",
                  env={"NOT_ACCEPTED_TOKEN": "x"}, check=False)  # fmt: skip
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
-    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    output = "\n".join(p.read_text(errors="replace") for p in (run / "logs").glob("slurm-*.out"))
     assert proc.returncode != 0
     assert "NOT_ACCEPTED_TOKEN" in output and "AcceptEnv" in output, output
 
@@ -113,5 +113,5 @@ def test_job_sbatch_submitted_by_hand_without_the_secret_stops_and_says_so(lab, 
     env = {k: v for k, v in os.environ.items() if k != "HPCFT_TEST_TOKEN"}
     job_id = subprocess.run(["sbatch", "--parsable", "--wait", str(run / "job.sbatch")], env=env, capture_output=True,
                             text=True, timeout=120).stdout.strip().split(";")[0]  # fmt: skip
-    output = (run / "logs" / f"slurm-{job_id}.out").read_text()
+    output = (run / "logs" / f"slurm-{job_id}.out").read_text(errors="replace")
     assert "launch.env_passthrough names HPCFT_TEST_TOKEN, which this job's environment does not have" in output

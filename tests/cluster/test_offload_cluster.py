@@ -101,7 +101,7 @@ def _built_files(directory: Path) -> dict[Path, int]:
 
 
 def _job_output(run: Path) -> str:
-    return "".join(p.read_text() for p in sorted((run / "logs").glob("slurm-*.out")))
+    return "".join(p.read_text(errors="replace") for p in sorted((run / "logs").glob("slurm-*.out")))
 
 
 def _planned_mib(run: Path, model: Path) -> int:

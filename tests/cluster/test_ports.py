@@ -66,7 +66,7 @@ def test_a_taken_rendezvous_port_on_the_master_falls_back_and_the_job_finishes(l
     finally:
         for name in ("a", "b"):
             hpcft("cancel", name, "--runs-dir", str(runs), check=False)
-    logs = "\n".join(p.read_text() for p in runs.rglob("slurm-*.out"))
+    logs = "\n".join(p.read_text(errors="replace") for p in runs.rglob("slurm-*.out"))
     assert _state(runs, "b") == "COMPLETED", logs
     ports = {p.read_text() for p in out.glob("rank-*.port")}
     assert len(list(out.glob("rank-*.port"))) == 2 and len(ports) == 1, ports  # every rank agreed

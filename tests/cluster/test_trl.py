@@ -138,7 +138,7 @@ def test_trl_world_size_mismatch_stops_at_once(lab, demo_dir, runs_dir, sft_data
                  check=False)  # fmt: skip
     assert proc.returncode != 0
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
-    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    output = "\n".join(p.read_text(errors="replace") for p in (run / "logs").glob("slurm-*.out"))
     assert "this Trainer sees a world of 1 process(es), but the job runs 2" in output
     assert not [r for r in records(run) if "loss" in r]  # stopped before training a step
     assert state(run)["events"][-1]["action"] == "fail"  # FATAL: neither restarted nor requeued
@@ -159,7 +159,7 @@ def console_sft(
 
 def test_trl_sft_console_command_runs_its_own_accelerate_once_per_node(lab, demo_dir, runs_dir, sft_data):
     proc, run = console_sft(demo_dir, runs_dir, sft_data)
-    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    output = "\n".join(p.read_text(errors="replace") for p in (run / "logs").glob("slurm-*.out"))
     assert proc.returncode == 0, output[-4000:]
     begin = next(r for r in records(run) if r.get("event") == "train_begin")
     assert begin["world_size"] == 2  # one world across both nodes, not two separate ones of 1
@@ -173,7 +173,7 @@ def test_trl_sft_console_command_runs_its_own_accelerate_once_per_node(lab, demo
 def test_trl_sft_console_command_with_accelerate_and_deepspeed(lab, demo_dir, runs_dir, sft_data, zero):
     # accelerate's own DeepSpeed path (the per-node config names ds_config.json) across both nodes.
     proc, run = console_sft(demo_dir, runs_dir, sft_data, "--zero", zero)
-    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    output = "\n".join(p.read_text(errors="replace") for p in (run / "logs").glob("slurm-*.out"))
     assert proc.returncode == 0, output[-4000:]
     assert next(r for r in records(run) if r.get("event") == "train_begin")["world_size"] == 2
     assert max(r["step"] for r in records(run) if "loss" in r) == 20
@@ -192,7 +192,7 @@ def test_ds_config_reaches_trls_trainer_as_deepspeed_zero3(lab, demo_dir, runs_d
                  "--runs-dir", str(runs_dir), "--", "-m", "trl.scripts.sft", "--deepspeed", "{ds_config}", *args,
                  check=False)  # fmt: skip
     (run,) = [p.parent for p in runs_dir.glob("*/spec.yaml")]
-    output = "\n".join(p.read_text() for p in (run / "logs").glob("slurm-*.out"))
+    output = "\n".join(p.read_text(errors="replace") for p in (run / "logs").glob("slurm-*.out"))
     assert proc.returncode == 0, output[-4000:]
     assert f"--deepspeed {run}/ds_config.json" in output  # what rank 0 ran, {ds_config} filled in
     assert max(r["step"] for r in records(run) if "loss" in r) == 20
