@@ -153,14 +153,11 @@ def choose_save_steps(run: Path, spec: JobSpec, nodes: int, runs_of=None) -> Non
     requeues the job under it."""
     from hpcft.ops import goodput  # the ledger: the time held so far and the step time
 
-    state = store.read_state(run)
     try:
-        book = goodput.of_run(run, runs_of=runs_of)
-        metrics = store.read_metrics(run)
-        step_s, save_s = goodput.step_seconds(metrics), goodput.save_seconds(metrics, state.get("last_save_seconds"))
+        state, book, save_s, step_s = goodput.measured(run, runs_of=runs_of)
     except HpcftError as e:  # damaged metrics: the choice without the run's own figures
         print(f"hpcft: train.save_steps auto: {e}", flush=True)
-        book, step_s, save_s = {"ettr": None, "held": None}, None, None
+        state, book, save_s, step_s = store.read_state(run), {"ettr": None, "held": None}, None, None
     held = book["held"] or (state.get("goodput") or {}).get("held")  # sacct forgot: after-job's last record
     choice = save_interval.auto_save_steps(state.get("events", []), held, save_s, step_s, nodes,
                                            (spec.train.save_steps_min, spec.train.save_steps_max))  # fmt: skip

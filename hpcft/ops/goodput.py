@@ -177,15 +177,19 @@ def _inputs(path, runs_of=None) -> tuple[dict[str, Any], list[JobRun], list[dict
     return state, [JobRun(*r) for r in (runs_of or client.job_runs)(ids)], store.read_metrics(path)
 
 
-def of_run(path, now: float | None = None, runs_of=None) -> dict[str, Any]:
-    """The ledger of the run at ``path``, with the save advice."""
+def measured(path, now: float | None = None, runs_of=None) -> tuple[dict[str, Any], dict[str, Any], Any, Any]:
+    """The run's state, its ledger, its median save and step seconds: one read of its files (and of sacct)."""
     import time
 
     state, runs, metrics = _inputs(path, runs_of)
     book = ledger(runs, metrics, time.time() if now is None else now)
-    save_s = save_seconds(metrics, state.get("last_save_seconds"))
-    advice = save_advice(state.get("events", []), book["held"], save_s, step_seconds(metrics))
-    return {**book, "save_advice": advice}
+    return state, book, save_seconds(metrics, state.get("last_save_seconds")), step_seconds(metrics)
+
+
+def of_run(path, now: float | None = None, runs_of=None) -> dict[str, Any]:
+    """The ledger of the run at ``path``, with the save advice."""
+    state, book, save_s, step_s = measured(path, now, runs_of)
+    return {**book, "save_advice": save_advice(state.get("events", []), book["held"], save_s, step_s)}
 
 
 def timeline_of_run(path, now: float | None = None) -> list[Span]:
