@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,3 +137,41 @@ def cancel(run: Path) -> str:
         store.update_state(run, lambda s: s.update(cancelled=True))
         base.get(state["backend"]).load().cancel(job)
     return job["id"]
+
+
+def submit_once(plan_in: Callable[[str | None], Plan], intent_id: str) -> tuple[Path, str, bool]:
+    """Submit at most once per intent (a submission from a workstation: ``hpcft.rundir.intents``).
+
+    ``plan_in(run_dir)`` plans the job in ``run_dir`` (None: a new one). Returns the run, its job and whether the
+    job was submitted by an earlier attempt of the same intent (then nothing is submitted now).
+    """
+    from hpcft.rundir import intents
+
+    first = plan_in(None)
+    with intents.survive_hangup(), intents.claim(Path(first.spec.run.runs_dir), intent_id) as intent:
+        if intent.job:
+            return Path(intent.run or first.run_dir), intent.job, True
+        if intent.run:
+            run = Path(intent.run)
+            if job := job_of(run):
+                intent.done(job)
+                return run, job, True
+            if (run / STATE_FILE).is_file():  # written, but no job started from it
+                job = start_in(plan_in(str(run)), run)
+                intent.done(job)
+                return run, job, False
+        intent.begin(first.run_dir)
+        run, job = submit(first)
+        intent.done(job)
+        return run, job, False
+
+
+def job_of(run: Path) -> str | None:
+    """The job of a run an interrupted submission may have started: state.json's, else SLURM's (by its comment)."""
+    from hpcft.slurm import client
+
+    with contextlib.suppress(RunError, OSError, KeyError):
+        if job := store.newest_job(store.read_state(run)):
+            return job["id"]
+    found = [job for job, rd in client.user_jobs(client.RUN_COMMENT).items() if rd == str(run)]
+    return found[0] if found else None

@@ -5,7 +5,7 @@ loads ``hpcft.train`` only when it runs. The group lives in ``base``; the comman
 modules by theme (jobs, runs, tools), and importing them registers them on ``main``.
 """
 
-from hpcft.cli import bench, jobs, runs, sweep, tools  # noqa: F401 - registers the commands
+from hpcft.cli import bench, clusters, jobs, runs, sweep, tools  # noqa: F401 - registers the commands
 from hpcft.cli.base import main
 
 __all__ = ["main"]

@@ -58,7 +58,53 @@ def _runs_dir(value: str | None) -> str:
     return value or default_runs_dir()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class HpcftGroup(click.Group):
+    """Click's group, keeping each command's own argv as typed: ``--cluster`` sends it to the cluster unchanged."""
+
+    def resolve_command(self, ctx, args):
+        ctx.meta["hpcft.args"] = list(args[1:])
+        return super().resolve_command(ctx, args)
+
+
+CLUSTER_HELP = "run it on this cluster over SSH [default: $HPCFT_CLUSTER; `hpcft clusters` lists them]"
+
+
+def cluster_option(fn):
+    """``--cluster NAME`` (or ``$HPCFT_CLUSTER``): the command's value ``cluster`` is the ``Cluster`` or None."""
+
+    def to_cluster(ctx, param, value):
+        if value is None and not os.environ.get("HPCFT_CLUSTER"):
+            return None
+        from hpcft.remote import clusters
+
+        try:
+            return clusters.chosen(value, clusters.load())
+        except HpcftError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+
+    return click.option("--cluster", metavar="NAME", callback=to_cluster, help=CLUSTER_HELP)(fn)
+
+
+def forwardable(*, reconnect: bool = False):
+    """A command that runs as typed on a cluster when ``--cluster`` names one (``hpcft.remote.forward``);
+    ``reconnect``: it only reads, and is started again when the connection drops (``logs -f``, ``wait``)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, cluster=None, **kwargs):
+            if cluster is None:
+                return fn(*args, **kwargs)
+            from hpcft.remote import forward
+
+            ctx = click.get_current_context()
+            sys.exit(forward.run_here(cluster, ctx.info_name, ctx.meta.get("hpcft.args", []), reconnect=reconnect))
+
+        return cluster_option(_handle_errors(wrapper))
+
+    return deco
+
+
+@click.group(cls=HpcftGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpcft")
 @click.option("--debug", is_flag=True, help="show tracebacks for errors")
 def main(debug: bool) -> None:

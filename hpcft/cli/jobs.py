@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, cluster_option, main
 from hpcft.errors import HpcftError
 from hpcft.spec import BACKENDS, LAUNCHERS
 
@@ -51,8 +51,9 @@ def job_options(fn, nodes: bool = True):
     return fn
 
 
-def _load_plan(job_file, command, zero, profile, overrides, gpu_mem=None, **flag_values):
-    """Parse the curated flags into a pipeline request and plan it (``hpcft.plan.pipeline``)."""
+def _load_plan(job_file, command, zero, profile, overrides, gpu_mem=None, run_dir=None, **flag_values):
+    """Parse the curated flags into a pipeline request and plan it (``hpcft.plan.pipeline``), in ``run_dir``
+    (default: a new run directory)."""
     from hpcft.plan import pipeline
     from hpcft.spec.layering import is_path
 
@@ -68,7 +69,7 @@ def _load_plan(job_file, command, zero, profile, overrides, gpu_mem=None, **flag
     }
     req = pipeline.Request(job_file=job_file, profile=profile, overrides=tuple(overrides), flags=flags,
                            zero_auto=zero == "auto", gpu_mem=gpu_mem)  # fmt: skip
-    planned = pipeline.plan_job(req, python=sys.executable, now=datetime.now())
+    planned = pipeline.plan_job(req, python=sys.executable, now=datetime.now(), run_dir=run_dir)
     for note in planned.notes:
         click.secho(note, fg="cyan", err=True)
     return planned.plan
@@ -89,14 +90,19 @@ FLAG_KEYS = {
 
 @main.command("plan")
 @job_options
+@cluster_option
 @_handle_errors
-def plan_cmd(**kwargs) -> None:
+def plan_cmd(cluster, **kwargs) -> None:
     """Show what `submit` would do, without running anything.
 
     Prints the submit command, the batch script, node 0's launch command and the rendezvous.
     Arguments after `--` name your own trainer (a .py file, -m module or a program) instead of hpcft's.
     Ends with the memory planner: model-state memory of every ZeRO stage / offload choice.
+    With --cluster: the local files the job names, which of them would be copied there and how much.
     """
+    if cluster is not None:
+        _plan_remote(cluster, kwargs)
+        return
     p = _load_plan(**kwargs)
     _print_plan(p)
     _print_memory(p, kwargs.get("gpu_mem"))
@@ -166,9 +172,11 @@ def _print_lemons(spec) -> None:
     help="tokenize the data in a CPU job first; training starts after it succeeded (afterok)",
 )
 @click.option("--prepare-partition", metavar="PARTITION", help="--prepare: the CPU job's partition")
+@cluster_option
+@click.option("--intent", hidden=True, help="submit at most once per this id (a submission from a workstation)")
 @_handle_errors
 def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepare_partition: str | None,
-           **kwargs) -> None:  # fmt: skip
+           cluster, intent: str | None, **kwargs) -> None:  # fmt: skip
     """Submit a fine-tuning job described by JOB_FILE.
 
     \b
@@ -188,9 +196,22 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
     {resume_checkpoint} (empty when starting fresh) {node_rank} {nnodes}; also as HPCFT_* variables.
     `--launcher none` runs the command once per node for tools that start their own workers (trl's
     and llamafactory-cli's console commands): under torchrun they would start a launcher in every rank.
+
+    \b
+    From a workstation (`hpcft clusters` names them; files the job names are copied there first):
+      hpcft submit job.yaml --cluster mycluster --nodes 2 --wait
     """
     from hpcft.backends import actions as backends
 
+    if cluster is not None:
+        switches = {"dry_run": dry_run, "no_submit": no_submit, "prepare_data": prepare_data,
+                    "prepare_partition": prepare_partition}  # fmt: skip
+        sys.exit(_submit_remote(cluster, kwargs, switches, wait))
+    if intent is not None:
+        if prepare_data or no_submit or dry_run:
+            raise click.UsageError("--intent submits one job: not with --prepare, --no-submit or --dry-run")
+        _submit_once(intent, kwargs)
+        return
     p = _load_plan(**kwargs)
     if dry_run:
         _print_plan(p)
@@ -214,6 +235,77 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
     click.echo(f"  watch:   hpcft status {run.name}   |   hpcft logs {run.name} -f")
     if wait:
         sys.exit(_wait(run))
+
+
+def _submit_once(intent: str, kwargs: dict) -> None:
+    """The cluster side of a workstation's submission: at most one job per intent (``rundir.intents``)."""
+    import json
+
+    from hpcft.backends import actions as backends
+    from hpcft.remote.submit import ANSWER_PREFIX
+    from hpcft.rundir import intents
+
+    run, job_id, again = backends.submit_once(lambda run_dir: _load_plan(**kwargs, run_dir=run_dir),
+                                              intents.check_id(intent))  # fmt: skip
+    if again:
+        click.echo(f"{run.name} was submitted as job {job_id} by an earlier try of this submission; nothing new "
+                   "was submitted")  # fmt: skip
+    else:
+        click.echo(f"submitted {run.name} as job {job_id}")
+    click.echo(f"  run dir: {run}")
+    click.echo(ANSWER_PREFIX + json.dumps({"run": run.name, "job": job_id, "again": again}))
+
+
+def _submit_remote(cluster, kwargs: dict, switches: dict, wait: bool) -> int:
+    """Copy the job's local files to ``cluster`` and submit there once (``hpcft.remote.submit``); the exit status."""
+    from hpcft.remote import forward
+    from hpcft.remote import submit as remote
+
+    sp = remote.stage_plan(cluster, kwargs["job_file"], kwargs["overrides"], kwargs["command"], kwargs["profile"],
+                           kwargs["accelerate_config"])  # fmt: skip
+    flags = {name: kwargs.get(name) for name in remote.FLAG_OPTIONS}
+    answer = remote.submit(cluster, sp, flags, switches, click.echo)
+    if answer is None:
+        return 0
+    run = answer["run"]
+    click.echo(f"  from here: hpcft status {run} --cluster {cluster.name}   |   hpcft logs {run} -f --cluster "
+               f"{cluster.name}")  # fmt: skip
+    return forward.run_here(cluster, "wait", [run], reconnect=True) if wait else 0
+
+
+def _plan_remote(cluster, kwargs: dict) -> None:
+    """``plan --cluster``: what would be copied and how much; the cluster's own plan once everything is there."""
+    from hpcft.remote import forward
+    from hpcft.remote import submit as remote
+
+    sp = remote.stage_plan(cluster, kwargs["job_file"], kwargs["overrides"], kwargs["command"], kwargs["profile"],
+                           kwargs["accelerate_config"])  # fmt: skip
+    present = remote.on_cluster(cluster, sp)
+    click.secho(f"# --- files the job names, staged in {cluster.name}:{sp.staging} ---", bold=True)
+    missing = 0
+    for item in sp.unique_items():
+        there = item.key in present
+        missing += 0 if there else item.size
+        click.echo(f"  {'already there' if there else 'would copy':>13}  {_size(item.size):>10}  {item.local}  "
+                   f"({item.what})")  # fmt: skip
+    for what, path in sp.referenced:
+        click.echo(f"  {'on cluster':>13}  {'':>10}  {path}  ({what}: not here, taken as the cluster's)")
+    click.echo(f"  total to copy: {_size(missing)}")
+    flags = {name: kwargs.get(name) for name in remote.FLAG_OPTIONS}
+    argv = remote.remote_argv(cluster, sp, flags, {"dry_run": True}, None)
+    if missing or sp.job_key not in present:
+        click.echo(f"the cluster's plan needs these files there: `hpcft submit {kwargs['job_file']} --cluster "
+                   f"{cluster.name} --dry-run ...` copies them and prints it")  # fmt: skip
+        return
+    sys.exit(forward.ssh.stream(cluster, argv, env=forward.remote_env(cluster)))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def _progress_printer():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, _runs_dir, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, _runs_dir, cluster_option, forwardable, main
 from hpcft.cli.jobs import _wait
 
 
@@ -27,7 +27,7 @@ from hpcft.cli.jobs import _wait
     "-o", "overrides", multiple=True, metavar="KEY=VALUE", help="change any key, e.g. -o train.max_steps=2000"
 )
 @click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
-@_handle_errors
+@forwardable()
 def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool) -> None:
     """Continue RUN in a new job from its newest complete checkpoint (or --checkpoint STEP)."""
     from hpcft.backends import actions as backends
@@ -54,7 +54,7 @@ def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | 
 @click.option("--merge-lora", is_flag=True, help="merge a LoRA adapter into the base model")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
-@_handle_errors
+@forwardable()
 def export(run: str, out: str, checkpoint: int | None, merge_lora: bool, dtype: str, runs_dir: str | None) -> None:
     """Write a checkpoint of RUN as a Hugging Face model directory (ZeRO shards consolidated)."""
     from hpcft.rundir import store
@@ -67,7 +67,7 @@ def export(run: str, out: str, checkpoint: int | None, merge_lora: bool, dtype: 
 
 @main.command("list")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
-@_handle_errors
+@forwardable()
 def list_cmd(runs_dir: str | None) -> None:
     """List runs, oldest first, with their state."""
     _status_table(None, runs_dir, as_json=False)
@@ -81,7 +81,7 @@ def list_cmd(runs_dir: str | None) -> None:
 @click.option("--interval", type=Number(min=1.0), default=2.0, show_default=True, help="seconds, --watch")
 @click.option("--from-squeue", is_flag=True, help="every run of yours SLURM knows (job comments), any runs dir")
 @click.option("--goodput", is_flag=True, help="RUN: where its time went (queue, start-up, training, saves…)")
-@_handle_errors
+@forwardable()
 def status(run: str | None, runs_dir: str | None, as_json: bool, watch: bool, interval: float, from_squeue: bool,
            goodput: bool) -> None:  # fmt: skip
     """State, jobs, nodes, elapsed, progress, loss, tokens/s, ETA, checkpoint and restarts of runs.
@@ -150,7 +150,7 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool, goodput:
 @main.command()
 @click.argument("run")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
-@_handle_errors
+@forwardable()
 def sync(run: str, runs_dir: str | None) -> None:
     """Upload RUN's offline W&B segments (train.report_to: [wandb]) from a machine with internet.
 
@@ -196,7 +196,7 @@ def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> Non
 @click.option("--rank", type=int, help="this rank's log lines (from RUN/logs/node-*.log) instead of the job output")
 @click.option("--node", help="the rank-log lines of the ranks that ran on this node")
 @click.option("--job", "job_id", help="this job's output (an older job of the run) instead of the newest")
-@_handle_errors
+@forwardable(reconnect=True)
 def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: str | None, job_id: str | None) -> None:
     """Show a run's output: rank 0's console (the newest job's output), one rank's log, or one node's ranks."""
     from hpcft.ops import logs as logs_mod
@@ -213,13 +213,31 @@ def logs(run: str, runs_dir: str | None, follow: bool, rank: int | None, node: s
 @main.command()
 @click.argument("run")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
+@forwardable(reconnect=True)
+def wait(run: str, runs_dir: str | None) -> None:
+    """Return when RUN's newest job has ended: exit status 0 if it completed, else 1 (progress on stderr)."""
+    from hpcft.rundir import store
+
+    sys.exit(_wait(store.find_run(run, _runs_dir(runs_dir))))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--runs-dir", help=RUNS_DIR_HELP)
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write [default: RUN/metrics.png]")
+@cluster_option
 @_handle_errors
-def plot(run: str, runs_dir: str | None, out: str | None) -> None:
+def plot(run: str, runs_dir: str | None, out: str | None, cluster) -> None:
     """Plot train/eval loss and tokens/s against step into a PNG; restarts are dashed lines.
 
     Above them, the run's timeline: queue, start-up, training, saves, work redone after a fault and
-    restarts, as `hpcft status RUN --goodput` sums them."""
+    restarts, as `hpcft status RUN --goodput` sums them. With --cluster the PNG is drawn there and
+    brought back [default: ./RUN.png]."""
+    if cluster is not None:
+        from hpcft.remote import forward
+
+        click.echo(forward.plot(cluster, run, runs_dir, out))
+        return
     from hpcft.ops import goodput
     from hpcft.ops import plot as plot_mod
     from hpcft.rundir import store
@@ -235,7 +253,7 @@ def plot(run: str, runs_dir: str | None, out: str | None) -> None:
 @main.command()
 @click.argument("run")
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
-@_handle_errors
+@forwardable()
 def cancel(run: str, runs_dir: str | None) -> None:
     """Cancel a run's job (scancel, or stop the local process group)."""
     from hpcft.backends import actions as backends
@@ -253,7 +271,7 @@ if __name__ == "__main__":
 @main.command()
 @click.option("--runs-dir", help=RUNS_DIR_HELP)
 @click.option("--forget", metavar="NODE", help="clear a node's record (repaired, or wrongly named)")
-@_handle_errors
+@forwardable()
 def nodes(runs_dir: str | None, forget: str | None) -> None:
     """Nodes that recent faults named (hangs, stragglers) in this runs directory: the lemon nodes.
 

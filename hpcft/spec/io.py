@@ -32,6 +32,10 @@ def dump_spec(spec: JobSpec) -> str:
     return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
 
 
+# The job file format this hpcft writes and reads; an hpcft reads every older format (``migrate``). A workstation
+# refuses a cluster whose hpcft has an older one (``hpcft.remote``): it could not read the job files sent to it.
+SPEC_FORMAT = 2  # 2: launch.command (1: launch.script + script_args)
+
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader where PyYAML has it
 
 
