@@ -115,7 +115,8 @@ def clusters_remove(name) -> None:
         raise HpcftError(f"no cluster named {name!r}", hint="hpcft clusters lists them")
     ssh.close(config.clusters[name])
     rest = {k: v for k, v in config.clusters.items() if k != name}
-    clusters.save(dataclasses.replace(config, clusters=rest, default=None if config.default == name else config.default))
+    default = None if config.default == name else config.default
+    clusters.save(dataclasses.replace(config, clusters=rest, default=default))
     click.echo(f"removed {name}")
 
 

@@ -74,8 +74,8 @@ def _prepare(cluster: Cluster, argv: Sequence[str], env: Mapping[str, str] | Non
 
 def _lost(cluster: Cluster, stderr: str) -> ConnectionLost:
     detail = stderr.strip().splitlines()[-1] if stderr.strip() else "the connection closed"
-    return ConnectionLost(f"cannot reach cluster {cluster.name} ({cluster.host}): {detail}",
-                          hint=f"check `ssh {cluster.host}` works from this shell; `hpcft clusters` checks each")  # fmt: skip
+    hint = f"check `ssh {cluster.host}` works from this shell; `hpcft clusters` checks each"
+    return ConnectionLost(f"cannot reach cluster {cluster.name} ({cluster.host}): {detail}", hint=hint)
 
 
 def run(cluster: Cluster, argv: Sequence[str], *, env: Mapping[str, str] | None = None, input: bytes | None = None,

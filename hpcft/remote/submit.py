@@ -64,9 +64,9 @@ def on_cluster(cluster: Cluster, sp: stage.StagePlan) -> set[str]:
     script = 'mkdir -p -- "$1" && ls -1 -- "$1"'
     proc = ssh.run(cluster, ["sh", "-c", script, "sh", sp.staging], timeout=120)
     if proc.returncode != 0:
-        raise HpcftError(f"cannot use the staging area {cluster.name}:{sp.staging}: "
-                         f"{proc.stderr.decode(errors='replace').strip()}",
-                         hint="set `staging:` of the cluster to a writable directory (hpcft clusters add --replace)")  # fmt: skip
+        why = proc.stderr.decode(errors="replace").strip()
+        hint = "set `staging:` of the cluster to a writable directory (hpcft clusters add --replace)"
+        raise HpcftError(f"cannot use the staging area {cluster.name}:{sp.staging}: {why}", hint=hint)
     return set(proc.stdout.decode(errors="replace").split())
 
 
@@ -93,7 +93,10 @@ def copy(cluster: Cluster, sp: stage.StagePlan, present: set[str] | None = None)
             moves += [incoming, key]
     if moves:
         # A complete copy is renamed to its key; a key that appeared meanwhile (another submit) keeps its copy.
-        script = 'cd -- "$1" && shift && while [ $# -gt 0 ]; do mv -T -- "$1" "$2" 2>/dev/null || rm -rf -- "$1"; shift 2; done'
+        script = (
+            'cd -- "$1" && shift && while [ $# -gt 0 ]; do '
+            'mv -T -- "$1" "$2" 2>/dev/null || rm -rf -- "$1"; shift 2; done'
+        )
         proc = ssh.run(cluster, ["sh", "-c", script, "sh", sp.staging, *moves], timeout=300)
         if proc.returncode != 0:
             raise HpcftError(f"cannot finish the copy in {cluster.name}:{sp.staging}: "

@@ -76,7 +76,7 @@ def claim(runs_dir: Path, intent_id: str, wait_s: float = LOCK_WAIT_S) -> Iterat
     folder = runs_dir / INTENTS_DIR
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / f"{check_id(intent_id)}.lock", "a")
+        lock = open(folder / f"{check_id(intent_id)}.lock", "a")  # noqa: SIM115 - closed by the with below
     except OSError as e:
         raise RunError(f"cannot write the submission journal in {folder}: {e.strerror}") from None
     with lock:
