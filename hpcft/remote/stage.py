@@ -128,8 +128,6 @@ def plan_stage(
     cwd: Path | None = None,
 ) -> StagePlan:
     """Decide what to copy for a job and rewrite its inputs to the copies; ``ConfigError`` lists every problem."""
-    from hpcft.spec.layering import load_yaml_text
-
     cwd = cwd or Path.cwd()
     plan, problems = StagePlan(staging=staging), []
     keys: dict[Path, tuple[str, int]] = {}
@@ -147,33 +145,8 @@ def plan_stage(
         plan.items.append(Item(local=local, key=key, size=size, remote=remote, what=what))
         return remote
 
-    data: dict[str, Any] = {}
-    base = cwd
-    if job_file:
-        path = Path(job_file)
-        try:
-            data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError([f"cannot read the job file: {getattr(e, 'strerror', None) or e}"], str(path)) from None
-        if not isinstance(data, dict):
-            raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"], str(path))
-        base = path.resolve().parent
-    for dotted in INPUT_KEYS:
-        value = _get(data, dotted)
-        if isinstance(value, str) and value:
-            local = _local(value, base)
-            if local.exists():
-                _set(data, dotted, stage(local, dotted))
-            elif not os.path.isabs(os.path.expanduser(value)):
-                problems.append(f"{dotted}: {value} (relative to {base}) exists neither here nor as a cluster path "
-                                "(HINT: give the file, or an absolute path on the cluster)")  # fmt: skip
-            else:
-                plan.referenced.append((dotted, value))
-    for dotted in OUTPUT_KEYS:
-        value = _get(data, dotted)
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            problems.append(f"{dotted}: {value!r} is relative; on a cluster it would land in the staging area "
-                            "(HINT: an absolute path on the cluster, or leave it out)")  # fmt: skip
+    data, base = _read_job(job_file, cwd)
+    _stage_fields(data, base, stage, plan, problems)
     job_command = _get(data, "launch.command")
     if isinstance(job_command, list):
         _set(data, "launch.command", _stage_words(job_command, base, stage))
@@ -196,6 +169,42 @@ def plan_stage(
     plan.job_text = "# staged by hpcft from a workstation\n" + yaml.safe_dump(data, sort_keys=False)
     plan.job_key = hashlib.sha256(plan.job_text.encode()).hexdigest()[:KEY_CHARS]
     return plan
+
+
+def _read_job(job_file: str | None, cwd: Path) -> tuple[dict[str, Any], Path]:
+    """The job file's own data, unresolved (relative paths stay relative), and the folder they are relative to."""
+    from hpcft.spec.layering import load_yaml_text
+
+    if not job_file:
+        return {}, cwd
+    path = Path(job_file)
+    try:
+        data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError([f"cannot read the job file: {getattr(e, 'strerror', None) or e}"], str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"], str(path))
+    return data, path.resolve().parent
+
+
+def _stage_fields(data: dict[str, Any], base: Path, stage, plan: StagePlan, problems: list[str]) -> None:
+    """The job file's path fields: inputs here staged, cluster paths referenced, relative outputs refused."""
+    for dotted in INPUT_KEYS:
+        value = _get(data, dotted)
+        if isinstance(value, str) and value:
+            local = _local(value, base)
+            if local.exists():
+                _set(data, dotted, stage(local, dotted))
+            elif not os.path.isabs(os.path.expanduser(value)):
+                problems.append(f"{dotted}: {value} (relative to {base}) exists neither here nor as a cluster path "
+                                "(HINT: give the file, or an absolute path on the cluster)")  # fmt: skip
+            else:
+                plan.referenced.append((dotted, value))
+    for dotted in OUTPUT_KEYS:
+        value = _get(data, dotted)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            problems.append(f"{dotted}: {value!r} is relative; on a cluster it would land in the staging area "
+                            "(HINT: an absolute path on the cluster, or leave it out)")  # fmt: skip
 
 
 def _stage_words(words: list, base: Path, stage) -> list:

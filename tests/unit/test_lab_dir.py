@@ -1,4 +1,4 @@
-"""The lab's state directory (keys, authorized_keys, slurm.conf) is private to its owner.
+"""The lab's state directory (keys, authorized_keys, slurm.conf) belongs to its owner.
 
 It lives under /tmp by default, so whoever creates it first would decide who is root on the lab's
 nodes: up.sh refuses a directory (or symlink) it does not own before reading anything in it.
@@ -44,7 +44,12 @@ def test_a_symlinked_lab_directory_is_refused(tmp_path, root_only):
     assert proc.returncode == 1 and "symlink" in proc.stderr, proc.stderr
 
 
-def test_the_running_lab_directory_is_private():
+def test_the_running_lab_directory_is_its_owners():
+    """Others (the login node's user, whose jobs read slurm.conf and run from slurmd's spool, as on a cluster) may
+    pass through it, never list or write it; the keys and the accounting password stay the owner's alone."""
     lab = Path(os.environ.get("SLURMLAB_DIR", "/tmp/hpcft-lab"))
     require(lab.is_dir(), "the lab is up (make test brings it up)")
-    assert lab.stat().st_mode & 0o777 == 0o700 and lab.stat().st_uid == os.geteuid()
+    assert lab.stat().st_uid == os.geteuid() and lab.stat().st_mode & 0o066 == 0
+    for secret in ("ssh/id_ed25519", "login/id_ed25519", "login/hostkey", "etc/slurmdbd.conf"):
+        path = lab / secret
+        assert path.stat().st_mode & 0o077 == 0 and path.stat().st_uid == os.geteuid(), secret

@@ -102,7 +102,7 @@ def test_a_remote_command_line_gives_the_remote_program_exactly_its_words(words,
 
 
 def test_a_home_relative_hpcft_stays_relative_to_the_remote_home():
-    assert ssh.remote_command(["~/venv/bin/hpcft", "status"]) == "\"$HOME\"/venv/bin/hpcft status"
+    assert ssh.remote_command(["~/venv/bin/hpcft", "status"]) == '"$HOME"/venv/bin/hpcft status'
     out = subprocess.run(["sh", "-c", ssh.remote_command(["~/x y"])], capture_output=True, text=True,
                          env={"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert "/nonexistent-home/x y" in out.stderr  # one word, under $HOME
@@ -145,7 +145,8 @@ def _project(tmp_path: Path) -> Path:
     (p / "train.py").write_text("print(1)\n")
     (p / "job.yaml").write_text(
         "run: {name: x}\ntrain:\n  model: model\n  tokenizer: /cluster/tokenizers/llama\n"
-        "  data: {train: data/train.jsonl}\n  output: /scratch/out\nlaunch:\n  command: [train.py, --cfg, data/train.jsonl]\n"
+        "  data: {train: data/train.jsonl}\n  output: /scratch/out\n"
+        "launch:\n  command: [train.py, --cfg, data/train.jsonl]\n"
     )
     return p
 
@@ -186,7 +187,7 @@ def test_relative_outputs_and_missing_relative_inputs_are_refused(tmp_path):
     text = str(e.value)
     assert "train.data.train: nowhere.jsonl" in text and "exists neither here nor as a cluster path" in text
     assert "train.output: 'out' is relative" in text
-    with pytest.raises(ConfigError, match="-o run.runs_dir=runs: relative"):
+    with pytest.raises(ConfigError, match=r"-o run\.runs_dir=runs: relative"):
         stage.plan_stage(None, staging="/st", overrides=["run.runs_dir=runs"], cwd=p)
 
 
@@ -217,9 +218,8 @@ def test_an_intent_records_its_run_then_its_job(tmp_path):
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "0123", "G" * 32, ""])
 def test_an_intent_id_is_32_hex_digits(tmp_path, bad):
-    with pytest.raises(HpcftError, match="expected 32 hexadecimal digits"):
-        with intents.claim(tmp_path, bad):
-            pass
+    with pytest.raises(HpcftError, match="expected 32 hexadecimal digits"), intents.claim(tmp_path, bad):
+        pass
 
 
 def test_a_retry_waits_for_the_attempt_still_holding_the_intent(tmp_path):
@@ -233,9 +233,9 @@ def test_a_retry_waits_for_the_attempt_still_holding_the_intent(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
-        with pytest.raises(RunError, match="an earlier attempt of this submission still holds"):
-            with intents.claim(tmp_path, ID, wait_s=0.6):
-                pass
+        waiting = pytest.raises(RunError, match="an earlier attempt of this submission still holds")
+        with waiting, intents.claim(tmp_path, ID, wait_s=0.6):
+            pass
         assert time.monotonic() - t0 >= 0.6
     finally:
         holder.kill()
