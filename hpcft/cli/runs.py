@@ -132,8 +132,10 @@ def _status_table(ref: str | None, runs_dir: str | None, as_json: bool, goodput:
         return
     if not rows:
         click.echo(f"no runs under {base}")
+        _remote_runs_line(ref)
         return
     _console().print(monitor.status_table(rows))
+    _remote_runs_line(ref)
     for line in monitor.sweep_summaries(rows):
         click.echo(line)
     if isinstance(ref, str):
@@ -166,6 +168,19 @@ def sync(run: str, runs_dir: str | None) -> None:
     segments = sync_mod.offline_segments(path)
     click.echo(f"uploading {len(segments)} offline W&B segment(s) of {path.name}")
     sys.exit(sync_mod.upload(segments))
+
+
+def _remote_runs_line(ref) -> None:
+    """Under a listing of this machine's runs: the runs submitted from here to clusters, and how to see them."""
+    if ref is not None:
+        return
+    from hpcft.remote.clusters import runs_by_cluster
+
+    counts = runs_by_cluster()
+    if counts:
+        where = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
+        first = sorted(counts)[0]
+        click.echo(f"runs submitted from here to clusters ({where}): hpcft status --cluster {first}")
 
 
 def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 from hpcft import __version__
 from hpcft.errors import HpcftError
 from hpcft.remote import ssh
-from hpcft.remote.clusters import Cluster, state_dir
+from hpcft.remote.clusters import Cluster
 from hpcft.spec.io import SPEC_FORMAT
 
 
@@ -82,18 +81,3 @@ def check(cluster: Cluster) -> Checked:
         return Checked(problem=e.message.splitlines()[0])
     return Checked(version=found.get("version"), spec_format=found.get("spec_format"), sbatch=found.get("sbatch"),
                    problem=compatible(cluster, found))  # fmt: skip
-
-
-def runs_by_cluster() -> Counter:
-    """How many runs were submitted to each cluster from here (``runs.jsonl``)."""
-    counts: Counter = Counter()
-    try:
-        lines = (state_dir() / "runs.jsonl").read_text().splitlines()
-    except OSError:
-        return counts
-    for line in lines:
-        try:
-            counts[json.loads(line)["cluster"]] += 1
-        except (ValueError, KeyError, TypeError):
-            continue
-    return counts

@@ -19,8 +19,10 @@ Reading is pure (``parse``); ``load`` reads the file and ``save`` writes it atom
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -226,3 +228,18 @@ def chosen(name: str | None, config: Config, environ: Mapping[str, str] | None =
         raise HpcftError(f"no cluster named {name!r} in {config_path(environ)} (known: {known})",
                          hint="hpcft clusters add NAME --host HOST --runs-dir DIR")  # fmt: skip
     return config.clusters[name]
+
+
+def runs_by_cluster() -> Counter:
+    """How many runs were submitted to each cluster from here (``runs.jsonl``)."""
+    counts: Counter = Counter()
+    try:
+        lines = (state_dir() / "runs.jsonl").read_text().splitlines()
+    except OSError:
+        return counts
+    for line in lines:
+        try:
+            counts[json.loads(line)["cluster"]] += 1
+        except (ValueError, KeyError, TypeError):
+            continue
+    return counts
