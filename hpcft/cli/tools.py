@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, cluster_option, main
 from hpcft.errors import HpcftError
 
 
@@ -91,14 +91,25 @@ def _write_accelerate_yaml(out: Path, config: dict, force: bool) -> None:
 )
 @click.option("--shared-dir", multiple=True, help="another directory all nodes must share ({node} = node name)")
 @click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="set any key of the job file")
+@cluster_option
 @_handle_errors
-def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_nvme, timeout, shared_dir, overrides):
+def doctor(job_file, nodes, gpus_per_node, partition, runs_dir, profile, check_nvme, timeout, shared_dir, overrides,
+           cluster):  # fmt: skip
     """Submit a small probe job on N nodes and check they can run JOB_FILE; exit 1 on any failure.
 
     Checks rendezvous and an all-reduce (latency, bandwidth), that the run directory and the HF
     cache are one shared filesystem (write, read, rename, lock), the NVMe path (--check-nvme),
-    GPU count, and equal Python/torch/hpcft versions on every node.
+    GPU count, and equal Python/torch/hpcft versions on every node. With --cluster the job file and
+    what it names are copied there first, as for submit.
     """
+    if cluster is not None:
+        from hpcft.remote import submit as remote
+
+        options = {"--nodes": nodes, "--gpus-per-node": gpus_per_node, "--partition": partition,
+                   "--runs-dir": runs_dir, "--timeout": timeout}  # fmt: skip
+        argv = [f for name, value in options.items() if value is not None for f in (name, str(value))]
+        argv += ["--check-nvme"] * check_nvme + [f for d in shared_dir for f in ("--shared-dir", d)]
+        sys.exit(remote.run_staged(cluster, "doctor", job_file, overrides, profile, argv, click.echo))
     from hpcft.backends import actions as backends
     from hpcft.tools import doctor as doc
 

@@ -128,6 +128,26 @@ def remote_argv(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: di
     return argv
 
 
+def run_staged(cluster: Cluster, command: str, job_file: str | None, overrides, profile, argv: list[str], echo) -> int:
+    """``hpcft COMMAND [STAGED_JOB] ARGV -o ...`` on the cluster after copying what the job names (``doctor``);
+    its exit status. For commands whose repetition is harmless: no intent."""
+    from hpcft.remote import check
+
+    check.require(cluster)
+    sp = stage_plan(cluster, job_file, overrides, (), profile, None) if job_file else None
+    words, profile = [cluster.hpcft, command], profile or cluster.profile
+    if sp is not None:
+        copied = copy(cluster, sp)
+        echo(f"staged the job's files in {cluster.name}:{sp.staging} ({copied.bytes_sent} bytes sent)", err=True)
+        words.append(sp.job_remote)
+        overrides = sp.overrides
+        profile = sp.profile
+    words += argv + (["--profile", profile] if profile else [])
+    for item in overrides:
+        words += ["-o", item]
+    return ssh.stream(cluster, words, env=forward.remote_env(cluster))
+
+
 def _pending_path(cluster: Cluster, argv: list[str]) -> Path:
     """The pending intent of this exact submission (cluster + remote argv, which names the staged contents)."""
     key = hashlib.sha256(json.dumps([cluster.name, cluster.host, argv]).encode()).hexdigest()[:32]
