@@ -11,7 +11,7 @@ that is FINISHED ends the job at once (exit ``STOP``) with how to continue it; o
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,11 +67,13 @@ def lost_segment(state: Mapping[str, Any], job_id: str, restart: int, now: str) 
 def record_lost(run: Path, job_id: str, restart: int, max_failures: int) -> str | None:
     """Record a lost previous run of this job; why to stop when that spends the failure budget, else None."""
     verdict: list[str] = []
+    lost: dict[str, Any] = {}
 
     def change(state: dict[str, Any]) -> None:
         event = lost_segment(state, job_id, restart, store.now_iso())
         if event is None:
             return
+        lost.update(next((j for j in state.get("jobs", []) if j.get("id") == job_id), {}))  # its nodes, start
         state["failures"] = failures = int(state.get("failures", 0)) + 1
         state.setdefault("events", []).append(event)
         print(f"hpcft: the previous run of job {job_id} was lost: {event['reason']} (failure {failures} of "
@@ -81,7 +83,37 @@ def record_lost(run: Path, job_id: str, restart: int, max_failures: int) -> str 
             verdict.append(f"failure budget {failures}/{max_failures} spent (run.max_failures); hpcft resume RUN")
 
     store.update_state(run, change)
+    if lost:
+        record_failed_nodes(run, job_id, lost)
     return verdict[0] if verdict else None
+
+
+DOWN_STATES = ("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING")
+
+
+def failed_nodes(events: Sequence[tuple[str, float, str, str]], nodes: Sequence[str], since: float) -> dict[str, str]:
+    """The nodes of a lost segment (``nodes``, started at ``since``) that SLURM marked down or drained while it ran,
+    with SLURM's reason: what ended the job NODE_FAIL (``client.node_events``); pure."""
+    return {node: reason or state for node, when, state, reason in events
+            if node in nodes and when >= since - 1 and any(s in state.upper() for s in DOWN_STATES)}  # fmt: skip
+
+
+def record_failed_nodes(run: Path, job_id: str, segment: Mapping[str, Any]) -> None:
+    """A lost segment's failed nodes become lemons (``rundir.lemons``): later requeues and submissions of this runs
+    directory exclude them. SLURM's accounting names them (node events); without accounting nothing is named."""
+    from hpcft.rundir import lemons
+    from hpcft.slurm import client
+
+    nodes = [n for n in str(segment.get("nodes") or "").split(",") if n]
+    try:
+        since = datetime.fromisoformat(str(segment.get("started"))).timestamp()
+    except ValueError:
+        return
+    failed = failed_nodes(client.node_events(nodes, since), nodes, since)
+    for node, reason in sorted(failed.items()):
+        lemons.record(run.parent, [node], f"down during job {job_id} ({reason})", run.name)
+        print(f"hpcft: {node} went down during the lost run ({reason}): remembered as a lemon (`hpcft nodes`)",
+              flush=True)  # fmt: skip
 
 
 def follow_allocation(run: Path, nodes: int) -> None:

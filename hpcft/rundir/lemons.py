@@ -1,6 +1,7 @@
 """Lemon nodes: the nodes this runs directory's jobs found at fault, remembered with a decay.
 
-A node named by a hang (a suspect), a straggler event or a failed preflight gets an incident in
+A node named by a hang (a suspect) or a straggler event, lost under a shrinking job, or marked down by SLURM
+during a run that was lost to it (NODE_FAIL: SLURM's node events, read by the next run's begin-job) gets an incident in
 ``RUNS_DIR/.hpcft-nodes.json``. Each incident weighs 1 and halves every ``HALF_LIFE_H`` hours; a node
 whose weight is at least ½ is a lemon: one incident keeps a node out for a day, two for two days.
 Requeues (after-job) and new jobs of the runs directory (submit, resume) exclude lemons, where the

@@ -365,3 +365,36 @@ def job_runs(
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return []
     return parse_job_runs(proc.stdout) if proc.returncode == 0 else []
+
+
+EVENT_FIELDS = "NodeName,TimeStart,TimeEnd,State,Reason"
+_NODE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def parse_node_events(text: str) -> list[tuple[str, float, str, str]]:
+    """``sacctmgr -n -P show event ... format=EVENT_FIELDS`` → (node, start, state, reason) per node event; the
+    cluster's own events (no node) are skipped."""
+    out = []
+    for node, start, _end, state, reason in _split(text, 5, "sacctmgr"):
+        when = _when(start)
+        if node and when is not None:
+            out.append((node, when, state, reason))
+    return out
+
+
+def node_events(
+    nodes: Sequence[str], since: float, *, runner: Runner | None = None
+) -> list[tuple[str, float, str, str]]:
+    """The node state changes SLURM's accounting recorded for ``nodes`` since ``since`` (a node marked DOWN, drained:
+    what ended a job NODE_FAIL, with SLURM's reason); [] when there is no accounting or it cannot say."""
+    names = [n for n in nodes if _NODE_NAME.fullmatch(n)]
+    if not names:
+        return []
+    start = datetime.fromtimestamp(since).strftime("%Y-%m-%dT%H:%M:%S")
+    argv = ["sacctmgr", "-n", "-P", "show", "event", f"Nodes={','.join(names)}", f"Start={start}",
+            f"format={EVENT_FIELDS}"]  # fmt: skip
+    try:
+        proc = (runner or run_process)(argv, 30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return []
+    return parse_node_events(proc.stdout) if proc.returncode == 0 else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,41 @@ def test_only_a_preflight_error_a_rerun_repeats_is_fatal(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as e:
         agent.exec_node(tmp_path)
     assert e.value.code == 3 and (tmp_path / "FATAL").exists() is fatal
+
+
+EVENTS = (Path(__file__).parent.parent / "data" / "slurm" / "sacctmgr_events.txt").read_text()
+
+
+def test_slurms_node_events_are_read_from_recorded_sacctmgr_output():
+    from hpcft.slurm import client
+
+    events = client.parse_node_events(EVENTS)
+    assert len(events) == 5 and {e[0] for e in events} == {"node2"}
+    _, when, state, reason = events[-1]
+    assert (state, reason) == ("DOWN*", "Not responding")
+    assert when == datetime.fromisoformat("2026-12-07T02:59:13").timestamp()  # local time, as sacctmgr prints it
+
+
+def test_a_node_that_went_down_during_a_lost_run_becomes_a_lemon(tmp_path, monkeypatch, capsys):
+    """SLURM requeued the job after NODE_FAIL (no after-job ran): the next run's begin-job names the node from
+    SLURM's accounting and the runs directory remembers it; a node down before the run started is not blamed."""
+    from hpcft.rundir import lemons
+    from hpcft.slurm import client
+
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    run = new_run(tmp_path / "runs" / "r")
+    started = datetime.fromisoformat("2026-12-07T02:58:00").astimezone(timezone.utc).isoformat()
+    store.record_job(run, "9", restart=0, nodes="node1,node2", started=started)  # what the lost run's begin-job wrote
+    asked = []
+
+    def node_events(nodes, since):
+        asked.append((list(nodes), since))
+        return client.parse_node_events(EVENTS)
+
+    monkeypatch.setattr(client, "node_events", node_events)
+    assert record_lost(run, "9", 1, max_failures=3) is None
+    assert asked == [(["node1", "node2"], datetime.fromisoformat(started).timestamp())]
+    incidents = lemons.read_incidents(tmp_path / "runs")
+    assert [(i["node"], i["why"]) for i in incidents] == [("node2", "down during job 9 (Not responding)")]
+    assert "node2 went down during the lost run (Not responding)" in capsys.readouterr().out
+    assert lemons.lemons(incidents, incidents[0]["time"]) == ["node2"]
