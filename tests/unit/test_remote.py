@@ -328,3 +328,17 @@ def test_a_submission_survives_its_connection_closing(tmp_path):
     proc.stdout.close()  # the reader is gone
     proc.wait(timeout=60)
     assert (tmp_path / "done").read_text() == "finished"
+
+
+def test_a_cluster_whose_hpcft_cannot_read_this_ones_job_files_is_refused_with_the_fix():
+    from hpcft import __version__
+    from hpcft.remote import check
+    from hpcft.spec.io import SPEC_FORMAT
+
+    cluster = clusters.parse(GOOD).clusters["big"]
+    ok = {"version": "9.9.9", "spec_format": SPEC_FORMAT, "sbatch": "/usr/bin/sbatch"}
+    assert check.compatible(cluster, ok) is None
+    assert check.compatible(cluster, {**ok, "spec_format": SPEC_FORMAT + 1}) is None  # newer reads older
+    old = check.compatible(cluster, {**ok, "spec_format": SPEC_FORMAT - 1, "version": "0.0.1"})
+    assert f"format {SPEC_FORMAT - 1}" in old and f"~/venv/bin/pip install -U 'hpcft=={__version__}'" in old
+    assert "no sbatch" in check.compatible(cluster, {**ok, "sbatch": None})
