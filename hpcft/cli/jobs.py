@@ -174,9 +174,10 @@ def _print_lemons(spec) -> None:
 @click.option("--prepare-partition", metavar="PARTITION", help="--prepare: the CPU job's partition")
 @cluster_option
 @click.option("--intent", hidden=True, help="submit at most once per this id (a submission from a workstation)")
+@click.option("--env-from-stdin", is_flag=True, hidden=True, help="a JSON object of variables on stdin (secrets)")
 @_handle_errors
 def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepare_partition: str | None,
-           cluster, intent: str | None, **kwargs) -> None:  # fmt: skip
+           cluster, intent: str | None, env_from_stdin: bool, **kwargs) -> None:  # fmt: skip
     """Submit a fine-tuning job described by JOB_FILE.
 
     \b
@@ -203,6 +204,8 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
     """
     from hpcft.backends import actions as backends
 
+    if env_from_stdin:
+        _env_from_stdin()
     if cluster is not None:
         switches = {"dry_run": dry_run, "no_submit": no_submit, "prepare_data": prepare_data,
                     "prepare_partition": prepare_partition}  # fmt: skip
@@ -235,6 +238,21 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
     click.echo(f"  watch:   hpcft status {run.name}   |   hpcft logs {run.name} -f")
     if wait:
         sys.exit(_wait(run))
+
+
+def _env_from_stdin() -> None:
+    """A workstation's ``launch.env_passthrough`` values (a JSON object on stdin) into this process's environment,
+    which sbatch passes to the job: secrets by name, their values never in an argv or a file."""
+    import json
+    import os
+
+    try:
+        values = json.loads(sys.stdin.read() or "{}")
+    except ValueError:
+        raise click.UsageError("--env-from-stdin: stdin is not a JSON object") from None
+    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        raise click.UsageError("--env-from-stdin: expected a JSON object of names to strings")
+    os.environ.update(values)
 
 
 def _submit_once(intent: str, kwargs: dict) -> None:

@@ -13,6 +13,7 @@ are never copied; relative ones would land in the staging area and are refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ class StagePlan:
     command: list[str] = field(default_factory=list)
     profile: str | None = None
     accelerate_config: str | None = None
+    passthrough: tuple[str, ...] = ()  # launch.env_passthrough: variables the job takes from the submitting shell
 
     @property
     def job_remote(self) -> str:
@@ -147,6 +149,7 @@ def plan_stage(
 
     data, base = _read_job(job_file, cwd)
     _stage_fields(data, base, stage, plan, problems)
+    plan.passthrough = _passthrough(data, overrides)
     job_command = _get(data, "launch.command")
     if isinstance(job_command, list):
         _set(data, "launch.command", _stage_words(job_command, base, stage))
@@ -169,6 +172,19 @@ def plan_stage(
     plan.job_text = "# staged by hpcft from a workstation\n" + yaml.safe_dump(data, sort_keys=False)
     plan.job_key = hashlib.sha256(plan.job_text.encode()).hexdigest()[:KEY_CHARS]
     return plan
+
+
+def _passthrough(data: dict[str, Any], overrides: Sequence[str]) -> tuple[str, ...]:
+    """The names of ``launch.env_passthrough`` (the job file's, or an ``-o``'s): they travel from this shell."""
+    from hpcft.spec.layering import load_yaml_text
+
+    names = _get(data, "launch.env_passthrough")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "launch.env_passthrough":
+            with contextlib.suppress(yaml.YAMLError):
+                names = load_yaml_text(value)
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
 
 
 def _read_job(job_file: str | None, cwd: Path) -> tuple[dict[str, Any], Path]:

@@ -104,6 +104,20 @@ def copy(cluster: Cluster, sp: stage.StagePlan, present: set[str] | None = None)
     return done
 
 
+def passthrough_values(sp: stage.StagePlan) -> dict[str, str]:
+    """The values of the job's ``launch.env_passthrough`` from this shell, for the remote submit's stdin; a name not
+    set here is an error (the job would start without it), as on the cluster."""
+    import os
+
+    from hpcft.errors import ConfigError
+
+    missing = [n for n in sp.passthrough if n not in os.environ]
+    if missing:
+        raise ConfigError([f"launch.env_passthrough: {n} is not set in this shell; from a workstation the job takes "
+                           f"its value from here (HINT: export {n}=... first)" for n in missing])  # fmt: skip
+    return {n: os.environ[n] for n in sp.passthrough}
+
+
 def remote_argv(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, intent: str | None) -> list[str]:
     """The remote ``hpcft submit`` for the staged job."""
     argv = [cluster.hpcft, "submit", sp.job_remote]
@@ -193,9 +207,13 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
         echo(f"resuming an earlier submission of this job to {cluster.name} that got no answer (intent {intent})",
              err=True)  # fmt: skip
     argv = remote_argv(cluster, sp, flags, switches, intent)
+    secrets = passthrough_values(sp)
+    if secrets:  # by name on the command line, values on stdin: never in a file, an argv or a log
+        argv.insert(2, "--env-from-stdin")  # after `hpcft submit`
     for attempt in range(1, TRIES + 1):
         try:
-            proc = ssh.run(cluster, argv, env=forward.remote_env(cluster), timeout=900)
+            proc = ssh.run(cluster, argv, env=forward.remote_env(cluster), timeout=900,
+                           input=json.dumps(secrets).encode() if secrets else None)  # fmt: skip
             break
         except ssh.ConnectionLost as e:
             if attempt == TRIES:

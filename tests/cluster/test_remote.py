@@ -9,6 +9,7 @@ sbatch on the login node, a wrapper around the real ssh here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -140,18 +141,29 @@ def test_a_users_script_and_data_from_here_get_the_rendezvous_there_and_cancel_w
     project.mkdir()
     (project / "lines.txt").write_text("a\nb\nc\n")
     (project / "count.py").write_text(
-        "import sys, torch, torch.distributed as dist\n"
+        "import hashlib, os, sys, torch, torch.distributed as dist\n"
         "dist.init_process_group('gloo')\n"
         "n = torch.tensor([len(open(sys.argv[1]).read().split())])\n"
         "dist.all_reduce(n)\n"
         "print(f'rank {dist.get_rank()} of {dist.get_world_size()}: {int(n)} lines in all', flush=True)\n"
+        "secret = hashlib.sha256(os.environ.get('HPCFT_TEST_TOKEN', '').encode()).hexdigest()\n"
+        "print('the secret arrived' if secret == sys.argv[2] else 'no secret', flush=True)\n"
         "dist.destroy_process_group()\n"
     )
-    (project / "job.yaml").write_text("run: {name: count}\nresources: {nodes: 2, gpus_per_node: 1}\n")
-    done = ws.hpcft("submit", "job.yaml", "--cluster", "lab", "--wait", "--", "count.py", "lines.txt", cwd=project)
+    (project / "job.yaml").write_text("run: {name: count}\nresources: {nodes: 2, gpus_per_node: 1}\n"
+                                      "launch: {env_passthrough: [HPCFT_TEST_TOKEN]}\n")  # fmt: skip
+    secret = f"hf_{uuid.uuid4().hex}"  # travels from this shell by name (stdin of the remote submit)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    done = hpcft("submit", "job.yaml", "--cluster", "lab", "--wait", "--", "count.py", "lines.txt", digest,
+                 env={**ws.env, "HPCFT_TEST_TOKEN": secret}, cwd=project)  # fmt: skip
     run, _ = _submitted(done.stdout)
     logs = ws.hpcft("logs", run, "--cluster", "lab").stdout
     assert "rank 0 of 2: 6 lines in all" in logs, logs  # both nodes read the copied file: 3 + 3
+    assert logs.count("the secret arrived") == 2, logs
+    written = [p for p in Path(ws.runs).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert written == []  # in no file of the run, its logs or the staged inputs
+    unset = ws.hpcft("submit", "job.yaml", "--cluster", "lab", "--", "count.py", "x", "y", cwd=project, check=False)
+    assert unset.returncode == 1 and "launch.env_passthrough: HPCFT_TEST_TOKEN is not set in this shell" in unset.stderr
 
     (project / "wait.yaml").write_text("run: {name: waits}\nresources: {nodes: 1}\nlaunch: {launcher: none}\n")
     started = ws.hpcft("submit", "wait.yaml", "--cluster", "lab", "--", "sleep", "600", cwd=project)
