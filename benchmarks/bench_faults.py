@@ -114,7 +114,10 @@ def kill_rank(run: Path, rank: int = 1) -> None:
 
 
 def rank_pid(run: Path, rank: int = 1) -> str:
-    lines = [x for x in (run / "logs" / f"rank-{rank}.log").read_text().splitlines() if " pid " in x]
+    """The pid of the rank's current process: its newest start line in the node logs (``hpcft logs --rank``)."""
+    from hpcft.ops.logs import rank_text
+
+    lines = [x for x in rank_text(run, rank).splitlines() if " pid " in x]
     return lines[-1].rsplit(" pid ", 1)[1]
 
 

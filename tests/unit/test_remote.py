@@ -342,3 +342,41 @@ def test_a_cluster_whose_hpcft_cannot_read_this_ones_job_files_is_refused_with_t
     old = check.compatible(cluster, {**ok, "spec_format": SPEC_FORMAT - 1, "version": "0.0.1"})
     assert f"format {SPEC_FORMAT - 1}" in old and f"~/venv/bin/pip install -U 'hpcft=={__version__}'" in old
     assert "no sbatch" in check.compatible(cluster, {**ok, "sbatch": None})
+
+
+# --- the commands, without a network ------------------------------------------------------------------------
+
+
+def _cli(tmp_path, *args):
+    from tests.conftest import hpcft
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_STATE_HOME": str(tmp_path / "state"), "HPCFT_CLUSTER": ""}
+    return hpcft(*args, env=env, check=False)
+
+
+def test_clusters_are_added_checked_for_mistakes_and_removed(tmp_path):
+    empty = _cli(tmp_path, "clusters")
+    assert empty.returncode == 0 and "no clusters yet" in empty.stdout
+    bad = _cli(tmp_path, "clusters", "add", "x", "--host", "h", "--runs-dir", "runs", "--ssh-option", "Port")
+    assert bad.returncode == 2 and "'Port': expected NAME=VALUE" in bad.stderr  # nothing written
+    bad = _cli(tmp_path, "clusters", "add", "x", "--host", "h", "--runs-dir", "runs")
+    assert bad.returncode == 1 and "clusters.x.runs_dir: 'runs' must be an absolute path" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "cfg" / "hpcft" / "clusters.yaml").exists()
+    ok = _cli(tmp_path, "clusters", "add", "x", "--host", "me@login", "--runs-dir", "/r", "--ssh-option", "Port=2",
+              "--default")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    again = _cli(tmp_path, "clusters", "add", "x", "--host", "h", "--runs-dir", "/r")
+    assert again.returncode == 1 and "exists already" in again.stderr and "--replace" in again.stderr
+    listed = _cli(tmp_path, "clusters", "--no-check")
+    assert "x (default)" in listed.stdout and "me@login" in listed.stdout
+    assert _cli(tmp_path, "clusters", "remove", "x").returncode == 0
+    assert clusters.load(tmp_path / "cfg" / "hpcft" / "clusters.yaml").clusters == {}
+
+
+def test_an_unknown_cluster_is_a_clear_error_before_anything_runs(tmp_path):
+    proc = _cli(tmp_path, "status", "--cluster", "nope")
+    assert proc.returncode == 2 and "no cluster named 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "cfg" / "hpcft").mkdir(parents=True)
+    (tmp_path / "cfg" / "hpcft" / "clusters.yaml").write_text("clusters: {a: {host: h}}\n")
+    damaged = _cli(tmp_path, "logs", "RUN", "--cluster", "a")
+    assert damaged.returncode == 2 and "clusters.a.runs_dir: required" in damaged.stderr
