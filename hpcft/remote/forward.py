@@ -50,9 +50,10 @@ def run_here(cluster: Cluster, command: str, args: Sequence[str], *, reconnect: 
     only reads (``logs -f``, ``wait``) is started again when the connection drops."""
     argv = [cluster.hpcft, command, *strip_cluster(args)]
     tries = RECONNECTS if reconnect else 1
+    seen = [0]  # lines shown: a reconnected `logs -f` starts from the top again, and they are not shown twice
     for attempt in range(1, tries + 1):
         try:
-            return ssh.stream(cluster, argv, env=remote_env(cluster))
+            return ssh.stream(cluster, argv, env=remote_env(cluster), skip=seen[0], seen=seen)
         except ssh.ConnectionLost as e:
             if attempt == tries:
                 raise

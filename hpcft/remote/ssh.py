@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -93,22 +94,33 @@ def run(cluster: Cluster, argv: Sequence[str], *, env: Mapping[str, str] | None 
     return proc
 
 
-def stream(cluster: Cluster, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+def stream(cluster: Cluster, argv: Sequence[str], *, env: Mapping[str, str] | None = None, skip: int = 0,
+           seen: list[int] | None = None) -> int:  # fmt: skip
     """Run ``argv`` on the cluster with its output on this terminal (``logs -f``); its exit status.
 
-    Both streams pass through as they come (progress on stderr too); ssh's own exit status 255 is a
-    ``ConnectionLost`` (ssh has printed why).
+    Output passes through line by line as it comes (stderr untouched: progress); the first ``skip`` lines of
+    stdout are not shown again (what an earlier, dropped connection showed), and ``seen[0]`` counts the lines
+    so far. ssh's own exit status 255 is a ``ConnectionLost`` (ssh has printed why).
     """
     full = _prepare(cluster, argv, env)
+    count = 0
     try:
-        proc = subprocess.run(full, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        for line in proc.stdout:
+            count += 1
+            if seen is not None:
+                seen[0] = max(seen[0], count)
+            if count > skip:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+        returncode = proc.wait()
     except FileNotFoundError:
         raise HpcftError("ssh is not installed here", hint="install the OpenSSH client") from None
     except KeyboardInterrupt:
         return 130
-    if proc.returncode == CONNECTION_LOST:
+    if returncode == CONNECTION_LOST:
         raise _lost(cluster, "")
-    return proc.returncode
+    return returncode
 
 
 def rsync(cluster: Cluster, local: Path, remote: str) -> int:

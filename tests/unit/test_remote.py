@@ -380,3 +380,21 @@ def test_an_unknown_cluster_is_a_clear_error_before_anything_runs(tmp_path):
     (tmp_path / "cfg" / "hpcft" / "clusters.yaml").write_text("clusters: {a: {host: h}}\n")
     damaged = _cli(tmp_path, "logs", "RUN", "--cluster", "a")
     assert damaged.returncode == 2 and "clusters.a.runs_dir: required" in damaged.stderr
+
+
+def test_a_followed_log_reconnects_after_a_drop_and_shows_no_line_twice(tmp_path, monkeypatch, capfd):
+    """A stand-in ssh on PATH: the first connection prints lines 1-5 and drops (exit 255, as ssh does), the second
+    prints the whole log again, 1-8, as a restarted `hpcft logs -f` does."""
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nif [ -e {tmp_path}/dropped ]; then seq 1 8; exit 0; fi\n"
+                    f"touch {tmp_path}/dropped; seq 1 5; echo 'ssh: connection reset' >&2; exit 255\n")  # fmt: skip
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(forward, "RECONNECT_S", 0.0)
+    cluster = clusters.parse(GOOD).clusters["small"]
+    assert forward.run_here(cluster, "logs", ["RUN", "-f", "--cluster", "small"], reconnect=True) == 0
+    out = capfd.readouterr().out
+    assert [line for line in out.splitlines() if line.isdigit()] == [str(i) for i in range(1, 9)]
+    assert "connecting again (1/4)" in out
