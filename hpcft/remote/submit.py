@@ -196,6 +196,7 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
     """
     from hpcft.remote import check
 
+    secrets = passthrough_values(sp)  # a name not set here: an error before anything is copied
     check.require(cluster)
     copied = copy(cluster, sp)
     echo(f"staged {len(sp.unique_items()) + 1} input(s) in {cluster.name}:{sp.staging}: {copied.items} copied "
@@ -204,10 +205,11 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
     base_argv = remote_argv(cluster, sp, flags, switches, None)
     intent, resumed = pending_intent(cluster, base_argv) if once else (None, False)
     if resumed:
-        echo(f"resuming an earlier submission of this job to {cluster.name} that got no answer (intent {intent})",
-             err=True)  # fmt: skip
+        echo(
+            f"resuming an earlier submission of this job to {cluster.name} that got no answer (intent {intent})",
+            err=True,
+        )  # fmt: skip -- or a refusal: the cluster's journal says which
     argv = remote_argv(cluster, sp, flags, switches, intent)
-    secrets = passthrough_values(sp)
     if secrets:  # by name on the command line, values on stdin: never in a file, an argv or a log
         argv.insert(2, "--env-from-stdin")  # after `hpcft submit`
     for attempt in range(1, TRIES + 1):
@@ -233,9 +235,8 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
     if err:
         echo(err, err=True)
     if proc.returncode != 0 and answer is None:
-        if intent:
-            with contextlib.suppress(OSError):
-                _pending_path(cluster, base_argv).unlink()
+        # The pending intent stays: whether the cluster's refusal came before or after an sbatch (a journal lock
+        # still held, a timed-out sbatch) is only known there; the same command again asks under the same id.
         raise HpcftError(f"the cluster {cluster.name} refused the submission (exit status {proc.returncode})") \
             if not err else _Reported(err)  # fmt: skip
     if answer is not None:
