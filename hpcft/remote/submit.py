@@ -118,9 +118,11 @@ def passthrough_values(sp: stage.StagePlan) -> dict[str, str]:
     return {n: os.environ[n] for n in sp.passthrough}
 
 
-def remote_argv(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, intent: str | None) -> list[str]:
-    """The remote ``hpcft submit`` for the staged job."""
-    argv = [cluster.hpcft, "submit", sp.job_remote]
+def remote_argv(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, intent: str | None,
+                command: str = "submit") -> list[str]:  # fmt: skip
+    """The remote ``hpcft submit`` (or ``sweep``) for the staged job; ``switches``: ``SWITCHES`` and
+    ``prepare_partition``, ``max_parallel``."""
+    argv = [cluster.hpcft, command, sp.job_remote]
     for name, option in FLAG_OPTIONS.items():
         if flags.get(name) is not None:
             argv += [option, str(flags[name])]
@@ -135,6 +137,8 @@ def remote_argv(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: di
             argv.append(option)
     if switches.get("prepare_partition"):
         argv += ["--prepare-partition", switches["prepare_partition"]]
+    if switches.get("max_parallel"):
+        argv += ["--max-parallel", str(switches["max_parallel"])]
     if intent:
         argv += ["--intent", intent]
     if sp.command:
@@ -189,8 +193,10 @@ def record_run(cluster: Cluster, answer: dict) -> None:
         f.write(json.dumps({"cluster": cluster.name, **answer, "at": time.time()}) + "\n")
 
 
-def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, echo) -> dict | None:
-    """Copy and submit once; the cluster's answer (``run``, ``job``, ``again``), None for ``--no-submit``/``--dry-run``.
+def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, echo,
+           command: str = "submit") -> dict | None:  # fmt: skip
+    """Copy and submit once; the cluster's answer (``run``, ``job``, ``again``; a sweep's also ``runs``), None for
+    ``--no-submit``/``--dry-run``. ``command``: ``submit`` or ``sweep``.
 
     ``echo(text, err=False)`` prints the remote side's lines here.
     """
@@ -202,16 +208,16 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
     echo(f"staged {len(sp.unique_items()) + 1} input(s) in {cluster.name}:{sp.staging}: {copied.items} copied "
          f"({copied.bytes_sent} bytes sent), {copied.already} already there", err=True)  # fmt: skip
     once = not (switches.get("dry_run") or switches.get("no_submit"))
-    base_argv = remote_argv(cluster, sp, flags, switches, None)
+    base_argv = remote_argv(cluster, sp, flags, switches, None, command)
     intent, resumed = pending_intent(cluster, base_argv) if once else (None, False)
     if resumed:
         echo(
             f"resuming an earlier submission of this job to {cluster.name} that got no answer (intent {intent})",
             err=True,
         )  # fmt: skip -- or a refusal: the cluster's journal says which
-    argv = remote_argv(cluster, sp, flags, switches, intent)
+    argv = remote_argv(cluster, sp, flags, switches, intent, command)
     if secrets:  # by name on the command line, values on stdin: never in a file, an argv or a log
-        argv.insert(2, "--env-from-stdin")  # after `hpcft submit`
+        argv.insert(2, "--env-from-stdin")  # after `hpcft submit` / `hpcft sweep`
     for attempt in range(1, TRIES + 1):
         try:
             proc = ssh.run(cluster, argv, env=forward.remote_env(cluster), timeout=900,

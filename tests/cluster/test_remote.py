@@ -91,11 +91,11 @@ def _status(w: Workstation, run: str) -> dict:
     return json.loads(w.hpcft("status", run, "--json", "--cluster", "lab").stdout)
 
 
-def _jobs_named(run: str) -> list[str]:
+def _jobs_named(run: str, script: str = "job.sbatch") -> list[str]:
     """The jobs sacct knows submitted with the run's batch script (their sbatch command line): how often it was."""
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-S", "now-2hours", "-o", "JobID,SubmitLine%400"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return [line.split("|")[0] for line in out.splitlines() if f"/{run}/job.sbatch" in line]
+    return [line.split("|")[0] for line in out.splitlines() if f"/{run}/{script}" in line]
 
 
 def test_clusters_lists_and_checks_the_login_node(ws):
@@ -217,3 +217,17 @@ def test_the_same_command_again_after_the_network_went_down_resumes_never_repeat
     run3, job3 = _submitted(third.stdout)
     assert run3 != run and "earlier try" not in third.stdout + third.stderr
     assert wait_until("sacct to know the job", lambda: _jobs_named(run3), timeout=60) == [job3]
+
+
+def test_a_sweep_from_here_is_submitted_once_when_its_connection_drops(ws):
+    (ws.root / "once.yaml").write_text(TINY)
+    (ws.shim / "MODE").write_text("between")  # the array submitted; the connection dies before hpcft reads it
+    proc = ws.hpcft("sweep", "once.yaml", "--cluster", "lab", "-o", "train.lr=1e-4,2e-4", "--wait", "--", "true")
+    out = proc.stdout + proc.stderr
+    assert "trying again (1/2), same submission" in out and not (ws.shim / "MODE").exists(), out
+    m = re.search(r"sweep (\S+) \(2 points\) as job array (\d+): was submitted by an earlier try", out)
+    assert m, out
+    sweep, array = m.groups()
+    assert out.count(": COMPLETED") == 2, out  # --wait: both points, followed from here
+    wait_until("sacct to know the array", lambda: _jobs_named(sweep, "sweep.sbatch"), timeout=60)
+    assert {j.split("_")[0] for j in _jobs_named(sweep, "sweep.sbatch")} == {array}  # one array, submitted once
