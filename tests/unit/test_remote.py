@@ -398,3 +398,18 @@ def test_a_followed_log_reconnects_after_a_drop_and_shows_no_line_twice(tmp_path
     out = capfd.readouterr().out
     assert [line for line in out.splitlines() if line.isdigit()] == [str(i) for i in range(1, 9)]
     assert "connecting again (1/4)" in out
+
+
+def test_a_sweep_whose_earlier_try_recorded_no_array_is_reported_not_repeated(tmp_path, monkeypatch):
+    from hpcft.backends import sweep as sweep_backend
+    from hpcft.cli.sweep import _sweep_once
+
+    submitted = []
+    monkeypatch.setattr(sweep_backend, "submit", lambda *a: submitted.append(a) or ("5", []))
+    folder = tmp_path / "x-sweep-1"
+    folder.mkdir()
+    with intents.claim(tmp_path, ID) as intent:
+        intent.begin(str(folder))  # the first try wrote the sweep; its process died before recording the array
+    with pytest.raises(RunError, match="recorded no job array: it may have been submitted"):
+        _sweep_once(ID, [], [], tmp_path / "x-sweep-2", "x", None)
+    assert submitted == []
