@@ -224,6 +224,18 @@ def drill(job: Path, runs: Path, steps: int, save_steps: int, minutes: int) -> t
                          "-o", "run.max_failures=4", "-o", "run.straggler_margin=0.5")  # naming is opt-in  # fmt: skip
     lifter = HoldLifter(job_id)
     lifter.start()
+    try:
+        faults, slow = _faults(run, job_id, minutes)
+    except BaseException:
+        subprocess.run(["scancel", job_id], check=False)  # a drill that broke must not train on, requeued
+        raise
+    finally:
+        lifter.stop = True
+    return run, job_id, faults, slow
+
+
+def _faults(run: Path, job_id: str, minutes: int) -> tuple[list, dict]:
+    """Each fault in turn, while the run trains; when each happened, and what the slow node's naming took."""
     faults: list[tuple[str, float]] = []
     wait("step 200", lambda: last_step(run) >= 200)
     faults.append(("priority preemption", time.time()))
@@ -252,8 +264,7 @@ def drill(job: Path, runs: Path, steps: int, save_steps: int, minutes: int) -> t
     faults.append(("crashed node", time.time()))
     crash_node(60)
     wait("the job to finish", lambda: job_ended(job_id) and (run / "FINISHED").exists(), timeout=3600)
-    lifter.stop = True
-    return run, job_id, faults, slow
+    return faults, slow
 
 
 def measure(args) -> tuple[str, str]:
