@@ -78,15 +78,53 @@ class StagePlan:
         return out
 
 
+def _files(path: Path) -> list[tuple[PurePosixPath, Path]]:
+    """A file itself, or every file under a directory (links followed), by relative path, sorted."""
+    if path.is_file():
+        return [(PurePosixPath(path.name), path)]
+    return sorted((PurePosixPath(os.path.relpath(os.path.join(d, f), path)), Path(d) / f)
+                  for d, _, names in os.walk(path, followlinks=True) for f in names)  # fmt: skip
+
+
+def signature(path: Path) -> str:
+    """What ``content_key`` depends on as the filesystem tells it without reading a byte: each file's relative path,
+    size, modification time and mode. Equal signatures, equal content (the key is not hashed again)."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for rel, full in _files(path):
+        st = full.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\0".encode())
+    return h.hexdigest()
+
+
+def cached_content_key(path: Path, cache: Path | None = None) -> tuple[str, int]:
+    """``content_key``, remembered by ``signature`` in ``$XDG_CACHE_HOME/hpcft/content-keys.json``: a submit of a
+    large unchanged model reads its files' metadata, not its bytes."""
+    import json
+
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpcft" / "content-keys.json"
+    sig = signature(path)
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(sig), list) and len(known[sig]) == 2:
+        return known[sig][0], int(known[sig][1])
+    key = content_key(path)
+    with contextlib.suppress(OSError):
+        from hpcft.rundir.store import write_atomic
+
+        known = known if isinstance(known, dict) else {}
+        known = dict(list(known.items())[-999:]) | {sig: list(key)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps(known))
+    return key
+
+
 def content_key(path: Path) -> tuple[str, int]:
     """The sha256 (first ``KEY_CHARS`` hex digits) of a file's bytes or a directory's tree, and its size."""
     h, size = hashlib.sha256(), 0
-    files = [(PurePosixPath(path.name), path)] if path.is_file() else sorted(
-        (PurePosixPath(os.path.relpath(os.path.join(d, f), path)), Path(d) / f)
-        for d, _, names in os.walk(path, followlinks=True) for f in names
-    )  # fmt: skip
     h.update(b"file\0" if path.is_file() else b"dir\0")
-    for rel, full in files:
+    for rel, full in _files(path):
         h.update(str(rel).encode() + b"\0" + (b"x" if os.access(full, os.X_OK) else b"-"))
         with open(full, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -138,7 +176,7 @@ def plan_stage(
         local = local.resolve()
         if local not in keys:
             try:
-                keys[local] = content_key(local)
+                keys[local] = cached_content_key(local)
             except OSError as e:
                 problems.append(f"{what}: cannot read {local}: {e.strerror}")
                 return str(local)

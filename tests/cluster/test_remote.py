@@ -64,6 +64,7 @@ def ws(lab):
     root.chmod(0o755)
     shim.chmod(0o777)  # the login node's user consumes MODE (no sticky bit: the test writes it)
     env = {"XDG_CONFIG_HOME": str(root / "config"), "XDG_STATE_HOME": str(root / "state"),
+           "XDG_CACHE_HOME": str(root / "cache"),
            "XDG_RUNTIME_DIR": str(root / "run"), "PATH": f"{local_ssh}:{os.environ['PATH']}",
            "HPCFT_CLUSTER": ""}  # fmt: skip
     runs = f"/home/hpcft/test-runs-{uuid.uuid4().hex[:8]}"

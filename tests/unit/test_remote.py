@@ -16,6 +16,11 @@ from hpcft.errors import ConfigError, HpcftError, RunError
 from hpcft.remote import clusters, forward, ssh, stage
 from hpcft.rundir import intents
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # content keys remembered here, not in ~/.cache
+
+
 GOOD = """
 default: big
 clusters:
@@ -413,3 +418,13 @@ def test_a_sweep_whose_earlier_try_recorded_no_array_is_reported_not_repeated(tm
     with pytest.raises(RunError, match="recorded no job array: it may have been submitted"):
         _sweep_once(ID, [], [], tmp_path / "x-sweep-2", "x", None)
     assert submitted == []
+
+
+def test_an_unchanged_input_is_not_read_again_for_its_key(tmp_path, monkeypatch):
+    p = _project(tmp_path)
+    first = stage.cached_content_key(p / "model")
+    reads = []
+    monkeypatch.setattr(stage, "content_key", lambda path: reads.append(path) or ("x", 0))
+    assert stage.cached_content_key(p / "model") == first and reads == []  # metadata only
+    (p / "model" / "config.json").write_text('{"a": 1}')  # new size and time: read again
+    assert stage.cached_content_key(p / "model") == ("x", 0) and reads == [p / "model"]
