@@ -16,6 +16,7 @@ from hpcft.errors import ConfigError, HpcftError, RunError
 from hpcft.remote import clusters, forward, ssh, stage
 from hpcft.rundir import intents
 
+
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # content keys remembered here, not in ~/.cache
