@@ -119,7 +119,8 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     assert f"{run}: COMPLETED" in out, out
     st = _status(ws, run)
     assert st["state"] == "COMPLETED" and st["step"] == 12 and st["nodes"].startswith("2"), st
-    assert "hpcft: done: the run is FINISHED" in ws.hpcft("logs", run, "--cluster", "lab").stdout
+    followed = ws.hpcft("logs", run, "-f", "--cluster", "lab").stdout  # -f returns once the run has ended
+    assert "hpcft: done: the run is FINISHED" in followed and followed.count("hpcft: done:") == 1, followed
 
     png = ws.root / "curves.png"
     assert f"wrote {png}" in ws.hpcft("plot", run, "--cluster", "lab", "--out", str(png)).stdout
@@ -128,6 +129,9 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     resumed = ws.hpcft("resume", run, "--cluster", "lab", "-o", "train.max_steps=18", "--wait")
     assert "from checkpoint-12" in resumed.stdout and f"{run}: COMPLETED" in resumed.stdout, resumed.stdout
     assert _status(ws, run)["step"] == 18
+    exported = f"{ws.runs}/exported"  # a directory on the cluster, written by its hpcft
+    ws.hpcft("export", run, "--out", exported, "--cluster", "lab")
+    assert {"config.json", "model.safetensors"} <= set(_login("ls", exported).stdout.split())
 
     # The same inputs again: nothing is copied (the plan shows it, the submission sends no byte).
     plan = ws.hpcft("plan", "project/job.yaml", "--cluster", "lab").stdout
