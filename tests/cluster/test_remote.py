@@ -130,7 +130,7 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     assert "from checkpoint-12" in resumed.stdout and f"{run}: COMPLETED" in resumed.stdout, resumed.stdout
     assert _status(ws, run)["step"] == 18
     exported = f"{ws.runs}/exported"  # a directory on the cluster, written by its hpcft
-    ws.hpcft("export", run, "--out", exported, "--cluster", "lab")
+    assert "exported checkpoint-18" in ws.hpcft("export", run, "--out", exported, "--cluster", "lab").stdout
     assert {"config.json", "model.safetensors"} <= set(_login("ls", exported).stdout.split())
 
     # The same inputs again: nothing is copied (the plan shows it, the submission sends no byte).
