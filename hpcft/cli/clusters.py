@@ -51,7 +51,7 @@ def clusters_group(ctx, no_check: bool) -> None:
     table = Table(title=f"clusters ({path})")
     for column in ("name", "host", "runs dir", "hpcft there", "sbatch", "runs from here"):
         table.add_column(column)
-    counts = clusters.runs_by_cluster()
+    counts = {name: len(runs) for name, runs in clusters.runs_by_cluster().items()}
     failed = False
     for name, cluster in config.clusters.items():
         label = f"{name} (default)" if name == config.default else name

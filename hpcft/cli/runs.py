@@ -171,16 +171,15 @@ def sync(run: str, runs_dir: str | None) -> None:
 
 
 def _remote_runs_line(ref) -> None:
-    """Under a listing of this machine's runs: the runs submitted from here to clusters, and how to see them."""
+    """Under a listing of this machine's runs: the runs submitted from here to clusters (this side's record, no
+    connection made), and how to see their state."""
     if ref is not None:
         return
     from hpcft.remote.clusters import runs_by_cluster
 
-    counts = runs_by_cluster()
-    if counts:
-        where = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
-        first = sorted(counts)[0]
-        click.echo(f"runs submitted from here to clusters ({where}): hpcft status --cluster {first}")
+    for name, runs in sorted(runs_by_cluster().items()):
+        newest = ", ".join(reversed(runs[-3:])) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        click.echo(f"on cluster {name}, submitted from here: {newest}   (hpcft status --cluster {name})")
 
 
 def _watch_status(ref: str | None, runs_dir: str | None, interval: float) -> None:

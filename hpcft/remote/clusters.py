@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -230,16 +229,20 @@ def chosen(name: str | None, config: Config, environ: Mapping[str, str] | None =
     return config.clusters[name]
 
 
-def runs_by_cluster() -> Counter:
-    """How many runs were submitted to each cluster from here (``runs.jsonl``)."""
-    counts: Counter = Counter()
+def runs_by_cluster() -> dict[str, list[str]]:
+    """The runs submitted to each cluster from here (``runs.jsonl``), oldest first; a run resubmitted by a retry
+    counts once."""
+    found: dict[str, list[str]] = {}
     try:
         lines = (state_dir() / "runs.jsonl").read_text().splitlines()
     except OSError:
-        return counts
+        return found
     for line in lines:
         try:
-            counts[json.loads(line)["cluster"]] += 1
+            entry = json.loads(line)
+            cluster, run = str(entry["cluster"]), str(entry["run"])
         except (ValueError, KeyError, TypeError):
             continue
-    return counts
+        if run not in found.setdefault(cluster, []):
+            found[cluster].append(run)
+    return found

@@ -119,6 +119,8 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     assert f"{run}: COMPLETED" in out, out
     st = _status(ws, run)
     assert st["state"] == "COMPLETED" and st["step"] == 12 and st["nodes"].startswith("2"), st
+    here = ws.hpcft("status", "--runs-dir", str(ws.root / "no-runs-here")).stdout  # this side's record, no ssh
+    assert f"on cluster lab, submitted from here: {run}" in here, here
     followed = ws.hpcft("logs", run, "-f", "--cluster", "lab").stdout  # -f returns once the run has ended
     assert "hpcft: done: the run is FINISHED" in followed and followed.count("hpcft: done:") == 1, followed
 
