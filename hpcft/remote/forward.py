@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ def run_here(cluster: Cluster, command: str, args: Sequence[str], *, reconnect: 
         except ssh.ConnectionLost as e:
             if attempt == tries:
                 raise
-            print(f"hpcft: {e.message}; connecting again ({attempt}/{tries - 1})", flush=True)
+            print(f"hpcft: {e.message}; connecting again ({attempt}/{tries - 1})", file=sys.stderr, flush=True)
             time.sleep(RECONNECT_S)
     return 1
 
