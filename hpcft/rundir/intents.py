@@ -39,6 +39,7 @@ from hpcft.rundir.store import write_atomic
 INTENTS_DIR = ".intents"
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 LOCK_WAIT_S = 300  # a retry waits this long for the first attempt (it is running sbatch)
+KEEP_DAYS = 30  # a workstation retries within minutes; older records are removed
 
 
 @dataclass
@@ -90,12 +91,22 @@ def claim(runs_dir: Path, intent_id: str, wait_s: float = LOCK_WAIT_S) -> Iterat
                     raise RunError(f"an earlier attempt of this submission still holds {lock.name}",
                                    hint="run the same command again in a minute") from None  # fmt: skip
                 time.sleep(0.2)
+        prune(folder, time.time())
         path = folder / f"{intent_id}.json"
         intent = Intent(path=path)
         with contextlib.suppress(FileNotFoundError, ValueError):
             data = json.loads(path.read_text())
             intent.run, intent.job = data.get("run"), data.get("job")
         yield intent
+
+
+def prune(folder: Path, now: float, keep_days: float = KEEP_DAYS) -> None:
+    """Remove the records (and locks) of intents older than ``keep_days``: nobody retries them any more."""
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > keep_days * 86400:
+                    entry.unlink()
 
 
 class _Quiet:

@@ -429,3 +429,18 @@ def test_an_unchanged_input_is_not_read_again_for_its_key(tmp_path, monkeypatch)
     assert stage.cached_content_key(p / "model") == first and reads == []  # metadata only
     (p / "model" / "config.json").write_text('{"a": 1}')  # new size and time: read again
     assert stage.cached_content_key(p / "model") == ("x", 0) and reads == [p / "model"]
+
+
+def test_old_intent_records_are_pruned_recent_ones_kept(tmp_path):
+    import os
+
+    folder = tmp_path / intents.INTENTS_DIR
+    folder.mkdir()
+    old, recent = folder / ("a" * 32 + ".json"), folder / ("b" * 32 + ".json")
+    old.write_text("{}")
+    recent.write_text("{}")
+    month = time.time() - 31 * 86400
+    os.utime(old, (month, month))
+    with intents.claim(tmp_path, ID):
+        pass
+    assert not old.exists() and recent.exists()
