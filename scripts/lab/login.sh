@@ -13,9 +13,16 @@ USER_NAME=${SLURMLAB_LOGIN_USER:-hpcft}
 
 down() {
   if [ -s "$L/sshd.pid" ]; then
-    pid=$(cat "$L/sshd.pid"); grep -q sshd "/proc/$pid/comm" 2>/dev/null && kill "$pid" || true
+    pid=$(cat "$L/sshd.pid")
+    if grep -q sshd "/proc/$pid/comm" 2>/dev/null; then
+      kill "$pid" || true
+      for _ in $(seq 50); do [ -e "/proc/$pid" ] || break; sleep 0.1; done  # gone before its namespace goes
+    fi
     rm -f "$L/sshd.pid"
   fi
+  # The host end of the veth first: deleting it takes its peer along even while something still holds the
+  # namespace (a namespace outlives `ip netns del` as long as a process is in it).
+  ip link del slvlogin 2>/dev/null || true
   ip netns del sllogin 2>/dev/null || true
   sed -i '/^# BEGIN slurmlab-login$/,/^# END slurmlab-login$/d' /etc/hosts
 }
