@@ -3,7 +3,7 @@
 # `lab-login` (10.200.0.2) with an sshd and the SLURM clients but no slurmd, reachable from this machine
 # only over ssh, as the unprivileged user `hpcft` (not root: permissions are real). Like on a real
 # cluster, the nodes know that user (one /etc/passwd here) and its home is on the shared filesystem.
-#   login.sh up | down       (after up.sh and sshd.sh; `scripts/dev-cluster up` runs it)
+#   login.sh up | down | venv   (after up.sh and sshd.sh; `scripts/dev-cluster up` runs it)
 # The host's key for it: $LAB/login/id_ed25519; `hpcft clusters add` registers it (dev-cluster does).
 set -euo pipefail
 LAB=${SLURMLAB_DIR:-/tmp/hpcft-lab}
@@ -27,6 +27,21 @@ down() {
   sed -i '/^# BEGIN slurmlab-login$/,/^# END slurmlab-login$/d' /etc/hosts
 }
 
+# The user's own Python environment, as a cluster user has one: a venv of the system python that uses the packages
+# of the checkout this script belongs to (.venv's interpreter lives under /root, which the user cannot enter).
+# `dev-cluster up` runs it again when the lab is already up: the login node then runs this checkout's hpcft.
+venv() {
+  local repo
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  [ -d "$repo/.venv/lib/python3.11/site-packages" ] || return 0
+  runuser -u "$USER_NAME" -- /usr/bin/python3 -m venv --without-pip --clear "/home/$USER_NAME/venv"
+  echo "import site; site.addsitedir('$repo/.venv/lib/python3.11/site-packages')" \
+    > "/home/$USER_NAME/venv/lib/python3.11/site-packages/hpcft-checkout.pth"
+  printf '#!/home/%s/venv/bin/python\nimport sys\nfrom hpcft.cli import main\nsys.exit(main())\n' "$USER_NAME" \
+    > "/home/$USER_NAME/venv/bin/hpcft"
+  chmod 0755 "/home/$USER_NAME/venv/bin/hpcft"; chown -R "$USER_NAME:" "/home/$USER_NAME/venv"
+}
+
 up() {
   down
   id "$USER_NAME" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$USER_NAME"
@@ -38,16 +53,7 @@ up() {
   find "$LAB/etc" -type d -exec chmod 0755 {} +
   find "$LAB/etc" -name '*.conf' ! -name slurmdbd.conf -exec chmod 0644 {} +
 
-  # The user's own Python environment, as a cluster user has one: a venv of the system python that uses this
-  # checkout's packages (.venv's interpreter lives under /root, which the user cannot enter).
-  REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-  if [ -d "$REPO/.venv/lib/python3.11/site-packages" ]; then
-    runuser -u "$USER_NAME" -- /usr/bin/python3 -m venv --without-pip --clear "/home/$USER_NAME/venv"
-    echo "import site; site.addsitedir('$REPO/.venv/lib/python3.11/site-packages')" \
-      > "/home/$USER_NAME/venv/lib/python3.11/site-packages/hpcft-checkout.pth"
-    printf '#!/home/%s/venv/bin/python\nimport sys\nfrom hpcft.cli import main\nsys.exit(main())\n' "$USER_NAME" > "/home/$USER_NAME/venv/bin/hpcft"
-    chmod 0755 "/home/$USER_NAME/venv/bin/hpcft"; chown -R "$USER_NAME:" "/home/$USER_NAME/venv"
-  fi
+  venv
 
   install -d -m 0711 "$L"  # sshd reads authorized_keys as the user; the private key stays 0600
   [ -s "$L/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C "hpcft-lab-workstation" -f "$L/id_ed25519"
