@@ -47,3 +47,10 @@ def test_accelerate_and_deepspeed_examples_parse():
     assert acc["distributed_type"] == "MULTI_GPU" and acc["num_machines"] == 2
     ds = json.loads((CONFIGS / "deepspeed-zero3.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3
+
+
+def test_the_workstation_clusters_example_parses():
+    from hpcft.remote import clusters
+
+    config = clusters.parse((CONFIGS / "workstation-clusters.yaml").read_text(), "workstation-clusters.yaml")
+    assert config.default == "mycluster" and config.clusters["mycluster"].runs_dir.startswith("/")
