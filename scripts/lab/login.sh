@@ -33,9 +33,21 @@ down() {
 venv() {
   local repo
   repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-  [ -d "$repo/.venv/lib/python3.11/site-packages" ] || return 0
+  local packages=$repo/.venv/lib/python3.11/site-packages d
+  [ -d "$packages" ] || return 0
+  # Every folder above them must let the user pass (a checkout under /root does not): an ACL entry for this
+  # user alone, traverse only, where it cannot.
+  d=$packages
+  while [ "$d" != / ]; do
+    if ! runuser -u "$USER_NAME" -- test -x "$d"; then
+      command -v setfacl >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl >/dev/null; }
+      setfacl -m "u:$USER_NAME:x" "$d"
+    fi
+    d=$(dirname "$d")
+  done
+  /usr/bin/python3 -c 'import venv' 2>/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
   runuser -u "$USER_NAME" -- /usr/bin/python3 -m venv --without-pip --clear "/home/$USER_NAME/venv"
-  echo "import site; site.addsitedir('$repo/.venv/lib/python3.11/site-packages')" \
+  echo "import site; site.addsitedir('$packages')" \
     > "/home/$USER_NAME/venv/lib/python3.11/site-packages/hpcft-checkout.pth"
   printf '#!/home/%s/venv/bin/python\nimport sys\nfrom hpcft.cli import main\nsys.exit(main())\n' "$USER_NAME" \
     > "/home/$USER_NAME/venv/bin/hpcft"
