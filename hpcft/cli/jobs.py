@@ -204,16 +204,9 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
     """
     from hpcft.backends import actions as backends
 
-    if env_from_stdin:
-        _env_from_stdin()
-    if cluster is not None:
-        switches = {"dry_run": dry_run, "no_submit": no_submit, "prepare_data": prepare_data,
-                    "prepare_partition": prepare_partition}  # fmt: skip
-        sys.exit(_submit_remote(cluster, kwargs, switches, wait))
-    if intent is not None:
-        if prepare_data or no_submit or dry_run:
-            raise click.UsageError("--intent submits one job: not with --prepare, --no-submit or --dry-run")
-        _submit_once(intent, kwargs)
+    switches = {"dry_run": dry_run, "no_submit": no_submit, "prepare_data": prepare_data,
+                "prepare_partition": prepare_partition}  # fmt: skip
+    if _submitted_elsewhere(cluster, intent, env_from_stdin, switches, wait, kwargs):
         return
     p = _load_plan(**kwargs)
     if dry_run:
@@ -238,6 +231,21 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
     click.echo(f"  watch:   hpcft status {run.name}   |   hpcft logs {run.name} -f")
     if wait:
         sys.exit(_wait(run))
+
+
+def _submitted_elsewhere(cluster, intent: str | None, env_from_stdin: bool, switches: dict, wait: bool,
+                         kwargs: dict) -> bool:  # fmt: skip
+    """``submit --cluster`` (from a workstation: exits) or ``--intent`` (its cluster side); False for a plain submit."""
+    if env_from_stdin:
+        _env_from_stdin()
+    if cluster is not None:
+        sys.exit(_submit_remote(cluster, kwargs, switches, wait))
+    if intent is None:
+        return False
+    if any(switches[k] for k in ("prepare_data", "no_submit", "dry_run")):
+        raise click.UsageError("--intent submits one job: not with --prepare, --no-submit or --dry-run")
+    _submit_once(intent, kwargs)
+    return True
 
 
 def _env_from_stdin() -> None:
