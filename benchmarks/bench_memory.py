@@ -38,8 +38,13 @@ def run_job(job: Path, runs: Path, device: str, nvme: Path, steps: int) -> Path:
 
 
 def measured_mib(run: Path) -> list[int]:
-    """Each rank's peak RSS in MiB from its log."""
-    return [int(PEAK.search(p.read_text()).group(1)) for p in sorted((run / "logs").glob("rank-*.log"))]
+    """Each rank's peak RSS in MiB from its lines in the node logs (``hpcft logs --rank``), rank 0 up."""
+    from hpcft.ops.logs import rank_text
+
+    peaks: list[int] = []
+    while found := PEAK.search(rank_text(run, len(peaks))):
+        peaks.append(int(found.group(1)))
+    return peaks
 
 
 def predicted_mib(run: Path, model: Path) -> tuple[int, dict[str, int]]:
