@@ -117,6 +117,7 @@ def main(debug: bool) -> None:
       hpcft submit demo/job.yaml --nodes 2 --wait
       hpcft status                              # every run: state, step, loss
       hpcft logs RUN -f                         # follow rank 0's output
+      hpcft submit job.yaml --cluster NAME ...  # from a workstation over ssh (`hpcft clusters`)
     """
     if debug:
         os.environ["HPCFT_DEBUG"] = "1"
