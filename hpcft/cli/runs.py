@@ -27,10 +27,22 @@ from hpcft.cli.jobs import _wait
     "-o", "overrides", multiple=True, metavar="KEY=VALUE", help="change any key, e.g. -o train.max_steps=2000"
 )
 @click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
-@forwardable()
-def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool) -> None:
+@click.option("--env-from-stdin", is_flag=True, hidden=True, help="a JSON object of variables on stdin (secrets)")
+@cluster_option
+@_handle_errors
+def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool,
+           env_from_stdin: bool, cluster) -> None:  # fmt: skip
     """Continue RUN in a new job from its newest complete checkpoint (or --checkpoint STEP)."""
     from hpcft.backends import actions as backends
+
+    if cluster is not None:  # on the cluster, the run's secrets (env_passthrough) from this shell
+        from hpcft.remote import forward
+
+        sys.exit(forward.resume(cluster, run, runs_dir, click.get_current_context().meta.get("hpcft.args", [])))
+    if env_from_stdin:
+        from hpcft.cli.jobs import _env_from_stdin
+
+        _env_from_stdin()
     from hpcft.plan import resume as resume_mod
     from hpcft.rundir import store
 

@@ -96,3 +96,35 @@ def plot(cluster: Cluster, run: str, runs_dir: str | None, out: str | None) -> s
 def describe(cluster: Cluster, argv: Sequence[str]) -> str:
     """The remote command line as the user could type it on the login node (for --help texts and errors)."""
     return f"ssh {cluster.host} {shlex.join([cluster.hpcft, *argv])}"
+
+
+def resume(cluster: Cluster, run: str, runs_dir: str | None, args: Sequence[str]) -> int:
+    """``hpcft resume`` on the cluster, with the run's ``launch.env_passthrough`` values from this shell on its stdin
+    (the names from the run's spec.yaml there, or an ``-o`` of this command): the new job takes them from here,
+    as the submission did. Its exit status."""
+    import json
+
+    import yaml
+
+    from hpcft.errors import ConfigError
+    from hpcft.spec.layering import load_yaml_text
+
+    folder = run if "/" in run else f"{runs_dir or cluster.runs_dir}/{run}"
+    proc = ssh.run(cluster, ["cat", "--", f"{folder}/spec.yaml"], timeout=120)
+    try:
+        spec = yaml.safe_load(proc.stdout) if proc.returncode == 0 else {}
+    except yaml.YAMLError:
+        spec = {}
+    names = ((spec or {}).get("launch") or {}).get("env_passthrough") or []
+    for i, word in enumerate(args):
+        value = args[i + 1] if word == "-o" and i + 1 < len(args) else word[2:] if word.startswith("-o") else ""
+        if value.startswith("launch.env_passthrough="):
+            names = load_yaml_text(value.partition("=")[2]) or []
+    names = [n for n in names if isinstance(n, str)]
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise ConfigError([f"launch.env_passthrough: {n} is not set in this shell; from a workstation the new job "
+                           f"takes its value from here (HINT: export {n}=... first)" for n in missing])  # fmt: skip
+    argv = [cluster.hpcft, "resume", *(["--env-from-stdin"] if names else []), *strip_cluster(args)]
+    secrets = json.dumps({n: os.environ[n] for n in names}).encode() if names else None
+    return ssh.stream(cluster, argv, env=remote_env(cluster), input=secrets)

@@ -95,17 +95,21 @@ def run(cluster: Cluster, argv: Sequence[str], *, env: Mapping[str, str] | None 
 
 
 def stream(cluster: Cluster, argv: Sequence[str], *, env: Mapping[str, str] | None = None, skip: int = 0,
-           seen: list[int] | None = None) -> int:  # fmt: skip
+           seen: list[int] | None = None, input: bytes | None = None) -> int:  # fmt: skip
     """Run ``argv`` on the cluster with its output on this terminal (``logs -f``); its exit status.
 
     Output passes through line by line as it comes (stderr untouched: progress); the first ``skip`` lines of
     stdout are not shown again (what an earlier, dropped connection showed), and ``seen[0]`` counts the lines
-    so far. ssh's own exit status 255 is a ``ConnectionLost`` (ssh has printed why).
+    so far; ``input`` goes to the remote command's stdin. ssh's own exit status 255 is a ``ConnectionLost``
+    (ssh has printed why).
     """
     full = _prepare(cluster, argv, env)
     count = 0
     try:
-        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(full, stdin=subprocess.PIPE if input else subprocess.DEVNULL, stdout=subprocess.PIPE)
+        if input:
+            proc.stdin.write(input)
+            proc.stdin.close()
         for line in proc.stdout:
             count += 1
             if seen is not None:

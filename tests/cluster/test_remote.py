@@ -109,8 +109,14 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     project = ws.root / "project"  # the job file, model, tokenizer and data: only on this machine
     shutil.copytree(demo_dir, project)
     args = ("submit", "project/job.yaml", "--cluster", "lab", "--nodes", "2", "--gpus-per-node", "1",
-            "-o", "train.max_steps=12", "-o", "train.save_steps=6", "-o", "train.eval_steps=6")  # fmt: skip
-    first = ws.hpcft(*args, "--wait")
+            "-o", "train.max_steps=12", "-o", "train.save_steps=6", "-o", "train.eval_steps=6",
+            "-o", "launch.env_passthrough=[HPCFT_TEST_TOKEN]")  # fmt: skip
+    secret = {**ws.env, "HPCFT_TEST_TOKEN": f"hf_{uuid.uuid4().hex}"}  # from this shell, by name
+
+    def with_secret(*argv: str) -> subprocess.CompletedProcess:
+        return hpcft(*argv, env=secret, cwd=ws.root)
+
+    first = with_secret(*args, "--wait")
     out = first.stdout + first.stderr
     sent = int(re.search(r"(\d+) copied \((\d+) bytes sent\)", out).group(2))
     model_bytes = sum(f.stat().st_size for f in (project / "model").rglob("*") if f.is_file())
@@ -128,7 +134,9 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     assert f"wrote {png}" in ws.hpcft("plot", run, "--cluster", "lab", "--out", str(png)).stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
-    resumed = ws.hpcft("resume", run, "--cluster", "lab", "-o", "train.max_steps=18", "--wait")
+    unset = ws.hpcft("resume", run, "--cluster", "lab", "-o", "train.max_steps=18", check=False)
+    assert unset.returncode == 1 and "HPCFT_TEST_TOKEN is not set in this shell" in unset.stderr, unset.stderr
+    resumed = with_secret("resume", run, "--cluster", "lab", "-o", "train.max_steps=18", "--wait")
     assert "from checkpoint-12" in resumed.stdout and f"{run}: COMPLETED" in resumed.stdout, resumed.stdout
     assert _status(ws, run)["step"] == 18
     exported = f"{ws.runs}/exported"  # a directory on the cluster, written by its hpcft
@@ -138,9 +146,11 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     # The same inputs again: nothing is copied (the plan shows it, the submission sends no byte).
     plan = ws.hpcft("plan", "project/job.yaml", "--cluster", "lab").stdout
     assert "would copy" not in plan and "already there" in plan and "total to copy: 0 B" in plan, plan
-    again = ws.hpcft(*args, "--dry-run")
+    again = with_secret(*args, "--dry-run")
     assert "0 copied (0 bytes sent), 4 already there" in again.stderr, again.stderr
     assert "#SBATCH" in again.stdout  # the cluster's own plan of the staged job
+    value = secret["HPCFT_TEST_TOKEN"].encode()  # passed to the submission and the resume: in no file there
+    assert [p for p in Path(ws.runs).rglob("*") if p.is_file() and value in p.read_bytes()] == []
 
 
 def test_a_users_script_and_data_from_here_get_the_rendezvous_there_and_cancel_works(ws):
