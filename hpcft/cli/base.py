@@ -85,6 +85,28 @@ def cluster_option(fn):
     return click.option("--cluster", metavar="NAME", callback=to_cluster, help=CLUSTER_HELP)(fn)
 
 
+def _env_from_stdin(ctx, param, value: bool) -> None:
+    """A workstation's ``launch.env_passthrough`` values (a JSON object on stdin) into this process's environment,
+    which sbatch passes to the job: secrets by name, their values never in an argv or a file."""
+    if not value:
+        return
+    import json
+
+    try:
+        values = json.loads(sys.stdin.read() or "{}")
+    except ValueError:
+        raise click.UsageError("--env-from-stdin: stdin is not a JSON object") from None
+    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        raise click.UsageError("--env-from-stdin: expected a JSON object of names to strings")
+    os.environ.update(values)
+
+
+def env_from_stdin_option(fn):
+    """The hidden ``--env-from-stdin`` of the commands a workstation submits through (submit, sweep, resume)."""
+    return click.option("--env-from-stdin", is_flag=True, hidden=True, expose_value=False, callback=_env_from_stdin,
+                        help="a JSON object of variables on stdin (secrets)")(fn)  # fmt: skip
+
+
 def forwardable(*, reconnect: bool = False):
     """A command that runs as typed on a cluster when ``--cluster`` names one (``hpcft.remote.forward``);
     ``reconnect``: it only reads, and is started again when the connection drops (``logs -f``, ``wait``)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, cluster_option, main
+from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, cluster_option, env_from_stdin_option, main
 from hpcft.errors import HpcftError
 from hpcft.spec import BACKENDS, LAUNCHERS
 
@@ -174,10 +174,10 @@ def _print_lemons(spec) -> None:
 @click.option("--prepare-partition", metavar="PARTITION", help="--prepare: the CPU job's partition")
 @cluster_option
 @click.option("--intent", hidden=True, help="submit at most once per this id (a submission from a workstation)")
-@click.option("--env-from-stdin", is_flag=True, hidden=True, help="a JSON object of variables on stdin (secrets)")
+@env_from_stdin_option
 @_handle_errors
 def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepare_partition: str | None,
-           cluster, intent: str | None, env_from_stdin: bool, **kwargs) -> None:  # fmt: skip
+           cluster, intent: str | None, **kwargs) -> None:  # fmt: skip
     """Submit a fine-tuning job described by JOB_FILE.
 
     \b
@@ -206,7 +206,7 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
 
     switches = {"dry_run": dry_run, "no_submit": no_submit, "prepare_data": prepare_data,
                 "prepare_partition": prepare_partition}  # fmt: skip
-    if _submitted_elsewhere(cluster, intent, env_from_stdin, switches, wait, kwargs):
+    if _submitted_elsewhere(cluster, intent, switches, wait, kwargs):
         return
     p = _load_plan(**kwargs)
     if dry_run:
@@ -233,11 +233,8 @@ def submit(dry_run: bool, wait: bool, no_submit: bool, prepare_data: bool, prepa
         sys.exit(_wait(run))
 
 
-def _submitted_elsewhere(cluster, intent: str | None, env_from_stdin: bool, switches: dict, wait: bool,
-                         kwargs: dict) -> bool:  # fmt: skip
+def _submitted_elsewhere(cluster, intent: str | None, switches: dict, wait: bool, kwargs: dict) -> bool:
     """``submit --cluster`` (from a workstation: exits) or ``--intent`` (its cluster side); False for a plain submit."""
-    if env_from_stdin:
-        _env_from_stdin()
     if cluster is not None:
         sys.exit(_submit_remote(cluster, kwargs, switches, wait))
     if intent is None:
@@ -246,21 +243,6 @@ def _submitted_elsewhere(cluster, intent: str | None, env_from_stdin: bool, swit
         raise click.UsageError("--intent submits one job: not with --prepare, --no-submit or --dry-run")
     _submit_once(intent, kwargs)
     return True
-
-
-def _env_from_stdin() -> None:
-    """A workstation's ``launch.env_passthrough`` values (a JSON object on stdin) into this process's environment,
-    which sbatch passes to the job: secrets by name, their values never in an argv or a file."""
-    import json
-    import os
-
-    try:
-        values = json.loads(sys.stdin.read() or "{}")
-    except ValueError:
-        raise click.UsageError("--env-from-stdin: stdin is not a JSON object") from None
-    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
-        raise click.UsageError("--env-from-stdin: expected a JSON object of names to strings")
-    os.environ.update(values)
 
 
 def _submit_once(intent: str, kwargs: dict) -> None:
@@ -282,14 +264,22 @@ def _submit_once(intent: str, kwargs: dict) -> None:
     click.echo(ANSWER_PREFIX + json.dumps({"run": run.name, "job": job_id, "again": again}))
 
 
+def staged(cluster, kwargs: dict, overrides=None):
+    """The job's staging plan for ``cluster`` (``hpcft.remote.stage``) and its curated flags, from ``job_options``'
+    values (``overrides``: instead of ``kwargs``' own, as a sweep's fixed ones)."""
+    from hpcft.remote import submit as remote
+
+    sp = remote.stage_plan(cluster, kwargs["job_file"], kwargs["overrides"] if overrides is None else overrides,
+                           kwargs["command"], kwargs["profile"], kwargs["accelerate_config"])  # fmt: skip
+    return sp, {name: kwargs.get(name) for name in remote.FLAG_OPTIONS}
+
+
 def _submit_remote(cluster, kwargs: dict, switches: dict, wait: bool) -> int:
     """Copy the job's local files to ``cluster`` and submit there once (``hpcft.remote.submit``); the exit status."""
     from hpcft.remote import forward
     from hpcft.remote import submit as remote
 
-    sp = remote.stage_plan(cluster, kwargs["job_file"], kwargs["overrides"], kwargs["command"], kwargs["profile"],
-                           kwargs["accelerate_config"])  # fmt: skip
-    flags = {name: kwargs.get(name) for name in remote.FLAG_OPTIONS}
+    sp, flags = staged(cluster, kwargs)
     answer = remote.submit(cluster, sp, flags, switches, click.echo)
     if answer is None:
         return 0
@@ -304,8 +294,7 @@ def _plan_remote(cluster, kwargs: dict) -> None:
     from hpcft.remote import forward
     from hpcft.remote import submit as remote
 
-    sp = remote.stage_plan(cluster, kwargs["job_file"], kwargs["overrides"], kwargs["command"], kwargs["profile"],
-                           kwargs["accelerate_config"])  # fmt: skip
+    sp, flags = staged(cluster, kwargs)
     present = remote.on_cluster(cluster, sp)
     click.secho(f"# --- files the job names, staged in {cluster.name}:{sp.staging} ---", bold=True)
     missing = 0
@@ -317,7 +306,6 @@ def _plan_remote(cluster, kwargs: dict) -> None:
     for what, path in sp.referenced:
         click.echo(f"  {'on cluster':>13}  {'':>10}  {path}  ({what}: not here, taken as the cluster's)")
     click.echo(f"  total to copy: {_size(missing)}")
-    flags = {name: kwargs.get(name) for name in remote.FLAG_OPTIONS}
     argv = remote.remote_argv(cluster, sp, flags, {"dry_run": True}, None)
     if missing or sp.job_key not in present:
         click.echo(f"the cluster's plan needs these files there: `hpcft submit {kwargs['job_file']} --cluster "

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import RUNS_DIR_HELP, Number, _console, _handle_errors, _runs_dir, cluster_option, forwardable, main
+from hpcft.cli.base import (
+    RUNS_DIR_HELP,
+    Number,
+    _console,
+    _handle_errors,
+    _runs_dir,
+    cluster_option,
+    env_from_stdin_option,
+    forwardable,
+    main,
+)
 from hpcft.cli.jobs import _wait
 
 
@@ -27,11 +37,11 @@ from hpcft.cli.jobs import _wait
     "-o", "overrides", multiple=True, metavar="KEY=VALUE", help="change any key, e.g. -o train.max_steps=2000"
 )
 @click.option("--wait", is_flag=True, help="return when the job ends, with its exit status")
-@click.option("--env-from-stdin", is_flag=True, hidden=True, help="a JSON object of variables on stdin (secrets)")
+@env_from_stdin_option
 @cluster_option
 @_handle_errors
 def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | None, overrides, wait: bool,
-           env_from_stdin: bool, cluster) -> None:  # fmt: skip
+           cluster) -> None:  # fmt: skip
     """Continue RUN in a new job from its newest complete checkpoint (or --checkpoint STEP)."""
     from hpcft.backends import actions as backends
 
@@ -39,10 +49,6 @@ def resume(run: str, runs_dir: str | None, nodes: int | None, checkpoint: int | 
         from hpcft.remote import forward
 
         sys.exit(forward.resume(cluster, run, runs_dir, click.get_current_context().meta.get("hpcft.args", [])))
-    if env_from_stdin:
-        from hpcft.cli.jobs import _env_from_stdin
-
-        _env_from_stdin()
     from hpcft.plan import resume as resume_mod
     from hpcft.rundir import store
 

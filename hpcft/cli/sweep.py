@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from hpcft.cli.base import _handle_errors, cluster_option, main
-from hpcft.cli.jobs import _load_plan, _progress_printer, job_options
+from hpcft.cli.base import _handle_errors, cluster_option, env_from_stdin_option, main
+from hpcft.cli.jobs import _load_plan, _progress_printer, job_options, staged
 
 
 @main.command()
@@ -18,10 +18,9 @@ from hpcft.cli.jobs import _load_plan, _progress_printer, job_options
 @click.option("--wait", is_flag=True, help="return when every point has ended; exit 1 unless all completed")
 @cluster_option
 @click.option("--intent", hidden=True, help="submit at most once per this id (a sweep from a workstation)")
-@click.option("--env-from-stdin", is_flag=True, hidden=True, help="a JSON object of variables on stdin (secrets)")
+@env_from_stdin_option
 @_handle_errors
-def sweep(max_parallel: int | None, wait: bool, overrides, cluster, intent: str | None, env_from_stdin: bool,
-          **kwargs) -> None:  # fmt: skip
+def sweep(max_parallel: int | None, wait: bool, overrides, cluster, intent: str | None, **kwargs) -> None:
     """Submit a grid of JOB_FILE's train.* values as one job array, one run per point.
 
     \b
@@ -35,10 +34,6 @@ def sweep(max_parallel: int | None, wait: bool, overrides, cluster, intent: str 
     from hpcft.ops import status as monitor
     from hpcft.plan import sweep as plan_sweep
 
-    if env_from_stdin:
-        from hpcft.cli.jobs import _env_from_stdin
-
-        _env_from_stdin()
     if cluster is not None:
         sys.exit(_sweep_remote(cluster, kwargs, overrides, max_parallel, wait))
     fixed, axes = plan_sweep.grid(overrides)
@@ -121,9 +116,7 @@ def _sweep_remote(cluster, kwargs: dict, overrides, max_parallel: int | None, wa
     from hpcft.remote import forward
     from hpcft.remote import submit as remote
 
-    sp = remote.stage_plan(cluster, kwargs["job_file"], overrides, kwargs["command"], kwargs["profile"],
-                           kwargs["accelerate_config"])  # fmt: skip
-    flags = {name: kwargs.get(name) for name in remote.FLAG_OPTIONS}
+    sp, flags = staged(cluster, kwargs, overrides)
     answer = remote.submit(cluster, sp, flags, {"max_parallel": max_parallel}, click.echo, command="sweep")
     if answer is None or not wait:
         return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hpcft import __version__
 from hpcft.errors import HpcftError
 from hpcft.remote import ssh
-from hpcft.remote.clusters import Cluster
+from hpcft.remote.clusters import ENV_VAR, Cluster
 from hpcft.spec.io import SPEC_FORMAT
 
 
@@ -52,7 +52,7 @@ def compatible(cluster: Cluster, info: dict) -> str | None:
 
 def info(cluster: Cluster) -> dict:
     """The cluster's ``hpcft remote-info``; ``HpcftError`` when it cannot be run there."""
-    proc = ssh.run(cluster, [cluster.hpcft, "remote-info"], env={"HPCFT_CLUSTER": "local"}, timeout=120)
+    proc = ssh.run(cluster, [cluster.hpcft, "remote-info"], env={ENV_VAR: "local"}, timeout=120)
     out = proc.stdout.decode(errors="replace").strip().splitlines()
     try:
         return json.loads(out[-1]) if proc.returncode == 0 and out else {}

@@ -8,14 +8,13 @@ import contextlib
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from hpcft.errors import HpcftError
 from hpcft.remote import ssh
-from hpcft.remote.clusters import Cluster
+from hpcft.remote.clusters import ENV_VAR, Cluster
 
 RECONNECTS = 5  # `logs -f` and `wait`: how often a dropped connection is opened again
 RECONNECT_S = 3.0
@@ -43,7 +42,7 @@ def strip_cluster(args: Sequence[str]) -> list[str]:
 
 def remote_env(cluster: Cluster) -> dict[str, str]:
     """What every remote hpcft command gets: the cluster's runs directory; never a cluster of its own."""
-    return {"HPCFT_RUNS_DIR": cluster.runs_dir, "HPCFT_CLUSTER": "local"}
+    return {"HPCFT_RUNS_DIR": cluster.runs_dir, ENV_VAR: "local"}
 
 
 def run_here(cluster: Cluster, command: str, args: Sequence[str], *, reconnect: bool = False) -> int:
@@ -68,10 +67,10 @@ def fetch_file(cluster: Cluster, remote: str, local: Path) -> int:
     proc = ssh.run(cluster, ["cat", "--", remote], timeout=300)
     if proc.returncode != 0:
         raise HpcftError(f"cannot read {cluster.name}:{remote}: {proc.stderr.decode(errors='replace').strip()}")
+    from hpcft.rundir.store import write_atomic
+
     local.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=local.parent, prefix=f".{local.name}.", delete=False) as f:
-        f.write(proc.stdout)
-    os.replace(f.name, local)
+    write_atomic(local, proc.stdout)
     return len(proc.stdout)
 
 
@@ -106,8 +105,7 @@ def resume(cluster: Cluster, run: str, runs_dir: str | None, args: Sequence[str]
 
     import yaml
 
-    from hpcft.errors import ConfigError
-    from hpcft.spec.layering import load_yaml_text
+    from hpcft.remote import stage
 
     folder = run if "/" in run else f"{runs_dir or cluster.runs_dir}/{run}"
     proc = ssh.run(cluster, ["cat", "--", f"{folder}/spec.yaml"], timeout=120)
@@ -115,16 +113,8 @@ def resume(cluster: Cluster, run: str, runs_dir: str | None, args: Sequence[str]
         spec = yaml.safe_load(proc.stdout) if proc.returncode == 0 else {}
     except yaml.YAMLError:
         spec = {}
-    names = ((spec or {}).get("launch") or {}).get("env_passthrough") or []
-    for i, word in enumerate(args):
-        value = args[i + 1] if word == "-o" and i + 1 < len(args) else word[2:] if word.startswith("-o") else ""
-        if value.startswith("launch.env_passthrough="):
-            names = load_yaml_text(value.partition("=")[2]) or []
-    names = [n for n in names if isinstance(n, str)]
-    missing = [n for n in names if n not in os.environ]
-    if missing:
-        raise ConfigError([f"launch.env_passthrough: {n} is not set in this shell; from a workstation the new job "
-                           f"takes its value from here (HINT: export {n}=... first)" for n in missing])  # fmt: skip
-    argv = [cluster.hpcft, "resume", *(["--env-from-stdin"] if names else []), *strip_cluster(args)]
-    secrets = json.dumps({n: os.environ[n] for n in names}).encode() if names else None
-    return ssh.stream(cluster, argv, env=remote_env(cluster), input=secrets)
+    overrides = [args[i + 1] if word == "-o" else word[2:] for i, word in enumerate(args)
+                 if (word == "-o" and i + 1 < len(args)) or (word.startswith("-o") and len(word) > 2)]  # fmt: skip
+    secrets = stage.values_here(stage.passthrough_names(spec if isinstance(spec, dict) else {}, overrides))
+    argv = [cluster.hpcft, "resume", *(["--env-from-stdin"] if secrets else []), *strip_cluster(args)]
+    return ssh.stream(cluster, argv, env=remote_env(cluster), input=json.dumps(secrets).encode() if secrets else None)

@@ -66,11 +66,15 @@ def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
     return " ".join(words)
 
 
-def _prepare(cluster: Cluster, argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+def _ssh(cluster: Cluster) -> list[str]:
+    """``ssh_argv`` with its socket folder made (0700)."""
     control = control_dir()
     control.mkdir(mode=0o700, parents=True, exist_ok=True)
-    merged = {**cluster.env, **(env or {})}
-    return [*ssh_argv(cluster, control=control), cluster.host, "--", remote_command(argv, merged)]
+    return ssh_argv(cluster, control=control)
+
+
+def _prepare(cluster: Cluster, argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+    return [*_ssh(cluster), cluster.host, "--", remote_command(argv, {**cluster.env, **(env or {})})]
 
 
 def _lost(cluster: Cluster, stderr: str) -> ConnectionLost:
@@ -132,10 +136,8 @@ def rsync(cluster: Cluster, local: Path, remote: str) -> int:
 
     ``--protect-args``: the remote path reaches rsync on the cluster as it is, no shell reads it.
     """
-    control = control_dir()
-    control.mkdir(mode=0o700, parents=True, exist_ok=True)
     source = f"{local}/" if local.is_dir() else str(local)
-    argv = ["rsync", "-a", "--protect-args", "--stats", "-e", shlex.join(ssh_argv(cluster, control=control)),
+    argv = ["rsync", "-a", "--protect-args", "--stats", "-e", shlex.join(_ssh(cluster)),
             source, f"{cluster.host}:{remote}"]  # fmt: skip
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -187,7 +187,7 @@ def plan_stage(
 
     data, base = _read_job(job_file, cwd)
     _stage_fields(data, base, stage, plan, problems)
-    plan.passthrough = _passthrough(data, overrides)
+    plan.passthrough = passthrough_names(data, overrides)
     job_command = _get(data, "launch.command")
     if isinstance(job_command, list):
         _set(data, "launch.command", _stage_words(job_command, base, stage))
@@ -212,8 +212,9 @@ def plan_stage(
     return plan
 
 
-def _passthrough(data: dict[str, Any], overrides: Sequence[str]) -> tuple[str, ...]:
-    """The names of ``launch.env_passthrough`` (the job file's, or an ``-o``'s): they travel from this shell."""
+def passthrough_names(data: dict[str, Any], overrides: Sequence[str]) -> tuple[str, ...]:
+    """The names of ``launch.env_passthrough`` (a job file's or spec's data, or an ``-o``'s): they travel from this
+    shell."""
     from hpcft.spec.layering import load_yaml_text
 
     names = _get(data, "launch.env_passthrough")
@@ -223,6 +224,16 @@ def _passthrough(data: dict[str, Any], overrides: Sequence[str]) -> tuple[str, .
             with contextlib.suppress(yaml.YAMLError):
                 names = load_yaml_text(value)
     return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+
+
+def values_here(names: Sequence[str]) -> dict[str, str]:
+    """The values of ``names`` from this shell, for a remote submit's or resume's stdin; a name not set here is an
+    error (the job would start without it), as it is on the cluster."""
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise ConfigError([f"launch.env_passthrough: {n} is not set in this shell; from a workstation the job takes "
+                           f"its value from here (HINT: export {n}=... first)" for n in missing])  # fmt: skip
+    return {n: os.environ[n] for n in names}
 
 
 def _read_job(job_file: str | None, cwd: Path) -> tuple[dict[str, Any], Path]:

@@ -104,20 +104,6 @@ def copy(cluster: Cluster, sp: stage.StagePlan, present: set[str] | None = None)
     return done
 
 
-def passthrough_values(sp: stage.StagePlan) -> dict[str, str]:
-    """The values of the job's ``launch.env_passthrough`` from this shell, for the remote submit's stdin; a name not
-    set here is an error (the job would start without it), as on the cluster."""
-    import os
-
-    from hpcft.errors import ConfigError
-
-    missing = [n for n in sp.passthrough if n not in os.environ]
-    if missing:
-        raise ConfigError([f"launch.env_passthrough: {n} is not set in this shell; from a workstation the job takes "
-                           f"its value from here (HINT: export {n}=... first)" for n in missing])  # fmt: skip
-    return {n: os.environ[n] for n in sp.passthrough}
-
-
 def remote_argv(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, intent: str | None,
                 command: str = "submit") -> list[str]:  # fmt: skip
     """The remote ``hpcft submit`` (or ``sweep``) for the staged job; ``switches``: ``SWITCHES`` and
@@ -202,7 +188,7 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
     """
     from hpcft.remote import check
 
-    secrets = passthrough_values(sp)  # a name not set here: an error before anything is copied
+    secrets = stage.values_here(sp.passthrough)  # a name not set here: an error before anything is copied
     check.require(cluster)
     copied = copy(cluster, sp)
     echo(f"staged {len(sp.unique_items()) + 1} input(s) in {cluster.name}:{sp.staging}: {copied.items} copied "
