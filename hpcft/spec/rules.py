@@ -190,6 +190,11 @@ def spec_notes(spec: JobSpec) -> list[str]:
         )
     if not spec.launch.command and spec.train.precision == "fp16":
         notes.append("train.precision fp16 needs CUDA GPUs; on CPU-only nodes the trainer refuses it (use bf16).")
+    ranks = spec.resources.gpus_per_node if spec.launch.launcher != "none" else 1
+    if spec.resources.cpus_per_task is None and spec.launch.backend != "local" and ranks > 1:
+        notes.append(f"resources.cpus_per_task is not set: SLURM gives the job its partition's default CPUs on each "
+                     f"node (often 1, or a few per GPU); where cores are constrained, the node's {ranks} ranks and "
+                     f"their data loaders share them (HINT: resources.cpus_per_task: {4 * ranks})")  # fmt: skip
     if spec.shrinks:
         notes.append(f"after a node loss the job waits {spec.run.shrink_after} s for the node, then continues on the "
                      f"{spec.resources.min_nodes}+ nodes left (--no-kill); where the first node is lost, SLURM ends "

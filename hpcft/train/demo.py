@@ -71,6 +71,7 @@ run:
 resources:
   nodes: 1
   gpus_per_node: 2        # processes per node on a machine without GPUs
+  cpus_per_task: 4        # CPUs on each node for its ranks and their data loaders
   time: "00:30:00"
 train:
   model: model            # paths are relative to this file

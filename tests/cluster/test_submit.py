@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -131,3 +132,37 @@ def test_hostile_names_and_paths_through_real_sbatch(lab, tmp_path):
     assert all(p["argv"] == args and p["HPCFT_RUN_DIR"] == str(run) for p in probes)
     assert not list(tmp_path.glob("pwned*")), "a name or argument was executed by a shell"
     assert list((run / "logs").glob("slurm-*.out")), "SLURM wrote the job output elsewhere"
+
+
+# Where the rank stands: the CPUs it may run on, written to OUT/rank-RANK.
+AFFINITY = """
+import os, sys
+with open(os.path.join(sys.argv[1], "rank-" + os.environ["RANK"]), "w") as f:
+    f.write(" ".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0))))
+"""
+
+
+def test_each_rank_holds_the_cpus_per_task_it_asked_for_where_cores_are_constrained(lab, demo_dir, runs_dir, tmp_path):
+    # Issue #25 item 12. The lab runs ConstrainCores=yes (scripts/lab/up.sh): a step's tasks get only the job's
+    # CPUs on their node. Its nodes claim 8 CPUs each, which SLURM maps onto this machine's cores, so a rank
+    # holds min(asked, cores): 1 CPU shows the constraint is in force, all of them that the ranks got what
+    # resources.cpus_per_task asked. Steps are exclusive here (SLURM_EXACT, as some sites make them): a step's
+    # task then gets only the CPUs srun was asked for, and srun no longer inherits --cpus-per-task (SLURM 22.05).
+    probe = tmp_path / "affinity.py"
+    probe.write_text(AFFINITY)
+    cores = os.cpu_count()
+    assert cores and cores >= 2, "this drill needs a machine with 2 cores or more"
+    outs = {}
+    for asked in (1, cores):
+        outs[asked] = tmp_path / f"cpus-{asked}"
+        outs[asked].mkdir()
+        hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--runs-dir", str(runs_dir / str(asked)),
+              "-o", f"resources.cpus_per_task={asked}", "-o", "resources.gpus_per_node=1", "--", str(probe),
+              str(outs[asked]), env={"SLURM_EXACT": "1"})  # fmt: skip
+    for asked in outs:
+        (run,) = [p.parent for p in (runs_dir / str(asked)).glob("*/spec.yaml")]
+        hpcft("wait", run.name, "--runs-dir", str(run.parent))
+    for asked, out in outs.items():
+        held = {p.name: p.read_text().split() for p in out.glob("rank-*")}
+        assert sorted(held) == ["rank-0", "rank-1"], held
+        assert all(len(cpus) == asked for cpus in held.values()), (asked, held)

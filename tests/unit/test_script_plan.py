@@ -120,12 +120,23 @@ def test_filename_pattern_doubles_percent():
 
 
 def test_plan_is_offline_and_complete():
-    plan = make_plan(spec_of(resources={"nodes": 2, "gpus_per_node": 2}), python=PY, now=NOW)
+    plan = make_plan(spec_of(resources={"nodes": 2, "gpus_per_node": 2, "cpus_per_task": 8}), python=PY, now=NOW)
     assert plan.run_dir == "/shared/runs/job-20260102-030405"
     assert plan.submit_argv == ("sbatch", "--parsable", "/shared/runs/job-20260102-030405/job.sbatch")
     assert set(plan.files) == {"spec.yaml", "job.sbatch"}
     assert plan.rendezvous["world size"] == "4"
     assert plan.spec.launch.python == PY  # resolved into the spec the nodes read
+
+
+def test_ranks_sharing_the_default_cpus_are_pointed_out():
+    # Issue #25 item 12: without resources.cpus_per_task a job gets the partition's default CPUs (often 1).
+    def notes(**resources):
+        return make_plan(spec_of(resources={"nodes": 2, **resources}), python=PY, now=NOW).files.get("NOTES.txt", "")
+
+    assert "resources.cpus_per_task is not set" in notes(gpus_per_node=4)
+    assert "the node's 4 ranks" in notes(gpus_per_node=4) and "cpus_per_task: 16" in notes(gpus_per_node=4)
+    assert "cpus_per_task" not in notes(gpus_per_node=4, cpus_per_task=2)  # asked: the user's choice
+    assert "cpus_per_task" not in notes(gpus_per_node=1)  # one rank per node has its CPUs to itself
 
 
 def test_auto_backend_follows_sbatch_availability():
