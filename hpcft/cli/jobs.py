@@ -385,6 +385,16 @@ def node(run_dir: str) -> None:
     exec_node(Path(run_dir).resolve())
 
 
+@main.command("node-watch", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@_handle_errors
+def node_watch(run_dir: str) -> None:
+    """Watch this node's ranks started over ssh by a head-node launcher (run by srun on the other nodes)."""
+    from hpcft.node.agent import watch_node
+
+    watch_node(Path(run_dir).resolve())
+
+
 @main.command("begin-job", hidden=True)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @_handle_errors

@@ -28,7 +28,9 @@ DS_ENV_FILE = ".deepspeed_env"
 _NOT_FORWARDED = {"NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
 # Operational settings of the job's environment that ranks started over ssh would otherwise lose
 # (a JIT-op cache rebuilt on every node, a different HF cache). Secrets are never written to the file.
-FORWARDED_FROM_JOB = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_DATASETS_CACHE", "OMP_NUM_THREADS", "PYTHONPATH")
+# HPCFT_HEARTBEAT_DIR (hpcft.train.heartbeat.ENV): where the ranks publish their progress for the node's watchdog.
+FORWARDED_FROM_JOB = ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_DATASETS_CACHE", "OMP_NUM_THREADS", "PYTHONPATH",
+                      "HPCFT_HEARTBEAT_DIR")  # fmt: skip
 
 
 def transport(ctx: LaunchContext) -> str:

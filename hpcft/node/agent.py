@@ -29,11 +29,12 @@ from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.launchers.command import command_kind
 from hpcft.node import ds_ops as ops
 from hpcft.node.rendezvous import agree_port
-from hpcft.node.watchdog import Watchdog
+from hpcft.node.watchdog import Watchdog, heartbeat_root
 from hpcft.plan.requeue import InJobRestarts, in_job_restarts
 from hpcft.rundir import checkpoints, lifecycle, store
 from hpcft.rundir.layout import SPEC_FILE
 from hpcft.slurm.env import ClusterEnv, node_name, resolve_master
+from hpcft.train import heartbeat
 
 if TYPE_CHECKING:
     from hpcft.spec import JobSpec
@@ -65,6 +66,8 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = node_python(spec)
     env = ops.with_python_bin(env, python)
+    if spec.run.hang_timeout and cluster.in_slurm:
+        env = {**env, heartbeat.ENV: str(heartbeat_root(env))}  # for ranks started over ssh too (launchers/deepspeed)
     check_command(spec, env, host)
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
     # {resume_checkpoint} / HPCFT_RESUME_CHECKPOINT are for a user's command; hpcft's trainer finds its own.
@@ -235,6 +238,28 @@ def exec_node(run: Path) -> None:
         env = {**env, **watchdog.ranks_env()} if watchdog else env
         sys.exit(supervise(run, cmd.argv, env, restarts.count if restarts.by == "hpcft" else 0, watchdog))
     os.execvpe(cmd.argv[0], list(cmd.argv), env)  # a rank itself (srun launcher: SIGTERM reaches it), or local
+
+
+def watch_node(run: Path) -> None:
+    """``hpcft node-watch``: watch this node's ranks where a head-node launcher started them over ssh.
+
+    Those ranks belong to no step of this node and no ``hpcft node`` runs here: the batch script starts this
+    as a step of its own on every other node (``--overlap``), the same watchdog in a process of its own,
+    until the script ends it after the launcher (SIGTERM; SLURM's own at preemption or the time limit).
+    """
+    import signal
+    import threading
+
+    spec = read_spec(run, node_name(os.environ))
+    if not spec.run.hang_timeout:
+        return
+    ended = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: ended.set())
+    watchdog = Watchdog(run, spec, dict(os.environ), watch_only=True)
+    watchdog.start()
+    ended.wait()
+    watchdog.stop()
 
 
 def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: int = 0,

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -207,13 +208,14 @@ def heartbeat_root(env: Mapping[str, str]) -> Path:
 
 
 class Watchdog:
-    """Watches this node's ranks in a thread of ``hpcft node`` while the launcher runs."""
+    """Watches this node's ranks in a thread of ``hpcft node`` while the launcher runs (or of ``hpcft node-watch``
+    on the nodes where a head-node launcher starts the ranks over ssh: ``watch_only``)."""
 
-    def __init__(self, run: Path, spec: JobSpec, env: Mapping[str, str]) -> None:
-        self.run, self.spec, self.env = run, spec, env
+    def __init__(self, run: Path, spec: JobSpec, env: Mapping[str, str], watch_only: bool = False) -> None:
+        self.run, self.spec, self.env, self.watch_only = run, spec, env, watch_only
         self.node = node_name(env)
         cluster = ClusterEnv.from_mapping(env)
-        self.first, self.nodes = cluster.node_rank == 0, cluster.hosts
+        self.first, self.nodes = cluster.node_rank == 0 and not watch_only, cluster.hosts
         self.root = heartbeat_root(env)
         self.folder = heartbeat.node_dir(self.root, self.node)
         self._stop = threading.Event()
@@ -226,13 +228,23 @@ class Watchdog:
         self._named: set[str] = set()  # node 0: stragglers already recorded in this segment
         self._thread = threading.Thread(target=self._loop, name="hpcft-watchdog", daemon=True)
 
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """Where this node's ranks publish: ranks started over ssh (pdsh, mpirun) know only the hostname, and
+        where it is not SLURM's name for the node they publish under it."""
+        host = self.folder.parent / socket.gethostname()
+        return (self.folder,) if host == self.folder else (self.folder, host)
+
     def ranks_env(self) -> dict[str, str]:
         """What the ranks need to publish here and to let this agent read their stacks."""
         return {heartbeat.ENV: str(self.root), heartbeat.AGENT_ENV: str(os.getpid())}
 
     def start(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)  # an earlier segment's ranks on this node
-        self.folder.mkdir(parents=True, exist_ok=True)
+        for folder in self.folders:
+            if not self.watch_only:  # a watcher may start after the ranks it watches: it keeps their files
+                shutil.rmtree(folder, ignore_errors=True)  # an earlier segment's ranks on this node
+            folder.mkdir(parents=True, exist_ok=True)
+            store.write_atomic(folder / heartbeat.AGENT_FILE, f"{os.getpid()}\n")
         self._thread.start()
 
     def stop(self) -> None:
@@ -240,7 +252,8 @@ class Watchdog:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=GATHER_SECONDS + 10)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.root.rmdir()  # the job's folder, once no node of it on this machine uses it
 
@@ -253,7 +266,7 @@ class Watchdog:
 
     def check(self, now: float) -> dict[str, Any] | None:
         """Judge the live ranks once; on a hang report, kill, and (node 0) record. The event, if any."""
-        beats = [b for b in heartbeat.read_node(self.folder)
+        beats = [b for folder in self.folders for b in heartbeat.read_node(folder)
                  if b.pid not in self._handled and process_state(b.pid) not in ("", "Z")]  # fmt: skip
         if beats and now - self._last_speed >= speed_interval(beats):
             self._last_speed = now

@@ -49,6 +49,7 @@ class ScriptContext:
     after_cmd: str
     begin_cmd: str
     warn_cmd: str  # hpcft's own time-limit warning, re-armed from each measured save (node/warn_timer.py)
+    watch_cmd: str = ""  # head-node launchers: the watchdog of the other nodes' ranks ("": none)
 
 
 def sbatch_quote(value: str) -> str:
@@ -142,6 +143,7 @@ def make_context(
     begin_argv: Sequence[str],
     warn_argv: Sequence[str],
     srun_options: Sequence[str] = (),
+    watch_argv: Sequence[str] = (),
 ) -> ScriptContext:
     """Build the context for ``template`` from unformatted values."""
     return ScriptContext(
@@ -161,6 +163,7 @@ def make_context(
         after_cmd=shell_join(after_argv),
         begin_cmd=shell_join(begin_argv),
         warn_cmd=shell_join(warn_argv),
+        watch_cmd=shell_join(watch_argv) if watch_argv else "",
     )
 
 

@@ -6,7 +6,10 @@ collective, no host-device sync and nothing on the shared filesystem. A sequence
 while a beat is being written lets the reader (``hpcft node``'s watchdog) skip a torn read.
 
 Layout: ``$HPCFT_HEARTBEAT_DIR/<node>/rank-<RANK>`` — the node's name in the path, so that nodes that
-share one ``/dev/shm`` (containers, the lab's namespace nodes) never read each other's ranks.
+share one ``/dev/shm`` (containers, the lab's namespace nodes) never read each other's ranks. A rank started
+over ssh (the head-node launchers) knows no SLURM name and uses the hostname; the watchdog reads both.
+``<node>/agent.pid`` names the process that watches the node, for a rank whose environment cannot
+(``allow_agent_to_trace``).
 
 hpcft's trainer and every HF Trainer (through ``hf_integration``) beat through ``make_heartbeat_callback``;
 a plain torch.distributed program adds one line per step: ``from hpcft.train.heartbeat import beat; beat(step)``.
@@ -27,6 +30,7 @@ from pathlib import Path
 
 ENV = "HPCFT_HEARTBEAT_DIR"
 AGENT_ENV = "HPCFT_AGENT_PID"
+AGENT_FILE = "agent.pid"  # in the node's folder: the watching process, for ranks started over ssh
 # Phases a rank goes through; each but "train" has its own, longer, allowance (node/watchdog.py).
 PHASES = ("startup", "first_step", "train", "save", "eval", "end")
 _FORMAT = struct.Struct("<qqqdddq16s")  # seq, pid, step, time, s/step (EWMA), own seconds, own steps, phase
@@ -125,14 +129,19 @@ def read_node(directory: Path) -> list[Beat]:
     return sorted(beats, key=lambda b: b.rank)
 
 
-def allow_agent_to_trace(env: Mapping[str, str]) -> None:
+def allow_agent_to_trace(env: Mapping[str, str], folder: Path | None = None) -> None:
     """Let the node's agent (and the py-spy it starts) read this process's stacks under Yama ptrace_scope 1.
 
     With ``kernel.yama.ptrace_scope = 1`` (Ubuntu's default) only a process's ancestors may trace it, and
     py-spy, a child of the agent, is not one: ``prctl(PR_SET_PTRACER, agent)`` names the agent, whose
     descendants are then allowed (Documentation/admin-guide/LSM/Yama.rst). Harmless where Yama is absent.
+    The agent is ``$HPCFT_AGENT_PID``, else the one ``folder/agent.pid`` names (ranks started over ssh, not
+    by the agent, are not even its descendants).
     """
     agent = env.get(AGENT_ENV, "")
+    if not agent.isdigit() and folder is not None:
+        with contextlib.suppress(OSError):
+            agent = (folder / AGENT_FILE).read_text().strip()
     if agent.isdigit():
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(0x59616D61, int(agent), 0, 0, 0)  # PR_SET_PTRACER
@@ -149,8 +158,9 @@ def publisher(env: Mapping[str, str] | None = None) -> Publisher | None:
         from hpcft.slurm.env import node_name, torch_rank_env
 
         rank = int({**env, **torch_rank_env(env)}.get("RANK", "0") or 0)
-        _publisher = Publisher(node_dir(env[ENV], node_name(env)) / f"rank-{rank}", rank)
-        allow_agent_to_trace(env)
+        folder = node_dir(env[ENV], node_name(env))
+        _publisher = Publisher(folder / f"rank-{rank}", rank)
+        allow_agent_to_trace(env, folder)
     return _publisher
 
 

@@ -221,10 +221,13 @@ def test_submitit_parameters_mirror_the_resources():
 
 
 def test_pdsh_env_file_forwards_job_settings_but_never_secrets():
-    env = {"TORCH_EXTENSIONS_DIR": "/cache/ext dir", "HF_TOKEN": "hf_secret", "OMP_NUM_THREADS": "1"}
+    env = {"TORCH_EXTENSIONS_DIR": "/cache/ext dir", "HF_TOKEN": "hf_secret", "OMP_NUM_THREADS": "1",
+           "HPCFT_HEARTBEAT_DIR": "/dev/shm/hpcft-7", "HPCFT_AGENT_PID": "4242"}  # fmt: skip
     ctx = LaunchContext(spec_for("deepspeed-pdsh"), node_env(0), RUN, PY, "10.0.0.1", None, env)
     text = build_launch(ctx).files[".deepspeed_env"]
     assert "TORCH_EXTENSIONS_DIR=/cache/ext dir\n" in text and "OMP_NUM_THREADS=1\n" in text
+    # the ranks over ssh publish their progress for their node's watcher; the agent's pid is node 0's only
+    assert "HPCFT_HEARTBEAT_DIR=/dev/shm/hpcft-7\n" in text and "4242" not in text
     assert "hf_secret" not in text and "HF_TOKEN" not in text
 
 

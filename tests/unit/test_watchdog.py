@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -293,3 +294,30 @@ def test_every_node_takes_its_stacks_before_the_agent_that_found_the_hang_kills_
     stacks = (run / event["stacks"] / "node1.stacks.txt").read_text()
     assert "stuck_in_a_collective" in stacks and "rank(s) 0 on node1" in stacks
     assert dogs["node1"].check(time.time() + 20) is None  # a request is answered once
+
+
+def test_a_watcher_finds_ranks_that_know_only_the_hostname_and_keeps_their_files(tmp_path):
+    """hpcft node-watch on a head-node launcher's other node: its ranks, started over ssh, have no SLURM
+    variables and publish under the hostname; the watcher reads there too, and, starting beside ranks that may
+    have published already, removes nothing. ``agent.pid`` names it, for the ranks' PR_SET_PTRACER."""
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="watch")
+    host = socket.gethostname()
+    env = {"SLURM_JOB_ID": "79", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "slurm-name-of-node2",
+           "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1,slurm-name-of-node2", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, heartbeat.ENV: str(tmp_path / "hb"), "RANK": "1"})  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "beating"
+        dog = watchdog.Watchdog(run, store.load_run_spec(run), env, watch_only=True)
+        dog.folder = tmp_path / "hb" / "slurm-name-of-node2"
+        assert dog.folders == (dog.folder, tmp_path / "hb" / host) and not dog.first  # node 0 judges speeds
+        dog.start()
+        assert (tmp_path / "hb" / host / "rank-1").exists()  # kept
+        assert (tmp_path / "hb" / host / heartbeat.AGENT_FILE).read_text().strip() == str(os.getpid())
+        dog._stop.set()  # judge by hand below, not in the thread
+        late = watchdog.overdue(heartbeat.read_node(dog.folders[1]), time.time() + 91, watchdog.Rules(90, 20, 1800))
+        assert [(b.rank, b.step, b.pid) for b in late] == [(1, 3, proc.pid)]
+    finally:
+        proc.kill()
+        proc.wait()
