@@ -245,7 +245,8 @@ def watch_node(run: Path) -> None:
 
     Those ranks belong to no step of this node and no ``hpcft node`` runs here: the batch script starts this
     as a step of its own on every other node (``--overlap``), the same watchdog in a process of its own,
-    until the script ends it after the launcher (SIGTERM; SLURM's own at preemption or the time limit).
+    until the script ends it after the launcher (SIGUSR1: srun passes it on, where a SIGTERM to srun kills
+    the step's tasks) or SLURM does (SIGTERM at preemption or the time limit).
     """
     import signal
     import threading
@@ -254,7 +255,7 @@ def watch_node(run: Path) -> None:
     if not spec.run.hang_timeout:
         return
     ended = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, lambda *_: ended.set())
     watchdog = Watchdog(run, spec, dict(os.environ), watch_only=True)
     watchdog.start()

@@ -18,7 +18,7 @@ import pytest
 
 from hpcft.ops.logs import rank_text
 from hpcft.rundir import lemons
-from tests.conftest import hpcft, nodes_completing, release_requeued, squeue_state, wait_until
+from tests.conftest import SSH_SETUP, hpcft, nodes_completing, release_requeued, squeue_state, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -190,6 +190,32 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+
+
+def test_a_stopped_rank_started_over_ssh_is_found_on_its_node_and_restarted(lab, demo_dir, runs_dir):
+    """Issue #26 under a head-node launcher: deepspeed-pdsh starts the second node's rank over ssh, in no SLURM
+    step and with no hpcft node beside it. hpcft node-watch, a step of its own on that node, reads its heartbeat,
+    finds it stopped, takes its stack, and the ranks restart in the job from the newest checkpoint."""
+    run, job = submit(demo_dir, runs_dir, "--launcher", "deepspeed-pdsh", "-o", SSH_SETUP, "-o", "run.hang_timeout=30")
+    assert "--gpus-per-node" in JOB  # one rank per node: rank 1 is the second node's
+    wait_until("step 30", lambda: max(losses(run), default=0) >= 30, interval=0.05)
+    os.kill(rank_pid(run, 1), signal.SIGSTOP)
+    stopped_at = max(losses(run))
+    event = wait_until("the hang event", lambda: newest_hang(run), timeout=180, interval=1)
+    second = lab.nodes[1]
+    assert [(s["node"], s["rank"]) for s in event["suspects"]] == [(second, 1)], event
+    assert "stopped" in event["suspects"][0]["why"] and event["allowed"] == 30
+    stacks = (run / event["stacks"] / f"{second}.stacks.txt").read_text()
+    assert f"rank(s) 1 on {second}" in stacks and "(hpcft/train/main.py:" in stacks, stacks
+    st = wait_finished(run)
+    state = json.loads((run / "state.json").read_text())
+    assert state["failures"] == 1 and st["job_ids"] == [job]  # restarted in the same job, charged
+    begins = [r for r in records(run) if r.get("event") == "train_begin"]
+    assert len(begins) == 2 and begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
+    output = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace").splitlines()
+    # the watcher on the second node found it, or answered the first node's watchdog (its rank waited)
+    assert any(line.startswith(f"hpcft node {second}: ") for line in output), output
+    assert not any(f"{second}: task 0: Killed" in line for line in output)  # told to end: it cleaned up
 
 
 def job_nodes(job: str) -> tuple[str, str]:

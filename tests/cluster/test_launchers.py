@@ -7,15 +7,13 @@ the reference run (torchrun c10d, sbatch), step for step.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from hpcft.ops.logs import rank_text
-from tests.conftest import SSH_SETUP, hpcft, wait_until
+from tests.conftest import SSH_SETUP, hpcft
 
 pytestmark = pytest.mark.cluster
 
@@ -96,29 +94,3 @@ def test_pdsh_preflight_names_the_unreachable_host(lab, demo_dir, runs_dir):
     (event,) = json.loads((run / "state.json").read_text())["events"]
     assert event["action"] == "fail" and "failure budget 0/0 spent" in event["reason"]
 
-
-def test_a_stopped_rank_started_over_ssh_is_found_on_its_node_and_restarted(lab, demo_dir, runs_dir):
-    """Issue #26 under a head-node launcher: deepspeed-pdsh starts the second node's rank over ssh, in no SLURM
-    step and with no hpcft node beside it. hpcft node-watch, a step of its own on that node, reads its heartbeat,
-    finds it stopped, takes its stack, and the ranks restart in the job from the newest checkpoint."""
-    from tests.cluster.test_drills import JOB, newest_hang, rank_pid, records, submit, wait_finished
-    from tests.cluster.test_drills import losses as steps_losses
-
-    run, job = submit(demo_dir, runs_dir, "--launcher", "deepspeed-pdsh", "-o", SSH_SETUP, "-o", "run.hang_timeout=30")
-    assert "--gpus-per-node" in JOB  # one rank per node: rank 1 is the second node's
-    wait_until("step 30", lambda: max(steps_losses(run), default=0) >= 30, interval=0.05)
-    os.kill(rank_pid(run, 1), signal.SIGSTOP)
-    stopped_at = max(steps_losses(run))
-    event = wait_until("the hang event", lambda: newest_hang(run), timeout=180, interval=1)
-    second = lab.nodes[1]
-    assert [(s["node"], s["rank"]) for s in event["suspects"]] == [(second, 1)], event
-    assert "stopped" in event["suspects"][0]["why"] and event["allowed"] == 30
-    stacks = (run / event["stacks"] / f"{second}.stacks.txt").read_text()
-    assert f"rank(s) 1 on {second}" in stacks and "(hpcft/train/main.py:" in stacks, stacks
-    st = wait_finished(run)
-    state = json.loads((run / "state.json").read_text())
-    assert state["failures"] == 1 and st["job_ids"] == [job]  # restarted in the same job, charged
-    begins = [r for r in records(run) if r.get("event") == "train_begin"]
-    assert len(begins) == 2 and begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
-    output = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace")
-    assert f"hpcft node {second}: rank(s) 1 silent for" in output  # found by the watcher on its own node

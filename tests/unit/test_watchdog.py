@@ -304,7 +304,8 @@ def test_a_watcher_finds_ranks_that_know_only_the_hostname_and_keeps_their_files
     run = F.make_run(tmp_path, name="watch")
     host = socket.gethostname()
     env = {"SLURM_JOB_ID": "79", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "slurm-name-of-node2",
-           "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1,slurm-name-of-node2", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
+           "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1,slurm-name-of-node2",
+           "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, heartbeat.ENV: str(tmp_path / "hb"), "RANK": "1"})  # fmt: skip
     try:
