@@ -93,4 +93,3 @@ def test_pdsh_preflight_names_the_unreachable_host(lab, demo_dir, runs_dir):
     assert "preflight failed (a rerun may pass)" in out and not (run / "FATAL").exists()
     (event,) = json.loads((run / "state.json").read_text())["events"]
     assert event["action"] == "fail" and "failure budget 0/0 spent" in event["reason"]
-
