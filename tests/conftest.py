@@ -8,8 +8,11 @@ dependency a test imports: ``import_or_require``). ``--update-golden`` is refuse
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -320,7 +323,14 @@ def ds_ops(train_stack) -> None:
 
 @pytest.fixture
 def runs_dir(tmp_path) -> Path:
-    """A fresh runs directory (on /tmp, which every lab node sees)."""
+    """A fresh runs directory (on /tmp, which every lab node sees). Afterwards every job of its runs is cancelled:
+    a drill that failed half-way must not leave its job holding the lane's nodes for the tests after it."""
     d = tmp_path / "runs"
     d.mkdir()
-    return d
+    yield d
+    jobs = []
+    for state in d.glob("*/state.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            jobs += [str(j) for j in json.loads(state.read_text()).get("job_ids", [])]
+    if jobs and shutil.which("scancel"):
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)
