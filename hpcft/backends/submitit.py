@@ -62,6 +62,9 @@ def executor_parameters(spec: JobSpec, signal_lead: int | None = None) -> dict[s
         params["gpus_per_node"] = res.gpus_per_node
     if res.cpus_per_task:
         params["cpus_per_task"] = res.cpus_per_task
+        # submitit's srun line has no --cpus-per-task, and srun no longer inherits it (SLURM 22.05): where steps
+        # are exclusive the tasks would get one CPU each (docs/facts.md; the sbatch backend exports SRUN_CPUS_PER_TASK)
+        params["slurm_srun_args"] = [f"--cpus-per-task={res.cpus_per_task}"]
     for key in ("partition", "account", "qos", "constraint", "mem"):
         if getattr(res, key) is not None:
             params[f"slurm_{key}"] = getattr(res, key)

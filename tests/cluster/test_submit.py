@@ -153,16 +153,16 @@ def test_each_rank_holds_the_cpus_per_task_it_asked_for_where_cores_are_constrai
     cores = os.cpu_count()
     assert cores and cores >= 2, "this drill needs a machine with 2 cores or more"
     outs = {}
-    for asked in (1, cores):
-        outs[asked] = tmp_path / f"cpus-{asked}"
-        outs[asked].mkdir()
-        hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--runs-dir", str(runs_dir / str(asked)),
-              "-o", f"resources.cpus_per_task={asked}", "-o", "resources.gpus_per_node=1", "--", str(probe),
-              str(outs[asked]), env={"SLURM_EXACT": "1"})  # fmt: skip
-    for asked in outs:
-        (run,) = [p.parent for p in (runs_dir / str(asked)).glob("*/spec.yaml")]
+    for name, asked, backend in (("one", 1, "sbatch"), ("all", cores, "sbatch"), ("submitit", cores, "submitit")):
+        outs[name] = (asked, tmp_path / f"cpus-{name}")
+        outs[name][1].mkdir()
+        hpcft("submit", str(demo_dir / "job.yaml"), "--nodes", "2", "--runs-dir", str(runs_dir / name),
+              "--backend", backend, "-o", f"resources.cpus_per_task={asked}", "-o", "resources.gpus_per_node=1",
+              "--", str(probe), str(outs[name][1]), env={"SLURM_EXACT": "1"})  # fmt: skip
+    for name in outs:
+        (run,) = [p.parent for p in (runs_dir / name).glob("*/spec.yaml")]
         hpcft("wait", run.name, "--runs-dir", str(run.parent))
-    for asked, out in outs.items():
+    for name, (asked, out) in outs.items():
         held = {p.name: p.read_text().split() for p in out.glob("rank-*")}
-        assert sorted(held) == ["rank-0", "rank-1"], held
-        assert all(len(cpus) == asked for cpus in held.values()), (asked, held)
+        assert sorted(held) == ["rank-0", "rank-1"], (name, held)
+        assert all(len(cpus) == asked for cpus in held.values()), (name, asked, held)

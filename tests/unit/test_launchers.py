@@ -218,6 +218,9 @@ def test_submitit_parameters_mirror_the_resources():
     assert warned["slurm_signal_delay_s"] == 120 and warned["slurm_additional_parameters"]["requeue"] is True
     per_rank = build_spec({"launch": {"launcher": "srun", "command": ["/x.py"]}, "resources": {"gpus_per_node": 4}})
     assert executor_parameters(per_rank)["tasks_per_node"] == 4
+    # submitit's own srun line gets the CPUs too: srun does not inherit them (SLURM >= 22.05)
+    cpus = executor_parameters(build_spec({"resources": {"cpus_per_task": 6}}))
+    assert cpus["cpus_per_task"] == 6 and cpus["slurm_srun_args"] == ["--cpus-per-task=6"]
 
 
 def test_pdsh_env_file_forwards_job_settings_but_never_secrets():
