@@ -219,7 +219,7 @@ def test_submitit_parameters_mirror_the_resources():
     per_rank = build_spec({"launch": {"launcher": "srun", "command": ["/x.py"]}, "resources": {"gpus_per_node": 4}})
     assert executor_parameters(per_rank)["tasks_per_node"] == 4
     # submitit's own srun line gets the CPUs too: srun does not inherit them (SLURM >= 22.05)
-    cpus = executor_parameters(build_spec({"resources": {"cpus_per_task": 6}}))
+    cpus = executor_parameters(build_spec({"launch": {"command": ["/x.py"]}, "resources": {"cpus_per_task": 6}}))
     assert cpus["cpus_per_task"] == 6 and cpus["slurm_srun_args"] == ["--cpus-per-task=6"]
 
 
