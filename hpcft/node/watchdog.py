@@ -173,13 +173,24 @@ def _named(node: str, rank: Mapping[str, Any], why: str) -> dict[str, Any]:
     return {"node": node, "rank": rank["rank"], "step": rank["step"], "phase": rank["phase"], "why": why}
 
 
-def process_state(pid: int) -> str:
-    """``/proc/PID/stat``'s state letter (R running, S sleeping, D disk wait, T stopped…), '' if gone."""
+def process_state(pid: int, published: float | None = None) -> str:
+    """``/proc/PID/stat``'s state letter (R running, S sleeping, D disk wait, T stopped…), '' if gone — or, with
+    ``published`` (a beat's time), if PID is a process that started after it: the rank is gone and its pid was
+    reused (a heartbeat file left by an earlier segment's rank on this node must never get a stranger killed)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+        if published is not None and _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK") > published + 2:
+            return ""
+        return fields[0]
+    except (OSError, IndexError, ValueError):
         return ""
+
+
+def _boot_time() -> float:
+    """When this machine booted (``/proc/stat``'s btime), for processes' start times."""
+    with open("/proc/stat") as f:
+        return float(next(line.split()[1] for line in f if line.startswith("btime ")))
 
 
 def py_spy() -> str | None:
@@ -267,7 +278,7 @@ class Watchdog:
     def check(self, now: float) -> dict[str, Any] | None:
         """Judge the live ranks once; on a hang report, kill, and (node 0) record. The event, if any."""
         beats = [b for folder in self.folders for b in heartbeat.read_node(folder)
-                 if b.pid not in self._handled and process_state(b.pid) not in ("", "Z")]  # fmt: skip
+                 if b.pid not in self._handled and process_state(b.pid, b.time) not in ("", "Z")]  # fmt: skip
         if beats and now - self._last_speed >= speed_interval(beats):
             self._last_speed = now
             health.write_node_speed(self.run, self.node, node_speed(beats, self._own, self.segment, now))

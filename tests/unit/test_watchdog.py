@@ -322,3 +322,11 @@ def test_a_watcher_finds_ranks_that_know_only_the_hostname_and_keeps_their_files
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_pid_reused_after_the_ranks_last_beat_is_not_the_rank():
+    # A heartbeat file left by an earlier segment's rank names a pid another process may have by now: that
+    # process started after the beat, and the watchdog must not take it for the rank (and kill it).
+    assert watchdog.process_state(os.getpid(), time.time()) in ("R", "S")
+    assert watchdog.process_state(os.getpid(), time.time() - 3600) == ""  # this process did not exist then
+    assert watchdog.process_state(os.getpid()) in ("R", "S")
