@@ -291,7 +291,9 @@ def _submit_remote(cluster, kwargs: dict, switches: dict, wait: bool) -> int:
 
 def _plan_remote(cluster, kwargs: dict) -> None:
     """``plan --cluster``: what would be copied and how much; the cluster's own plan once everything is there."""
-    from hpcft.remote import forward
+    import json
+
+    from hpcft.remote import forward, stage
     from hpcft.remote import submit as remote
 
     sp, flags = staged(cluster, kwargs)
@@ -311,7 +313,11 @@ def _plan_remote(cluster, kwargs: dict) -> None:
         click.echo(f"the cluster's plan needs these files there: `hpcft submit {kwargs['job_file']} --cluster "
                    f"{cluster.name} --dry-run ...` copies them and prints it")  # fmt: skip
         return
-    sys.exit(forward.ssh.stream(cluster, argv, env=forward.remote_env(cluster)))
+    secrets = stage.values_here(sp.passthrough)  # what the submission would take from here: checked alike
+    if secrets:
+        argv.insert(2, "--env-from-stdin")
+    sys.exit(forward.ssh.stream(cluster, argv, env=forward.remote_env(cluster),
+                                input=json.dumps(secrets).encode() if secrets else None))  # fmt: skip
 
 
 def _size(n: int) -> str:

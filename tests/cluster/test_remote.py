@@ -144,8 +144,11 @@ def test_a_job_that_exists_only_here_trains_there_and_is_followed_from_here(ws, 
     assert {"config.json", "model.safetensors"} <= set(_login("ls", exported).stdout.split())
 
     # The same inputs again: nothing is copied (the plan shows it, the submission sends no byte).
-    plan = ws.hpcft("plan", "project/job.yaml", "--cluster", "lab").stdout
+    unset = ws.hpcft("plan", *args[1:], check=False)  # as its submission would say
+    assert unset.returncode == 1 and "HPCFT_TEST_TOKEN is not set in this shell" in unset.stderr, unset.stderr
+    plan = with_secret("plan", *args[1:]).stdout
     assert "would copy" not in plan and "already there" in plan and "total to copy: 0 B" in plan, plan
+    assert "#SBATCH" in plan  # the cluster's own plan, the secret's value on its stdin
     again = with_secret(*args, "--dry-run")
     assert "0 copied (0 bytes sent), 4 already there" in again.stderr, again.stderr
     assert "#SBATCH" in again.stdout  # the cluster's own plan of the staged job
