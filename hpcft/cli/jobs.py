@@ -1,4 +1,4 @@
-"""Commands that plan, submit and run jobs: plan, submit, init-demo, and the node-side node/after-job."""
+"""Commands that plan, submit and run jobs: plan, submit, init-demo (the node side: ``cli.nodeside``)."""
 
 from __future__ import annotations
 
@@ -379,63 +379,6 @@ def prepare_cmd(cpus: int, prep_time: str, mem: str | None, **kwargs) -> None:
     where, job_id = prepare.submit_alone(p, PrepareOptions(partition=p.spec.resources.partition, cpus=cpus,
                                                            time=prep_time, mem=mem))  # fmt: skip
     click.echo(f"submitted data preparation as job {job_id}; log: {where / 'logs' / f'prepare-{job_id}.out'}")
-
-
-@main.command(hidden=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@_handle_errors
-def node(run_dir: str) -> None:
-    """Start this node's workers (run by srun once per node)."""
-    from hpcft.node.agent import exec_node
-
-    exec_node(Path(run_dir).resolve())
-
-
-@main.command("node-watch", hidden=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@_handle_errors
-def node_watch(run_dir: str) -> None:
-    """Watch this node's ranks started over ssh by a head-node launcher (run by srun on the other nodes)."""
-    from hpcft.node.agent import watch_node
-
-    watch_node(Path(run_dir).resolve())
-
-
-@main.command("begin-job", hidden=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@_handle_errors
-def begin_job(run_dir: str) -> None:
-    """Record this job in the run and check it may train (run first by the batch script)."""
-    import os
-
-    from hpcft.node.begin_job import begin_job as record_and_check
-
-    sys.exit(record_and_check(Path(run_dir).resolve(), os.environ))
-
-
-@main.command("warn-timer", hidden=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@_handle_errors
-def warn_timer(run_dir: str) -> None:
-    """Ask the ranks to checkpoint at the time limit minus the lead the last save needs (run by the batch script)."""
-    import os
-
-    from hpcft.node.warn_timer import run_timer
-
-    line = run_timer(Path(run_dir).resolve(), os.environ)
-    if line:
-        click.echo(line)
-
-
-@main.command("after-job", hidden=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("rc", type=int)
-@_handle_errors
-def after_job(run_dir: str, rc: int) -> None:
-    """Decide finished / requeue / fail when the launcher ends (run by the batch script)."""
-    from hpcft.node.after_job import after_job as decide_and_apply
-
-    sys.exit(decide_and_apply(Path(run_dir).resolve(), rc).exit_code)
 
 
 @main.command("init-demo")
