@@ -4,12 +4,14 @@ Rank 1 sleeps 1 s inside its forward and 0.3 s after its backward, rank 0 0.6 s 
 barrier ends each step: every step takes 1.9 s on both ranks, of which rank 0 waits 1 s for rank 1 in the
 all-reduce and 0.3 s in the barrier, and rank 1 waits 0.6 s for rank 0 in DDP's buffer broadcast. Each
 rank's own time must hold its own sleeps and not its waits — what tells a slow node from the ranks waiting
-for it. The gradients must be those of DDP's own all-reduce.
+for it. The gradients must be those of DDP's own all-reduce. And the phases a real Trainer's rank publishes
+while its long first step, evals and saves last (what the watchdog's allowances go by).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -66,3 +68,59 @@ def test_compute_time_shows_the_slow_rank_only_and_gradients_stay_ddps(train_sta
         assert 1.3 <= slow < 1.8 and 0.6 <= fast < 1.0, (fast, slow)  # margins for a loaded machine
     # d(sum(x·w))/dw = sum over 4 rows of x = 4 (rank 0) and 8 (rank 1); 6 accumulated steps, averaged: 6 × 6
     assert ranks[0]["grad"] == ranks[1]["grad"] == pytest.approx(36.0)
+
+
+def test_the_trainer_publishes_each_long_phase_while_it_lasts(train_stack, tmp_path, monkeypatch):
+    """What keeps a healthy run's long first step, eval and save from being taken for a hang: while each lasts,
+    the rank's published phase is the one the watchdog allows for (run.hang_phase_timeout, or 3 × the last
+    save), not "train" with its step-time allowance. A real HF Trainer, the callback as hpcft adds it (last)."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from hpcft.node import watchdog
+    from hpcft.train import heartbeat
+
+    monkeypatch.setenv(heartbeat.ENV, str(tmp_path / "hb"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("SLURMD_NODENAME", raising=False)  # the rank publishes under the hostname
+    monkeypatch.setattr(heartbeat, "_publisher", None)
+    folder = heartbeat.node_dir(tmp_path / "hb", socket.gethostname())
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, x, labels):
+            return {"loss": torch.nn.functional.mse_loss(self.lin(x).squeeze(-1), labels)}
+
+    seen: list[tuple[str, str]] = []
+
+    def published() -> str:
+        (beat,) = heartbeat.read_node(folder)
+        return beat.phase
+
+    class Look(TrainerCallback):  # added before hpcft's: sees what it published for the phase now running
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append((f"step {state.global_step + 1}", published()))
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            seen.append(("eval", published()))
+
+        def on_save(self, args, state, control, **kwargs):
+            seen.append(("save", published()))
+
+    data = [{"x": torch.randn(4), "labels": torch.randn(())} for _ in range(16)]
+    args = TrainingArguments(str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, save_steps=2,
+                             eval_strategy="steps", eval_steps=3, report_to=[], use_cpu=True)  # fmt: skip
+    trainer = Trainer(Tiny(), args, train_dataset=data, eval_dataset=data[:4])
+    trainer.add_callback(Look())
+    trainer.add_callback(heartbeat.make_heartbeat_callback(trainer))
+    trainer.train()
+    assert seen == [("step 1", "first_step"), ("step 2", "train"), ("save", "save"), ("step 3", "train"),
+                    ("eval", "eval"), ("step 4", "train"), ("eval", "eval"), ("save", "save")], seen  # fmt: skip
+    # the last step evaluates and saves: "eval" while evaluating, then "save" until the save is done
+    assert published() == "end"  # after train(): the final save and export
+    rules = watchdog.Rules(timeout=90, step_factor=20, phase_timeout=1800, save_seconds=120)  # the defaults
+    long = {p: watchdog.allowance(heartbeat.Beat(0, 1, 3, 0.0, 0.05, p), rules) for _, p in seen}
+    assert long == {"first_step": 1800, "train": 90, "eval": 1800, "save": 1800}  # a 3-minute first step passes
