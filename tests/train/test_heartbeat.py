@@ -11,7 +11,7 @@ while its long first step, evals and saves last (what the watchdog's allowances 
 from __future__ import annotations
 
 import json
-import socket
+import os
 import subprocess
 import sys
 
@@ -70,57 +70,65 @@ def test_compute_time_shows_the_slow_rank_only_and_gradients_stay_ddps(train_sta
     assert ranks[0]["grad"] == ranks[1]["grad"] == pytest.approx(36.0)
 
 
-def test_the_trainer_publishes_each_long_phase_while_it_lasts(train_stack, tmp_path, monkeypatch):
+PHASES = """\
+import json, socket, sys, torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from hpcft.train import heartbeat
+
+folder = heartbeat.node_dir(sys.argv[1], socket.gethostname())  # no SLURM name here: the hostname's
+seen = []
+
+def published():
+    (beat,) = heartbeat.read_node(folder)
+    return beat.phase
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+
+    def forward(self, x, labels):
+        return {"loss": torch.nn.functional.mse_loss(self.lin(x).squeeze(-1), labels)}
+
+class Look(TrainerCallback):  # added before hpcft's: sees what it published for the phase now running
+    def on_step_begin(self, args, state, control, **kwargs):
+        seen.append([f"step {state.global_step + 1}", published()])
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        seen.append(["eval", published()])
+
+    def on_save(self, args, state, control, **kwargs):
+        seen.append(["save", published()])
+
+data = [{"x": torch.randn(4), "labels": torch.randn(())} for _ in range(16)]
+args = TrainingArguments(sys.argv[2], max_steps=4, per_device_train_batch_size=4, save_steps=2,
+                         eval_strategy="steps", eval_steps=3, report_to=[], use_cpu=True)
+trainer = Trainer(Tiny(), args, train_dataset=data, eval_dataset=data[:4])
+trainer.add_callback(Look())
+trainer.add_callback(heartbeat.make_heartbeat_callback(trainer))  # last, as hpcft adds it
+trainer.train()
+seen.append(["after train()", published()])
+print(json.dumps(seen), flush=True)
+"""
+
+
+def test_the_trainer_publishes_each_long_phase_while_it_lasts(train_stack, tmp_path):
     """What keeps a healthy run's long first step, eval and save from being taken for a hang: while each lasts,
     the rank's published phase is the one the watchdog allows for (run.hang_phase_timeout, or 3 × the last
-    save), not "train" with its step-time allowance. A real HF Trainer, the callback as hpcft adds it (last)."""
-    import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
+    save), not "train" with its step-time allowance. A real HF Trainer, hpcft's callback added last."""
     from hpcft.node import watchdog
     from hpcft.train import heartbeat
 
-    monkeypatch.setenv(heartbeat.ENV, str(tmp_path / "hb"))
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.delenv("SLURMD_NODENAME", raising=False)  # the rank publishes under the hostname
-    monkeypatch.setattr(heartbeat, "_publisher", None)
-    folder = heartbeat.node_dir(tmp_path / "hb", socket.gethostname())
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 1)
-
-        def forward(self, x, labels):
-            return {"loss": torch.nn.functional.mse_loss(self.lin(x).squeeze(-1), labels)}
-
-    seen: list[tuple[str, str]] = []
-
-    def published() -> str:
-        (beat,) = heartbeat.read_node(folder)
-        return beat.phase
-
-    class Look(TrainerCallback):  # added before hpcft's: sees what it published for the phase now running
-        def on_step_begin(self, args, state, control, **kwargs):
-            seen.append((f"step {state.global_step + 1}", published()))
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            seen.append(("eval", published()))
-
-        def on_save(self, args, state, control, **kwargs):
-            seen.append(("save", published()))
-
-    data = [{"x": torch.randn(4), "labels": torch.randn(())} for _ in range(16)]
-    args = TrainingArguments(str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, save_steps=2,
-                             eval_strategy="steps", eval_steps=3, report_to=[], use_cpu=True)  # fmt: skip
-    trainer = Trainer(Tiny(), args, train_dataset=data, eval_dataset=data[:4])
-    trainer.add_callback(Look())
-    trainer.add_callback(heartbeat.make_heartbeat_callback(trainer))
-    trainer.train()
-    assert seen == [("step 1", "first_step"), ("step 2", "train"), ("save", "save"), ("step 3", "train"),
-                    ("eval", "eval"), ("step 4", "train"), ("eval", "eval"), ("save", "save")], seen  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "SLURMD_NODENAME"}
+    proc = subprocess.run([sys.executable, "-c", PHASES, str(tmp_path / "hb"), str(tmp_path / "out")],
+                          env={**env, heartbeat.ENV: str(tmp_path / "hb"), "RANK": "0"}, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [tuple(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
     # the last step evaluates and saves: "eval" while evaluating, then "save" until the save is done
-    assert published() == "end"  # after train(): the final save and export
+    assert seen == [("step 1", "first_step"), ("step 2", "train"), ("save", "save"), ("step 3", "train"),
+                    ("eval", "eval"), ("step 4", "train"), ("eval", "eval"), ("save", "save"),
+                    ("after train()", "end")], seen  # fmt: skip
     rules = watchdog.Rules(timeout=90, step_factor=20, phase_timeout=1800, save_seconds=120)  # the defaults
-    long = {p: watchdog.allowance(heartbeat.Beat(0, 1, 3, 0.0, 0.05, p), rules) for _, p in seen}
-    assert long == {"first_step": 1800, "train": 90, "eval": 1800, "save": 1800}  # a 3-minute first step passes
+    allowed = {p: watchdog.allowance(heartbeat.Beat(0, 1, 3, 0.0, 0.05, p), rules) for _, p in seen}
+    assert allowed == {"first_step": 1800, "train": 90, "eval": 1800, "save": 1800, "end": 1800}  # 3 min pass
