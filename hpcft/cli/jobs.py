@@ -291,8 +291,6 @@ def _submit_remote(cluster, kwargs: dict, switches: dict, wait: bool) -> int:
 
 def _plan_remote(cluster, kwargs: dict) -> None:
     """``plan --cluster``: what would be copied and how much; the cluster's own plan once everything is there."""
-    import json
-
     from hpcft.remote import forward, stage
     from hpcft.remote import submit as remote
 
@@ -313,11 +311,9 @@ def _plan_remote(cluster, kwargs: dict) -> None:
         click.echo(f"the cluster's plan needs these files there: `hpcft submit {kwargs['job_file']} --cluster "
                    f"{cluster.name} --dry-run ...` copies them and prints it")  # fmt: skip
         return
-    secrets = stage.values_here(sp.passthrough)  # what the submission would take from here: checked alike
-    if secrets:
-        argv.insert(2, "--env-from-stdin")
-    sys.exit(forward.ssh.stream(cluster, argv, env=forward.remote_env(cluster),
-                                input=json.dumps(secrets).encode() if secrets else None))  # fmt: skip
+    # what the submission would take from here: checked alike, handed to the cluster's plan alike
+    argv, stdin = forward.with_secrets(argv, stage.values_here(sp.passthrough))
+    sys.exit(forward.ssh.stream(cluster, argv, env=forward.remote_env(cluster), input=stdin))
 
 
 def _size(n: int) -> str:

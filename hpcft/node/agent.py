@@ -66,7 +66,7 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
         network = subnet_of(master_addr, parse_ip_addr(_run_text(["ip", "-o", "-4", "addr", "show"])))
     python = node_python(spec)
     env = ops.with_python_bin(env, python)
-    if spec.run.hang_timeout and cluster.in_slurm:
+    if watched(spec, env):
         env = {**env, heartbeat.ENV: str(heartbeat_root(env))}  # for ranks started over ssh too (launchers/deepspeed)
     check_command(spec, env, host)
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
@@ -230,14 +230,20 @@ def exec_node(run: Path) -> None:
     env = {**env, **cmd.env}
     print(f"hpcft node {node_name(os.environ)}: {' '.join(cmd.argv)}", flush=True)
     os.chdir(run)
-    per_rank = launchers.get(spec.launch.launcher).shape == "per_rank"
-    if ClusterEnv.from_mapping(env).in_slurm and not per_rank:
+    if ClusterEnv.from_mapping(env).in_slurm and launchers.get(spec.launch.launcher).shape != "per_rank":
         if restarts.count:
             print(f"hpcft node {node_name(env)}: in-job restarts: {restarts.why}", flush=True)
-        watchdog = Watchdog(run, spec, env) if spec.run.hang_timeout else None
+        watchdog = Watchdog(run, spec, env) if watched(spec, env) else None
         env = {**env, **watchdog.ranks_env()} if watchdog else env
         sys.exit(supervise(run, cmd.argv, env, restarts.count if restarts.by == "hpcft" else 0, watchdog))
     os.execvpe(cmd.argv[0], list(cmd.argv), env)  # a rank itself (srun launcher: SIGTERM reaches it), or local
+
+
+def watched(spec: JobSpec, env: Mapping[str, str]) -> bool:
+    """Whether this node's agent watches its ranks' heartbeats: a SLURM job with ``run.hang_timeout``, where the
+    agent supervises a launcher (with the ``srun`` launcher each rank is a step task of its own, no agent)."""
+    per_rank = launchers.get(spec.launch.launcher).shape == "per_rank"
+    return bool(spec.run.hang_timeout) and ClusterEnv.from_mapping(env).in_slurm and not per_rank
 
 
 def watch_node(run: Path) -> None:

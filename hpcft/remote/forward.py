@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpcft.errors import HpcftError
@@ -43,6 +43,17 @@ def strip_cluster(args: Sequence[str]) -> list[str]:
 def remote_env(cluster: Cluster) -> dict[str, str]:
     """What every remote hpcft command gets: the cluster's runs directory; never a cluster of its own."""
     return {"HPCFT_RUNS_DIR": cluster.runs_dir, ENV_VAR: "local"}
+
+
+def with_secrets(argv: Sequence[str], secrets: Mapping[str, str]) -> tuple[list[str], bytes | None]:
+    """``argv`` (``hpcft COMMAND ...`` on the cluster) taking ``secrets`` — the job's ``launch.env_passthrough``
+    values from this shell — and the stdin that carries them: by name on the command line (``--env-from-stdin``),
+    values on stdin, never in a file, an argv or a log."""
+    import json
+
+    if not secrets:
+        return list(argv), None
+    return [*argv[:2], "--env-from-stdin", *argv[2:]], json.dumps(dict(secrets)).encode()
 
 
 def run_here(cluster: Cluster, command: str, args: Sequence[str], *, reconnect: bool = False) -> int:
@@ -101,8 +112,6 @@ def resume(cluster: Cluster, run: str, runs_dir: str | None, args: Sequence[str]
     """``hpcft resume`` on the cluster, with the run's ``launch.env_passthrough`` values from this shell on its stdin
     (the names from the run's spec.yaml there, or an ``-o`` of this command): the new job takes them from here,
     as the submission did. Its exit status."""
-    import json
-
     import yaml
 
     from hpcft.remote import stage
@@ -116,5 +125,5 @@ def resume(cluster: Cluster, run: str, runs_dir: str | None, args: Sequence[str]
     overrides = [args[i + 1] if word == "-o" else word[2:] for i, word in enumerate(args)
                  if (word == "-o" and i + 1 < len(args)) or (word.startswith("-o") and len(word) > 2)]  # fmt: skip
     secrets = stage.values_here(stage.passthrough_names(spec if isinstance(spec, dict) else {}, overrides))
-    argv = [cluster.hpcft, "resume", *(["--env-from-stdin"] if secrets else []), *strip_cluster(args)]
-    return ssh.stream(cluster, argv, env=remote_env(cluster), input=json.dumps(secrets).encode() if secrets else None)
+    argv, stdin = with_secrets([cluster.hpcft, "resume", *strip_cluster(args)], secrets)
+    return ssh.stream(cluster, argv, env=remote_env(cluster), input=stdin)

@@ -201,13 +201,11 @@ def submit(cluster: Cluster, sp: stage.StagePlan, flags: dict, switches: dict, e
             f"resuming an earlier submission of this job to {cluster.name} that got no answer (intent {intent})",
             err=True,
         )  # fmt: skip -- or a refusal: the cluster's journal says which
-    argv = remote_argv(cluster, sp, flags, switches, intent, command)
-    if secrets:  # by name on the command line, values on stdin: never in a file, an argv or a log
-        argv.insert(2, "--env-from-stdin")  # after `hpcft submit` / `hpcft sweep`
+    argv, stdin = forward.with_secrets(remote_argv(cluster, sp, flags, switches, intent, command), secrets)
     for attempt in range(1, TRIES + 1):
         try:
             proc = ssh.run(cluster, argv, env=forward.remote_env(cluster), timeout=900,
-                           input=json.dumps(secrets).encode() if secrets else None)  # fmt: skip
+                           input=stdin)  # fmt: skip
             break
         except ssh.ConnectionLost as e:
             if attempt == TRIES:
