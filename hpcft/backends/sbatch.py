@@ -78,8 +78,8 @@ def render_script(
         begin_argv=[spec.launch.python, "-m", "hpcft", "begin-job", run],
         warn_argv=[spec.launch.python, "-m", "hpcft", "warn-timer", run],
         srun_options=srun_options,
-        # the other nodes' ranks, started over ssh, have no hpcft node beside them: a watcher each
-        watch_argv=[*node_argv[:-2], "node-watch", run] if shape == "head_node" and spec.run.hang_timeout else (),
+        # ranks with no hpcft node beside them (started over ssh; srun's tasks): a watcher on each of their nodes
+        watch_argv=[*node_argv[:-2], "node-watch", run] if shape != "per_node" and spec.run.hang_timeout else (),
     )
     return script.render_sbatch(ctx)
 

@@ -240,19 +240,20 @@ def exec_node(run: Path) -> None:
 
 
 def watched(spec: JobSpec, env: Mapping[str, str]) -> bool:
-    """Whether this node's agent watches its ranks' heartbeats: a SLURM job with ``run.hang_timeout``, where the
-    agent supervises a launcher (with the ``srun`` launcher each rank is a step task of its own, no agent)."""
-    per_rank = launchers.get(spec.launch.launcher).shape == "per_rank"
-    return bool(spec.run.hang_timeout) and ClusterEnv.from_mapping(env).in_slurm and not per_rank
+    """Whether the ranks publish heartbeats for a watcher on their node: a SLURM job with ``run.hang_timeout``.
+    The agent watches them where it supervises a launcher; ``hpcft node-watch`` where no agent runs beside them
+    (the other nodes of a head-node launcher; every node of the ``srun`` launcher, whose ranks are step tasks)."""
+    return bool(spec.run.hang_timeout) and ClusterEnv.from_mapping(env).in_slurm
 
 
 def watch_node(run: Path) -> None:
-    """``hpcft node-watch``: watch this node's ranks where a head-node launcher started them over ssh.
+    """``hpcft node-watch``: watch this node's ranks where no ``hpcft node`` runs beside them.
 
-    Those ranks belong to no step of this node and no ``hpcft node`` runs here: the batch script starts this
-    as a step of its own on every other node (``--overlap``), the same watchdog in a process of its own,
-    until the script ends it after the launcher (SIGUSR1: srun passes it on, where a SIGTERM to srun kills
-    the step's tasks) or SLURM does (SIGTERM at preemption or the time limit).
+    A head-node launcher starts the other nodes' ranks over ssh, in no step of theirs; the ``srun`` launcher's
+    ranks are step tasks of their own, every one. The batch script (or submitit's first task) starts this as a
+    step of its own on those nodes (``--overlap``), the same watchdog in a process of its own (node 0's, under
+    ``srun``, records hangs and judges speeds), until the script ends it after the launcher (SIGUSR1: srun passes
+    it on, where a SIGTERM to srun kills the step's tasks) or SLURM does (SIGTERM at preemption, time limit).
     """
     import signal
     import threading

@@ -11,22 +11,33 @@ this callable does the same from inside each of submitit's tasks (one per node):
   ``RUN/PREEMPT`` (the ranks save at their next step inside the grace time) as under sbatch;
 - the time-limit warning is submitit's own ``--signal=USR2@LEAD``: submitit calls ``checkpoint`` on
   the task with global rank 0, which asks the ranks to save, waits for them, records the outcome and
-  hands submitit the same callable to requeue (``submitit.helpers.Checkpointable``'s contract).
+  hands submitit the same callable to requeue (``submitit.helpers.Checkpointable``'s contract);
+- ranks with no ``hpcft node`` beside them — a head-node launcher's (deepspeed-pdsh/openmpi/mvapich) other
+  nodes, where it starts them over ssh and submitit's tasks end at once; the ``srun`` launcher's, each a task
+  itself — are watched by ``hpcft node-watch``, which the first task starts on those nodes as a step of its
+  own and ends after its launcher, as the batch script does (``watch_step``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hpcft.launchers.base import shape_of
 from hpcft.node.after_job import after_job
 from hpcft.node.agent import exit_status
 from hpcft.node.begin_job import STOP, begin_job
 from hpcft.rundir import lifecycle, store
+
+if TYPE_CHECKING:
+    from hpcft.spec import JobSpec
 
 
 class NodeTask:
@@ -52,12 +63,17 @@ class NodeTask:
             return 0
         signal.signal(signal.SIGTERM, self._on_term)  # after submitit's own handlers, which bypass SIGTERM
         # hpcft's own warning, re-armed from each measured save, beside submitit's fixed USR2 (node/warn_timer.py)
-        timer = self._start(["warn-timer"]) if head and store.load_run_spec(run).run.requeue else None
+        spec = store.load_run_spec(run)
+        timer = self._start(["warn-timer"]) if head and spec.run.requeue else None
+        argv = watch_step(self.python or sys.executable, run, spec, env) if head and spec.run.hang_timeout else []
+        watch = subprocess.Popen(argv, stdin=subprocess.DEVNULL) if argv else None
         try:
             rc = self._launch()
         finally:
             if timer is not None:
                 timer.terminate()
+            if watch is not None:
+                end_watch(watch)
         if not head:
             return rc
         code = after_job(run, rc).exit_code  # may requeue (scontrol requeue ends this job)
@@ -101,6 +117,30 @@ class NodeTask:
         if decision.action != "requeue":
             sys.exit(decision.exit_code)
         return submitit.helpers.DelayedSubmission(NodeTask(self.python, self.run, self.head_only, self.lead))
+
+
+def watch_step(python: str, run: Path, spec: JobSpec, env: Mapping[str, str]) -> list[str]:
+    """The srun line of ``hpcft node-watch`` on the nodes whose ranks have no ``hpcft node`` beside them (one task
+    and one CPU each, ``--overlap``: beside the ranks), as in the batch scripts: a head-node launcher's other
+    nodes, every node of the ``srun`` launcher; [] where there are none."""
+    shape, nodes = shape_of(spec.launch.launcher), int(env.get("SLURM_JOB_NUM_NODES") or 1)
+    where = {"head_node": [f"--nodes={nodes - 1}", f"--ntasks={nodes - 1}", f"--exclude={env['SLURMD_NODENAME']}"],
+             "per_rank": [f"--nodes={nodes}", f"--ntasks={nodes}"]}.get(shape)  # fmt: skip
+    if not where or (shape == "head_node" and nodes < 2):
+        return []
+    return ["srun", "--overlap", *where, "--ntasks-per-node=1", "--cpus-per-task=1",
+            python, "-m", "hpcft", "node-watch", str(run)]  # fmt: skip
+
+
+def end_watch(watch: subprocess.Popen, timeout_s: float = 15) -> None:
+    """End the watch step after the launcher: SIGUSR1, which srun passes on to its tasks (a SIGTERM to srun
+    would kill them uncleanly), then SIGKILL if it is still there after ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        watch.send_signal(signal.SIGUSR1)
+    if wait_child(watch, timeout_s) is None:
+        with contextlib.suppress(ProcessLookupError):
+            watch.kill()
+        wait_child(watch, 5)
 
 
 def wait_child(proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.2) -> int | None:

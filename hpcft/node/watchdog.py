@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpcft.launchers.base import shape_of
+from hpcft.plan.requeue import in_job_restarts
 from hpcft.rundir import health, lemons, lifecycle, store
 from hpcft.slurm.env import ClusterEnv, node_name
 from hpcft.train import heartbeat
@@ -226,7 +228,8 @@ class Watchdog:
         self.run, self.spec, self.env, self.watch_only = run, spec, env, watch_only
         self.node = node_name(env)
         cluster = ClusterEnv.from_mapping(env)
-        self.first, self.nodes = cluster.node_rank == 0 and not watch_only, cluster.hosts
+        alone = shape_of(spec.launch.launcher) == "per_rank"  # no hpcft node on any node: watchers only
+        self.first, self.nodes = cluster.node_rank == 0 and (alone or not watch_only), cluster.hosts
         self.root = heartbeat_root(env)
         self.folder = heartbeat.node_dir(self.root, self.node)
         self._stop = threading.Event()
@@ -360,13 +363,14 @@ class Watchdog:
         """Record the ``hang`` event at once from the reports written so far, then wait (bounded) for the other
         nodes' reports and update its suspects as they come. At once, because the restart may finish the job
         (and end this agent) before a node whose ranks died of the hang's side effects ever reports."""
+        action, why = self._recovery()
         event = {
-            "kind": "hang", "action": "restart", "job": self.env.get("SLURM_JOB_ID", "local"),
+            "kind": "hang", "action": action, "job": self.env.get("SLURM_JOB_ID", "local"),
             "restart": int(self.env.get("SLURM_RESTART_COUNT") or 0), "episode": episode, "step": oldest.step,
             "phase": oldest.phase, "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(oldest.time)),
             "silent": round(now - oldest.time), "allowed": round(allowance(oldest, rules)),
             "stacks": str(folder.relative_to(self.run)),
-            "reason": "no progress past the allowance: every rank restarted inside the job from the newest checkpoint",
+            "reason": f"no progress past the allowance: {why}",
         }  # fmt: skip
         deadline, seen = time.monotonic() + GATHER_SECONDS, None
         while True:
@@ -414,6 +418,17 @@ class Watchdog:
             print(f"hpcft node {self.node}: straggler: {event['reason']}", flush=True)
             events.append(event)
         return events
+
+    def _recovery(self) -> tuple[str, str]:
+        """(action, why) of what follows the kill: a restart in the job where its launcher allows one, else the
+        job ends and after-job requeues it (both within ``run.max_failures``)."""
+        try:
+            failures = int(store.read_state(self.run).get("failures", 0))
+        except Exception:
+            failures = 0
+        if in_job_restarts(self.spec, len(self.nodes), failures).by:
+            return "restart", "every rank restarted inside the job from the newest checkpoint"
+        return "requeue", "every rank killed; the job ends and is requeued from the newest checkpoint"
 
     def _save_seconds(self) -> float | None:
         try:

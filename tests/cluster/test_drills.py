@@ -192,11 +192,14 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
 
 
-def test_a_stopped_rank_started_over_ssh_is_found_on_its_node_and_restarted(lab, demo_dir, runs_dir):
-    """Issue #26 under a head-node launcher: deepspeed-pdsh starts the second node's rank over ssh, in no SLURM
-    step and with no hpcft node beside it. hpcft node-watch, a step of its own on that node, reads its heartbeat,
-    finds it stopped, takes its stack, and the ranks restart in the job from the newest checkpoint."""
-    run, job = submit(demo_dir, runs_dir, "--launcher", "deepspeed-pdsh", "-o", SSH_SETUP, "-o", "run.hang_timeout=30")
+@pytest.mark.parametrize("launcher", ["deepspeed-pdsh", "srun"])
+def test_a_stopped_rank_with_no_agent_beside_it_is_found_on_its_node_and_recovered(launcher, lab, demo_dir, runs_dir):
+    """Issue #26 where no hpcft node runs beside the ranks: deepspeed-pdsh starts the second node's rank over ssh,
+    in no SLURM step; under srun every rank is a step task of its own. hpcft node-watch, a step of its own on the
+    node, reads its heartbeat, finds it stopped and takes its stack; pdsh's ranks restart in the job from the
+    newest checkpoint, srun's step ends and the job is requeued (the same job id) to continue from it."""
+    ssh = ["-o", SSH_SETUP] if launcher == "deepspeed-pdsh" else []
+    run, job = submit(demo_dir, runs_dir, "--launcher", launcher, *ssh, "-o", "run.hang_timeout=30")
     assert "--gpus-per-node" in JOB  # one rank per node: rank 1 is the second node's
     wait_until("step 30", lambda: max(losses(run), default=0) >= 30, interval=0.05)
     os.kill(rank_pid(run, 1), signal.SIGSTOP)
@@ -207,15 +210,22 @@ def test_a_stopped_rank_started_over_ssh_is_found_on_its_node_and_restarted(lab,
     assert "stopped" in event["suspects"][0]["why"] and event["allowed"] == 30
     stacks = (run / event["stacks"] / f"{second}.stacks.txt").read_text()
     assert f"rank(s) 1 on {second}" in stacks and "(hpcft/train/main.py:" in stacks, stacks
+    if launcher == "srun":
+        assert "requeued" in event["reason"], event
+        release_requeued(job)
     st = wait_finished(run)
     state = json.loads((run / "state.json").read_text())
-    assert state["failures"] == 1 and st["job_ids"] == [job]  # restarted in the same job, charged
+    assert state["failures"] == 1 and st["job_ids"] == [job]  # in the same job (requeued: the same id), charged
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert len(begins) == 2 and begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
     output = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace").splitlines()
     # the watcher on the second node found it, or answered the first node's watchdog (its rank waited)
     assert any(line.startswith(f"hpcft node {second}: ") for line in output), output
-    assert not any(f"{second}: task 0: Killed" in line for line in output)  # told to end: it cleaned up
+    # the watchers' step (the script's first, .0) was told to end after the ranks, in each run of the job
+    steps = subprocess.run(["sacct", "-j", job, "-D", "-n", "-P", "--format=JobID,State"], capture_output=True,
+                           text=True, check=True).stdout.split()  # fmt: skip
+    runs = 2 if launcher == "srun" else 1  # srun's was requeued once
+    assert [x for x in steps if x.startswith(f"{job}.0|")] == [f"{job}.0|COMPLETED"] * runs, steps
 
 
 def job_nodes(job: str) -> tuple[str, str]:

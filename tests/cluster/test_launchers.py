@@ -63,6 +63,10 @@ def test_launcher_runs_two_nodes_world_four(case, reference, lab, demo_dir, runs
         hosts[rank] = first.split(" on ")[1].split(":")[0]
     assert set(hosts.values()) == set(lab.nodes), hosts  # both nodes really took part
     assert losses(run) == pytest.approx(reference, rel=1e-4)
+    # Each node's ranks were watched (#26): a node's watcher writes its speed summary as soon as it reads its
+    # ranks' heartbeats — hpcft node beside a launcher, hpcft node-watch beside ranks started over ssh or by srun.
+    watched = {p.stem for p in (run / "nodes").glob("*.json")}
+    assert watched == set(lab.nodes), watched
 
 
 def submit_failing(demo_dir: Path, runs_dir: Path, launcher: str, *extra: str) -> None:
