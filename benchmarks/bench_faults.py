@@ -221,7 +221,7 @@ def per_fault(run: Path, faults: list[tuple[str, float]]) -> list[dict]:
 
 def drill(job: Path, runs: Path, steps: int, save_steps: int, minutes: int) -> tuple[Path, str, list]:
     run, job_id = submit(job, runs, "drill", steps, save_steps, "--partition", "low", "--time", str(minutes),
-                         "-o", "run.max_failures=4", "-o", "run.straggler_margin=0.5")  # naming is opt-in  # fmt: skip
+                         "-o", "run.max_failures=4")  # fmt: skip
     lifter = HoldLifter(job_id)
     lifter.start()
     try:

@@ -66,8 +66,8 @@ class RunSpec:
     hang_step_factor: float = _opt(20.0, min=1, help="a hung step is this many times the rank's measured step time")
     hang_phase_timeout: int = _opt(1800, min=1, help="seconds for the first step, an eval, the end, a save "
                                    "(or 3 × the last measured one)")  # fmt: skip
-    straggler_margin: float | None = _opt(None, min=0.01, help="name a node taking this much longer per step than "
-                                          "the others' median a straggler (e.g. 0.5); default off")  # fmt: skip
+    straggler_margin: float | None = _opt(1.0, min=0.01, help="name a node taking this much longer per step than "
+                                          "the others' median a straggler (1.0: twice as long); null: off")  # fmt: skip
     straggler_steps: int = _opt(50, min=1, help="steps a node must stay that slow before it is named (event straggler)")
     avoid_lemons: bool = _opt(True, help="requeues and new jobs exclude the nodes recent faults named (hpcft nodes)")
     shrink_after: int | None = _opt(None, min=0, help="seconds a job waits for a lost node to come back before "

@@ -205,6 +205,8 @@ class ComputeTimer:
         wrapped.register_forward_pre_hook(self._enter)
         wrapped.module.register_forward_pre_hook(self._forward)
         self._time_collectives()
+        global _timer
+        _timer = self
         return True
 
     # Synchronous collectives outside DDP — the Trainer's gather of the loss for its log, hpcft's barriers
@@ -262,6 +264,16 @@ class ComputeTimer:
     def seconds(self) -> float | None:
         """The last whole step's own time, or None (not yet, or no DDP)."""
         return self.own
+
+
+_timer: ComputeTimer | None = None  # the rank's timer once attached: ``waited`` adds to it
+
+
+def waited(seconds: float) -> None:
+    """Count ``seconds`` this rank spent waiting for the others outside the timed collectives (the wait of an
+    asynchronous one, e.g. the preemption flag's agreement) as waiting, not as its own time."""
+    if _timer is not None:
+        _timer.waited += seconds
 
 
 def make_heartbeat_callback(trainer=None):

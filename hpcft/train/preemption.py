@@ -19,9 +19,11 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from hpcft.rundir import lifecycle
+from hpcft.train import heartbeat
 
 log = logging.getLogger("hpcft.train")
 # Set by the srun launcher, whose ranks are the tasks SLURM signals: a SIGTERM (priority preemption,
@@ -118,7 +120,9 @@ class StepAgreement:
         if done is not None:
             done.synchronize()  # recorded a step ago: long complete
         else:
-            work.wait()  # gloo: ran in its worker thread during the step
+            began = time.perf_counter()
+            work.wait()  # gloo: ran in its worker thread during the step, unless a peer is late
+            heartbeat.waited(time.perf_counter() - began)  # a wait for the others, not this rank's own time
         return bool(value[0])
 
 

@@ -67,6 +67,8 @@ def test_launcher_runs_two_nodes_world_four(case, reference, lab, demo_dir, runs
     # ranks' heartbeats — hpcft node beside a launcher, hpcft node-watch beside ranks started over ssh or by srun.
     watched = {p.stem for p in (run / "nodes").glob("*.json")}
     assert watched == set(lab.nodes), watched
+    # a healthy run names no straggler at the default margin, even on this shared lab (test_drills: a slow one)
+    assert json.loads((run / "state.json").read_text()).get("stragglers", []) == []
 
 
 def submit_failing(demo_dir: Path, runs_dir: Path, launcher: str, *extra: str) -> None:

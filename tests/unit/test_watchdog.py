@@ -6,7 +6,6 @@ py-spy reading a real process, stopped with SIGSTOP as in the lab drill.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
@@ -233,8 +232,7 @@ def test_node_0_names_a_node_that_stays_slow_for_the_configured_steps_once(tmp_p
     F.make_workdir(tmp_path)
     run = F.make_run(tmp_path, name="slow")
     spec = store.load_run_spec(run)
-    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (None, 50)  # naming is off by default
-    spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, straggler_margin=0.5))
+    assert (spec.run.straggler_margin, spec.run.straggler_steps) == (1.0, 50)  # twice as long, by default
     env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}  # fmt: skip
     dog = watchdog.Watchdog(run, spec, env)
