@@ -32,7 +32,8 @@ from pathlib import Path
 log = logging.getLogger("hpcft.train")
 ENV = "HPCFT_HF_INTEGRATION"
 WORLD_ENV = "HPCFT_WORLD_SIZE"
-_TARGETS = ("transformers.trainer", "transformers.training_args")
+_BUILDER = "deepspeed.ops.op_builder.builder"  # DeepSpeed's OpBuilder: its ops load as the cache built them
+_TARGETS = ("transformers.trainer", "transformers.training_args", _BUILDER)
 
 
 def install() -> None:
@@ -50,22 +51,28 @@ def install() -> None:
 
 
 def patch_module(module) -> None:
-    """Patch what hpcft needs in ``transformers.trainer`` or ``transformers.training_args``."""
-    if module.__name__ == "transformers.trainer":
+    """Patch what hpcft needs in ``transformers.trainer``, ``transformers.training_args`` or DeepSpeed's builder.
+
+    The builder as soon as DeepSpeed imports it, whoever loads an op first: ``--deepspeed`` makes
+    ``TrainingArguments`` start DeepSpeed's process group (and load its CPU ``shm_comm`` op) before TRL's
+    or a script's Trainer is even imported. Through torch's JIT step that op compiled for minutes in the
+    job wherever the cache was last built from another environment's paths (``hpcft.train.ds_ops``).
+    """
+    if module.__name__ == _BUILDER:
+        from hpcft.train.ds_ops import use_prebuilt_ops
+
+        use_prebuilt_ops()  # the job's prebuilt DeepSpeed ops load as built, as in hpcft's own ranks
+    elif module.__name__ == "transformers.trainer":
         from hpcft.train.ds_lazy import keep_deepspeed_lazy
 
         keep_deepspeed_lazy()  # accelerate, imported by the Trainer, would import deepspeed for any job
         patch(module.Trainer)
-        if os.environ.get("HPCFT_DS_CONFIG") and importlib.util.find_spec("deepspeed") is not None:
-            from hpcft.train.ds_ops import use_prebuilt_ops
-
-            use_prebuilt_ops()  # the job's prebuilt DeepSpeed ops load as built, as in hpcft's own ranks
     else:
         patch_arguments(module.TrainingArguments)
 
 
 class _TrainerFinder(importlib.abc.MetaPathFinder):
-    """Finds transformers' trainer modules as usual and patches them right after they execute."""
+    """Finds the modules of ``_TARGETS`` as usual and patches them right after they execute."""
 
     def find_spec(self, name, path, target=None):
         if name not in _TARGETS:
