@@ -29,7 +29,6 @@ ops: setup
 unit: setup
 	.venv/bin/pytest -q tests/unit
 
-# Four workers (tests/conftest.py): the tests of each of the lab's three clusters in order in one each, the unit and
-# train tests in the fourth from the start (the lab lanes mostly wait on SLURM; the train tests use the CPU meanwhile).
+# Three lanes (tests/conftest.py): the tests of each of the lab's three clusters in order in one, then the unit and train tests.
 test: setup cluster lint ops
-	.venv/bin/pytest -v -n 4 --timeout=900 --durations=30 tests
+	.venv/bin/pytest -v -n 3 --timeout=900 --durations=30 tests

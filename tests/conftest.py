@@ -93,9 +93,8 @@ def lane_of(nodeid: str) -> str:
 
 def pytest_collection_modifyitems(config, items):
     """The order of ``make test``'s lanes: the lab's three lanes first (the first three units of work, one to
-    each of the first three workers), then the unit modules, then the train modules, the longest first — each
-    taken by the first worker with two tests or fewer left: the fourth, from the start, and any lab lane that
-    ends before them."""
+    each worker), then the unit modules, then the train modules, the longest first — each taken by the first
+    worker with two tests or fewer left: lab3's (the shortest lab lane), and at their ends the other two."""
 
     def key(item) -> tuple:
         if item.nodeid.startswith(LAB_LANE):
@@ -109,9 +108,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Lanes for ``make test`` (``pytest -n 4``): the tests on each of the lab's three clusters in a lane of
+    """Three lanes for ``make test`` (``pytest -n 3``): the tests on each of the lab's three clusters in a lane of
     their own, in order — the drills need their cluster's two nodes and partitions to themselves — and the unit
-    and train tests in the fourth worker, a module at a time (their module fixtures are built once).
+    and train tests after them, a module at a time (their module fixtures are built once).
 
     xdist's own ``--dist loadgroup`` would do it from ``xdist_group`` marks, but with pytest >= 9.2 it groups
     nothing and spreads every test over the workers (it renames node ids through a field pytest no longer
