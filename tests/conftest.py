@@ -72,8 +72,9 @@ LABS = {"lab": Lab("lab", LAB_DIR / "etc" / "slurm.conf", ("node1", "node2")),
 # lab3's lane also runs the unit and train tests after its own (``pytest_collection_modifyitems``).
 LAB_MODULES = {
     "lab2": {"test_trl", "test_launchers", "test_offload_cluster", "test_hostile_values", "test_any_trainer",
-             "test_train_cluster", "test_ops", "test_fs_ops", "test_warning_lead"},
-    "lab3": {"test_resize", "test_preemption_launchers", "test_shrink", "test_remote", "test_silent_faults"},
+             "test_train_cluster", "test_ops", "test_fs_ops"},
+    "lab3": {"test_warning_lead", "test_resize", "test_preemption_launchers", "test_shrink", "test_remote",
+             "test_silent_faults"},
 }  # fmt: skip
 # The longest train modules first (seconds alone on an idle machine): whichever lane ends last then waits for a
 # short module, not for test_zero (LPT scheduling).
