@@ -81,7 +81,7 @@ def train(run: Path) -> None:
     from hpcft.train.ds_lazy import keep_deepspeed_lazy
     from hpcft.train.metrics import make_metrics_callback
 
-    startup.mark("imports")
+    startup.imports_done()
     spec = checkpoint.with_save_steps(store.load_run_spec(run), run)
     keep_deepspeed_lazy()  # a rank without --zero never imports deepspeed
     if spec.train.uses_deepspeed:

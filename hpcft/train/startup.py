@@ -9,6 +9,7 @@ the Trainer) and ``train_begin`` (the Trainer's loop starts, resuming included).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -19,6 +20,15 @@ _marks: dict[str, float] = {}
 def mark(stage: str) -> None:
     """Note that this rank reached ``stage`` (the first time counts)."""
     _marks.setdefault(stage, time.time())
+
+
+def imports_done() -> None:
+    """``mark("imports")``, and the imported stack out of the cyclic collector's walks (``gc.freeze``): it lives
+    as long as the process, and every full collection would walk all of it. Only modules exist yet: nothing
+    that could become garbage is frozen. (A warm rank was forked from a frozen import: ``hpcft.train.warm``.)
+    An srun 2-node × 2-rank demo job of 60 steps: 30.4 CPU-s without, 27.2 with (medians of 2)."""
+    mark("imports")
+    gc.freeze()
 
 
 def process_start() -> float | None:

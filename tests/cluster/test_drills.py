@@ -59,7 +59,8 @@ def wait_finished(run: Path, timeout: float = 300) -> dict:
             raise AssertionError(f"{run.name} ended {st['state']} instead of finishing: {st}")
         return st if st["finished"] and st["state"] == "COMPLETED" else None
 
-    return wait_until(f"{run.name} to finish", done, timeout=timeout)
+    # Every poll is an `hpcft status` process (0.2 CPU-s): at a user's refresh rate, not the default 0.3 s.
+    return wait_until(f"{run.name} to finish", done, timeout=timeout, interval=2)
 
 
 def same_weights(a: Path, b: Path, atol: float = 1e-5) -> bool:

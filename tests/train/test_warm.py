@@ -33,7 +33,8 @@ def _records(run: Path) -> list[dict]:
 
 def test_warm_ranks_are_forks_of_one_preloaded_server_and_train_as_cold_ones(demo_dir, tmp_path):
     warm, cold = _run(demo_dir, tmp_path / "warm", True), _run(demo_dir, tmp_path / "cold", False)
-    assert "hpcft.train.warm" in (warm / "logs" / "local.out").read_text()
+    out = (warm / "logs" / "local.out").read_text()
+    assert "hpcft.train.warm" in out and "ranks are forks of this agent" in out  # the node's one import
     assert "hpcft.train.warm" not in (cold / "logs" / "local.out").read_text()
     (begin,) = [r for r in _records(warm) if r.get("event") == "train_begin"]
     assert begin["startup"]["warm"] is True  # the rank found transformers.trainer imported at its fork
