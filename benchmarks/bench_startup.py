@@ -4,6 +4,8 @@ Figures are in units of one cold ``python -c 'import transformers.trainer'`` tim
 same pair, so they mean the same on any machine:
 
 - *start*: ``hpcft submit`` → the first training step in ``metrics.jsonl``, the demo on 2 nodes × 2 ranks;
+- *CPU*: the machine's busy CPU-seconds (/proc/stat) from ``hpcft submit`` to the end of the demo job of 20
+  steps on 2 nodes × 2 ranks (an idle lab: everything else on the machine counts too);
 - *restart*: a rank SIGKILLed at step 10 → the next ``train_begin`` record of the restarted ranks (torchrun's
   in-job restart), the demo on 2 nodes × 1 rank.
 
@@ -61,6 +63,19 @@ def start_s(demo: Path, tmp: Path, warm: bool) -> float:
     return t1 - t0
 
 
+def busy_s() -> float:
+    """The machine's CPU-seconds spent busy so far (every CPU: user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+def cpu_s(demo: Path, tmp: Path, warm: bool) -> float:
+    b0 = busy_s()
+    submit(demo, Path(tempfile.mkdtemp(dir=tmp)), warm, "--wait", "-o", "train.max_steps=20")
+    return busy_s() - b0
+
+
 def restart_s(demo: Path, tmp: Path, warm: bool) -> float:
     run = submit(demo, Path(tempfile.mkdtemp(dir=tmp)), warm, "--gpus-per-node", "1", "-o", "train.max_steps=400",
                  "-o", "train.save_steps=5")  # fmt: skip
@@ -84,12 +99,13 @@ def measure(pairs: int) -> tuple[str, str]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     demo = tmp / "demo"
     hpcft("init-demo", str(demo))
-    got: dict[str, list[float]] = {k: [] for k in ("import", "start_warm", "start_cold", "restart_warm",
-                                                  "restart_cold")}  # fmt: skip
+    got: dict[str, list[float]] = {k: [] for k in ("import", "start_warm", "start_cold", "cpu_warm", "cpu_cold",
+                                                  "restart_warm", "restart_cold")}  # fmt: skip
     for i in range(pairs):
         got["import"].append(import_s())
         for warm in (True, False) if i % 2 == 0 else (False, True):
             got[f"start_{'warm' if warm else 'cold'}"].append(start_s(demo, tmp, warm))
+            got[f"cpu_{'warm' if warm else 'cold'}"].append(cpu_s(demo, tmp, warm))
             got[f"restart_{'warm' if warm else 'cold'}"].append(restart_s(demo, tmp, warm))
         print(f"pair {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in got.items()), file=sys.stderr)
     med = {k: statistics.median(v) for k, v in got.items()}
@@ -97,6 +113,7 @@ def measure(pairs: int) -> tuple[str, str]:
     out = {k: round(v, 2) for k, v in med.items()} | {f"{k}_imports": round(v / unit, 2) for k, v in med.items()}
     row = (f"| {pairs} pairs | import {unit:.2f} s | start warm {med['start_warm']:.1f} s = "
            f"{med['start_warm'] / unit:.2f} · cold {med['start_cold']:.1f} s = {med['start_cold'] / unit:.2f} | "
+           f"CPU warm {med['cpu_warm']:.1f} · cold {med['cpu_cold']:.1f} CPU-s | "
            f"restart warm {med['restart_warm']:.1f} s = {med['restart_warm'] / unit:.2f} · cold "
            f"{med['restart_cold']:.1f} s = {med['restart_cold'] / unit:.2f} |")  # fmt: skip
     return json.dumps(out), row

@@ -329,9 +329,15 @@ def runs_dir(tmp_path) -> Path:
     d = tmp_path / "runs"
     d.mkdir()
     yield d
-    jobs = []
-    for state in d.glob("*/state.json"):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            jobs += [str(j) for j in json.loads(state.read_text()).get("job_ids", [])]
+    jobs = runs_jobs(d)
     if jobs and shutil.which("scancel"):
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)
+
+
+def runs_jobs(runs: Path) -> list[str]:
+    """The SLURM job ids of every run under ``runs`` (state.json's ``jobs``; local runs' ``local-PID`` left out)."""
+    jobs = []
+    for state in runs.glob("*/state.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError, KeyError):
+            jobs += [str(j["id"]) for j in json.loads(state.read_text()).get("jobs", [])]
+    return [j for j in jobs if not j.startswith("local")]

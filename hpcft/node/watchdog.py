@@ -426,7 +426,8 @@ class Watchdog:
             failures = int(store.read_state(self.run).get("failures", 0))
         except Exception:
             failures = 0
-        if in_job_restarts(self.spec, len(self.nodes), failures).by:
+        restarts = in_job_restarts(self.spec, len(self.nodes), failures)
+        if restarts.by and restarts.count:  # with none left the killed ranks end the job
             return "restart", "every rank restarted inside the job from the newest checkpoint"
         return "requeue", "every rank killed; the job ends and is requeued from the newest checkpoint"
 

@@ -34,3 +34,17 @@ def test_every_test_that_uses_the_lab_is_in_a_lab_lane(request):
         i.nodeid for i in request.session.items if "lab" in i.fixturenames and not i.nodeid.startswith(LAB_LANE)
     ]
     assert misplaced == []
+
+
+def test_runs_dir_finds_the_jobs_it_cancels_after_a_test(tmp_path):
+    # A drill that fails half-way must not leave its job training on (the fixture once read a key state.json
+    # never had, and a failed 100000-step drill ran on through the rest of the test command).
+    from hpcft.rundir import store
+    from tests import fuzzing as F
+    from tests.conftest import runs_jobs
+
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="left")
+    store.record_job(run, "4242", nodes="node1")
+    store.record_job(run, "4243_1", nodes="node2")
+    assert sorted(runs_jobs(run.parent)) == ["4242", "4243_1"]

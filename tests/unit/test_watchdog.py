@@ -154,6 +154,18 @@ def test_the_watchdog_reports_kills_and_records_a_hang(tmp_path, stuck, monkeypa
     assert dog.check(time.time() + 200) is None  # the killed rank is not judged again
 
 
+def test_the_hang_event_says_requeue_once_the_in_job_restarts_are_spent(tmp_path):
+    F.make_workdir(tmp_path)
+    run = F.make_run(tmp_path, name="spent")  # torchrun, c10d, the default run.max_failures
+    env = {"SLURM_JOB_ID": "79", "SLURMD_NODENAME": "node1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1",
+           "SLURM_JOB_NUM_NODES": "1"}  # fmt: skip
+    dog = watchdog.Watchdog(run, store.load_run_spec(run), env)
+    assert dog._recovery()[0] == "restart"
+    budget = store.load_run_spec(run).run.max_failures
+    store.update_state(run, lambda state: state.update(failures=budget))
+    assert dog._recovery()[0] == "requeue"
+
+
 def node0_of_two(tmp_path: Path, name: str) -> tuple[Path, watchdog.Watchdog]:
     """A run and the watchdog of node1, the first of a 2-node job, reading the ``stuck`` process's beats."""
     F.make_workdir(tmp_path)
