@@ -128,7 +128,7 @@ def watch_step(python: str, run: Path, spec: JobSpec, env: Mapping[str, str]) ->
              "per_rank": [f"--nodes={nodes}", f"--ntasks={nodes}"]}.get(shape)  # fmt: skip
     if not where or (shape == "head_node" and nodes < 2):
         return []
-    return ["srun", "--overlap", *where, "--ntasks-per-node=1", "--cpus-per-task=1",
+    return ["srun", "--overlap", "--job-name=hpcft-watch", *where, "--ntasks-per-node=1", "--cpus-per-task=1",
             python, "-m", "hpcft", "node-watch", str(run)]  # fmt: skip
 
 

@@ -48,11 +48,12 @@ def test_a_stopped_rank_with_no_agent_beside_it_is_found_on_its_node_and_recover
     output = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace").splitlines()
     # the watcher on the second node found it, or answered the first node's watchdog (its rank waited)
     assert any(line.startswith(f"hpcft node {second}: ") for line in output), output
-    # the watchers' step (the script's first, .0) was told to end after the ranks, in each run of the job
-    steps = subprocess.run(["sacct", "-j", job, "-D", "-n", "-P", "--format=JobID,State"], capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
+    # the watchers' step (named hpcft-watch: the script starts it first, but SLURM may number the ranks' step
+    # first) was told to end after the ranks and ended before the requeue, in each run of the job
+    steps = subprocess.run(["sacct", "-j", job, "-D", "-n", "-P", "--format=JobID,JobName,State"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
     runs = 2 if launcher == "srun" else 1  # srun's was requeued once
-    assert [x for x in steps if x.startswith(f"{job}.0|")] == [f"{job}.0|COMPLETED"] * runs, steps
+    assert [x.split("|")[2] for x in steps if x.split("|")[1] == "hpcft-watch"] == ["COMPLETED"] * runs, steps
 
 
 def test_g_a_slow_node_is_named_within_100_steps_at_default_settings(lab, demo_dir, runs_dir):
