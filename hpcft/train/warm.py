@@ -123,9 +123,10 @@ def omp_as_torchrun(argv: list[str]) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def start_server(modules: list[str]) -> str:
+def start_server(modules: list[str], fork: bool = True) -> str:
     """Import ``modules`` here and start multiprocessing's forkserver with them imported; ``"fork"`` when the
-    server is a fork of this process, ``"spawn"`` when it is a fresh interpreter that imports them again.
+    server is a fork of this process, ``"spawn"`` when it is a fresh interpreter that imports them again
+    (always where ``fork`` is false: then nothing is imported here).
 
     multiprocessing starts its server as a new interpreter (``util.spawnv_passfds``); while this process
     is its only thread that interpreter is replaced by a fork of this process that runs the very same
@@ -135,6 +136,10 @@ def start_server(modules: list[str]) -> str:
     """
     from multiprocessing import forkserver, util
 
+    if not fork:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+        forkserver.ensure_running()
+        return "spawn"
     for name in modules:
         with contextlib.suppress(ImportError):  # as the server's own preload: one not installed is left out
             importlib.import_module(name)
@@ -207,13 +212,8 @@ def launch(argv: list[str]) -> None:
 
         args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
     config, _, _ = torchrun.config_from_args(args)
-    modules = preload_modules(run_dir)
-    if os.environ.get("OMP_NUM_THREADS") == omp:
-        how = start_server(modules)
-    else:  # torchrun chose another value after torch loaded here: a fresh interpreter reads it
-        multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
-        multiprocessing.forkserver.ensure_running()
-        how = "spawn"
+    # Where torchrun chose another OMP_NUM_THREADS after torch loaded here, a fresh interpreter reads it.
+    how = start_server(preload_modules(run_dir), fork=os.environ.get("OMP_NUM_THREADS") == omp)
     origin = "forks of this agent" if how == "fork" else "forks of a server that imported it again"
     print(f"hpcft.train.warm: the stack imported once on this node in {time.monotonic() - t0:.1f} s; "
           f"ranks are {origin}", file=sys.stderr, flush=True)  # fmt: skip
