@@ -39,19 +39,25 @@ def allocation_notes(spec_nodes: int, spec_gpus: int, cluster: ClusterEnv) -> li
     return notes
 
 
+# Events recorded while a run of the job goes on, none of them its end: a rank restart (a crash or a hang,
+# in the job), a slow node named, a lost node the job continues without (shrink: the batch script again).
+WITHIN_A_RUN = ("in-job restart", "hang", "straggler", "node loss")
+
+
 def lost_segment(state: Mapping[str, Any], job_id: str, restart: int, now: str) -> dict[str, Any] | None:
     """The event for this job's previous run when it ended without after-job; pure.
 
     On node failure SLURM kills the batch script (no after-job step runs) and, with ``--requeue``,
     requeues the job (``docs/facts.md``): the only trace is a requeued job whose previous
-    run recorded no outcome. That is a crash, counted against ``run.max_failures``.
+    run recorded no outcome (``WITHIN_A_RUN`` events are none). That is a crash, counted against
+    ``run.max_failures``.
     """
     if restart < 1:
         return None
     previous = restart - 1
     for event in state.get("events", []):
         same_run = event.get("job") == job_id and event.get("restart", previous) == previous
-        if same_run and event.get("kind") != "in-job restart":
+        if same_run and event.get("kind") not in WITHIN_A_RUN:
             return None
     return {
         "job": job_id,

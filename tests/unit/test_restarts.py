@@ -134,6 +134,19 @@ def test_a_requeue_after_a_run_without_after_job_is_a_lost_run():
     assert event["kind"] == "lost" and event["restart"] == 1 and "node failed" in event["reason"]
 
 
+@pytest.mark.parametrize("during", [
+    {"kind": "hang", "action": "restart", "reason": "no progress past the allowance"},
+    {"kind": "straggler", "action": "flag", "node": "node2"},
+    {"kind": "node loss", "action": "shrink", "nodes_left": "node1"},
+])  # fmt: skip
+def test_what_the_watchdog_or_a_shrink_recorded_during_a_run_is_not_its_end(during):
+    # The bench's drill: a hang restarted the ranks in run 2 of job 7, then node2 crashed (no after-job).
+    state = {"events": [{"job": "7", "restart": 1, "action": "requeue", "kind": "time limit"},
+                        {"job": "7", "restart": 2, **during}]}  # fmt: skip
+    event = lost_segment(state, "7", 3, "now")
+    assert event is not None and event["kind"] == "lost" and event["restart"] == 2
+
+
 def test_lost_runs_spend_the_failure_budget(tmp_path, capsys):
     run = new_run(tmp_path, failures=2)
     stop = record_lost(run, "7", 1, max_failures=2)
