@@ -214,9 +214,12 @@ def parse_args(argv: list[str]) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    """Train, then leave through ``dist.exit_cleanly`` (the gloo exit-abort workaround)."""
+    """A cold rank (``python -m hpcft.train.main RUN``): train, then leave through ``dist.exit_cleanly`` (the
+    gloo exit-abort workaround)."""
+    from hpcft.train import startup
     from hpcft.train.dist import exit_cleanly
 
+    startup.imports_begin()  # the stack is imported in ``train``, which ends it (imports_done)
     exit_cleanly(run_rank(argv))
 
 

@@ -16,24 +16,27 @@ import time
 from pathlib import Path
 
 PROBE = textwrap.dedent("""
-    import multiprocessing, os, sys, threading, time
+    import gc, multiprocessing, os, sys, threading, time
     from hpcft.train import warm
 
     def server():
         ppid = os.getppid()
-        return ppid, open(f"/proc/{ppid}/cmdline").read().split("\\0")
+        return ppid, gc.isenabled(), open(f"/proc/{ppid}/cmdline").read().split("\\0")
 
     if __name__ == "__main__":
         if sys.argv[1] == "with-a-thread":
             threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+        gc.disable()  # as warm.launch imports the stack
         how = warm.start_server(["marker"])
         with multiprocessing.get_context("forkserver").Pool(1) as pool:
-            pid, cmdline = pool.apply(server)
-        print(how, pid, " ".join(cmdline), flush=True)
+            pid, rank_gc, cmdline = pool.apply(server)
+        print(how, gc.isenabled(), rank_gc, pid, " ".join(cmdline), flush=True)
 """)
 
 
 def _probe(tmp_path: Path, mode: str) -> tuple[str, int, str, list[str]]:
+    """(how the server started, its pid, its command line, the pids that imported the marker); the probe and
+    the fork it ran a task in both have the garbage collector on again after ``start_server``."""
     (tmp_path / "marker.py").write_text("import os\nwith open(os.environ['MARKER'], 'a') as f:\n"
                                         "    f.write(f'{os.getpid()}\\n')\n")  # fmt: skip
     (tmp_path / "probe.py").write_text(PROBE)
@@ -42,7 +45,8 @@ def _probe(tmp_path: Path, mode: str) -> tuple[str, int, str, list[str]]:
     proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), mode], env=env, capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    how, pid, cmdline = proc.stdout.split(" ", 2)
+    how, probe_gc, rank_gc, pid, cmdline = proc.stdout.split(" ", 4)
+    assert probe_gc == rank_gc == "True", proc.stdout  # the collector was off only while the stack was imported
     return how, int(pid), cmdline.strip(), marker.read_text().split()
 
 
