@@ -64,7 +64,6 @@ def lab_idle() -> bool:
 
 
 def submit(demo: Path, runs: Path, warm: bool, *args: str) -> Path:
-    wait("idle nodes", lab_idle, timeout=120)
     hpcft("submit", str(demo / "job.yaml"), "--nodes", "2", "--runs-dir", str(runs), "-o",
           f"launch.warm_start={str(warm).lower()}", "-o", "train.eval_steps=null", *args)  # fmt: skip
     (run,) = [p.parent for p in runs.glob("*/spec.yaml")]
@@ -76,6 +75,7 @@ def first_step(run: Path, after: int = 0) -> bool:
 
 
 def start_s(demo: Path, tmp: Path, warm: bool) -> float:
+    wait("idle nodes", lab_idle, timeout=120)
     t0 = time.monotonic()
     run = submit(demo, Path(tempfile.mkdtemp(dir=tmp)), warm, "-o", "train.max_steps=10")
     t1 = wait("the first step", lambda: first_step(run))
@@ -121,6 +121,7 @@ def busy_s() -> float:
 
 
 def cpu_s(demo: Path, tmp: Path, warm: bool) -> float:
+    wait("idle nodes", lab_idle, timeout=120)
     b0 = busy_s()
     submit(demo, Path(tempfile.mkdtemp(dir=tmp)), warm, "--wait", "-o", "train.max_steps=20")
     return busy_s() - b0
