@@ -59,6 +59,10 @@ GATHER_SECONDS = 20.0  # the recording agent waits this long for the other nodes
 REQUEST_SECONDS = 10.0  # the agent that found a hang waits this long for the others' stacks before killing
 QUIET_SECONDS = 5.0  # a node looks for another node's stack request only once a rank has been silent this long
 SPEED_SECONDS = 1.0  # each node rewrites its speed summary at most this often (RUN/nodes/NODE.json)
+# Steps per speed summary (window). Node 0 names a node by the median of the windows over the last
+# run.straggler_steps: 10-step windows give ~5 in the default 50 steps, so the median turns once ~3 windows are
+# slow (a 40 % node named 82–111 steps in with 20-step windows, of which 2–3 fit) and one odd window is outvoted.
+WINDOW_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -108,10 +112,10 @@ def node_speed(beats: list[Beat], last: Mapping[int, tuple[int, float, int]], se
 
 
 def speed_interval(beats: list[Beat]) -> float:
-    """Seconds between two speed summaries: 20 steps, at least ``SPEED_SECONDS`` (a few small files a
-    minute on the shared filesystem for real step times, a window of about 20 steps for the judgement)."""
+    """Seconds between two speed summaries: ``WINDOW_STEPS`` steps, at least ``SPEED_SECONDS`` (a few small
+    files a minute on the shared filesystem for real step times)."""
     steps = [b.step_seconds for b in beats if b.step_seconds > 0]
-    return max(SPEED_SECONDS, 20 * statistics.median(steps)) if steps else SPEED_SECONDS
+    return max(SPEED_SECONDS, WINDOW_STEPS * statistics.median(steps)) if steps else SPEED_SECONDS
 
 
 def slow_nodes(speeds: Mapping[str, Mapping[str, Any]], margin: float) -> dict[str, float]:

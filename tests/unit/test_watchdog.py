@@ -236,7 +236,7 @@ def test_a_node_summary_averages_each_ranks_own_time_over_the_window_and_takes_t
         "step_seconds": 0.25,
         "compute_seconds": 0.07,
     }
-    assert watchdog.speed_interval(beats) == 5.0  # 20 steps of 0.25 s
+    assert watchdog.speed_interval(beats) == 2.5  # 10 steps of 0.25 s
     assert watchdog.speed_interval([Beat(0, 1, 1, 0.0, 0.01, "train")]) == 1.0  # at least a second
 
 
