@@ -10,7 +10,7 @@ in-job restart. Here the stack is imported once per node, by this process:
 - the start method is the *forkserver*; before the rendezvous, while it is still the only thread of its
   process, the agent imports the stack (``PRELOAD`` + the job's own, ``preload_modules``) and starts the
   forkserver as a fork of itself (``start_server``): the agent's own torch import is the node's only one,
-  and the imported objects are frozen out of the garbage collector's walks (``gc.freeze``);
+  imported with the garbage collector off and then frozen out of its walks (``startup.freeze_imports``);
 - every rank, at the first start and at each in-job restart, is a fork of that server: it starts with
   the stack imported and builds its process group, model and data itself.
 
@@ -35,6 +35,8 @@ import os
 import sys
 import threading
 import time
+
+from hpcft.train import startup
 
 # What every rank of hpcft's trainer imports before its first step (measured with -X importtime).
 PRELOAD = (
@@ -123,17 +125,6 @@ def omp_as_torchrun(argv: list[str]) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def imported() -> None:
-    """The imports are done (``launch`` made them with the cyclic collector off: the stack's hundreds of
-    thousands of new objects set off a collection every few hundred allocations, each walking them all;
-    ``import transformers.trainer, datasets`` here 3.95 → 3.35 s). Their objects out of its reach for good, here
-    and in every fork: they live as long as the process, and each full collection would walk all of them (and
-    copy the pages it touches in the forks; a 2-node demo job: 21.7 CPU-s without, 15.7 with). Then the
-    collector on again, before any fork: the server and the ranks run with it."""
-    gc.freeze()
-    gc.enable()
-
-
 def start_server(modules: list[str], fork: bool = True) -> str:
     """Import ``modules`` here and start multiprocessing's forkserver with them imported; ``"fork"`` when the
     server is a fork of this process, ``"spawn"`` when it is a fresh interpreter that imports them again
@@ -148,14 +139,14 @@ def start_server(modules: list[str], fork: bool = True) -> str:
     from multiprocessing import forkserver, util
 
     if not fork:
-        imported()
+        startup.freeze_imports()
         multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
         forkserver.ensure_running()
         return "spawn"
     for name in modules:
         with contextlib.suppress(ImportError):  # as the server's own preload: one not installed is left out
             importlib.import_module(name)
-    imported()
+    startup.freeze_imports()  # launch imported with the collector off (startup.imports_begin)
     multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
     spawn = util.spawnv_passfds
     how = "spawn"
@@ -202,7 +193,7 @@ def launch(argv: list[str]) -> None:
             os.environ.setdefault(name, value)
     omp = os.environ.get("OMP_NUM_THREADS")
     t0 = time.monotonic()
-    gc.disable()  # while the stack is imported, on again in ``imported`` (start_server) or below
+    startup.imports_begin()  # the collector on again in start_server (freeze_imports) or below
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import record
     from torch.distributed.launcher.api import elastic_launch
