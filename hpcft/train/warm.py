@@ -12,7 +12,9 @@ in-job restart. Here the stack is imported once per node, by this process:
   forkserver as a fork of itself (``start_server``): the agent's own torch import is the node's only one,
   imported with the garbage collector off and then frozen out of its walks (``startup.freeze_imports``);
 - every rank, at the first start and at each in-job restart, is a fork of that server: it starts with
-  the stack imported and builds its process group, model and data itself.
+  the stack imported and builds its process group, model and data itself;
+- the agent's c10d rendezvous notices the last node to join within ~0.1 s, not at its next 1 s poll
+  (``elastic_workarounds``).
 
 Safe by construction: the server is forked before the agent starts any thread (its rendezvous store runs
 threads), in an environment where no import starts a thread (``SERVER_ENV``; OpenMP reads
@@ -198,6 +200,9 @@ def launch(argv: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import record
     from torch.distributed.launcher.api import elastic_launch
 
+    from hpcft.train import elastic_workarounds
+
+    elastic_workarounds.apply()  # the c10d rendezvous's 1 s polls and stack reads, at the start and every restart
     args = torchrun.parse_args(argv)
     ours = args.module and args.training_script == TRAINER and args.training_script_args == [run_dir]
     if run_dir is None or not ours:

@@ -456,3 +456,27 @@ def test_a_nodes_other_ranks_learn_the_entry_from_its_first_rank(tmp_path, tok, 
     other.join(30)
     assert got["local1"][:] == got["local0"][:] == ready[:]
     assert data.cache.node_signal(name).read_text() == str(tmp_path / "cache" / data.cache_key(path, tok, opts))
+
+
+@pytest.mark.parametrize("wait", ["marker", "node"])
+def test_cache_waits_look_again_within_tens_of_ms_then_back_off(tmp_path, data, monkeypatch, wait):
+    """A small dataset is built in a fraction of a second: the waiting ranks look again within 50 ms (a 1 s
+    first poll cost every first job ~1.5 s before its first step), then back off (shared FS: to 30 s)."""
+    slept: list[float] = []
+    ready = tmp_path / "signal"
+
+    def sleep(seconds: float) -> None:  # rank 0 (or the node's first rank) is done after the 60th look
+        slept.append(seconds)
+        if len(slept) == 60:
+            ready.write_text(str(tmp_path))
+
+    monkeypatch.setattr(data.cache.time, "sleep", sleep)
+    if wait == "marker":
+        monkeypatch.setattr(data.cache.rundir_publish, "is_sealed", lambda entry: ready.exists())
+        data.cache.wait_for_marker(tmp_path / "entry", 3600, data.cache.FIRST_POLL_S)
+        ceiling = 30.0
+    else:
+        assert data.cache.wait_for_node(ready, 3600) == tmp_path
+        ceiling = 0.5
+    assert len(slept) == 60 and slept[0] <= 0.05 and sum(slept[:5]) < 0.25
+    assert slept == sorted(slept) and max(slept) == ceiling

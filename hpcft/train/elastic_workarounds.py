@@ -1,0 +1,94 @@
+"""Two costs of torch's c10d rendezvous (torchrun's ``--rdzv-backend=c10d``) that every start and restart pays.
+
+Applied by hpcft's own agent (``hpcft.train.warm``) before it runs torchrun's; measured on the lab with py-spy
+(``benchmarks/RESULTS.md``, P15) and read in torch 2.13's
+``torch/distributed/elastic/rendezvous/dynamic_rendezvous.py``:
+
+- **The join polls once a second, and reads a state up to a second old.** An agent that has joined and waits
+  for the others (``_DistributedRendezvousOpExecutor.run``, action ``SYNC``) sleeps ``_delay(seconds=1)``
+  before it reads the shared state again, and that read is served from the state holder's cache when the last
+  one is under ``cache_duration`` (1 s) old (``_BackendRendezvousStateHolder.sync``): the first agents to join
+  notice the last one ~1 s late — at the job's start and at every in-job restart (traced on the lab: the
+  second of 2 agents completed the rendezvous, the first saw it 0.9 s later). Here, during a wait only, the
+  wait starts at ``FIRST_POLL_S`` and grows by ``POLL_GROWTH`` per poll up to torch's second, and every poll
+  reads the store (``join_poll_delays``: a few more reads per agent in the first second, then torch's own
+  pace); outside a wait the cache is torch's (the agent's checks every 0.1 s for waiting nodes read the store
+  once a second, as before). The first round's random 0–0.3 s skew, which spreads many agents' first writes,
+  is torch's own, unchanged.
+- **Every rendezvous event finds its caller's name through ``inspect.stack()``** (``get_method_name``, twice per
+  event), which reads the source file of every frame on the stack: ~0.15 s of an agent's CPU per rendezvous
+  here. ``sys._getframe`` gives the same name without reading any file (``method_name``).
+
+Both replace module attributes of torch's, once per process (``apply``; torch's own are kept in
+``dynamic_rendezvous._hpcft_torch``); the tests check that torch's code still has the shape patched here
+(``tests/train/test_elastic_workarounds.py``), so a torch upgrade that changes it fails a test instead of
+silently losing the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+FIRST_POLL_S = 0.05
+POLL_GROWTH = 1.5
+TORCH_POLL_S = 1.0  # dynamic_rendezvous's own delay between two reads of the state while an agent waits
+
+_poll = threading.local()
+
+
+def join_poll_delays(count: int) -> list[float]:
+    """The first ``count`` waits of an agent between reads of the rendezvous state (torch: 1 s each)."""
+    out, wait = [], FIRST_POLL_S
+    for _ in range(count):
+        out.append(wait)
+        wait = min(wait * POLL_GROWTH, TORCH_POLL_S)
+    return out
+
+
+def method_name(depth: int = 2) -> str:
+    """``dynamic_rendezvous.get_method_name`` without ``inspect.stack()``: the function ``depth`` frames up."""
+    try:
+        return sys._getframe(depth).f_code.co_name
+    except ValueError:  # the stack is not that deep (torch's own answer then)
+        return "no_method_name"
+
+
+def apply() -> None:
+    """Patch torch's dynamic rendezvous in this process (idempotent)."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    if hasattr(dr, "_hpcft_torch"):
+        return
+    torch_delay = dr._delay
+    torch_run = dr._DistributedRendezvousOpExecutor.run
+    dr._hpcft_torch = {"_delay": torch_delay, "run": torch_run, "get_method_name": dr.get_method_name}
+
+    def delay(seconds: float | tuple[float, float]) -> None:
+        if seconds != TORCH_POLL_S:  # the first round's random skew
+            torch_delay(seconds)
+            return
+        wait = getattr(_poll, "next", FIRST_POLL_S)
+        _poll.next = min(wait * POLL_GROWTH, TORCH_POLL_S)
+        _sleep(wait)
+
+    def run(self, *args, **kwargs):
+        _poll.next = FIRST_POLL_S  # every wait (a join, a leave, a restart's join) starts quick
+        holder = self._state_holder
+        cached = getattr(holder, "_cache_duration", None)
+        if cached is None:
+            return torch_run(self, *args, **kwargs)
+        holder._cache_duration = 0  # each quick poll reads the state: torch serves reads from a 1 s cache
+        try:
+            return torch_run(self, *args, **kwargs)
+        finally:
+            holder._cache_duration = cached  # outside a wait (the agent's 0.1 s checks) as torch has it
+
+    dr._delay = delay
+    dr._DistributedRendezvousOpExecutor.run = run
+    dr.get_method_name = method_name
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)

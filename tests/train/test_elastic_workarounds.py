@@ -1,0 +1,99 @@
+"""hpcft.train.elastic_workarounds: torch's c10d rendezvous, polled quickly and without reading source files."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import socket
+import threading
+import time
+
+import pytest
+from torch.distributed.elastic.rendezvous import RendezvousParameters
+from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
+
+from hpcft.train import elastic_workarounds as ew
+
+
+def test_torch_still_polls_the_join_once_a_second_and_reads_the_stack():
+    """What the workaround replaces is still in torch: a torch that changed it fails here, not silently."""
+    source = inspect.getsource(dr)
+    assert source.count("_delay(seconds=1)") == 1  # the SYNC branch of the op executor's run, the one poll
+    run = dr._hpcft_torch["run"] if hasattr(dr, "_hpcft_torch") else dr._DistributedRendezvousOpExecutor.run
+    assert "_delay(seconds=1)" in inspect.getsource(run)
+    torch_name = dr._hpcft_torch["get_method_name"] if hasattr(dr, "_hpcft_torch") else dr.get_method_name
+    assert "inspect.stack()" in inspect.getsource(torch_name)
+    holder = inspect.getsource(dr._BackendRendezvousStateHolder)
+    assert "cache_duration: int = 1" in holder and "self._cache_duration" in holder  # reads served from a cache
+
+
+def test_the_poll_starts_quick_and_grows_to_torchs_second():
+    waits = ew.join_poll_delays(12)
+    assert waits[0] == pytest.approx(0.05)
+    assert all(a <= b for a, b in itertools.pairwise(waits))
+    assert waits[-1] == 1.0 and max(waits) == 1.0  # never slower than torch
+    assert sum(waits[:4]) < 0.5  # four more reads of the store in the first half second than torch makes
+
+
+def test_method_name_is_torchs_answer_without_the_stack():
+    ew.apply()
+    torch_name = dr._hpcft_torch["get_method_name"]
+
+    class Handler:
+        def _record(self, which):
+            return which()
+
+        def next_rendezvous(self, which):
+            return self._record(which)
+
+    for which in (torch_name, dr.get_method_name):
+        assert Handler().next_rendezvous(which) == "next_rendezvous"
+    assert dr.get_method_name is ew.method_name
+    assert ew.method_name(10_000) == "no_method_name"  # as torch answers for a stack not that deep
+
+
+def test_a_real_rendezvous_polls_quickly_and_sees_it_complete(monkeypatch):
+    """Two agents' c10d rendezvous (torch's own handler, TCPStore backend): the first to join waits through
+    the quick polls (torch would sleep 1 s per poll), its first poll after the second agent completed the
+    rendezvous sees it complete (torch's 1 s state cache made it poll on, blind, for up to a second), and
+    both get their ranks."""
+    ew.apply()
+    slept: list[tuple[str, float]] = []
+    monkeypatch.setattr(ew, "_sleep", lambda s: (slept.append((threading.current_thread().name, s)), time.sleep(s)))
+    decided: list[tuple[str, str]] = []
+    torch_join = dr._RendezvousJoinOp.__call__
+
+    def recorded(self, ctx, deadline):
+        action = torch_join(self, ctx, deadline)
+        decided.append((threading.current_thread().name, action.name))
+        return action
+
+    monkeypatch.setattr(dr._RendezvousJoinOp, "__call__", recorded)
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    params = [RendezvousParameters(backend="c10d", endpoint=f"localhost:{port}", run_id="t", min_nodes=2,
+                                   max_nodes=2, join_timeout=60) for _ in range(2)]  # fmt: skip
+    handlers = [get_rendezvous_handler(p) for p in params]
+    ranks: dict[str, int] = {}
+
+    def join(name: str, handler, after: float) -> None:
+        time.sleep(after)
+        ranks[name] = handler.next_rendezvous().rank
+
+    threads = [
+        threading.Thread(target=join, args=(n, h, a), name=n) for n, h, a in zip("ab", handlers, (0, 0.4), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for h in handlers:
+        h.shutdown()
+    assert sorted(ranks.values()) == [0, 1]
+    first = [s for name, s in slept if name == "a"]
+    assert first[:2] == pytest.approx([0.05, 0.075]) and max(first) < 1.0  # torch: [1.0, ...]
+    b_done = decided.index(("b", "FINISH"))
+    after = [action for name, action in decided[b_done:] if name == "a"]
+    assert after[-1] == "FINISH" and after.count("SYNC") <= 1, after  # at most the one read before b's write
