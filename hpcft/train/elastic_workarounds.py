@@ -19,7 +19,7 @@ Applied by hpcft's own agent (``hpcft.train.warm``) before it runs torchrun's; m
   event), which reads the source file of every frame on the stack: ~0.15 s of an agent's CPU per rendezvous
   here. ``sys._getframe`` gives the same name without reading any file (``method_name``).
 
-Both replace module attributes of torch's, once per process (``apply``; torch's own are kept in
+The patches replace attributes of torch's module and classes, once per process (``apply``; torch's own are kept in
 ``dynamic_rendezvous._hpcft_torch``); the tests check that torch's code still has the shape patched here
 (``tests/train/test_elastic_workarounds.py``), so a torch upgrade that changes it fails a test instead of
 silently losing the fix.
@@ -38,13 +38,17 @@ TORCH_POLL_S = 1.0  # dynamic_rendezvous's own delay between two reads of the st
 _poll = threading.local()
 
 
+def next_poll(wait: float) -> float:
+    """The wait after a wait of ``wait`` seconds between two reads of the rendezvous state."""
+    return min(wait * POLL_GROWTH, TORCH_POLL_S)
+
+
 def join_poll_delays(count: int) -> list[float]:
     """The first ``count`` waits of an agent between reads of the rendezvous state (torch: 1 s each)."""
-    out, wait = [], FIRST_POLL_S
-    for _ in range(count):
-        out.append(wait)
-        wait = min(wait * POLL_GROWTH, TORCH_POLL_S)
-    return out
+    out = [FIRST_POLL_S]
+    while len(out) < count:
+        out.append(next_poll(out[-1]))
+    return out[:count]
 
 
 def method_name(depth: int = 2) -> str:
@@ -70,15 +74,17 @@ def apply() -> None:
             torch_delay(seconds)
             return
         wait = getattr(_poll, "next", FIRST_POLL_S)
-        _poll.next = min(wait * POLL_GROWTH, TORCH_POLL_S)
+        _poll.next = next_poll(wait)
         _sleep(wait)
 
     def run(self, *args, **kwargs):
         _poll.next = FIRST_POLL_S  # every wait (a join, a leave, a restart's join) starts quick
         holder = self._state_holder
-        cached = getattr(holder, "_cache_duration", None)
-        if cached is None:
+        if not hasattr(holder, "_cache_duration"):
             return torch_run(self, *args, **kwargs)
+        # torch's own value, kept once: the keep-alive thread runs ops through here too, and must not restore
+        # the 0 of a wait under way as if it were torch's
+        cached = holder.__dict__.setdefault("_hpcft_cache_duration", holder._cache_duration)
         holder._cache_duration = 0  # each quick poll reads the state: torch serves reads from a 1 s cache
         try:
             return torch_run(self, *args, **kwargs)
