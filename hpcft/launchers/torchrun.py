@@ -6,14 +6,15 @@ from hpcft.launchers.base import LaunchCommand, LaunchContext
 
 
 def build(ctx: LaunchContext) -> LaunchCommand:
-    """``python -m torch.distributed.run`` for this node (``--standalone`` outside SLURM).
+    """torchrun for this node (``--standalone`` outside SLURM): ``python -m hpcft.train.torchrun``, torchrun
+    itself with hpcft's fixes to its rendezvous's polls (``hpcft.train.elastic_workarounds``).
 
-    hpcft's own trainer runs under ``hpcft.train.warm`` instead (``launch.warm_start``): the same agent
-    and options, with ranks forked from one warm interpreter per node rather than started cold.
+    hpcft's own trainer runs under ``hpcft.train.warm`` instead (``launch.warm_start``): the same agent,
+    options and fixes, with ranks forked from one warm interpreter per node rather than started cold.
     """
     cluster, launch = ctx.cluster, ctx.spec.launch
     warm = launch.warm_start and ctx.entry().target == WARM_TRAINER
-    runner = ["-u", "-m", "hpcft.train.warm"] if warm else ["-m", "torch.distributed.run"]
+    runner = ["-u", "-m", "hpcft.train.warm"] if warm else ["-m", "hpcft.train.torchrun"]
     argv = [ctx.python, *runner, f"--nproc-per-node={ctx.procs_per_node}"]
     if not cluster.in_slurm:
         argv.append("--standalone")

@@ -98,3 +98,20 @@ def test_a_real_rendezvous_polls_quickly_and_sees_it_complete(monkeypatch):
     b_done = decided.index(("b", "FINISH"))
     after = [action for name, action in decided[b_done:] if name == "a"]
     assert after[-1] == "FINISH" and after.count("SYNC") <= 1, after  # at most the one read before b's write
+
+
+def test_hpcfts_torchrun_is_torchrun(tmp_path):
+    """``python -m hpcft.train.torchrun`` (a user's command's agent) starts the ranks as torchrun does and fails
+    as torchrun fails: a rank's non-zero exit is the agent's exit 1 with torchrun's error summary."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "t.py"
+    script.write_text("import os, sys\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n"
+                      "sys.exit(int(os.environ['RANK']) * int(sys.argv[1]))\n")  # fmt: skip
+    argv = [sys.executable, "-m", "hpcft.train.torchrun", "--standalone", "--nproc-per-node=2", str(script)]
+    ok = subprocess.run([*argv, "0"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(line for line in ok.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2", "rank 1 of 2"]
+    bad = subprocess.run([*argv, "3"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "ChildFailedError" in bad.stderr and "exitcode  : 3" in bad.stderr, bad.stderr

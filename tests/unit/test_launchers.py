@@ -307,6 +307,16 @@ def test_modules_and_programs_run_under_every_launcher(launcher, before):
         assert ran == ([PY, "-u", "-m", "pkg.train", "--x"] if kind == "module" else ["my-trainer", "sft"])
 
 
+def test_torchrun_runs_with_hpcfts_rendezvous_fixes_warm_or_cold():
+    """Every torchrun agent hpcft starts has the rendezvous's 1 s polls fixed (hpcft.train.elastic_workarounds):
+    the warm agent for hpcft's trainer, ``hpcft.train.torchrun`` for a user's command or cold ranks."""
+    cases = [({}, "hpcft.train.warm"), ({"warm_start": False}, "hpcft.train.torchrun"),
+             ({"command": ["my-trainer", "sft"]}, "hpcft.train.torchrun")]  # fmt: skip
+    for launch, runner in cases:
+        argv = build_launch(LaunchContext(spec_for("torchrun", **launch), node_env(0), RUN, PY, "10.0.0.1")).argv
+        assert argv[0] == PY and argv[argv.index("-m") + 1] == runner, argv
+
+
 def test_nodes_without_gpus_make_a_users_accelerate_script_use_one_cpu_world():
     for launcher in ("accelerate", "torchrun"):
         ctx = LaunchContext(spec_for(launcher, command=["t.py"]), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False)
