@@ -1,8 +1,8 @@
 """Two costs of torch's c10d rendezvous (torchrun's ``--rdzv-backend=c10d``) that every start and restart pays.
 
-Applied by hpcft's own agent (``hpcft.train.warm``) before it runs torchrun's; measured on the lab with py-spy
-(``benchmarks/RESULTS.md``, P15) and read in torch 2.13's
-``torch/distributed/elastic/rendezvous/dynamic_rendezvous.py``:
+Applied by every torchrun agent hpcft starts (``hpcft.train.warm`` for its trainer, ``hpcft.train.torchrun`` for a
+user's command) before it runs torchrun's; measured on the lab with py-spy (``benchmarks/RESULTS.md``, P15) and
+read in torch 2.13's ``torch/distributed/elastic/rendezvous/dynamic_rendezvous.py``:
 
 - **The join polls once a second, and reads a state up to a second old.** An agent that has joined and waits
   for the others (``_DistributedRendezvousOpExecutor.run``, action ``SYNC``) sleeps ``_delay(seconds=1)``
