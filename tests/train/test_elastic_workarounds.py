@@ -62,11 +62,14 @@ def test_a_real_rendezvous_polls_quickly_and_sees_it_complete(monkeypatch):
     slept: list[tuple[str, float]] = []
     monkeypatch.setattr(ew, "_sleep", lambda s: (slept.append((threading.current_thread().name, s)), time.sleep(s)))
     decided: list[tuple[str, str]] = []
+    a_waits = threading.Event()  # "a" joined first and has polled twice: "b" joins then (a condition, not a sleep)
     torch_join = dr._RendezvousJoinOp.__call__
 
     def recorded(self, ctx, deadline):
         action = torch_join(self, ctx, deadline)
         decided.append((threading.current_thread().name, action.name))
+        if decided.count(("a", "SYNC")) >= 2:
+            a_waits.set()
         return action
 
     monkeypatch.setattr(dr._RendezvousJoinOp, "__call__", recorded)
@@ -78,13 +81,12 @@ def test_a_real_rendezvous_polls_quickly_and_sees_it_complete(monkeypatch):
     handlers = [get_rendezvous_handler(p) for p in params]
     ranks: dict[str, int] = {}
 
-    def join(name: str, handler, after: float) -> None:
-        time.sleep(after)
+    def join(name: str, handler) -> None:
+        if name == "b":
+            a_waits.wait(60)
         ranks[name] = handler.next_rendezvous().rank
 
-    threads = [
-        threading.Thread(target=join, args=(n, h, a), name=n) for n, h, a in zip("ab", handlers, (0, 0.4), strict=True)
-    ]
+    threads = [threading.Thread(target=join, args=(n, h), name=n) for n, h in zip("ab", handlers, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
@@ -106,12 +108,13 @@ def test_hpcfts_torchrun_is_torchrun(tmp_path):
     import subprocess
     import sys
 
-    script = tmp_path / "t.py"
-    script.write_text("import os, sys\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n"
-                      "sys.exit(int(os.environ['RANK']) * int(sys.argv[1]))\n")  # fmt: skip
+    script = tmp_path / "t.py"  # a file per rank: two ranks printing into one pipe at once interleave
+    script.write_text("import os, pathlib, sys\nrank, size = os.environ['RANK'], os.environ['WORLD_SIZE']\n"
+                      f"pathlib.Path({str(tmp_path)!r}, 'rank' + rank).write_text(rank + ' of ' + size)\n"
+                      "sys.exit(int(rank) * int(sys.argv[1]))\n")  # fmt: skip
     argv = [sys.executable, "-m", "hpcft.train.torchrun", "--standalone", "--nproc-per-node=2", str(script)]
     ok = subprocess.run([*argv, "0"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert sorted(line for line in ok.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2", "rank 1 of 2"]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["0 of 2", "1 of 2"]
     bad = subprocess.run([*argv, "3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "ChildFailedError" in bad.stderr and "exitcode  : 3" in bad.stderr, bad.stderr
