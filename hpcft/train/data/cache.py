@@ -21,6 +21,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -102,18 +103,23 @@ MAX_POLL_S = 30.0
 MAX_NODE_POLL_S = 0.5
 
 
+def _poll(ready: Callable[[], bool], timeout_s: float, poll_s: float, ceiling: float, late: HpcftError) -> None:
+    """Until ``ready()``, looking again after ``poll_s`` × 1.25 per look up to ``ceiling`` (noticed at most a quarter
+    of the wait so far late); ``late`` raised after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise late
+        time.sleep(poll_s)
+        poll_s = min(poll_s * 1.25, ceiling)
+
+
 def wait_for_marker(entry: Path, timeout_s: float, poll_s: float) -> None:
     """Poll the shared filesystem until ``entry``'s marker exists (built by global rank 0), backing off."""
-    deadline = time.monotonic() + timeout_s
-    while not rundir_publish.is_sealed(entry):
-        if time.monotonic() > deadline:
-            raise HpcftError(
-                f"waited {timeout_s / 60:.0f} min for the data cache {entry}, which global rank 0 builds",
-                hint="see rank 0's lines (hpcft logs RUN --rank 0); for a very large dataset raise "
-                "train.data.cache_wait_minutes",
-            )
-        time.sleep(poll_s)
-        poll_s = min(poll_s * 1.25, MAX_POLL_S)  # noticed at most a quarter of the wait so far late
+    late = HpcftError(f"waited {timeout_s / 60:.0f} min for the data cache {entry}, which global rank 0 builds",
+                      hint="see rank 0's lines (hpcft logs RUN --rank 0); for a very large dataset raise "
+                      "train.data.cache_wait_minutes")  # fmt: skip
+    _poll(lambda: rundir_publish.is_sealed(entry), timeout_s, poll_s, MAX_POLL_S, late)
 
 
 def node_signal(name: str) -> Path:
@@ -145,13 +151,11 @@ def tell_node(signal: Path, entry: Path) -> None:
 
 def wait_for_node(signal: Path, timeout_s: float, poll_s: float = FIRST_POLL_S) -> Path:
     """The entry the node's first rank named in ``signal`` (polling node-local memory, not the shared FS)."""
-    deadline = time.monotonic() + timeout_s
-    while not signal.exists():
-        if time.monotonic() > deadline:
-            raise HpcftError(f"waited {timeout_s / 60:.0f} min for this node's first rank to find the data cache",
-                             hint="see the first rank's log on this node (hpcft logs RUN --node NODE)")  # fmt: skip
-        time.sleep(poll_s)
-        poll_s = min(poll_s * 1.25, MAX_NODE_POLL_S)
+    late = HpcftError(
+        f"waited {timeout_s / 60:.0f} min for this node's first rank to find the data cache",
+        hint="see the first rank's log on this node (hpcft logs RUN --node NODE)",
+    )
+    _poll(signal.exists, timeout_s, poll_s, MAX_NODE_POLL_S, late)
     return Path(signal.read_text())
 
 
