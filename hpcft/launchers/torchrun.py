@@ -27,8 +27,10 @@ def build(ctx: LaunchContext) -> LaunchCommand:
             f"--node-rank={cluster.node_rank}",
         ]
     else:
+        low = ctx.survivors  # the nodes left after a node loss form a world of their own (``JobSpec.survivor_nodes``)
         argv += [
-            f"--nnodes={cluster.num_nodes}",
+            f"--nnodes={low}:{cluster.num_nodes}" if low else f"--nnodes={cluster.num_nodes}",
+            *([f"--rdzv-conf={SURVIVORS_RDZV_CONF}"] if low else []),
             "--rdzv-backend=c10d",
             # The name, not the address: c10d decides which agent hosts the store by matching
             # this against its own hostname (torch.distributed.elastic.rendezvous.utils).
@@ -41,6 +43,13 @@ def build(ctx: LaunchContext) -> LaunchCommand:
     argv += ctx.entry().launcher_args("-m", "--no-python")
     return LaunchCommand(argv=tuple(argv), env={**ctx.rank_env(), **RESTART_WORKAROUND})
 
+
+# An elastic world (``--nnodes=LOW:N``): how soon the agents left re-form it after a node loss. A dead agent's
+# heartbeat is missed after keep_alive_interval × keep_alive_max_attempt (torch: 5 s × 3) and the round then
+# completes last_call_timeout (torch: 30 s) after the first LOW nodes joined. At the job's start every agent
+# waits for all N all the same (``hpcft.train.elastic_workarounds``): a slow node is never left out of it.
+# One heartbeat a second per agent is a write to the rendezvous store each: fine for tens of nodes.
+SURVIVORS_RDZV_CONF = "last_call_timeout=3,keep_alive_interval=1,keep_alive_max_attempt=3"
 
 WARM_TRAINER = "hpcft.train.main"  # hpcft.train.warm starts only this module warm
 

@@ -21,6 +21,7 @@ from hpcft.rundir import checkpoints, lifecycle, store
 from hpcft.rundir.layout import SPEC_FILE
 from hpcft.spec import JobSpec, offload_devices, spec_to_dict
 from hpcft.spec.layering import passthrough_problems
+from hpcft.spec.model import split_global_batch
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,8 @@ def _keep_global_batch(old: JobSpec, spec: JobSpec, saved_by: int | None, source
                        f"which {world} ranks cannot share evenly",
                        hint="pick --nodes so that they can, or set -o train.batch_size / -o train.grad_accum "
                        "(the data order then differs)")  # fmt: skip
-    per_rank = batch // world  # micro-batch × accumulation: the micro-batch as large as it was, at most
-    micro = max(d for d in range(1, min(spec.train.batch_size, per_rank) + 1) if per_rank % d == 0)
-    new = {"batch_size": micro, "grad_accum": per_rank // micro}
+    micro, accum = split_global_batch(batch, spec.train.batch_size, world)
+    new = {"batch_size": micro, "grad_accum": accum}
     changed = [f"train.{k} {getattr(spec.train, k)} → {v}" for k, v in new.items() if getattr(spec.train, k) != v]
     converted = spec.train.zero and saved_by not in (None, world)
     notes.append(f"{trained} → {world} ranks: {', '.join(changed) or 'the same batch'} keeps the global "

@@ -79,8 +79,9 @@ class ResourceSpec:
     """What to ask SLURM for; field names are sbatch's long options in snake_case."""
 
     nodes: int = _opt(1, min=1, max=100_000, help="number of nodes")
-    min_nodes: int | None = _opt(None, min=1, help="after a node loss, the job may continue on this many nodes "
-                                 "(run.shrink_after); default off")  # fmt: skip
+    min_nodes: int | None = _opt(None, min=1, help="after a node loss, the ranks left on this many nodes or more train "
+                                 "on at once (hpcft's trainer, no ZeRO), and with run.shrink_after the job continues "
+                                 "without the node; default off")  # fmt: skip
     gpus_per_node: int = _opt(0, min=0, max=1024, help="GPUs per node; on a machine without GPUs, processes per node")
     cpus_per_task: int | None = _opt(None, min=1, help="CPUs for the one task per node")
     time: str | None = _opt(None, pattern=_TIME_RE, expect="sbatch time such as 90, 4:00:00 or 1-12:00:00")
@@ -260,6 +261,38 @@ class JobSpec:
         """Whether a job that loses a node may continue on fewer (``resources.min_nodes``, ``run.shrink_after``)."""
         low = self.resources.min_nodes or self.resources.nodes
         return self.run.shrink_after is not None and low < self.resources.nodes
+
+    @property
+    def survivor_nodes(self) -> int | None:
+        """The fewest nodes whose ranks train on in the job after a node loss, at once (``resources.min_nodes``).
+
+        SLURM notices a dead node only after SlurmdTimeout (300 s by default), and until then the job's other
+        nodes would wait for it. Where this is not None, torchrun's agents form a world of the nodes left (c10d
+        rendezvous ``--nnodes=LOW:N``) and hpcft's trainer keeps the global batch by accumulating more
+        (``hpcft.train.main.for_world``), so the nodes left train on until SLURM ends the job (its requeue gets
+        all of them again) or, with ``run.shrink_after``, goes on without the node. Only where every world from
+        LOW to N nodes can share the global batch, and only for hpcft's trainer under torchrun without DeepSpeed
+        (a ZeRO config fixes its batch per rank; a user's command sizes its batch itself); else None: the
+        world stays fixed.
+        """
+        low, nodes, launch = self.resources.min_nodes, self.resources.nodes, self.launch
+        fixed = (launch.command or self.train.uses_deepspeed or launch.launcher != "torchrun" or launch.rdzv != "c10d"
+                 or not self.run.restart_in_job)  # fmt: skip
+        if low is None or fixed:
+            return None
+        procs = self.resources.gpus_per_node or 1
+        batch = self.train.batch_size * self.train.grad_accum * nodes * procs
+        while low < nodes and any(batch % (k * procs) for k in range(low, nodes)):
+            low += 1
+        return low if low < nodes else None
+
+
+def split_global_batch(batch: int, micro: int, world: int) -> tuple[int, int]:
+    """(micro-batch, accumulation) that make a global batch of ``batch`` samples on ``world`` ranks, the micro-batch
+    as large as ``micro`` at most; pure. ``batch`` must be a multiple of ``world``."""
+    per_rank = batch // world  # micro-batch × accumulation
+    fit = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
+    return fit, per_rank // fit
 
 
 def spec_to_dict(spec: Any) -> Any:

@@ -156,12 +156,14 @@ def _check_shrink(spec: JobSpec) -> list[str]:
     if low is not None and low > nodes:
         return [f"resources.min_nodes: {low} is more than resources.nodes ({nodes}) (HINT: at most {nodes})"]
     hint = f"HINT: e.g. -o resources.min_nodes={max(1, nodes - 1)} -o run.shrink_after=600"
-    if low is None or after is None:
-        given, missing = ("resources.min_nodes", "run.shrink_after") if after is None else (
-            "run.shrink_after", "resources.min_nodes")  # fmt: skip
-        return [f"{given}: has no effect without {missing}: after a node loss a job continues on fewer nodes "
-                f"when both are set ({hint})"]  # fmt: skip
-    if spec.launch.backend in ("local", "submitit"):
+    if low is None:
+        return [f"run.shrink_after: has no effect without resources.min_nodes: after a node loss a job continues "
+                f"on fewer nodes when both are set ({hint})"]  # fmt: skip
+    if after is None and low < nodes and spec.survivor_nodes is None:
+        return [f"resources.min_nodes: has no effect here: the ranks left after a node loss train on in the job "
+                f"with hpcft's trainer under torchrun (c10d) without DeepSpeed, where {low} to {nodes} nodes can "
+                f"share the global batch; a job continues on fewer nodes with run.shrink_after ({hint})"]  # fmt: skip
+    if after is not None and spec.launch.backend in ("local", "submitit"):
         return [f"run.shrink_after: needs the sbatch backend (its batch script continues on the nodes left); "
                 f"launch.backend is {spec.launch.backend} (HINT: --backend sbatch)"]  # fmt: skip
     return []

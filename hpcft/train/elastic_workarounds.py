@@ -1,4 +1,5 @@
-"""Two costs of torch's c10d rendezvous (torchrun's ``--rdzv-backend=c10d``) that every start and restart pays.
+"""Two costs of torch's c10d rendezvous (torchrun's ``--rdzv-backend=c10d``) that every start and restart pays,
+and the first round of an elastic one.
 
 Applied by every torchrun agent hpcft starts (``hpcft.train.warm`` for its trainer, ``hpcft.train.torchrun`` for a
 user's command) before it runs torchrun's; measured on the lab with py-spy (``benchmarks/RESULTS.md``, P15) and
@@ -18,6 +19,13 @@ read in torch 2.13's ``torch/distributed/elastic/rendezvous/dynamic_rendezvous.p
 - **Every rendezvous event finds its caller's name through ``inspect.stack()``** (``get_method_name``, twice per
   event), which reads the source file of every frame on the stack: ~0.15 s of an agent's CPU per rendezvous
   here. ``sys._getframe`` gives the same name without reading any file (``method_name``).
+- **An elastic rendezvous (``--nnodes=LOW:N``) may start the job on fewer nodes than it has.** A round completes
+  once LOW agents joined and ``last_call_timeout`` passed (``_DistributedRendezvousOpExecutor._add_to_participants``).
+  hpcft sets it short so that the nodes left after a node loss train on within seconds
+  (``hpcft.launchers.torchrun.SURVIVORS_RDZV_CONF``); but at the job's start an agent slower than that (a busy
+  node, a slow filesystem) would be left out, and admitted only by a restart of every rank once it joins. Here
+  each agent's first round waits for all N (``full_first_round``: its settings say LOW = N until it completes);
+  later rounds are torch's.
 
 The patches replace attributes of torch's module and classes, once per process (``apply``; torch's own are kept in
 ``dynamic_rendezvous._hpcft_torch``); the tests check that torch's code still has the shape patched here
@@ -27,6 +35,7 @@ silently losing the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -67,7 +76,12 @@ def apply() -> None:
         return
     torch_delay = dr._delay
     torch_run = dr._DistributedRendezvousOpExecutor.run
-    dr._hpcft_torch = {"_delay": torch_delay, "run": torch_run, "get_method_name": dr.get_method_name}
+    dr._hpcft_torch = {
+        "_delay": torch_delay,
+        "run": torch_run,
+        "get_method_name": dr.get_method_name,
+        "next_rendezvous": dr.DynamicRendezvousHandler.next_rendezvous,
+    }
 
     def delay(seconds: float | tuple[float, float]) -> None:
         if seconds != TORCH_POLL_S:  # the first round's random skew
@@ -94,6 +108,29 @@ def apply() -> None:
     dr._delay = delay
     dr._DistributedRendezvousOpExecutor.run = run
     dr.get_method_name = method_name
+    dr.DynamicRendezvousHandler.next_rendezvous = full_first_round(dr.DynamicRendezvousHandler.next_rendezvous)
+
+
+def full_first_round(torch_next):
+    """``next_rendezvous`` whose first round on a handler needs all ``max_nodes``, whatever ``min_nodes`` says."""
+
+    def next_rendezvous(self):
+        settings = self._settings
+        if self.__dict__.get("_hpcft_first_done") or settings.min_nodes == settings.max_nodes:
+            return torch_next(self)
+        full = dataclasses.replace(settings, min_nodes=settings.max_nodes)
+        holders = [h for h in (self, self._op_executor, self._state_holder) if h.__dict__.get("_settings") is settings]
+        for holder in holders:  # the handler, its op executor and its state holder each keep the settings
+            holder._settings = full
+        try:
+            info = torch_next(self)
+            self._hpcft_first_done = True
+            return info
+        finally:
+            for holder in holders:
+                holder._settings = settings
+
+    return next_rendezvous
 
 
 def _sleep(seconds: float) -> None:

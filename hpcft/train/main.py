@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from hpcft.errors import HpcftError
@@ -82,7 +83,7 @@ def train(run: Path) -> None:
     from hpcft.train.metrics import make_metrics_callback
 
     startup.imports_done()
-    spec = checkpoint.with_save_steps(store.load_run_spec(run), run)
+    spec = for_world(checkpoint.with_save_steps(store.load_run_spec(run), run), os.environ)
     keep_deepspeed_lazy()  # a rank without --zero never imports deepspeed
     if spec.train.uses_deepspeed:
         from hpcft.train.ds_ops import use_prebuilt_ops
@@ -151,6 +152,30 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def for_world(spec, env: Mapping[str, str]):
+    """The spec for this rank's world (``WORLD_SIZE`` in ``env``) where it is smaller than spec.yaml's: the ranks
+    left after a node loss (``--nnodes=LOW:N``, ``JobSpec.survivor_nodes``) accumulate more, so each step takes
+    the same samples as before; rank 0 says so."""
+    import dataclasses
+
+    from hpcft.spec.model import split_global_batch
+
+    world, is_rank0 = int(env.get("WORLD_SIZE", "1")), env.get("RANK", "0") == "0"
+    planned = spec.resources.nodes * (spec.resources.gpus_per_node or 1)
+    if world >= planned or spec.train.uses_deepspeed:
+        return spec
+    batch = spec.train.batch_size * spec.train.grad_accum * planned
+    if batch % world:  # survivor_nodes allows no such world: a job started by hand with fewer ranks
+        raise HpcftError(f"{world} ranks cannot share spec.yaml's global batch of {batch} ({planned} ranks)",
+                         hint="start the job with resources.nodes × gpus_per_node ranks")  # fmt: skip
+    micro, accum = split_global_batch(batch, spec.train.batch_size, world)
+    if is_rank0:
+        print(f"hpcft: training on {world} of {planned} ranks (a node lost): train.batch_size "
+              f"{spec.train.batch_size} → {micro}, train.grad_accum {spec.train.grad_accum} → {accum} keep the "
+              f"global batch at {batch}", file=sys.stderr, flush=True)  # fmt: skip
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=micro, grad_accum=accum))
 
 
 def check_not_dropped(trainer) -> None:

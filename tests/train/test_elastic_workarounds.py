@@ -13,6 +13,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 
+from hpcft.launchers.torchrun import SURVIVORS_RDZV_CONF
 from hpcft.train import elastic_workarounds as ew
 
 
@@ -26,6 +27,11 @@ def test_torch_still_polls_the_join_once_a_second_and_reads_the_stack():
     assert "inspect.stack()" in inspect.getsource(torch_name)
     holder = inspect.getsource(dr._BackendRendezvousStateHolder)
     assert "cache_duration: int = 1" in holder and "self._cache_duration" in holder  # reads served from a cache
+    # an elastic round completes last_call_timeout after min_nodes joined; the settings are the three holders'
+    add = inspect.getsource(dr._DistributedRendezvousOpExecutor._add_to_participants)
+    assert "== self._settings.min_nodes" in add and "timeout.last_call" in add
+    assert "self._settings" in inspect.getsource(dr._BackendRendezvousStateHolder.__init__)
+    assert "self._op_executor = _DistributedRendezvousOpExecutor(" in inspect.getsource(dr.DynamicRendezvousHandler)
 
 
 def test_the_poll_starts_quick_and_grows_to_torchs_second():
@@ -100,6 +106,48 @@ def test_a_real_rendezvous_polls_quickly_and_sees_it_complete(monkeypatch):
     b_done = decided.index(("b", "FINISH"))
     after = [action for name, action in decided[b_done:] if name == "a"]
     assert after[-1] == "FINISH" and after.count("SYNC") <= 1, after  # at most the one read before b's write
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def test_an_elastic_world_starts_whole_and_the_agents_left_go_on_without_a_dead_one():
+    """hpcft's elastic settings (``--nnodes=1:2``, ``SURVIVORS_RDZV_CONF``) on torch's own c10d handler: the first
+    round waits for both agents well past the last call (torch would start the first alone); once the second agent
+    is dead (its heartbeats stop, as when its node loses power), the first one's next round forms a world of one
+    within the heartbeat timeout and the last call, not the 600 s join timeout."""
+    ew.apply()
+    conf = dict(kv.split("=", 1) for kv in SURVIVORS_RDZV_CONF.split(","))
+    last_call, port = float(conf["last_call_timeout"]), free_port()
+    dead_after = int(conf["keep_alive_interval"]) * int(conf["keep_alive_max_attempt"])
+    handlers = [get_rendezvous_handler(RendezvousParameters(backend="c10d", endpoint=f"localhost:{port}", run_id="e",
+                min_nodes=1, max_nodes=2, join_timeout=60, **conf)) for _ in range(2)]  # fmt: skip
+    worlds: dict[str, int] = {}
+
+    def join(name: str, handler) -> None:
+        worlds[name] = handler.next_rendezvous().world_size
+
+    a = threading.Thread(target=join, args=("a", handlers[0]))
+    a.start()
+    a.join(last_call + 1.5)  # the claim is about time: alone, "a" must not complete at its last call
+    assert a.is_alive() and not worlds, "the first round completed without the second agent"
+    b = threading.Thread(target=join, args=("b", handlers[1]))
+    b.start()
+    for t in (a, b):
+        t.join(60)
+    assert worlds == {"a": 2, "b": 2}
+    assert handlers[0]._settings.min_nodes == 1  # torch's settings again after the first round
+
+    handlers[1]._stop_heartbeats()  # "b" is dead: no heartbeat, no goodbye
+    t0 = time.monotonic()
+    join("a", handlers[0])  # what "a"'s agent does when its workers fail on the dead peer
+    took = time.monotonic() - t0
+    assert worlds["a"] == 1
+    assert took < dead_after + last_call + 3, f"the agent left took {took:.1f} s to go on alone"
+    handlers[0].shutdown()
 
 
 def test_hpcfts_torchrun_is_torchrun(tmp_path):

@@ -317,6 +317,21 @@ def test_torchrun_runs_with_hpcfts_rendezvous_fixes_warm_or_cold():
         assert argv[0] == PY and argv[argv.index("-m") + 1] == runner, argv
 
 
+def test_an_elastic_world_lets_the_agents_left_re_form_it_within_seconds():
+    """With ``survivors`` (``JobSpec.survivor_nodes``), torchrun's agents accept LOW to N nodes and notice a dead
+    one within seconds; without, the world is fixed and torch's timings stand."""
+    from hpcft.launchers.torchrun import SURVIVORS_RDZV_CONF
+
+    spec = spec_for("torchrun")
+    elastic = build_launch(LaunchContext(spec, node_env(0), RUN, PY, "10.0.0.1", restarts=3, survivors=1)).argv
+    assert "--nnodes=1:2" in elastic and f"--rdzv-conf={SURVIVORS_RDZV_CONF}" in elastic
+    conf = dict(kv.split("=") for kv in SURVIVORS_RDZV_CONF.split(","))
+    noticed = int(conf["keep_alive_interval"]) * int(conf["keep_alive_max_attempt"])  # a dead agent's heartbeat missed
+    assert noticed + float(conf["last_call_timeout"]) < 10  # torch's own: 5 × 3 + 30 s
+    fixed = build_launch(LaunchContext(spec, node_env(0), RUN, PY, "10.0.0.1", restarts=3)).argv
+    assert "--nnodes=2" in fixed and not any(a.startswith("--rdzv-conf") for a in fixed)
+
+
 def test_nodes_without_gpus_make_a_users_accelerate_script_use_one_cpu_world():
     for launcher in ("accelerate", "torchrun"):
         ctx = LaunchContext(spec_for(launcher, command=["t.py"]), node_env(0), RUN, PY, "10.0.0.1", node_has_gpu=False)

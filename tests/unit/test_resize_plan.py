@@ -8,8 +8,10 @@ from datetime import datetime
 
 import pytest
 
-from hpcft.errors import RunError
+from hpcft.errors import HpcftError, RunError
 from hpcft.plan.resume import plan_resume
+from hpcft.spec import build_spec
+from hpcft.spec.model import split_global_batch
 from tests import fuzzing as F
 
 
@@ -80,3 +82,32 @@ def test_after_a_shrink_resume_asks_for_the_runs_own_nodes_again(run):
     rp = plan_resume(run, overrides=("train.max_steps=8", *shrinkable), flags={"resources.nodes": 1},
                      python="python3", now=datetime(2026, 12, 1))  # fmt: skip
     assert rp.plan.spec.resources.nodes == 1 and not any("asked for" in n for n in rp.notes)  # --nodes chooses
+
+
+@pytest.mark.parametrize(
+    "batch, micro, world, want",
+    [(8, 4, 2, (4, 1)), (8, 4, 1, (4, 2)), (6, 4, 1, (3, 2)), (12, 8, 4, (3, 1)), (7, 2, 1, (1, 7))],
+)
+def test_a_global_batch_is_split_with_the_largest_micro_batch_that_fits(batch, micro, world, want):
+    got = split_global_batch(batch, micro, world)
+    assert got == want and got[0] * got[1] * world == batch and got[0] <= micro
+
+
+def test_the_ranks_left_after_a_node_loss_keep_the_global_batch(capsys):
+    """``hpcft.train.main.for_world``: a rank of a world smaller than spec.yaml's (torchrun's agents re-formed it
+    without a dead node) trains with the same samples a step; its rank 0 says so."""
+    from hpcft.train.main import for_world
+
+    spec = build_spec({"train": {"model": "/m", "data": {"train": "/d.jsonl"}, "batch_size": 4, "grad_accum": 2},
+                       "resources": {"nodes": 2, "gpus_per_node": 2, "min_nodes": 1}})  # fmt: skip
+    assert for_world(spec, {"WORLD_SIZE": "4", "RANK": "0"}) is spec  # the planned world: 4 ranks, 4 × 2 × 4 = 32 samples a step
+    left = for_world(spec, {"WORLD_SIZE": "2", "RANK": "0"})  # 1 node × 2 ranks
+    assert (left.train.batch_size, left.train.grad_accum) == (4, 4)
+    assert left.resources == spec.resources  # spec.yaml's job, only the batch per rank changes
+    said = capsys.readouterr().err
+    assert "training on 2 of 4 ranks (a node lost): train.batch_size 4 → 4, train.grad_accum 2 → 4 keep the " \
+           "global batch at 32" in said  # fmt: skip
+    for_world(spec, {"WORLD_SIZE": "2", "RANK": "1"})
+    assert capsys.readouterr().err == ""  # rank 0 only
+    with pytest.raises(HpcftError, match=r"3 ranks cannot share spec\.yaml's global batch of 32"):
+        for_world(spec, {"WORLD_SIZE": "3", "RANK": "0"})

@@ -46,8 +46,8 @@ PAIR_HINT = "(HINT: e.g. -o resources.min_nodes=1 -o run.shrink_after=600)"
 @pytest.mark.parametrize(
     "resources, run, launch, says, advice",
     [
-        ({"nodes": 2, "min_nodes": 1}, {}, {}, "resources.min_nodes: has no effect without run.shrink_after",
-         PAIR_HINT),
+        ({"nodes": 2, "min_nodes": 1}, {}, {"launcher": "accelerate"}, "resources.min_nodes: has no effect here: "
+         "the ranks left after a node loss train on in the job with hpcft's trainer under torchrun", PAIR_HINT),
         ({"nodes": 2}, {"shrink_after": 60}, {}, "run.shrink_after: has no effect without resources.min_nodes",
          PAIR_HINT),
         ({"nodes": 2, "min_nodes": 3}, {"shrink_after": 60}, {}, "resources.min_nodes: 3 is more than "
@@ -65,6 +65,47 @@ def test_bad_shrink_settings_are_clear_errors(resources, run, launch, says, advi
     message = str(e.value)
     # What is wrong, and what to set instead (a hint) or what was given.
     assert "1 problem in the job description" in message and says in message and advice in message
+
+
+def survivors(resources: dict, train: dict | None = None, launch: dict | None = None, run: dict | None = None):
+    data = {"train": {"model": "/m", "data": {"train": "/d.jsonl"}, **(train or {})}, "resources": resources,
+            "launch": {"backend": "sbatch", **(launch or {})}, "run": run or {}}  # fmt: skip
+    if "min_nodes" in resources:  # valid where the nodes left may not train on in the job
+        data["run"] = {"shrink_after": 60, **data["run"]}
+    return build_spec(data).survivor_nodes
+
+
+@pytest.mark.parametrize(
+    "resources, train, want",
+    [
+        ({"nodes": 2, "min_nodes": 1}, {}, 1),  # a global batch of 2: 1 rank accumulates 2
+        ({"nodes": 4, "min_nodes": 2, "gpus_per_node": 2}, {"batch_size": 3, "grad_accum": 2}, 2),  # 48: 4, 6, 8 ranks
+        ({"nodes": 4, "min_nodes": 2}, {}, None),  # 4 samples: 3 nodes cannot share them
+        ({"nodes": 4, "min_nodes": 1}, {"batch_size": 2}, None),  # 8: 1, 2 and 4 can, 3 cannot
+        ({"nodes": 6, "min_nodes": 3}, {"batch_size": 5}, 5),  # 30: 3, 5 and 6 can, 4 cannot: the least is 5
+        ({"nodes": 2, "min_nodes": 2}, {}, None),  # no node may be lost
+        ({"nodes": 2}, {}, None),  # off unless asked for
+    ],
+)  # fmt: skip
+def test_the_nodes_left_train_on_down_to_where_every_world_keeps_the_global_batch(resources, train, want):
+    assert survivors(resources, train) == want
+
+
+@pytest.mark.parametrize(
+    "train, launch, run",
+    [({"zero": 2}, {}, {}), ({}, {"command": ["t.py"]}, {}), ({}, {"launcher": "accelerate"}, {}),
+     ({}, {"rdzv": "static"}, {}), ({}, {}, {"restart_in_job": False})],
+)  # fmt: skip
+def test_the_world_stays_fixed_where_the_batch_per_rank_is_not_hpcfts_to_change(train, launch, run):
+    """A ZeRO config fixes the batch per rank; a user's command sizes its own; only torchrun's c10d agents re-form
+    a world in the job, and only when they restart ranks at all."""
+    assert survivors({"nodes": 2, "min_nodes": 1}, train, launch, run) is None
+
+
+def test_min_nodes_alone_is_a_valid_job_where_the_nodes_left_train_on():
+    data = {"train": {"model": "/m", "data": {"train": "/d.jsonl"}}, "resources": {"nodes": 2, "min_nodes": 1},
+            "launch": {"backend": "sbatch"}}  # fmt: skip
+    assert build_spec(data).survivor_nodes == 1 and not build_spec(data).shrinks
 
 
 CRASH = Decision("requeue", "launcher failed with 137; requeue 1 of 2", 137)
