@@ -100,7 +100,9 @@ def test_the_ranks_left_after_a_node_loss_keep_the_global_batch(capsys):
 
     spec = build_spec({"train": {"model": "/m", "data": {"train": "/d.jsonl"}, "batch_size": 4, "grad_accum": 2},
                        "resources": {"nodes": 2, "gpus_per_node": 2, "min_nodes": 1}})  # fmt: skip
-    assert for_world(spec, {"WORLD_SIZE": "4", "RANK": "0"}) is spec  # the planned world: 4 ranks, 4 × 2 × 4 = 32 samples a step
+    assert (
+        for_world(spec, {"WORLD_SIZE": "4", "RANK": "0"}) is spec
+    )  # the planned world: 4 ranks, 4 × 2 × 4 = 32 samples a step
     left = for_world(spec, {"WORLD_SIZE": "2", "RANK": "0"})  # 1 node × 2 ranks
     assert (left.train.batch_size, left.train.grad_accum) == (4, 4)
     assert left.resources == spec.resources  # spec.yaml's job, only the batch per rank changes
