@@ -205,12 +205,14 @@ def record_job(run: Path, job_id: str, **fields: Any) -> dict[str, Any]:
     return update_state(run, change)
 
 
-def record_rank_start(run: Path, job_id: str) -> dict[str, Any] | None:
+def record_rank_start(run: Path, job_id: str, world: tuple[int, int] | None = None) -> dict[str, Any] | None:
     """Count a start of the ranks in the job's current segment; the in-job-restart event when it is not the first.
 
     begin-job zeroes ``rank_starts`` for every segment (a new job, or a requeue). A second start
     within one segment means torchrun or ``hpcft node`` restarted the ranks after a crash: a failure,
-    bounded by ``run.max_failures`` together with requeues after crashes.
+    bounded by ``run.max_failures`` together with requeues after crashes. ``world``: (ranks, spec.yaml's ranks)
+    where the ranks restarted in a smaller world, without a lost node (``JobSpec.survivor_nodes``): that
+    node's loss is charged once, when SLURM ends the job for it (begin-job's ``lost``) or after-job shrinks it.
     """
     recorded: list[dict[str, Any]] = []
 
@@ -223,8 +225,11 @@ def record_rank_start(run: Path, job_id: str) -> dict[str, Any] | None:
             event = {"job": job_id, "restart": job.get("restart", 0), "kind": "in-job restart", "action": "restart",
                      "reason": "a rank failed; every rank restarted inside the job from the newest checkpoint",
                      "time": now_iso()}  # fmt: skip
+            if world:
+                event.update(ranks=world[0], reason=f"a node was lost; the ranks left ({world[0]} of {world[1]}) "
+                             "train on inside the job from the newest checkpoint")  # fmt: skip
             state.setdefault("events", []).append(event)
-            state["failures"] = int(state.get("failures", 0)) + 1
+            state["failures"] = int(state.get("failures", 0)) + (0 if world else 1)
             recorded.append(event)
 
     update_state(run, change)

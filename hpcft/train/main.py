@@ -154,6 +154,13 @@ def peak_rss_bytes() -> int:
     return 0
 
 
+def smaller_world(run: Path, env: Mapping[str, str]) -> tuple[int, int] | None:
+    """(this world's ranks, spec.yaml's) where the ranks train in a smaller world than planned (a node lost)."""
+    spec = store.load_run_spec(run)
+    planned, world = spec.resources.nodes * (spec.resources.gpus_per_node or 1), int(env.get("WORLD_SIZE", "1"))
+    return (world, planned) if world < planned else None
+
+
 def for_world(spec, env: Mapping[str, str]):
     """The spec for this rank's world (``WORLD_SIZE`` in ``env``) where it is smaller than spec.yaml's: the ranks
     left after a node loss (``--nnodes=LOW:N``, ``JobSpec.survivor_nodes``) accumulate more, so each step takes
@@ -171,11 +178,12 @@ def for_world(spec, env: Mapping[str, str]):
         raise HpcftError(f"{world} ranks cannot share spec.yaml's global batch of {batch} ({planned} ranks)",
                          hint="start the job with resources.nodes × gpus_per_node ranks")  # fmt: skip
     micro, accum = split_global_batch(batch, spec.train.batch_size, world)
+    new = {"batch_size": micro, "grad_accum": accum}
     if is_rank0:
-        print(f"hpcft: training on {world} of {planned} ranks (a node lost): train.batch_size "
-              f"{spec.train.batch_size} → {micro}, train.grad_accum {spec.train.grad_accum} → {accum} keep the "
-              f"global batch at {batch}", file=sys.stderr, flush=True)  # fmt: skip
-    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=micro, grad_accum=accum))
+        changed = [f"train.{k} {getattr(spec.train, k)} → {v}" for k, v in new.items() if getattr(spec.train, k) != v]
+        print(f"hpcft: training on {world} of {planned} ranks (a node lost): {', '.join(changed)} keeps the global "
+              f"batch at {batch}", file=sys.stderr, flush=True)  # fmt: skip
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **new))
 
 
 def check_not_dropped(trainer) -> None:
@@ -267,8 +275,11 @@ def run_rank(argv: list[str]) -> int:
     exit_if_saved_for_requeue(run)
     setup_logging(run)
     if rank() == 0 and os.environ.get("HPCFT_JOB_ID", "local") != "local":
-        restarted = store.record_rank_start(run, os.environ["HPCFT_JOB_ID"])
-        if restarted:
+        world = smaller_world(run, os.environ)
+        restarted = store.record_rank_start(run, os.environ["HPCFT_JOB_ID"], world)
+        if restarted and world:
+            log.warning("in-job restart without a lost node: %s of %s ranks train on", *world)
+        elif restarted:
             failures = store.read_state(run).get("failures")
             log.warning("in-job restart after a crash (failure %s of run.max_failures)", failures)
     try:

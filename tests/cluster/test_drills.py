@@ -18,6 +18,7 @@ import pytest
 
 from hpcft.ops.logs import rank_text
 from hpcft.rundir import lemons
+from tests.cluster.lab_nodes import crash_node, node_state, restore_node, slurmd_timeout
 from tests.conftest import hpcft, nodes_completing, release_requeued, squeue_state, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -198,6 +199,41 @@ def test_f_a_hung_node_is_found_named_and_restarted_at_default_settings(referenc
     assert sorted(e.get("kind") or e["action"] for e in state["events"]) == ["done", "hang", "in-job restart"]
     begins = [r for r in records(run) if r.get("event") == "train_begin"]
     assert begins[1]["start_step"] >= stopped_at - 20  # at most one save interval lost
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+
+
+def test_g_the_ranks_left_train_on_at_once_when_a_node_dies(lab, reference, demo_dir, runs_dir):
+    """node2 loses power: every process of it dies (slurmd, step daemon, agent, rank). SLURM notices only after
+    SlurmdTimeout; with ``resources.min_nodes=1`` node1's agent re-forms a world of one within seconds and its rank
+    trains on from the newest checkpoint, accumulating 2 micro-batches a step (the same samples as the reference's
+    2 ranks), until SLURM ends the job DUE TO NODE FAILURE and requeues it; the requeue finds the run finished."""
+    run, job = submit(demo_dir, runs_dir, "-o", "resources.min_nodes=1")
+    wait_until("checkpoint-20", lambda: (run / "checkpoints" / "checkpoint-20" / "COMPLETE").exists(), interval=0.05)
+    second = lab.nodes[1]  # the module's cluster (tests/conftest.py: LAB_MODULES)
+    crash_node(second)
+    crashed = time.time()
+    try:
+        alone = wait_until("the rank left to train on", lambda: next((r for r in records(run) if r.get("event") ==
+                           "train_begin" and r["world_size"] == 1), None), timeout=120, interval=0.2)  # fmt: skip
+        seen_down = node_state(second).startswith("down")  # SLURM marks it after SlurmdTimeout
+        wait_until("the run to end on node1 alone", lambda: (run / "FINISHED").exists(), timeout=300)
+        release_requeued(job)  # SLURM's own requeue, once it declared node2 DOWN
+    finally:
+        restore_node(second)
+    assert alone["time"] - crashed < slurmd_timeout() and not seen_down, (alone["time"] - crashed, seen_down)
+    assert alone["start_step"] >= 20 and alone["restart"] == 0  # the newest checkpoint, in the same SLURM run
+    st = wait_finished(run)
+    assert st["step"] == STEPS and st["job_ids"] == [job]
+    log = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace")
+    assert "training on 1 of 2 ranks (a node lost): train.grad_accum 1 → 2 keeps the global batch at 8" in log
+    assert "DUE TO NODE FAILURE" in log
+    assert f"{run.name} is FINISHED (step {STEPS}): nothing to train" in log  # the requeue's begin-job
+    state = json.loads((run / "state.json").read_text())
+    kinds = [(e["kind"], e["action"], e.get("ranks")) for e in state["events"]]
+    assert kinds == [("in-job restart", "restart", 1), ("lost", "requeued by SLURM", None)], kinds
+    assert state["failures"] == 1  # one node lost: charged once, when SLURM ended the job for it
+    trained_alone = [r["step"] for r in records(run) if "loss" in r and r["time"] > alone["time"]]
+    assert max(trained_alone) == STEPS  # the rank left trained the rest of the run
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
 
 

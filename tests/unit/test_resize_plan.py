@@ -107,8 +107,7 @@ def test_the_ranks_left_after_a_node_loss_keep_the_global_batch(capsys):
     assert (left.train.batch_size, left.train.grad_accum) == (4, 4)
     assert left.resources == spec.resources  # spec.yaml's job, only the batch per rank changes
     said = capsys.readouterr().err
-    assert "training on 2 of 4 ranks (a node lost): train.batch_size 4 → 4, train.grad_accum 2 → 4 keep the " \
-           "global batch at 32" in said  # fmt: skip
+    assert "training on 2 of 4 ranks (a node lost): train.grad_accum 2 → 4 keeps the global batch at 32" in said
     for_world(spec, {"WORLD_SIZE": "2", "RANK": "1"})
     assert capsys.readouterr().err == ""  # rank 0 only
     with pytest.raises(HpcftError, match=r"3 ranks cannot share spec\.yaml's global batch of 32"):

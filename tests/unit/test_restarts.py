@@ -114,6 +114,17 @@ def test_a_second_start_of_the_ranks_in_one_job_run_is_a_failure(tmp_path):
     assert store.read_state(run)["failures"] == 1
 
 
+def test_the_ranks_left_after_a_node_loss_restart_without_a_second_charge(tmp_path):
+    """The restart into a smaller world (``JobSpec.survivor_nodes``) is the lost node's, which SLURM's NODE_FAIL
+    (begin-job's ``lost``) or the shrink charges: one node lost is one failure, not two."""
+    run = new_run(tmp_path)
+    store.record_job(run, "41", restart=0, rank_starts=0)
+    store.record_rank_start(run, "41", (1, 2))  # the first start is never smaller: nothing to record
+    event = store.record_rank_start(run, "41", (1, 2))
+    assert (event["kind"], event["ranks"]) == ("in-job restart", 1) and "the ranks left (1 of 2)" in event["reason"]
+    assert store.read_state(run).get("failures", 0) == 0
+
+
 def test_ranks_of_a_job_begin_job_never_saw_count_nothing(tmp_path):
     run = new_run(tmp_path)
     assert store.record_rank_start(run, "41") is None and store.record_rank_start(run, "41") is None
