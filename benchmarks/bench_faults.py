@@ -219,13 +219,16 @@ def per_fault(run: Path, faults: list[tuple[str, float]]) -> list[dict]:
     return rows
 
 
-def drill(job: Path, runs: Path, steps: int, save_steps: int, minutes: int) -> tuple[Path, str, list]:
+SURVIVORS = ("-o", "resources.min_nodes=1")  # node1's rank trains on at once when node2 dies (both runs: the same job)
+
+
+def drill(job: Path, runs: Path, steps: int, save_steps: int, minutes: int, p9: bool) -> tuple[Path, str, list]:
     run, job_id = submit(job, runs, "drill", steps, save_steps, "--partition", "low", "--time", str(minutes),
-                         "-o", "run.max_failures=4")  # fmt: skip
+                         "-o", "run.max_failures=4", *SURVIVORS)  # fmt: skip
     lifter = HoldLifter(job_id)
     lifter.start()
     try:
-        faults, slow = _faults(run, job_id, minutes)
+        faults, slow = (_p9_faults if p9 else _faults)(run, job_id, minutes)
     except BaseException:
         subprocess.run(["scancel", job_id], check=False)  # a drill that broke must not train on, requeued
         raise
@@ -267,12 +270,37 @@ def _faults(run: Path, job_id: str, minutes: int) -> tuple[list, dict]:
     return faults, slow
 
 
+def _p9_faults(run: Path, job_id: str, minutes: int) -> tuple[list, dict]:
+    """P9's own faults at P9's rate (2026-12-01: 8 in 945 s of job time): a priority preemption at step 200, a
+    killed rank a minute after that resume, a crashed node a minute into the next job run; time limits end every
+    other job run (a run is warned a minute before its limit) until the run's steps are done."""
+    faults: list[tuple[str, float]] = []
+    wait("step 200", lambda: last_step(run) >= 200)
+    faults.append(("priority preemption", time.time()))
+    preempt()
+    wait("the resumed run", lambda: starts(run) >= 2)
+    t0 = time.time()
+    wait("a minute of training", lambda: time.time() - t0 >= 60)  # placed by time: the rate is the point
+    faults.append(("killed rank", time.time()))
+    kill_rank(run)
+    n = starts(run)
+    wait("the in-job restart", lambda: starts(run) > n)
+    n = starts(run)
+    wait("the time limit's requeue", lambda: starts(run) > n, timeout=minutes * 60 + 300)
+    t0 = time.time()
+    wait("a minute of training", lambda: time.time() - t0 >= 60)
+    faults.append(("crashed node", time.time()))
+    crash_node(0)
+    wait("the job to finish", lambda: job_ended(job_id) and (run / "FINISHED").exists(), timeout=3600)
+    return faults, {}
+
+
 def measure(args) -> tuple[str, str]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-faults-", dir="/tmp"))
     sh(*HPCFT, "init-demo", str(tmp / "demo"))
     job = tmp / "demo" / "job.yaml"
-    run, job_id, faults, slow = drill(job, tmp / "runs", args.steps, args.save_steps, args.time)
-    ref, ref_job = submit(job, tmp / "runs", "reference", args.steps, args.save_steps)
+    run, job_id, faults, slow = drill(job, tmp / "runs", args.steps, args.save_steps, args.time, args.p9)
+    ref, ref_job = submit(job, tmp / "runs", "reference", args.steps, args.save_steps, *SURVIVORS)
     wait("the reference run", lambda: job_ended(ref_job), timeout=3600)
 
     def losses(r: Path) -> dict[int, float]:
@@ -284,7 +312,8 @@ def measure(args) -> tuple[str, str]:
     ran = job_seconds(job_id)
     ettr = productive_seconds(attempts(run)) / ran
     book = json.loads(sh(*HPCFT, "status", str(run), "--json"))["goodput"]  # the product's own ledger
-    result = {"bench": "faults", "steps": args.steps, "save_steps": args.save_steps, "time_min": args.time,
+    name = "faults-p9" if args.p9 else "faults"
+    result = {"bench": name, "steps": args.steps, "save_steps": args.save_steps, "time_min": args.time,
               "faults": rows, "slow_node": slow, "job_seconds": round(ran, 1), "ettr": round(ettr, 3),
               "ledger": book, "losses_equal_reference": worst <= 1e-5, "max_rel_loss_diff": worst}  # fmt: skip
     table = "\n".join(f"| {r['fault']} | {r['reached']} | {r['resumed_at']} | {r['steps_lost']} | "
@@ -301,6 +330,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--save-steps", type=int, default=200)
     parser.add_argument("--time", type=int, default=5, help="the run's time limit in minutes (one time-limit fault)")
+    parser.add_argument(
+        "--p9",
+        action="store_true",
+        help="P9's faults at P9's rate, for ETTR (use --time 3 and "
+        "--steps for ~15 min of training: a preemption, a killed rank, a crashed node, time limits)",
+    )
     report(lambda: measure(parser.parse_args()))
 
 

@@ -19,7 +19,7 @@ from hpcft.backends import base as backends
 from hpcft.errors import ConfigError
 from hpcft.launchers.base import LaunchCommand, LaunchContext, build_launch
 from hpcft.plan import deepspeed, memory
-from hpcft.plan.requeue import warning_lead
+from hpcft.plan.requeue import in_job_restarts, warning_lead
 from hpcft.rundir.layout import DS_CONFIG_FILE, NOTES_FILE, SPEC_FILE
 from hpcft.slurm.env import master_port
 from hpcft.spec import JobSpec, dump_spec, spec_notes
@@ -88,7 +88,11 @@ def make_plan(
     files.update(prepared.files)
     cluster = prepared.preview_cluster
     inside = spec.launch.container.python if spec.launch.container.enabled else spec.launch.python
-    ctx = LaunchContext(spec, cluster, run, inside, cluster.master_host)
+    # as hpcft node builds it on the first start: torchrun's restarts, an elastic world (hpcft.node.agent)
+    restarts = in_job_restarts(spec, spec.resources.nodes, 0) if cluster.in_slurm else None
+    torchrun = restarts.count if restarts and restarts.by == "torchrun" else 0
+    ctx = LaunchContext(spec, cluster, run, inside, cluster.master_host, restarts=torchrun,
+                        survivors=spec.survivor_nodes if torchrun else None)  # fmt: skip
     rdzv = {
         "nodes": str(spec.resources.nodes),
         "processes per node": str(ctx.procs_per_node),

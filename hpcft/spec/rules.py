@@ -161,8 +161,9 @@ def _check_shrink(spec: JobSpec) -> list[str]:
                 f"on fewer nodes when both are set ({hint})"]  # fmt: skip
     if after is None and low < nodes and spec.survivor_nodes is None:
         return [f"resources.min_nodes: has no effect here: the ranks left after a node loss train on in the job "
-                f"with hpcft's trainer under torchrun (c10d) without DeepSpeed, where {low} to {nodes} nodes can "
-                f"share the global batch; a job continues on fewer nodes with run.shrink_after ({hint})"]  # fmt: skip
+                f"only with hpcft's trainer under torchrun (c10d) without DeepSpeed, and only where every world of "
+                f"{low} to {nodes} nodes can share the global batch; with run.shrink_after the job continues on "
+                f"fewer nodes once SLURM has removed the lost one ({hint})"]  # fmt: skip
     if after is not None and spec.launch.backend in ("local", "submitit"):
         return [f"run.shrink_after: needs the sbatch backend (its batch script continues on the nodes left); "
                 f"launch.backend is {spec.launch.backend} (HINT: --backend sbatch)"]  # fmt: skip
@@ -197,6 +198,10 @@ def spec_notes(spec: JobSpec) -> list[str]:
         notes.append(f"resources.cpus_per_task is not set: SLURM gives the job its partition's default CPUs on each "
                      f"node (often 1, or a few per GPU); where cores are constrained, the node's {ranks} ranks and "
                      f"their data loaders share them (HINT: resources.cpus_per_task: {4 * ranks})")  # fmt: skip
+    if spec.survivor_nodes:
+        notes.append(f"after a node loss the ranks of the {spec.survivor_nodes}+ nodes left train on at once, with the "
+                     "global batch kept, until SLURM ends the job for the node (or it continues without it: "
+                     "run.shrink_after)")  # fmt: skip
     if spec.shrinks:
         notes.append(f"after a node loss the job waits {spec.run.shrink_after} s for the node, then continues on the "
                      f"{spec.resources.min_nodes}+ nodes left (--no-kill); where the first node is lost, SLURM ends "

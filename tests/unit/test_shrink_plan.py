@@ -47,7 +47,7 @@ PAIR_HINT = "(HINT: e.g. -o resources.min_nodes=1 -o run.shrink_after=600)"
     "resources, run, launch, says, advice",
     [
         ({"nodes": 2, "min_nodes": 1}, {}, {"launcher": "accelerate"}, "resources.min_nodes: has no effect here: "
-         "the ranks left after a node loss train on in the job with hpcft's trainer under torchrun", PAIR_HINT),
+         "the ranks left after a node loss train on in the job only with hpcft's trainer under torchrun", PAIR_HINT),
         ({"nodes": 2}, {"shrink_after": 60}, {}, "run.shrink_after: has no effect without resources.min_nodes",
          PAIR_HINT),
         ({"nodes": 2, "min_nodes": 3}, {"shrink_after": 60}, {}, "resources.min_nodes: 3 is more than "
