@@ -210,9 +210,10 @@ def record_rank_start(run: Path, job_id: str, world: tuple[int, int] | None = No
 
     begin-job zeroes ``rank_starts`` for every segment (a new job, or a requeue). A second start
     within one segment means torchrun or ``hpcft node`` restarted the ranks after a crash: a failure,
-    bounded by ``run.max_failures`` together with requeues after crashes. ``world``: (ranks, spec.yaml's ranks)
-    where the ranks restarted in a smaller world, without a lost node (``JobSpec.survivor_nodes``): that
-    node's loss is charged once, when SLURM ends the job for it (begin-job's ``lost``) or after-job shrinks it.
+    bounded by ``run.max_failures`` together with requeues after crashes. ``world``: (ranks, spec.yaml's ranks).
+    A restart into a smaller world, without a lost node (``JobSpec.survivor_nodes``), is no failure of its own:
+    that node's loss is charged once, when SLURM ends the job for it (begin-job's ``lost``) or after-job shrinks
+    it; nor is the restart that lets its agent back in (it came back: a killed rank's node slow to rejoin).
     """
     recorded: list[dict[str, Any]] = []
 
@@ -225,11 +226,18 @@ def record_rank_start(run: Path, job_id: str, world: tuple[int, int] | None = No
             event = {"job": job_id, "restart": job.get("restart", 0), "kind": "in-job restart", "action": "restart",
                      "reason": "a rank failed; every rank restarted inside the job from the newest checkpoint",
                      "time": now_iso()}  # fmt: skip
-            if world:
-                event.update(ranks=world[0], reason=f"a node was lost; the ranks left ({world[0]} of {world[1]}) "
-                             "train on inside the job from the newest checkpoint")  # fmt: skip
+            ranks, planned = world or (0, 0)
+            before = [e for e in state.get("events", []) if (e.get("job"), e.get("restart")) == (job_id,
+                      job.get("restart", 0)) and e.get("kind") == "in-job restart"]  # fmt: skip
+            back = ranks == planned and bool(before) and before[-1].get("ranks", planned) < planned
+            if ranks < planned:
+                event.update(ranks=ranks, reason=f"a node was lost; the ranks left ({ranks} of {planned}) train on "
+                             "inside the job from the newest checkpoint")  # fmt: skip
+            elif back:
+                event.update(ranks=ranks, reason="the lost ranks are back: every rank restarted inside the job, all "
+                             f"{ranks} of them")  # fmt: skip
             state.setdefault("events", []).append(event)
-            state["failures"] = int(state.get("failures", 0)) + (0 if world else 1)
+            state["failures"] = int(state.get("failures", 0)) + (0 if ranks < planned or back else 1)
             recorded.append(event)
 
     update_state(run, change)

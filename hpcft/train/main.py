@@ -154,11 +154,10 @@ def peak_rss_bytes() -> int:
     return 0
 
 
-def smaller_world(run: Path, env: Mapping[str, str]) -> tuple[int, int] | None:
-    """(this world's ranks, spec.yaml's) where the ranks train in a smaller world than planned (a node lost)."""
+def this_world(run: Path, env: Mapping[str, str]) -> tuple[int, int]:
+    """(this world's ranks, spec.yaml's): fewer where a node was lost (``JobSpec.survivor_nodes``)."""
     spec = store.load_run_spec(run)
-    planned, world = spec.resources.nodes * (spec.resources.gpus_per_node or 1), int(env.get("WORLD_SIZE", "1"))
-    return (world, planned) if world < planned else None
+    return int(env.get("WORLD_SIZE", "1")), spec.resources.nodes * (spec.resources.gpus_per_node or 1)
 
 
 def for_world(spec, env: Mapping[str, str]):
@@ -275,10 +274,10 @@ def run_rank(argv: list[str]) -> int:
     exit_if_saved_for_requeue(run)
     setup_logging(run)
     if rank() == 0 and os.environ.get("HPCFT_JOB_ID", "local") != "local":
-        world = smaller_world(run, os.environ)
+        world = this_world(run, os.environ)
         restarted = store.record_rank_start(run, os.environ["HPCFT_JOB_ID"], world)
-        if restarted and world:
-            log.warning("in-job restart without a lost node: %s of %s ranks train on", *world)
+        if restarted and "ranks" in restarted:
+            log.warning("in-job restart: %s", restarted["reason"])
         elif restarted:
             failures = store.read_state(run).get("failures")
             log.warning("in-job restart after a crash (failure %s of run.max_failures)", failures)

@@ -123,6 +123,11 @@ def test_the_ranks_left_after_a_node_loss_restart_without_a_second_charge(tmp_pa
     event = store.record_rank_start(run, "41", (1, 2))
     assert (event["kind"], event["ranks"]) == ("in-job restart", 1) and "the ranks left (1 of 2)" in event["reason"]
     assert store.read_state(run).get("failures", 0) == 0
+    back = store.record_rank_start(run, "41", (2, 2))  # the node's agent rejoined: every rank restarts, all 2
+    assert back["ranks"] == 2 and "the lost ranks are back" in back["reason"]
+    assert store.read_state(run).get("failures", 0) == 0
+    crash = store.record_rank_start(run, "41", (2, 2))  # then a rank crashes: a failure
+    assert "ranks" not in crash and store.read_state(run)["failures"] == 1
 
 
 def test_ranks_of_a_job_begin_job_never_saw_count_nothing(tmp_path):
