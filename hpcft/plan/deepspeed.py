@@ -74,16 +74,11 @@ def deepspeed_config(
         "gradient_clipping": "auto" if own else t.max_grad_norm,
         "bf16": {"enabled": "auto" if own else t.precision == "bf16"},
         "fp16": {"enabled": "auto" if own else t.precision == "fp16"},
-        "zero_optimization": _zero_section(t, run_dir, numels, world_size(spec)),
+        "zero_optimization": _zero_section(t, run_dir, numels, spec.ranks),
         **({"optimizer": copy.deepcopy(OFFLOAD_OPTIMIZER)} if offload_devices(t) != ("none", "none") else {}),
         "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
     }
-
-
-def world_size(spec: JobSpec) -> int:
-    """Ranks of the job as planned: nodes × GPUs per node (processes per node on CPU)."""
-    return spec.resources.nodes * (spec.resources.gpus_per_node or 1)
 
 
 def _zero_section(t: TrainSpec, run_dir: str | None, numels: Sequence[int] | None, world: int) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def deepspeed_files(spec: JobSpec, run_dir: str) -> dict[str, str]:
         problems += memory.host_fit_problems(spec, config.get("zero_optimization") or {}, numels)
     if config and user is not None:
         source = f"train.deepspeed_config ({spec.train.deepspeed_config})"
-        problems += deepspeed.check_swap_buffers(config, numels, deepspeed.world_size(spec), spec.train.precision,
+        problems += deepspeed.check_swap_buffers(config, numels, spec.ranks, spec.train.precision,
                                                  source)  # fmt: skip
     if problems:
         raise ConfigError(problems)

@@ -127,8 +127,7 @@ def _keep_global_batch(old: JobSpec, spec: JobSpec, saved_by: int | None, source
     ZeRO shards of another world size go through DeepSpeed's universal checkpoint on the ranks
     (``hpcft.train.ds_universal``); NVMe offload is refused there, not converted.
     """
-    world = spec.resources.nodes * (spec.resources.gpus_per_node or 1)
-    trained = old.resources.nodes * (old.resources.gpus_per_node or 1)
+    world, trained = spec.ranks, old.ranks
     if saved_by not in (None, world) and spec.train.zero > 0 and "nvme" in offload_devices(spec.train):
         raise RunError(f"{source} holds ZeRO-{spec.train.zero} shards of {saved_by} ranks with NVMe "
                        f"offload; hpcft converts them to {world} ranks without NVMe offload only",

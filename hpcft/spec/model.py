@@ -263,6 +263,11 @@ class JobSpec:
         return self.run.shrink_after is not None and low < self.resources.nodes
 
     @property
+    def ranks(self) -> int:
+        """Ranks of the job as planned: nodes × GPUs per node (processes per node on CPU)."""
+        return self.resources.nodes * (self.resources.gpus_per_node or 1)
+
+    @property
     def survivor_nodes(self) -> int | None:
         """The fewest nodes whose ranks train on in the job after a node loss, at once (``resources.min_nodes``).
 
@@ -280,8 +285,7 @@ class JobSpec:
                  or not self.run.restart_in_job)  # fmt: skip
         if low is None or fixed:
             return None
-        procs = self.resources.gpus_per_node or 1
-        batch = self.train.batch_size * self.train.grad_accum * nodes * procs
+        procs, batch = self.resources.gpus_per_node or 1, self.train.batch_size * self.train.grad_accum * self.ranks
         while low < nodes and any(batch % (k * procs) for k in range(low, nodes)):
             low += 1
         return low if low < nodes else None

@@ -156,8 +156,7 @@ def peak_rss_bytes() -> int:
 
 def this_world(run: Path, env: Mapping[str, str]) -> tuple[int, int]:
     """(this world's ranks, spec.yaml's): fewer where a node was lost (``JobSpec.survivor_nodes``)."""
-    spec = store.load_run_spec(run)
-    return int(env.get("WORLD_SIZE", "1")), spec.resources.nodes * (spec.resources.gpus_per_node or 1)
+    return int(env.get("WORLD_SIZE", "1")), store.load_run_spec(run).ranks
 
 
 def for_world(spec, env: Mapping[str, str]):
@@ -169,7 +168,7 @@ def for_world(spec, env: Mapping[str, str]):
     from hpcft.spec.model import split_global_batch
 
     world, is_rank0 = int(env.get("WORLD_SIZE", "1")), env.get("RANK", "0") == "0"
-    planned = spec.resources.nodes * (spec.resources.gpus_per_node or 1)
+    planned = spec.ranks
     if world >= planned or spec.train.uses_deepspeed:
         return spec
     batch = spec.train.batch_size * spec.train.grad_accum * planned
