@@ -307,7 +307,7 @@ def measure(args) -> tuple[str, str]:
         return {x["step"]: x["loss"] for x in records(r) if "loss" in x}
 
     a, b = losses(run), losses(ref)
-    worst = max(abs(a[s] - b[s]) / abs(b[s]) for s in b) if a.keys() == b.keys() else float("inf")
+    worst = max(abs(a[s] - b[s]) / (abs(b[s]) or 1.0) for s in b) if a.keys() == b.keys() else float("inf")
     rows = per_fault(run, faults)
     ran = job_seconds(job_id)
     ettr = productive_seconds(attempts(run)) / ran

@@ -65,13 +65,16 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     if chain:
         d, chain = chain_or_fail(run, job_id, d, event)
 
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
     def record(s: dict) -> None:
+        paid = store.world_shrunk(s, job_id, restart, spec.ranks)  # the ranks left paid for the lost node
         s.setdefault("events", []).append(event)
         if d.action == "requeue":
             s["restarts"] = int(s.get("restarts", 0)) + (0 if chain else 1)  # a chained job counts as a later job
             if saved:
                 s["preemptions"] = int(s.get("preemptions", 0)) + 1
-        if d.action in ("requeue", "shrink") and not saved and rc != 0:
+        if d.action in ("requeue", "shrink") and not saved and rc != 0 and not paid:
             s["failures"] = int(s.get("failures", 0)) + 1
 
     store.update_state(run, record)

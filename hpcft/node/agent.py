@@ -314,10 +314,37 @@ def supervise(run: Path, argv: tuple[str, ...], env: dict[str, str], restarts: i
         if restarts <= 0 or not should_rerun(run, rc, bool(seen)):
             if watchdog is not None:
                 watchdog.stop()
+            if rc == 0:
+                end_without_lost_node(run, env)
             return rc
         restarts -= 1
         print(f"hpcft node {node_name(env)}: the launcher failed with {rc}; restarting every rank in this job "
               f"from the newest checkpoint ({restarts} restart(s) left)", flush=True)  # fmt: skip
+
+
+BATCH_PID_ENV = "HPCFT_BATCH_PID"  # the batch script's shell, on the first node (sbatch_templates/per_node.sbatch.j2)
+
+
+def end_without_lost_node(run: Path, env: Mapping[str, str]) -> bool:
+    """On the first node, where the ranks left after a node loss are done (finished, or saved for the requeue):
+    tell the batch script not to wait for the lost node's task (SIGUSR2). srun waits for it until SLURM marks the
+    node DOWN, SlurmdTimeout after the loss (300 s by default), with the job's other nodes idle meanwhile."""
+    import signal
+
+    cluster, pid = ClusterEnv.from_mapping(env), env.get(BATCH_PID_ENV, "")
+    if cluster.node_rank != 0 or not pid.isdigit() or not cluster.job_id:
+        return False
+    spec = store.load_run_spec(run)
+    restart = int(env.get("SLURM_RESTART_COUNT") or 0)
+    if not store.world_shrunk(store.read_state(run), cluster.job_id, restart, spec.ranks):
+        return False
+    print(f"hpcft node {node_name(env)}: the ranks left after a node loss are done: the job ends now, without "
+          "waiting for SLURM to notice the lost node", flush=True)  # fmt: skip
+    try:
+        os.kill(int(pid), signal.SIGUSR2)
+    except OSError:  # another PID namespace (a container): SLURM ends the step once it marks the node DOWN
+        return False
+    return True
 
 
 def exit_status(returncode: int) -> int:

@@ -70,8 +70,11 @@ def lost_segment(state: Mapping[str, Any], job_id: str, restart: int, now: str) 
     }
 
 
-def record_lost(run: Path, job_id: str, restart: int, max_failures: int) -> str | None:
-    """Record a lost previous run of this job; why to stop when that spends the failure budget, else None."""
+def record_lost(run: Path, job_id: str, restart: int, max_failures: int, ranks: int = 0) -> str | None:
+    """Record a lost previous run of this job; why to stop when that spends the failure budget, else None.
+
+    A run whose ranks went on without a lost node (``ranks``: spec.yaml's, ``store.world_shrunk``) paid for that
+    node at their restart: its end, SLURM's for the same node, is no second failure."""
     verdict: list[str] = []
     lost: dict[str, Any] = {}
 
@@ -80,7 +83,8 @@ def record_lost(run: Path, job_id: str, restart: int, max_failures: int) -> str 
         if event is None:
             return
         lost.update(next((j for j in state.get("jobs", []) if j.get("id") == job_id), {}))  # its nodes, start
-        state["failures"] = failures = int(state.get("failures", 0)) + 1
+        paid = store.world_shrunk(state, job_id, restart - 1, ranks)
+        state["failures"] = failures = int(state.get("failures", 0)) + (0 if paid else 1)
         state.setdefault("events", []).append(event)
         print(f"hpcft: the previous run of job {job_id} was lost: {event['reason']} (failure {failures} of "
               f"{max_failures})", flush=True)  # fmt: skip
@@ -158,7 +162,7 @@ def begin_job(run: Path, env: Mapping[str, str]) -> int:
         return 3
     cluster = ClusterEnv.from_mapping(env)
     if cluster.job_id:
-        stop = record_lost(run, cluster.job_id, cluster.restart_count, spec.run.max_failures)
+        stop = record_lost(run, cluster.job_id, cluster.restart_count, spec.run.max_failures, spec.ranks)
         store.record_job(run, cluster.job_id, started=store.now_iso(), nodes=",".join(cluster.hosts),
                          restart=cluster.restart_count, rank_starts=0)  # fmt: skip
         if stop:

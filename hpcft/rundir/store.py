@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,9 +211,9 @@ def record_rank_start(run: Path, job_id: str, world: tuple[int, int] | None = No
     begin-job zeroes ``rank_starts`` for every segment (a new job, or a requeue). A second start
     within one segment means torchrun or ``hpcft node`` restarted the ranks after a crash: a failure,
     bounded by ``run.max_failures`` together with requeues after crashes. ``world``: (ranks, spec.yaml's ranks).
-    A restart into a smaller world, without a lost node (``JobSpec.survivor_nodes``), is no failure of its own:
-    that node's loss is charged once, when SLURM ends the job for it (begin-job's ``lost``) or after-job shrinks
-    it; nor is the restart that lets its agent back in (it came back: a killed rank's node slow to rejoin).
+    A restart into a smaller world, without a lost node (``JobSpec.survivor_nodes``), is that node's failure, and
+    SLURM's end of the job for the same node (begin-job's ``lost``) is no second one; the restart that lets its
+    agent back in is none (it came back: a killed rank's node slow to rejoin).
     """
     recorded: list[dict[str, Any]] = []
 
@@ -227,9 +227,7 @@ def record_rank_start(run: Path, job_id: str, world: tuple[int, int] | None = No
                      "reason": "a rank failed; every rank restarted inside the job from the newest checkpoint",
                      "time": now_iso()}  # fmt: skip
             ranks, planned = world or (0, 0)
-            before = [e for e in state.get("events", []) if (e.get("job"), e.get("restart")) == (job_id,
-                      job.get("restart", 0)) and e.get("kind") == "in-job restart"]  # fmt: skip
-            back = ranks == planned and bool(before) and before[-1].get("ranks", planned) < planned
+            back = ranks == planned and world_shrunk(state, job_id, job.get("restart", 0), planned)
             if ranks < planned:
                 event.update(ranks=ranks, reason=f"a node was lost; the ranks left ({ranks} of {planned}) train on "
                              "inside the job from the newest checkpoint")  # fmt: skip
@@ -237,11 +235,19 @@ def record_rank_start(run: Path, job_id: str, world: tuple[int, int] | None = No
                 event.update(ranks=ranks, reason="the lost ranks are back: every rank restarted inside the job, all "
                              f"{ranks} of them")  # fmt: skip
             state.setdefault("events", []).append(event)
-            state["failures"] = int(state.get("failures", 0)) + (0 if ranks < planned or back else 1)
+            state["failures"] = int(state.get("failures", 0)) + (0 if back else 1)
             recorded.append(event)
 
     update_state(run, change)
     return recorded[0] if recorded else None
+
+
+def world_shrunk(state: Mapping[str, Any], job_id: str, restart: int, planned: int) -> bool:
+    """Whether the ranks of this run of the job train in a smaller world than spec.yaml's ``planned`` ranks: its
+    last in-job restart left a node out (``JobSpec.survivor_nodes``); pure."""
+    restarts = [e for e in state.get("events", []) if e.get("kind") == "in-job restart"
+                and (e.get("job"), int(e.get("restart") or 0)) == (job_id, int(restart))]  # fmt: skip
+    return bool(restarts) and int(restarts[-1].get("ranks", planned)) < planned
 
 
 def load_run_spec(run: Path) -> JobSpec:

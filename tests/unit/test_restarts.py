@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcft.node.agent import supervise
+from hpcft.node.agent import end_without_lost_node, supervise
 from hpcft.node.begin_job import lost_segment, record_lost
 from hpcft.plan.requeue import in_job_restarts
 from hpcft.rundir import store
@@ -114,20 +114,30 @@ def test_a_second_start_of_the_ranks_in_one_job_run_is_a_failure(tmp_path):
     assert store.read_state(run)["failures"] == 1
 
 
-def test_the_ranks_left_after_a_node_loss_restart_without_a_second_charge(tmp_path):
-    """The restart into a smaller world (``JobSpec.survivor_nodes``) is the lost node's, which SLURM's NODE_FAIL
-    (begin-job's ``lost``) or the shrink charges: one node lost is one failure, not two."""
+def test_the_ranks_left_after_a_node_loss_restart_and_are_charged_once(tmp_path):
+    """The restart into a smaller world (``JobSpec.survivor_nodes``) is the lost node's failure; the restart that
+    lets its agent back in is none."""
     run = new_run(tmp_path)
     store.record_job(run, "41", restart=0, rank_starts=0)
     store.record_rank_start(run, "41", (1, 2))  # the first start is never smaller: nothing to record
     event = store.record_rank_start(run, "41", (1, 2))
     assert (event["kind"], event["ranks"]) == ("in-job restart", 1) and "the ranks left (1 of 2)" in event["reason"]
-    assert store.read_state(run).get("failures", 0) == 0
+    assert store.read_state(run)["failures"] == 1  # the lost node's
     back = store.record_rank_start(run, "41", (2, 2))  # the node's agent rejoined: every rank restarts, all 2
     assert back["ranks"] == 2 and "the lost ranks are back" in back["reason"]
-    assert store.read_state(run).get("failures", 0) == 0
+    assert store.read_state(run)["failures"] == 1
     crash = store.record_rank_start(run, "41", (2, 2))  # then a rank crashes: a failure
-    assert "ranks" not in crash and store.read_state(run)["failures"] == 1
+    assert "ranks" not in crash and store.read_state(run)["failures"] == 2
+
+
+def test_slurms_end_of_a_run_for_the_node_its_ranks_went_on_without_is_no_second_failure(tmp_path):
+    run = new_run(tmp_path)
+    store.record_job(run, "41", restart=0, rank_starts=0)
+    store.record_rank_start(run, "41", (2, 2))
+    store.record_rank_start(run, "41", (1, 2))  # node2 lost: the rank left trains on (failure 1)
+    assert record_lost(run, "41", 1, max_failures=2, ranks=2) is None  # NODE_FAIL, SLURM's requeue: the same node
+    state = store.read_state(run)
+    assert state["failures"] == 1 and [e["kind"] for e in state["events"]] == ["in-job restart", "lost"]
 
 
 def test_ranks_of_a_job_begin_job_never_saw_count_nothing(tmp_path):
@@ -235,3 +245,64 @@ def test_a_node_that_went_down_during_a_lost_run_becomes_a_lemon(tmp_path, monke
     assert [(i["node"], i["why"]) for i in incidents] == [("node2", "down during job 9 (Not responding)")]
     assert "node2 went down during the lost run (Not responding)" in capsys.readouterr().out
     assert lemons.lemons(incidents, incidents[0]["time"]) == ["node2"]
+
+
+def test_the_ranks_left_being_done_end_the_batch_scripts_wait_for_the_lost_node(tmp_path):
+    """srun waits for a lost node's task until SLURM marks the node DOWN (SlurmdTimeout): once the ranks left are
+    done, the first node's hpcft node tells the batch script (SIGUSR2, its trap in per_node.sbatch.j2) — only
+    there, only in a job run whose world shrank, and only to a script that asked for it (HPCFT_BATCH_PID)."""
+    import signal
+    import subprocess
+
+    from hpcft.spec.io import dump_spec
+
+    run = new_run(tmp_path)
+    spec = build_spec({"train": {"model": "/m", "data": {"train": "/d.jsonl"}},
+                       "resources": {"nodes": 2, "min_nodes": 1}, "launch": {"backend": "sbatch"}})  # fmt: skip
+    (run / "spec.yaml").write_text(dump_spec(spec))
+    store.record_job(run, "77", restart=0, rank_starts=0)
+    shell = subprocess.Popen(["bash", "-c", "trap 'exit 7' USR2; while :; do sleep 0.05; done"])
+    env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": "0", "SLURM_RESTART_COUNT": "0",
+           "HPCFT_BATCH_PID": str(shell.pid)}  # fmt: skip
+    try:
+        assert not end_without_lost_node(run, env)  # no restart yet: the world is whole
+        store.record_rank_start(run, "77", (2, 2))
+        store.record_rank_start(run, "77", (1, 2))  # the ranks left, 1 of 2
+        assert not end_without_lost_node(run, {**env, "SLURM_NODEID": "1"})  # not the batch script's node
+        assert not end_without_lost_node(run, {k: v for k, v in env.items() if k != "HPCFT_BATCH_PID"})
+        assert not end_without_lost_node(run, {**env, "SLURM_RESTART_COUNT": "1"})  # another run of the job
+        assert shell.poll() is None
+        assert end_without_lost_node(run, env)
+        assert shell.wait(10) == 7
+        store.record_rank_start(run, "77", (2, 2))  # the lost node's agent came back in
+        assert not end_without_lost_node(run, env)
+    finally:
+        shell.send_signal(signal.SIGKILL)
+        shell.wait()
+
+
+def test_a_crash_of_the_ranks_left_is_charged_but_their_lost_node_not_again(tmp_path, monkeypatch):
+    """after-job's requeue of a run whose ranks went on without a lost node: the launcher's end there (the
+    node's step dies when SLURM removes it: exit 137) is the same node's loss, already charged at the restart."""
+    from hpcft.node import after_job as aj
+    from hpcft.spec.io import dump_spec
+
+    run = new_run(tmp_path)
+    spec = build_spec({"train": {"model": "/m", "data": {"train": "/d.jsonl"}}, "resources": {"nodes": 2,
+                       "min_nodes": 1}, "launch": {"backend": "sbatch"}, "run": {"max_failures": 3}})  # fmt: skip
+    (run / "spec.yaml").write_text(dump_spec(spec))
+    for name, value in {"SLURM_JOB_ID": "41", "SLURM_RESTART_COUNT": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(aj, "requeue", lambda *a, **k: None)
+    monkeypatch.setattr(aj, "out_of_memory", lambda job, env: None)
+    monkeypatch.setattr(aj, "record_goodput", lambda run: None)
+    monkeypatch.setattr(aj.lemons, "to_exclude", lambda *a: ((), ""))
+    store.record_job(run, "41", restart=0, rank_starts=0)
+    store.record_rank_start(run, "41", (2, 2))
+    store.record_rank_start(run, "41", (1, 2))  # failure 1: node2's
+    assert aj.after_job(run, 137).action == "requeue"
+    assert store.read_state(run)["failures"] == 1
+    store.record_job(run, "41", restart=1, rank_starts=0)  # the requeued run, whole again
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert aj.after_job(run, 137).action == "requeue"  # a crash of its own
+    assert store.read_state(run)["failures"] == 2
