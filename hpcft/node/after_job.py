@@ -38,9 +38,6 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     saved = lifecycle.saved_for_requeue(run, os.environ) is not None  # this segment's, never a stale one
     asked = lifecycle.checkpoint_asked(run, os.environ)
     preempted = saved and asked == lifecycle.SIGTERM
-    warned_by = "SLURM's SIGTERM (preemption)" if preempted else "the warning signal"
-    if asked == lifecycle.TIMER:
-        warned_by = "hpcft's warning before the time limit"  # node/warn_timer.py: re-armed from the last save
     d = decide(
         rc,
         finished=lifecycle.finished_step(run) is not None,
@@ -50,7 +47,7 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
         failures=int(state.get("failures", 0)),
         max_failures=spec.run.max_failures,
         fatal=lifecycle.fatal_reason(run) or (oom and f"{oom} ({OOM_HINT})"),
-        warned_by=warned_by,
+        warned_by=warned_by(asked, preempted),
         preemptions=int(state.get("preemptions", 0)),
         max_preemptions=spec.run.max_preemptions,
     )
@@ -65,10 +62,9 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
     if chain:
         d, chain = chain_or_fail(run, job_id, d, event)
 
-    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    paid = store.world_shrunk(state, job_id, int(os.environ.get("SLURM_RESTART_COUNT") or 0), spec.ranks)
 
-    def record(s: dict) -> None:
-        paid = store.world_shrunk(s, job_id, restart, spec.ranks)  # the ranks left paid for the lost node
+    def record(s: dict) -> None:  # paid: the ranks left after a node loss were charged for it at their restart
         s.setdefault("events", []).append(event)
         if d.action == "requeue":
             s["restarts"] = int(s.get("restarts", 0)) + (0 if chain else 1)  # a chained job counts as a later job
@@ -89,6 +85,13 @@ def after_job(run: Path, rc: int, *, requeue_job: bool = True) -> Decision:
         continue_on(run, left)
     record_goodput(run)
     return d
+
+
+def warned_by(asked: str | None, preempted: bool) -> str:
+    """Who asked for the checkpoint this segment ended with, for the requeue's reason."""
+    if asked == lifecycle.TIMER:
+        return "hpcft's warning before the time limit"  # node/warn_timer.py: re-armed from the last save
+    return "SLURM's SIGTERM (preemption)" if preempted else "the warning signal"
 
 
 def record_goodput(run: Path) -> None:
