@@ -216,13 +216,13 @@ def test_g_the_ranks_left_train_on_at_once_when_a_node_dies(lab, reference, demo
     try:
         alone = wait_until("the rank left to train on", lambda: next((r for r in records(run) if r.get("event") ==
                            "train_begin" and r["world_size"] == 1), None), timeout=120, interval=0.2)  # fmt: skip
-        state, ended = wait_until("the job to end", lambda: sacct_end(job), timeout=300, interval=0.5)
+        slurm_state, ended = wait_until("the job to end", lambda: sacct_end(job), timeout=300, interval=0.5)
         down = node_state(second).startswith("down")
     finally:
         restore_node(second)
     assert alone["time"] - crashed < slurmd_timeout(), alone["time"] - crashed  # before SLURM could act
     # SLURM's own record: the job ended before it marked node2 DOWN (squeue shows it COMPLETING until then)
-    assert state == "COMPLETED" and not down and ended - crashed < slurmd_timeout(), (state, ended - crashed, down)
+    assert slurm_state == "COMPLETED" and not down and ended - crashed < slurmd_timeout(), (slurm_state, ended - crashed)
     assert alone["start_step"] >= 20 and alone["restart"] == 0  # the newest checkpoint, in the same SLURM run
     st = status(run)
     assert (st["state"], st["finished"], st["step"], st["job_ids"]) == ("COMPLETED", True, STEPS, [job]), st
