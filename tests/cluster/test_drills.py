@@ -222,7 +222,7 @@ def test_g_the_ranks_left_train_on_at_once_when_a_node_dies(lab, reference, demo
         restore_node(second)
     assert alone["time"] - crashed < slurmd_timeout(), alone["time"] - crashed  # before SLURM could act
     # SLURM's own record: the job ended before it marked node2 DOWN (squeue shows it COMPLETING until then)
-    assert slurm_state == "COMPLETED" and not down and ended - crashed < slurmd_timeout(), (slurm_state, ended - crashed)
+    assert slurm_state == "COMPLETED" and not down and ended - crashed < slurmd_timeout(), (slurm_state, ended)
     assert alone["start_step"] >= 20 and alone["restart"] == 0  # the newest checkpoint, in the same SLURM run
     st = status(run)
     assert (st["state"], st["finished"], st["step"], st["job_ids"]) == ("COMPLETED", True, STEPS, [job]), st
