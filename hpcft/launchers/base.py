@@ -74,7 +74,6 @@ class LaunchContext:
     network: str | None = None  # interface or CIDR for MPI's TCP transport (deepspeed-openmpi)
     node_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # this node's environment
     restarts: int = 0  # in-job restarts torchrun may do itself (``plan.requeue.in_job_restarts``)
-    survivors: int | None = None  # the fewest nodes that train on after a node loss (``JobSpec.survivor_nodes``)
     node_has_gpu: bool = True  # an NVIDIA driver is loaded on this node (``hpcft node`` checks)
     resume_checkpoint: str = ""  # newest complete checkpoint of the output directory (``hpcft node`` finds it)
 

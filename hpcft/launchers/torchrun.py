@@ -27,7 +27,9 @@ def build(ctx: LaunchContext) -> LaunchCommand:
             f"--node-rank={cluster.node_rank}",
         ]
     else:
-        low = ctx.survivors  # the nodes left after a node loss form a world of their own (``JobSpec.survivor_nodes``)
+        # the nodes left after a node loss form a world of their own, where torchrun restarts ranks at all
+        whole = cluster.num_nodes == ctx.spec.resources.nodes
+        low = ctx.spec.survivor_nodes if ctx.restarts and whole else None
         argv += [
             f"--nnodes={low}:{cluster.num_nodes}" if low else f"--nnodes={cluster.num_nodes}",
             *([f"--rdzv-conf={SURVIVORS_RDZV_CONF}"] if low else []),

@@ -72,10 +72,8 @@ def prepare(run: Path, env: Mapping[str, str], spec: JobSpec) -> tuple[LaunchCom
     torchrun_restarts = restarts.count if restarts.by == "torchrun" else 0
     # {resume_checkpoint} / HPCFT_RESUME_CHECKPOINT are for a user's command; hpcft's trainer finds its own.
     resume = checkpoints.newest_resumable(checkpoints.checkpoints_dir(spec, run)) if spec.launch.command else None
-    survivors = spec.survivor_nodes if torchrun_restarts and cluster.num_nodes == spec.resources.nodes else None
     ctx = LaunchContext(spec, cluster, str(run), python, master_addr, network, env, restarts=torchrun_restarts,
-                        survivors=survivors, node_has_gpu=ops.node_has_cuda(),
-                        resume_checkpoint=str(resume or ""))  # fmt: skip
+                        node_has_gpu=ops.node_has_cuda(), resume_checkpoint=str(resume or ""))  # fmt: skip
     if launchers.get(spec.launch.launcher).transport in SSH_TRANSPORTS:
         pdsh = spec.launch.launcher == "deepspeed-pdsh"  # mpirun passes the secrets itself, not through sshd
         check_ssh(cluster.hosts, host, spec.launch.env_passthrough if pdsh else (), spec.launch.launcher)

@@ -88,11 +88,10 @@ def make_plan(
     files.update(prepared.files)
     cluster = prepared.preview_cluster
     inside = spec.launch.container.python if spec.launch.container.enabled else spec.launch.python
-    # as hpcft node builds it on the first start: torchrun's restarts, an elastic world (hpcft.node.agent)
+    # as hpcft node builds it on the first start: torchrun's restarts (and with them an elastic world)
     restarts = in_job_restarts(spec, spec.resources.nodes, 0) if cluster.in_slurm else None
     torchrun = restarts.count if restarts and restarts.by == "torchrun" else 0
-    ctx = LaunchContext(spec, cluster, run, inside, cluster.master_host, restarts=torchrun,
-                        survivors=spec.survivor_nodes if torchrun else None)  # fmt: skip
+    ctx = LaunchContext(spec, cluster, run, inside, cluster.master_host, restarts=torchrun)
     rdzv = {
         "nodes": str(spec.resources.nodes),
         "processes per node": str(ctx.procs_per_node),

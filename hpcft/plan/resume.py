@@ -21,7 +21,7 @@ from hpcft.rundir import checkpoints, lifecycle, store
 from hpcft.rundir.layout import SPEC_FILE
 from hpcft.spec import JobSpec, offload_devices, spec_to_dict
 from hpcft.spec.layering import passthrough_problems
-from hpcft.spec.model import split_global_batch
+from hpcft.spec.model import rebatch
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _keep_global_batch(old: JobSpec, spec: JobSpec, saved_by: int | None, source
                        hint=f"resume with {saved_by} ranks, or `hpcft export RUN --out DIR`")  # fmt: skip
     if trained == world:
         return spec
-    batch = old.train.batch_size * old.train.grad_accum * trained
+    batch = old.global_batch
     if any(o.split("=", 1)[0].strip() in ("train.grad_accum", "train.batch_size") for o in overrides):
         notes.append(f"{trained} → {world} ranks with the batch you set: the global batch is now "
                      f"{spec.train.batch_size * spec.train.grad_accum * world} (was {batch}), so the data order "
@@ -145,9 +145,7 @@ def _keep_global_batch(old: JobSpec, spec: JobSpec, saved_by: int | None, source
                        f"which {world} ranks cannot share evenly",
                        hint="pick --nodes so that they can, or set -o train.batch_size / -o train.grad_accum "
                        "(the data order then differs)")  # fmt: skip
-    micro, accum = split_global_batch(batch, spec.train.batch_size, world)
-    new = {"batch_size": micro, "grad_accum": accum}
-    changed = [f"train.{k} {getattr(spec.train, k)} → {v}" for k, v in new.items() if getattr(spec.train, k) != v]
+    new, changed = rebatch(spec.train, batch, world)
     converted = spec.train.zero and saved_by not in (None, world)
     notes.append(f"{trained} → {world} ranks: {', '.join(changed) or 'the same batch'} keeps the global "
                  f"batch at {batch}" + (f"; ZeRO-{spec.train.zero} shards are converted to DeepSpeed's universal "

@@ -268,6 +268,11 @@ class JobSpec:
         return self.resources.nodes * (self.resources.gpus_per_node or 1)
 
     @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step over the whole job as planned."""
+        return self.train.batch_size * self.train.grad_accum * self.ranks
+
+    @property
     def survivor_nodes(self) -> int | None:
         """The fewest nodes whose ranks train on in the job after a node loss, at once (``resources.min_nodes``).
 
@@ -285,7 +290,7 @@ class JobSpec:
                  or not self.run.restart_in_job)  # fmt: skip
         if low is None or fixed:
             return None
-        procs, batch = self.resources.gpus_per_node or 1, self.train.batch_size * self.train.grad_accum * self.ranks
+        procs, batch = self.resources.gpus_per_node or 1, self.global_batch
         while low < nodes and any(batch % (k * procs) for k in range(low, nodes)):
             low += 1
         return low if low < nodes else None
@@ -297,6 +302,14 @@ def split_global_batch(batch: int, micro: int, world: int) -> tuple[int, int]:
     per_rank = batch // world  # micro-batch × accumulation
     fit = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
     return fit, per_rank // fit
+
+
+def rebatch(train: TrainSpec, batch: int, world: int) -> tuple[dict[str, int], list[str]]:
+    """``train.batch_size``/``grad_accum`` for a global batch of ``batch`` on ``world`` ranks (``split_global_batch``),
+    and what changed, as ``train.KEY OLD → NEW``; pure."""
+    micro, accum = split_global_batch(batch, train.batch_size, world)
+    new = {"batch_size": micro, "grad_accum": accum}
+    return new, [f"train.{k} {getattr(train, k)} → {v}" for k, v in new.items() if getattr(train, k) != v]
 
 
 def spec_to_dict(spec: Any) -> Any:

@@ -165,20 +165,17 @@ def for_world(spec, env: Mapping[str, str]):
     the same samples as before; rank 0 says so."""
     import dataclasses
 
-    from hpcft.spec.model import split_global_batch
+    from hpcft.spec.model import rebatch
 
     world, is_rank0 = int(env.get("WORLD_SIZE", "1")), env.get("RANK", "0") == "0"
-    planned = spec.ranks
+    planned, batch = spec.ranks, spec.global_batch
     if world >= planned or spec.train.uses_deepspeed:
         return spec
-    batch = spec.train.batch_size * spec.train.grad_accum * planned
     if batch % world:  # survivor_nodes allows no such world: a job started by hand with fewer ranks
         raise HpcftError(f"{world} ranks cannot share spec.yaml's global batch of {batch} ({planned} ranks)",
                          hint="start the job with resources.nodes × gpus_per_node ranks")  # fmt: skip
-    micro, accum = split_global_batch(batch, spec.train.batch_size, world)
-    new = {"batch_size": micro, "grad_accum": accum}
+    new, changed = rebatch(spec.train, batch, world)
     if is_rank0:
-        changed = [f"train.{k} {getattr(spec.train, k)} → {v}" for k, v in new.items() if getattr(spec.train, k) != v]
         print(f"hpcft: training on {world} of {planned} ranks (a node lost): {', '.join(changed)} keeps the global "
               f"batch at {batch}", file=sys.stderr, flush=True)  # fmt: skip
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **new))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -318,12 +319,13 @@ def test_torchrun_runs_with_hpcfts_rendezvous_fixes_warm_or_cold():
 
 
 def test_an_elastic_world_lets_the_agents_left_re_form_it_within_seconds():
-    """With ``survivors`` (``JobSpec.survivor_nodes``), torchrun's agents accept LOW to N nodes and notice a dead
-    one within seconds; without, the world is fixed and torch's timings stand."""
+    """With ``resources.min_nodes`` (``JobSpec.survivor_nodes``), torchrun's agents accept LOW to N nodes and notice
+    a dead one within seconds; without, the world is fixed and torch's timings stand."""
     from hpcft.launchers.torchrun import SURVIVORS_RDZV_CONF
 
     spec = spec_for("torchrun")
-    elastic = build_launch(LaunchContext(spec, node_env(0), RUN, PY, "10.0.0.1", restarts=3, survivors=1)).argv
+    left = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, min_nodes=1))
+    elastic = build_launch(LaunchContext(left, node_env(0), RUN, PY, "10.0.0.1", restarts=3)).argv
     assert "--nnodes=1:2" in elastic and f"--rdzv-conf={SURVIVORS_RDZV_CONF}" in elastic
     conf = dict(kv.split("=") for kv in SURVIVORS_RDZV_CONF.split(","))
     noticed = int(conf["keep_alive_interval"]) * int(conf["keep_alive_max_attempt"])  # a dead agent's heartbeat missed
